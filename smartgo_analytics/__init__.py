@@ -1,0 +1,1 @@
+"""SmartGo analytics: daily pricing-intelligence and QuickSight pipelines as Dagster assets."""

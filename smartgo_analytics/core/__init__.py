@@ -1,0 +1,1 @@
+"""Plain functions over plain data: no servers, no Dagster."""

@@ -1,0 +1,71 @@
+"""DynamoDB values to JSON values, and NDJSON encoding."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+
+def decimal_to_json(value: Decimal) -> int | float | None:
+    """Integral values exactly as integers (38 digits included), others as floats, NaN/inf as None."""
+    if not value.is_finite():
+        return None
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)
+
+
+def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
+    """A DynamoDB attribute value (as boto3's resource layer returns it) as a JSON-able value.
+
+    Every non-finite number becomes None and is counted in `nulls` under `path`.
+    """
+    if isinstance(value, Decimal):
+        converted = decimal_to_json(value)
+        if converted is None:
+            nulls[f"{path}: non-finite number"] += 1
+        return converted
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            nulls[f"{path}: non-finite number"] += 1
+            return None
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain_value(v, nulls, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain_value(v, nulls, path) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v, nulls, path) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), (bytes, bytearray)):
+        return base64.b64encode(bytes(value.value)).decode("ascii")  # boto3 Binary
+    return value
+
+
+def encode_ndjson(records: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> bytes:
+    """One JSON object per line, fields in the given order, UTF-8, no NaN."""
+    lines = []
+    for record in records:
+        ordered = {name: record.get(name) for name in fields}
+        lines.append(
+            json.dumps(ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        )
+    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+
+def decode_ndjson(data: bytes) -> list[dict[str, Any]]:
+    """Parse NDJSON strictly: every non-empty line must be one JSON object."""
+    records = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            raise ValueError(f"line {number} is empty")
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError(f"line {number} is not a JSON object")
+        records.append(record)
+    return records

@@ -1,0 +1,352 @@
+"""Deterministic demo data: SmartGo products with drawn images, and SalesData analytics items.
+
+The same seed and the same days always give the same rows, items and image bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+DEFAULT_SEED = 20250115
+DEFAULT_SALES_PER_DAY = 200
+
+TENANTS = (("carousel-labs", 0.6), ("northwind-resale", 0.25), ("tokyo-vintage", 0.15))
+
+# category -> (median price, spread of log-price, brands)
+CATEGORIES: dict[str, tuple[float, float, tuple[str, ...]]] = {
+    "Electronics": (320.0, 0.7, ("Apple", "Samsung", "Sony", "Bose", "Nintendo")),
+    "Clothing": (45.0, 0.6, ("Patagonia", "Levi's", "Uniqlo", "Zara", "Arc'teryx")),
+    "Furniture": (180.0, 0.8, ("IKEA", "Herman Miller", "Muji", "Vitra", "HAY")),
+    "Books": (12.0, 0.5, ("Penguin", "Gallimard", "Kodansha", "Suhrkamp", "Vintage")),
+    "Jewelry": (260.0, 1.0, ("Pandora", "Tiffany", "Swarovski", "Cartier", "Mejuri")),
+    "Toys": (30.0, 0.6, ("LEGO", "Hasbro", "Mattel", "Playmobil", "Bandai")),
+    "Sports": (75.0, 0.7, ("Nike", "Adidas", "Wilson", "Yeti", "Salomon")),
+}
+CONDITIONS = (("New", 0.15), ("Like New", 0.3), ("Good", 0.35), ("Fair", 0.2))
+DESCRIPTIONS = (
+    "Très bon état, légères traces d'usage",
+    "Neuwertig – kaum benutzt, Größe M",
+    "中古品・美品です",
+    "Como nuevo, con caja original",
+    "Great condition — barely used",
+    "Café-racer style, ølbrun leather ✓",
+)
+IMAGE_VARIANTS = 3
+OVERSIZED_BYTES = 11 * 1024 * 1024
+
+STORES = tuple(
+    (f"S{n:02d}", name, region)
+    for n, (name, region) in enumerate(
+        [
+            ("Dublin Docklands", "IE"), ("Cork Centre", "IE"), ("Galway Quay", "IE"),
+            ("London Soho", "UK"), ("Manchester Arndale", "UK"), ("Paris Marais", "FR"),
+            ("Lyon Presqu'île", "FR"), ("Berlin Mitte", "DE"), ("München Glockenbach", "DE"),
+            ("Amsterdam Jordaan", "NL"), ("Tokyo Shimokitazawa", "JP"),
+        ],
+        start=1,
+    )
+)  # fmt: skip
+DEMO_PRODUCTS = 25
+
+
+@dataclass(frozen=True)
+class Sale:
+    id: str
+    tenant_id: str
+    category: str
+    brand: str
+    condition: str
+    sold_price: Decimal | None
+    sold_date: datetime | None
+    image_url: str | None
+    description: str
+    status: str
+
+    def as_row(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _weighted(rng: random.Random, choices: tuple[tuple[str, float], ...]) -> str:
+    return rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
+
+
+def _day_rng(seed: int, day: date, stream: str) -> random.Random:
+    return random.Random(f"{seed}:{stream}:{day.isoformat()}")
+
+
+def image_path(category: str, brand: str, variant: int) -> str:
+    slug = f"{category}-{brand}".lower().replace(" ", "-").replace("'", "")
+    return f"products/{slug}-{variant}.jpg"
+
+
+def products_for_day(
+    day: date, cdn_url: str, sales_per_day: int = DEFAULT_SALES_PER_DAY, seed: int = DEFAULT_SEED
+) -> list[Sale]:
+    """The day's sold products, about a fifth as many unsold ones, and a few deliberately bad rows."""
+    rng = _day_rng(seed, day, "products")
+    start = datetime.combine(day, time(0, 0), tzinfo=UTC)
+    sales: list[Sale] = []
+    total = sales_per_day + max(1, sales_per_day // 5)
+    for n in range(total):
+        category = rng.choice(sorted(CATEGORIES))
+        median, spread, brands = CATEGORIES[category]
+        brand = rng.choice(brands)
+        price = Decimal(str(round(rng.lognormvariate(0, spread) * median, 2)))
+        sold = n < sales_per_day
+        sales.append(
+            Sale(
+                id=f"SG-{day:%Y%m%d}-{n:05d}",
+                tenant_id=_weighted(rng, TENANTS),
+                category=category,
+                brand=brand,
+                condition=_weighted(rng, CONDITIONS),
+                sold_price=price,
+                sold_date=start + timedelta(seconds=rng.randrange(86_400)) if sold else None,
+                image_url=f"{cdn_url}/{image_path(category, brand, rng.randrange(IMAGE_VARIANTS))}",
+                description=rng.choice(DESCRIPTIONS),
+                status="SOLD" if sold else rng.choice(("AVAILABLE", "RESERVED")),
+            )
+        )
+    if sales_per_day >= 4:
+        # One of each failure the pipeline must survive, in the first sold rows of the day.
+        bad = {
+            0: {"image_url": f"{cdn_url}/products/missing-{day:%Y%m%d}.jpg"},
+            1: {"image_url": f"{cdn_url}/bad/not-an-image.jpg"},
+            2: {"image_url": f"{cdn_url}/bad/oversized.jpg"},
+            3: {"sold_price": None},
+        }
+        for index, change in bad.items():
+            sales[index] = Sale(**{**sales[index].__dict__, **change})
+    return sales
+
+
+def draw_product_image(category: str, brand: str, variant: int) -> bytes:
+    """A 256x256 JPEG: the shape says the category, the colours say the brand."""
+    brand_rng = random.Random(f"brand:{brand}")
+    hue = brand_rng.randrange(360)
+    fg = _hsv(hue, 0.75, 0.85)
+    accent = _hsv((hue + 150) % 360, 0.6, 0.9)
+    bg = _hsv((hue + 30 * variant) % 360, 0.08, 0.97)
+    image = Image.new("RGB", (256, 256), bg)
+    d = ImageDraw.Draw(image)
+    o = 6 * variant
+    if category == "Electronics":
+        d.rounded_rectangle((40 + o, 60, 216 - o, 180), radius=10, fill=fg, outline=accent, width=6)
+        d.rectangle((110, 180, 146, 215), fill=accent)
+    elif category == "Clothing":
+        d.polygon([(70, 50), (186, 50), (226, 100), (196, 120), (186, 220), (70, 220), (60, 120),
+                   (30, 100)], fill=fg, outline=accent)  # fmt: skip
+        d.ellipse((108, 40, 148, 70), fill=bg)
+    elif category == "Furniture":
+        d.rectangle((60, 40 + o, 90, 220), fill=fg)
+        d.rectangle((60, 130, 200, 160), fill=fg)
+        d.rectangle((170, 160, 200, 220), fill=accent)
+    elif category == "Books":
+        for i in range(4):
+            d.rectangle(
+                (50 + i * 8, 60 + i * 38, 210 - i * 8, 92 + i * 38), fill=fg if i % 2 else accent
+            )
+    elif category == "Jewelry":
+        d.ellipse((58 + o, 58 + o, 198 - o, 198 - o), outline=fg, width=18)
+        d.regular_polygon((128, 62, 20), 4, fill=accent)
+    elif category == "Toys":
+        d.regular_polygon((128, 128, 90 - o), 5, rotation=18 * variant, fill=fg, outline=accent)
+    else:
+        d.ellipse((48, 48, 208, 208), fill=fg)
+        d.arc((48, 48, 208, 208), 30 + 10 * variant, 150, fill=accent, width=8)
+        d.line((48, 128, 208, 128), fill=accent, width=6)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def _hsv(hue: int, saturation: float, value: float) -> tuple[int, int, int]:
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(hue / 360, saturation, value)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def write_cdn_files(cdn_dir: Path) -> int:
+    """Every image the demo rows point at, plus the deliberately broken files. Returns files written."""
+    written = 0
+    for category, (_, _, brands) in CATEGORIES.items():
+        for brand in brands:
+            for variant in range(IMAGE_VARIANTS):
+                path = cdn_dir / image_path(category, brand, variant)
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(draw_product_image(category, brand, variant))
+                    written += 1
+    bad = cdn_dir / "bad"
+    bad.mkdir(parents=True, exist_ok=True)
+    (bad / "not-an-image.jpg").write_text("<html><body>Product not found</body></html>\n")
+    oversized = bad / "oversized.jpg"
+    if not oversized.exists() or oversized.stat().st_size != OVERSIZED_BYTES:
+        with oversized.open("wb") as handle:
+            handle.write(b"\xff\xd8\xff\xe0")
+            handle.write(b"\0" * (OVERSIZED_BYTES - 4))
+    return written
+
+
+def sales_data_items(day: date, seed: int = DEFAULT_SEED) -> list[dict[str, Any]]:
+    """One day of SalesData in its single-table layout: 11 stores, 25 products, the company, insights."""
+    rng = _day_rng(seed, day, "sales-data")
+    d = day.isoformat()
+    items: list[dict[str, Any]] = []
+
+    def money(value: float) -> Decimal:
+        return Decimal(str(round(value, 2)))
+
+    company_revenue = Decimal(0)
+    company_transactions = 0
+    for store_id, name, region in STORES:
+        transactions = rng.randint(40, 400)
+        revenue = money(transactions * rng.uniform(25, 140))
+        company_revenue += revenue
+        company_transactions += transactions
+        items.append({
+            "PK": f"STORE#{store_id}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"STORE#{store_id}",
+            "store_id": store_id, "store_name": name, "region": region, "total_revenue": revenue,
+            "transaction_count": transactions, "avg_transaction_value": money(float(revenue) / transactions),
+            "items_sold": transactions + rng.randint(0, transactions), "unique_customers": rng.randint(30, transactions),
+        })  # fmt: skip
+    for n in range(1, DEMO_PRODUCTS + 1):
+        category = sorted(CATEGORIES)[n % len(CATEGORIES)]
+        brand = CATEGORIES[category][2][n % 5]
+        units = rng.randint(1, 60)
+        avg_price = money(CATEGORIES[category][0] * rng.uniform(0.5, 1.5))
+        items.append({
+            "PK": f"PRODUCT#P{n:03d}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"PRODUCT#P{n:03d}",
+            "product_id": f"P{n:03d}", "product_name": f"{brand} {category} #{n}", "category": category,
+            "units_sold": units, "avg_price": avg_price, "revenue": money(units * float(avg_price)),
+        })  # fmt: skip
+    items.append({
+        "PK": "COMPANY", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": "COMPANY",
+        "total_revenue": company_revenue, "transaction_count": company_transactions, "store_count": len(STORES),
+    })  # fmt: skip
+
+    def insight(kind: str, n: int, **fields: Any) -> dict[str, Any]:
+        insight_id = f"{kind[:3]}-{day:%Y%m%d}-{n}"
+        return {"PK": f"INSIGHT#{d}", "SK": f"{kind}#{insight_id}", "GSI1PK": f"DATE#{d}",
+                "GSI1SK": f"INSIGHT#{kind}#{insight_id}", "insight_id": insight_id, "type": kind, **fields}  # fmt: skip
+
+    for n in range(rng.randint(2, 4)):
+        store = rng.choice(STORES)
+        expected = rng.uniform(800, 4000)
+        observed = expected * rng.choice((rng.uniform(0.2, 0.6), rng.uniform(1.6, 3.0)))
+        items.append(insight(
+            "ANOMALY", n, severity=rng.choice(("LOW", "MEDIUM", "HIGH")), metric="revenue",
+            store_id=store[0], product_id=f"P{rng.randint(1, DEMO_PRODUCTS):03d}", observed_value=money(observed),
+            expected_value=money(expected), deviation_pct=money((observed - expected) / expected * 100),
+            description=f"Revenue at {store[1]} far from its usual level",
+        ))  # fmt: skip
+    for n in range(rng.randint(3, 5)):
+        store = rng.choice(STORES)
+        change = rng.uniform(-25, 40)
+        items.append(insight(
+            "TREND", n, metric=rng.choice(("revenue", "units_sold", "avg_price")),
+            direction="up" if change >= 0 else "down", change_pct=money(change), period_days=rng.choice((7, 14, 28)),
+            store_id=store[0], description=f"{'Rising' if change >= 0 else 'Falling'} sales at {store[1]}",
+        ))  # fmt: skip
+    for n in range(rng.randint(2, 4)):
+        store = rng.choice(STORES)
+        items.append(insight(
+            "RECOMMENDATION", n, priority=rng.choice(("LOW", "MEDIUM", "HIGH")),
+            action=rng.choice(("restock", "reprice", "promote", "transfer stock")), store_id=store[0],
+            product_id=f"P{rng.randint(1, DEMO_PRODUCTS):03d}", expected_impact=money(rng.uniform(100, 5000)),
+            confidence=money(rng.uniform(0.5, 0.99)), description=f"Suggested action for {store[1]}",
+        ))  # fmt: skip
+    return items
+
+
+PRODUCTS_DDL = """
+CREATE SCHEMA IF NOT EXISTS smartgo;
+CREATE TABLE IF NOT EXISTS smartgo.products (
+    id text PRIMARY KEY,
+    tenant_id text NOT NULL,
+    category text,
+    brand text,
+    condition text,
+    sold_price numeric(12, 2),
+    sold_date timestamptz,
+    image_url text,
+    description text,
+    status text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS products_status_sold_date ON smartgo.products (status, sold_date);
+"""
+
+
+def seed_postgres(
+    conninfo: str, days: list[date], cdn_url: str, sales_per_day: int, seed: int
+) -> int:
+    """Replace the given days' demo products in one transaction. Returns rows written."""
+    import psycopg
+
+    rows = 0
+    with psycopg.connect(conninfo) as conn, conn.transaction():
+        conn.execute(PRODUCTS_DDL)
+        with conn.cursor() as cursor:
+            for day in days:
+                cursor.execute(
+                    "DELETE FROM smartgo.products WHERE id LIKE %s", (f"SG-{day:%Y%m%d}-%",)
+                )
+                sales = products_for_day(day, cdn_url, sales_per_day, seed)
+                with cursor.copy(
+                    "COPY smartgo.products (id, tenant_id, category, brand, condition, sold_price, "
+                    "sold_date, image_url, description, status) FROM STDIN"
+                ) as copy:
+                    for sale in sales:
+                        copy.write_row(tuple(sale.as_row().values()))
+                rows += len(sales)
+    return rows
+
+
+def seed_sales_data(dynamodb, table_name: str, days: list[date], seed: int) -> int:
+    from boto3.dynamodb.types import TypeSerializer
+
+    serializer = TypeSerializer()
+    written = 0
+    for day in days:
+        items = sales_data_items(day, seed)
+        for start in range(0, len(items), 25):
+            requests = [
+                {"PutRequest": {"Item": {k: serializer.serialize(v) for k, v in item.items()}}}
+                for item in items[start : start + 25]
+            ]
+            pending = {table_name: requests}
+            while pending:
+                pending = (
+                    dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+                )
+        written += len(items)
+    return written
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    days: int
+    products: int
+    sales_data_items: int
+    images_drawn: int
+
+
+def seed(
+    info, days: list[date], sales_per_day: int = DEFAULT_SALES_PER_DAY, seed: int = DEFAULT_SEED
+) -> SeedSummary:
+    """Seed the running local stack (`StackInfo`) with the given days."""
+    from smartgo_analytics.local.stack import SALES_TABLE, aws_client
+
+    images = write_cdn_files(Path(info.home) / "cdn")
+    products = seed_postgres(info.postgres_uri, days, info.cdn_url, sales_per_day, seed)
+    items = seed_sales_data(aws_client(info, "dynamodb"), SALES_TABLE, days, seed)
+    return SeedSummary(len(days), products, items, images)

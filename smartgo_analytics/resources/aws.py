@@ -1,0 +1,46 @@
+"""The one way this project makes a boto3 client."""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+from smartgo_analytics.local.stack import running_stack
+
+
+class AwsResource(ConfigurableResource):
+    """Base of every resource that talks to an AWS service.
+
+    With `endpoint_url` unset boto3 honours the standard settings (`AWS_ENDPOINT_URL_<SERVICE>`,
+    `AWS_REGION`, profiles), so DynamoDB Local, LocalStack and real AWS all work by configuration.
+    """
+
+    region_name: str | None = Field(
+        default=None, description="AWS region; boto3's default when unset"
+    )
+    endpoint_url: str | None = Field(default=None, description="Override the service endpoint")
+    local_stack_home: str | None = Field(
+        default=None, description="Talk to the embedded local stack started from this SMARTGO_HOME"
+    )
+
+    _clients: dict = PrivateAttr(default_factory=dict)
+
+    def boto3_client(self, service: str, **config: object):
+        """One client per service and resource instance; clients are thread-safe."""
+        if service not in self._clients:
+            options: dict = {"region_name": self.region_name, "endpoint_url": self.endpoint_url}
+            if self.local_stack_home is not None:
+                info = running_stack(self.local_stack_home)
+                options = {
+                    "region_name": info.region,
+                    "endpoint_url": info.aws_endpoint_url,
+                    "aws_access_key_id": "local",
+                    "aws_secret_access_key": "local",
+                }
+            retry = config.pop("retries", {"mode": "adaptive", "max_attempts": 8})
+            self._clients[service] = boto3.client(
+                service, config=Config(retries=retry, **config), **options
+            )
+        return self._clients[service]

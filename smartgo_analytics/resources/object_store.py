@@ -1,0 +1,104 @@
+"""Object storage: S3 in production, a directory with the same key layout locally."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+from dagster import ConfigurableResource
+
+from smartgo_analytics.resources.aws import AwsResource
+
+
+class ObjectStore(ConfigurableResource):
+    """Put and get whole objects by key within one bucket."""
+
+    bucket: str
+
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError when there is none."""
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def uri(self, key: str) -> str:
+        raise NotImplementedError
+
+
+class S3ObjectStore(ObjectStore, AwsResource):
+    """An S3 bucket. `endpoint_url` points it at anything S3-compatible."""
+
+    def client(self):
+        return self.boto3_client("s3", max_pool_connections=64)
+
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.uri(key)) from error
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client().head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+class LocalObjectStore(ObjectStore):
+    """`<lake_dir>/<bucket>/<key>`: the S3 layout on a local disk."""
+
+    lake_dir: str
+
+    def _path(self, key: str) -> Path:
+        root = (Path(self.lake_dir) / self.bucket).resolve()
+        path = (root / key).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"object key escapes the bucket: {key!r}")
+        return path
+
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, as S3 does: a reader never sees half an object.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
