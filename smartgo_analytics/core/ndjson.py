@@ -47,13 +47,15 @@ def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
     return value
 
 
-def encode_ndjson(records: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> bytes:
-    """One JSON object per line, fields in the given order, UTF-8, no NaN."""
+def encode_ndjson(records: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> bytes:
+    """One JSON object per line, UTF-8, no NaN; fields in the given order, or sorted by name."""
     lines = []
     for record in records:
-        ordered = {name: record.get(name) for name in fields}
+        ordered = {name: record.get(name) for name in fields} if fields is not None else record
         lines.append(
-            json.dumps(ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            json.dumps(
+                ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=fields is None
+            )
         )
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 

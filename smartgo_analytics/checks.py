@@ -1,0 +1,81 @@
+"""Asset checks: their specs, and how each turns figures into a result."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+
+SALES = AssetKey("smartgo_sales")
+EMBEDDINGS = AssetKey("product_image_embeddings")
+ICEBERG = AssetKey("smartgo_sales_iceberg")
+
+no_quarantined_rows = AssetCheckSpec(
+    "no_quarantined_rows", asset=SALES, description="Source rows that could not be used (WARN when any)"
+)
+embedding_error_ratio = AssetCheckSpec(
+    "embedding_error_ratio_within_budget",
+    asset=EMBEDDINGS,
+    blocking=True,
+    description="Share of sales without a vector stays within MAX_EMBEDDING_ERROR_RATIO; blocks the Iceberg write",
+)
+vector_length = AssetCheckSpec(
+    "vectors_have_configured_length", asset=EMBEDDINGS, description="Every non-null vector has the configured length"
+)
+iceberg_reconciles = AssetCheckSpec(
+    "iceberg_rows_match_source", asset=ICEBERG, description="The day's Iceberg rows equal the day's valid source rows"
+)
+
+
+def examples(reasons: Counter[str], limit: int = 5) -> str:
+    return "\n".join(f"- {reason}: {count}" for reason, count in reasons.most_common(limit)) or "none"
+
+
+def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=no_quarantined_rows.name,
+        passed=quarantined == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"quarantined": quarantined, "source_rows": total, "reasons": MetadataValue.md(examples(reasons))},
+    )
+
+
+def error_ratio_result(errors: int, total: int, budget: float, reasons: Counter[str]) -> AssetCheckResult:
+    ratio = errors / total if total else 0.0
+    return AssetCheckResult(
+        check_name=embedding_error_ratio.name,
+        passed=ratio <= budget,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{errors} of {total} sales have no vector ({ratio:.1%}, budget {budget:.1%})",
+        metadata={"errors": errors, "sales": total, "error_ratio": ratio, "budget": budget,
+                  "reasons": MetadataValue.md(examples(reasons))},
+    )  # fmt: skip
+
+
+def vector_length_result(lengths: Counter[int], expected: int) -> AssetCheckResult:
+    wrong = sum(count for length, count in lengths.items() if length != expected)
+    return AssetCheckResult(
+        check_name=vector_length.name,
+        passed=wrong == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"expected_length": expected, "wrong_length": wrong, "vectors": sum(lengths.values())},
+    )
+
+
+def reconciliation_result(iceberg_rows: int, source_rows: int) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=iceberg_reconciles.name,
+        passed=iceberg_rows == source_rows,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"iceberg_rows": iceberg_rows, "valid_source_rows": source_rows},
+    )
+
+
+def valid_ndjson_spec(asset: AssetKey) -> AssetCheckSpec:
+    return AssetCheckSpec("valid_ndjson", asset=asset, description="Every line parses, with the declared fields in order")
+
+
+def records_match_spec(asset: AssetKey) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        "records_match_source", asset=asset, description="Records exported equal the distinct source items of that type"
+    )

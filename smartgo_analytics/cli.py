@@ -1,0 +1,355 @@
+"""`smartgo-analytics`: run the pipelines on the embedded local stack, and look at what they wrote."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from smartgo_analytics.local.stack import StackError, smartgo_home
+
+EXIT_USAGE = 2
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+class UsageError(Exception):
+    pass
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _day(raw: str) -> date:
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _local_deployment() -> None:
+    from smartgo_analytics.settings import settings
+
+    deployment = settings().deployment
+    if deployment != "local":
+        raise UsageError("this command runs on the embedded local stack: unset SMARTGO_DEPLOYMENT or set it to local")
+
+
+def _demo_days(args) -> list[date]:
+    from smartgo_analytics.settings import settings
+
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    end = args.end_date or yesterday
+    if end > yesterday:
+        raise UsageError(f"--end-date {end} is not a finished day yet (the last one is {yesterday}, UTC)")
+    days = [end - timedelta(days=n) for n in reversed(range(args.days))]
+    first = date.fromisoformat(settings().partitions_start)
+    if days[0] < first:
+        raise UsageError(f"{days[0]} is before the first partition {first} (SMARTGO_PARTITIONS_START)")
+    return days
+
+
+def _dagster_home(home: Path) -> Path:
+    """DAGSTER_HOME if set, else `<SMARTGO_HOME>/dagster` with the project's local instance config."""
+    if os.environ.get("DAGSTER_HOME"):
+        path = Path(os.environ["DAGSTER_HOME"]).resolve()
+    else:
+        path = home / "dagster"
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists() and PROJECT_DAGSTER_YAML.exists():
+        shutil.copy(PROJECT_DAGSTER_YAML, config)
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
+
+
+def _seed(info, days: list[date], sales_per_day: int) -> None:
+    from smartgo_analytics.local import demo_data
+
+    started = time.monotonic()
+    summary = demo_data.seed(info, days, sales_per_day)
+    say(
+        f"seeded {summary.days} day(s): {summary.products} SmartGo products, "
+        f"{summary.sales_data_items} SalesData items ({time.monotonic() - started:.1f} s)"
+    )
+
+
+def cmd_demo(args) -> int:
+    from smartgo_analytics.local.stack import local_stack
+
+    _local_deployment()
+    days = _demo_days(args)
+    home = smartgo_home()
+    with local_stack(home) as info:
+        say(f"local stack up: Postgres {info.postgres_uri}, moto {info.aws_endpoint_url}, CDN {info.cdn_url}")
+        _seed(info, days, args.sales_per_day)
+        _dagster_home(home)
+        from dagster import DagsterInstance
+
+        from smartgo_analytics.definitions import defs
+
+        job = defs.get_job_def("daily_analytics_job")
+        summary: dict[str, dict] = {}
+        failed = []
+        with DagsterInstance.get() as instance:
+            for day in days:
+                started = time.monotonic()
+                say(f"materialising {day} ...")
+                result = job.execute_in_process(
+                    partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET
+                )
+                _collect(result, summary)
+                not_passed = [
+                    f"{e.asset_key.to_user_string()}:{e.check_name} ({e.severity.value})"
+                    for e in result.get_asset_check_evaluations()
+                    if not e.passed
+                ]
+                state = "ok" if result.success else "FAILED"
+                say(f"  {day}: {state} in {time.monotonic() - started:.1f} s"
+                    + (f"; checks not passed: {', '.join(not_passed)}" if not_passed else ""))  # fmt: skip
+                if not result.success:
+                    failed.append((day, _failure(result)))
+        _print_summary(summary, info)
+    for day, error in failed:
+        say(f"error: {day} failed: {error}")
+    return 1 if failed else 0
+
+
+# Step events stay in the instance's event log (and the UI); the terminal gets the INFO lines.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            return f"{event.step_key}: {event.step_failure_data.error.message.strip().splitlines()[0]}"
+    return "run failed"
+
+
+SUMMARY_FIELDS = {
+    "smartgo_sales": ("valid_rows", "quarantined_rows"),
+    "product_image_embeddings": ("embedded", "errors"),
+    "smartgo_sales_iceberg": ("rows_written", "rows_with_error"),
+    "dynamodb_daily_metrics": ("items", "non_finite_numbers_nulled"),
+}
+OUTPUT_FIELDS = ("table_location", "s3_uri", "parquet_uri")
+
+
+def _collect(result, summary: dict[str, dict]) -> None:
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        key = materialization.asset_key.to_user_string()
+        metadata = {k: v.value for k, v in materialization.metadata.items()}
+        entry = summary.setdefault(key, {"partitions": set(), "rows": 0, "errors": 0, "output": ""})
+        entry["partitions"].add(materialization.partition)
+        rows_field, errors_field = SUMMARY_FIELDS.get(key, ("records_exported", "duplicates_skipped"))
+        entry["rows"] += int(metadata.get(rows_field) or 0)
+        entry["errors"] += int(metadata.get(errors_field) or 0)
+        for name in OUTPUT_FIELDS:
+            if metadata.get(name):
+                entry["output"] = str(metadata[name])
+                break
+
+
+def _print_summary(summary: dict[str, dict], info) -> None:
+    say("")
+    header = f"{'asset':<32} {'partitions':>10} {'rows':>8} {'errors':>7}  output"
+    say(header)
+    say("-" * len(header))
+    for key in sorted(summary):
+        entry = summary[key]
+        say(f"{key:<32} {len(entry['partitions']):>10} {entry['rows']:>8} {entry['errors']:>7}  {entry['output']}")
+    say("")
+    say(f"lake: {info.lake_dir}   Iceberg warehouse: {info.warehouse_uri}")
+    say("look at the table: smartgo-analytics query smartgo_sales --limit 5")
+
+
+def cmd_seed(args) -> int:
+    from smartgo_analytics.local.stack import local_stack
+
+    _local_deployment()
+    with local_stack() as info:
+        _seed(info, _demo_days(args), args.sales_per_day)
+    return 0
+
+
+def cmd_dev(args) -> int:
+    from smartgo_analytics.local.stack import local_stack, stack_environment
+
+    _local_deployment()
+    days = _demo_days(args)
+    home = smartgo_home()
+    with local_stack(home) as info:
+        _seed(info, days, args.sales_per_day)
+        dagster_home = _dagster_home(home)
+        env = {**os.environ, **stack_environment(info), "DAGSTER_HOME": str(dagster_home)}
+        command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port),
+                   "-m", "smartgo_analytics.definitions"]  # fmt: skip
+        say(f"starting Dagster on http://127.0.0.1:{args.port} (Ctrl-C stops it and the stack)")
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGINT)
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+
+
+def cmd_stack_info(args) -> int:
+    from smartgo_analytics.local.stack import LOCAL_BUCKET, running_stack
+
+    home = smartgo_home()
+    try:
+        info = running_stack(home)
+        details = {"running": True, **info.__dict__, "warehouse_uri": info.warehouse_uri,
+                   "iceberg_catalog": {"type": "sql", "uri": info.catalog_uri, "warehouse": info.warehouse_uri}}  # fmt: skip
+    except StackError:
+        lake = home / "lake"
+        details = {"running": False, "home": str(home), "lake_dir": str(lake), "bucket": LOCAL_BUCKET,
+                   "warehouse_uri": (lake / LOCAL_BUCKET / "warehouse").as_uri(), "postgres_data": str(home / "postgres")}  # fmt: skip
+    if args.json:
+        say(json.dumps(details, indent=2))
+    else:
+        for key, value in details.items():
+            say(f"{key}: {value}")
+    return 0
+
+
+def cmd_query(args) -> int:
+    import contextlib
+
+    from smartgo_analytics.core.sales_table import ARROW_SCHEMA
+    from smartgo_analytics.local.stack import local_stack, running_stack
+    from smartgo_analytics.resources.iceberg import IcebergCatalog
+    from smartgo_analytics.settings import settings
+
+    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    unknown = [c for c in columns or () if c not in ARROW_SCHEMA.names]
+    if unknown:
+        raise UsageError(f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(ARROW_SCHEMA.names)}")
+    if settings().deployment == "local":
+        try:
+            running_stack()
+            context = contextlib.nullcontext()
+        except StackError:
+            context = local_stack()  # started just for this query
+        with context:
+            catalog = IcebergCatalog(local_stack_home=str(smartgo_home()))
+            return _print_query(catalog, args, columns)
+    from smartgo_analytics.deployment import resources_for_deployment
+
+    return _print_query(resources_for_deployment()["iceberg"], args, columns)
+
+
+def _print_query(catalog, args, columns) -> int:
+    from pyiceberg.expressions.parser import parse
+
+    table = catalog.existing_sales_table()
+    if table is None:
+        raise UsageError("the table pricing_intelligence.smartgo_sales does not exist yet: run `make demo` first")
+    try:
+        row_filter = parse(args.where) if args.where else None
+    except Exception as error:  # pyiceberg raises ParseException from pyparsing
+        raise UsageError(f"--where {args.where!r} is not a filter expression: {error}") from None
+    scan = table.scan(**({"row_filter": row_filter} if row_filter is not None else {}),
+                      selected_fields=columns or ("*",), limit=args.limit)  # fmt: skip
+    rows = scan.to_arrow().to_pylist()
+    names = list(columns) if columns else [f.name for f in table.schema().fields]
+    if args.format == "json":
+        for row in rows:
+            say(json.dumps(row, default=str, ensure_ascii=False))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        shown = [{k: _short(v) for k, v in row.items()} for row in rows]
+        widths = {n: max([len(n), *(len(r[n]) for r in shown)]) for n in names}
+        say("  ".join(n.ljust(widths[n]) for n in names))
+        for row in shown:
+            say("  ".join(row[n].ljust(widths[n]) for n in names))
+        say(f"({len(rows)} rows)")
+    return 0
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return f"[{len(value)} floats]"
+    return "" if value is None else str(value)[:48]
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="smartgo-analytics", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def days_options(p, default_days: int) -> None:
+        p.add_argument("--days", type=_positive, default=default_days, help="how many days, ending at --end-date")
+        p.add_argument("--end-date", type=_day, default=None, help="last day, YYYY-MM-DD (default: yesterday, UTC)")
+        p.add_argument("--sales-per-day", type=_positive, default=200, help="demo sales a day")
+
+    demo = commands.add_parser("demo", help="start the local stack, seed, materialise every asset, summarise")
+    days_options(demo, 2)
+    demo.set_defaults(run=cmd_demo)
+    dev = commands.add_parser("dev", help="start the local stack, seed, and run `dagster dev` on 127.0.0.1")
+    days_options(dev, 3)
+    dev.add_argument("--port", type=_positive, default=3000)
+    dev.set_defaults(run=cmd_dev)
+    seed = commands.add_parser("seed", help="seed the local stack's demo data only")
+    days_options(seed, 2)
+    seed.set_defaults(run=cmd_seed)
+    info = commands.add_parser("stack-info", help="where the local data lives")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_stack_info)
+    query = commands.add_parser("query", help="read the Iceberg table")
+    query.add_argument("table", choices=["smartgo_sales"])
+    query.add_argument("--where", help="pyiceberg filter, e.g. \"tenant_id == 'carousel-labs' and month == 1\"")
+    query.add_argument("--columns", help="comma-separated column names")
+    query.add_argument("--limit", type=_positive, default=20)
+    query.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    query.set_defaults(run=cmd_query)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    from smartgo_analytics.settings import ConfigurationError, settings
+
+    args = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so everything the stack started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        settings()
+        return args.run(args)
+    except (UsageError, StackError, ConfigurationError) as error:
+        print(f"smartgo-analytics: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("smartgo-analytics: interrupted, local stack stopped", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

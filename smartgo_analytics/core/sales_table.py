@@ -1,0 +1,133 @@
+"""The Iceberg table `pricing_intelligence.smartgo_sales`: its schema, partition spec and rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import (
+    DoubleType,
+    FloatType,
+    IntegerType,
+    ListType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from smartgo_analytics.core.sales import quarter_of, season_of
+
+NAMESPACE = "pricing_intelligence"
+TABLE_NAME = "smartgo_sales"
+IDENTIFIER = f"{NAMESPACE}.{TABLE_NAME}"
+SOURCE_SYSTEM = "smartgo"
+
+_COLUMNS = (
+    ("product_id", StringType(), True),
+    ("tenant_id", StringType(), True),
+    ("category", StringType(), False),
+    ("brand", StringType(), False),
+    ("condition", StringType(), False),
+    ("sold_price", DoubleType(), True),
+    ("sold_date", TimestamptzType(), True),
+    ("season", StringType(), True),
+    ("quarter", StringType(), True),
+    ("year", IntegerType(), True),
+    ("month", IntegerType(), True),
+    ("image_s3_key", StringType(), False),
+    ("image_sha256", StringType(), False),
+    ("embedding_id", StringType(), True),
+    ("embedding_model", StringType(), False),
+    ("embedding_dimension", IntegerType(), True),
+    ("embedding_vector", None, False),
+    ("embedding_error", StringType(), False),
+    ("source_system", StringType(), True),
+    ("ingestion_timestamp", TimestamptzType(), True),
+)
+# pyiceberg numbers nested fields after the top-level ones when it creates a table.
+_VECTOR_ELEMENT_ID = len(_COLUMNS) + 1
+
+SCHEMA = Schema(
+    *(
+        NestedField(
+            field_id=index,
+            name=name,
+            field_type=kind
+            if kind is not None
+            else ListType(element_id=_VECTOR_ELEMENT_ID, element_type=FloatType(), element_required=False),
+            required=required,
+        )
+        for index, (name, kind, required) in enumerate(_COLUMNS, start=1)
+    )
+)
+_FIELD_IDS = {name: index for index, (name, _, _) in enumerate(_COLUMNS, start=1)}
+PARTITION_SPEC = PartitionSpec(
+    *(
+        PartitionField(source_id=_FIELD_IDS[name], field_id=1000 + n, transform=IdentityTransform(), name=name)
+        for n, name in enumerate(("tenant_id", "year", "month"))
+    )
+)
+ARROW_SCHEMA = SCHEMA.as_arrow()
+
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("image_s3_key", pa.string()),
+        pa.field("image_sha256", pa.string()),
+        pa.field("embedding_model", pa.string()),
+        pa.field("embedding_vector", pa.list_(pa.float32())),
+        pa.field("embedding_error", pa.string()),
+        pa.field("embedding_reused", pa.bool_()),
+    ]
+)
+
+
+def sales_rows(
+    sales: pa.Table,
+    embeddings: pa.Table,
+    dimension: int,
+    ingested_at: datetime,
+    hemisphere: str = "northern",
+) -> pa.Table:
+    """The Iceberg rows of a day: every valid sale, with its embedding or the reason it has none."""
+    # Acero cannot join list columns, so look each sale's embedding row up by index instead.
+    matches = embeddings.take(pc.index_in(sales.column("product_id"), value_set=embeddings.column("product_id")))
+    joined = sales
+    for name in EMBEDDINGS_SCHEMA.names[1:]:
+        joined = joined.append_column(name, matches.column(name))
+    sold_dates = joined.column("sold_date").to_pylist()
+    months = [d.month for d in sold_dates]
+    epoch_ms = int(ingested_at.timestamp() * 1000)
+    product_ids = joined.column("product_id").to_pylist()
+    errors = joined.column("embedding_error")
+    missing = pc.is_null(joined.column("image_sha256"))
+    # A sale with no embeddings row at all was never processed: say so rather than leave it blank.
+    errors = pc.if_else(pc.and_(missing, pc.is_null(errors)), "not processed", errors)
+    columns = {
+        "product_id": joined.column("product_id"),
+        "tenant_id": joined.column("tenant_id"),
+        "category": joined.column("category"),
+        "brand": joined.column("brand"),
+        "condition": joined.column("condition"),
+        "sold_price": joined.column("sold_price"),
+        "sold_date": joined.column("sold_date"),
+        "season": pa.array([season_of(m, hemisphere) for m in months], pa.string()),
+        "quarter": pa.array([quarter_of(m) for m in months], pa.string()),
+        "year": pa.array([d.year for d in sold_dates], pa.int32()),
+        "month": pa.array(months, pa.int32()),
+        "image_s3_key": joined.column("image_s3_key"),
+        "image_sha256": joined.column("image_sha256"),
+        "embedding_id": pa.array([f"smartgo-{p}-{epoch_ms}" for p in product_ids], pa.string()),
+        "embedding_model": joined.column("embedding_model"),
+        "embedding_dimension": pa.array([dimension] * joined.num_rows, pa.int32()),
+        "embedding_vector": joined.column("embedding_vector"),
+        "embedding_error": errors,
+        "source_system": pa.array([SOURCE_SYSTEM] * joined.num_rows, pa.string()),
+        "ingestion_timestamp": pa.array([ingested_at] * joined.num_rows, pa.timestamp("us", tz="UTC")),
+    }
+    table = pa.table({name: columns[name] for name in ARROW_SCHEMA.names})
+    return table.cast(ARROW_SCHEMA).sort_by([("sold_date", "ascending"), ("product_id", "ascending")])

@@ -1,0 +1,74 @@
+"""Which deployment this is, and the resources each deployment uses."""
+
+from __future__ import annotations
+
+from dagster import EnvVar
+
+from smartgo_analytics.assets.quicksight import QuickSightExport
+from smartgo_analytics.local.stack import LOCAL_BUCKET, EXPORT_PROGRESS_TABLE, smartgo_home
+from smartgo_analytics.resources.dynamodb import ExportProgressTracker, SalesDataTable
+from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
+from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.images import ImageFetcher
+from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+from smartgo_analytics.resources.parquet_io import ParquetIOManager
+from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics.settings import ConfigurationError, Settings, settings
+
+
+def local_resources(config: Settings) -> dict[str, object]:
+    """The embedded stack under SMARTGO_HOME: no cloud account, nothing outside loopback."""
+    home = str(smartgo_home(config.smartgo_home))
+    object_store = LocalObjectStore(lake_dir=f"{home}/lake", bucket=LOCAL_BUCKET)
+    return {
+        "smartgo_db": SmartGoDatabase(local_stack_home=home),
+        "sales_data": SalesDataTable(table_name=config.dynamodb_table, local_stack_home=home),
+        "export_progress": ExportProgressTracker(
+            table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, local_stack_home=home
+        ),
+        "object_store": object_store,
+        "parquet_io_manager": ParquetIOManager(object_store=object_store),
+        "image_fetcher": ImageFetcher(allowlist=["127.0.0.1", "localhost", *config.image_url_allowlist]),
+        "image_embedder": LocalVisualEmbedder(
+            dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
+        ),
+        "iceberg": IcebergCatalog(local_stack_home=home),
+        "quicksight": QuickSightExport(prefix=config.quicksight_prefix),
+    }
+
+
+def prod_resources(config: Settings) -> dict[str, object]:
+    """AWS: S3, DynamoDB, Bedrock Titan, the SmartGo Postgres and an Iceberg catalog."""
+    if not config.s3_bucket:
+        raise ConfigurationError("S3_BUCKET is not set (required when SMARTGO_DEPLOYMENT=prod)")
+    if config.database_url_set == bool(config.db_ssm_parameter):
+        raise ConfigurationError("set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER")
+    if not config.iceberg_properties.get("type"):
+        raise ConfigurationError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
+    region = config.aws_region
+    object_store = S3ObjectStore(bucket=config.s3_bucket, region_name=region)
+    return {
+        "smartgo_db": SmartGoDatabase(
+            dsn=EnvVar("SMARTGO_DATABASE_URL") if config.database_url_set else None,
+            ssm_parameter_name=config.db_ssm_parameter,
+            region_name=region,
+        ),
+        "sales_data": SalesDataTable(table_name=config.dynamodb_table, region_name=region),
+        "export_progress": ExportProgressTracker(table_name=config.export_progress_table, region_name=region),
+        "object_store": object_store,
+        "parquet_io_manager": ParquetIOManager(object_store=object_store),
+        "image_fetcher": ImageFetcher(allowlist=config.image_url_allowlist),
+        "image_embedder": TitanEmbedder(
+            dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency, region_name=region
+        ),
+        "iceberg": IcebergCatalog(properties=config.iceberg_properties),
+        "quicksight": QuickSightExport(prefix=config.quicksight_prefix),
+    }
+
+
+RESOURCES_BY_DEPLOYMENT = {"local": local_resources, "prod": prod_resources}
+
+
+def resources_for_deployment(config: Settings | None = None) -> dict[str, object]:
+    config = config or settings()
+    return RESOURCES_BY_DEPLOYMENT[config.deployment](config)

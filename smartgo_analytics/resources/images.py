@@ -1,0 +1,102 @@
+"""Downloading product images from the CDN, safely."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urljoin
+
+import httpx
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+from smartgo_analytics.core.retry import call_with_retries
+from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
+
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+class ImageFetchError(Exception):
+    """A download that failed for good; the message is the per-sale reason."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+class ImageFetcher(ConfigurableResource):
+    """http(s) only, public addresses only (unless allowlisted), every redirect re-checked,
+    a deadline per attempt, a size cap while streaming, retries on transient failures."""
+
+    timeout_s: float = Field(default=30.0, description="whole-download deadline per attempt")
+    max_bytes: int = Field(default=10 * 1024 * 1024, description="larger bodies are refused")
+    max_redirects: int = 3
+    retries: int = Field(default=3, description="retries of 5xx, 429, timeouts and connection errors")
+    backoff_base_s: float = Field(default=1.0, description="first retry delay; then doubled, with jitter")
+    allowlist: list[str] = Field(default_factory=list, description="IMAGE_URL_ALLOWLIST hosts")
+    max_connections: int = 64
+
+    _client: httpx.Client | None = PrivateAttr(default=None)
+
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                follow_redirects=False,
+                timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=self.max_connections),
+                headers={"User-Agent": "smartgo-analytics/1"},
+            )
+        return self._client
+
+    def teardown_after_execution(self, context) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def fetch(self, url: str) -> bytes:
+        """The image bytes, or ImageFetchError with the reason."""
+        try:
+            return call_with_retries(
+                lambda: self._attempt(url),
+                retryable=lambda error: isinstance(error, _Retryable),
+                retries=self.retries,
+                base_s=self.backoff_base_s,
+            )
+        except _Retryable as error:
+            raise ImageFetchError(f"{error} (after {self.retries} retries)") from None
+
+    def _attempt(self, url: str) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        current = url
+        for _ in range(self.max_redirects + 1):
+            try:
+                check_url(current, self.allowlist)
+            except UnsafeUrl as error:
+                raise ImageFetchError(f"refused: {error}") from None
+            try:
+                with self.client().stream("GET", current) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise ImageFetchError(f"HTTP {response.status_code} without Location")
+                        current = urljoin(current, location)
+                        continue
+                    if response.status_code in RETRYABLE_STATUS:
+                        raise _Retryable(f"HTTP {response.status_code}")
+                    if response.status_code != 200:
+                        raise ImageFetchError(f"HTTP {response.status_code}")
+                    declared = response.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                        raise ImageFetchError(f"too large: {int(declared)} bytes declared")
+                    chunks, size = [], 0
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise ImageFetchError(f"too large: over {self.max_bytes} bytes")
+                        if time.monotonic() > deadline:
+                            raise _Retryable(f"timed out after {self.timeout_s:g} s")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+            except httpx.TimeoutException:
+                raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
+            except (httpx.TransportError, httpx.RemoteProtocolError) as error:
+                raise _Retryable(f"connection error: {type(error).__name__}") from None
+        raise ImageFetchError(f"more than {self.max_redirects} redirects")

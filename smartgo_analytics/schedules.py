@@ -1,0 +1,15 @@
+from dagster import AssetSelection, build_schedule_from_partitioned_job, define_asset_job
+
+from smartgo_analytics.partitions import daily_partitions
+
+daily_analytics_job = define_asset_job(
+    "daily_analytics_job",
+    selection=AssetSelection.all(),
+    partitions_def=daily_partitions,
+    description="Every asset for one day: pricing intelligence and the QuickSight exports",
+)
+
+# At 03:00 UTC, the run for the day that has just ended (the previous partition).
+daily_analytics_schedule = build_schedule_from_partitioned_job(
+    daily_analytics_job, name="daily_analytics_schedule", hour_of_day=3, minute_of_hour=0
+)

@@ -1,0 +1,133 @@
+"""Every environment variable the project reads, read in this one place and checked at start."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cache
+
+DEPLOYMENTS = ("local", "prod")
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+
+
+def _list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    deployment: str
+    smartgo_home: str
+    partitions_start: str
+    dynamodb_table: str
+    s3_bucket: str | None
+    quicksight_prefix: str
+    export_progress_table: str | None
+    stage: str
+    tenant: str | None
+    aws_region: str | None
+    database_url_set: bool
+    db_ssm_parameter: str | None
+    bedrock_max_concurrency: int
+    embedding_dimension: int
+    image_url_allowlist: list[str]
+    download_concurrency: int
+    max_embedding_error_ratio: float
+    season_hemisphere: str
+    iceberg_properties: dict[str, str] = field(default_factory=dict)
+    slack_webhook_set: bool = False
+    sns_topic_arn: str | None = None
+    webserver_url: str = "http://127.0.0.1:3000"
+    freshness_deadline_hour: int = 6
+
+
+def _iceberg_properties() -> dict[str, str]:
+    properties: dict[str, str] = {}
+    raw = os.environ.get("ICEBERG_CATALOG_PROPERTIES")
+    if raw:
+        try:
+            properties = {str(k): str(v) for k, v in json.loads(raw).items()}
+        except (json.JSONDecodeError, AttributeError):
+            raise ConfigurationError("ICEBERG_CATALOG_PROPERTIES is not a JSON object") from None
+    for name, key in (("ICEBERG_CATALOG_TYPE", "type"), ("ICEBERG_CATALOG_URI", "uri"), ("ICEBERG_WAREHOUSE", "warehouse")):
+        if os.environ.get(name):
+            properties[key] = os.environ[name]
+    return properties
+
+
+@cache
+def settings() -> Settings:
+    deployment = os.environ.get("SMARTGO_DEPLOYMENT", "local").strip() or "local"
+    if deployment not in DEPLOYMENTS:
+        raise ConfigurationError(f"SMARTGO_DEPLOYMENT={deployment!r} is not one of {', '.join(DEPLOYMENTS)}")
+    partitions_start = os.environ.get("SMARTGO_PARTITIONS_START", "2024-01-01")
+    try:
+        date.fromisoformat(partitions_start)
+    except ValueError:
+        raise ConfigurationError(f"SMARTGO_PARTITIONS_START={partitions_start!r} is not a YYYY-MM-DD date") from None
+    prefix = os.environ.get("QUICKSIGHT_PREFIX", "quicksight/")
+    if prefix.startswith("/") or (prefix and not prefix.endswith("/")):
+        raise ConfigurationError(f"QUICKSIGHT_PREFIX={prefix!r} must be relative and end with '/'")
+    hemisphere = os.environ.get("SEASON_HEMISPHERE", "northern")
+    if hemisphere not in ("northern", "southern"):
+        raise ConfigurationError(f"SEASON_HEMISPHERE={hemisphere!r} must be northern or southern")
+    ratio = _float("MAX_EMBEDDING_ERROR_RATIO", 0.05)
+    if not 0 <= ratio <= 1:
+        raise ConfigurationError(f"MAX_EMBEDDING_ERROR_RATIO={ratio} must be between 0 and 1")
+    deadline = _int("FRESHNESS_DEADLINE_HOUR_UTC", 6, minimum=0)
+    if deadline > 23:
+        raise ConfigurationError(f"FRESHNESS_DEADLINE_HOUR_UTC={deadline} must be 0..23")
+    stage = os.environ.get("STAGE", "dev")
+    return Settings(
+        deployment=deployment,
+        smartgo_home=os.environ.get("SMARTGO_HOME", ".smartgo"),
+        partitions_start=partitions_start,
+        dynamodb_table=os.environ.get("DYNAMODB_TABLE", "SalesData"),
+        s3_bucket=os.environ.get("S3_BUCKET") or None,
+        quicksight_prefix=prefix,
+        export_progress_table=os.environ.get("EXPORT_PROGRESS_TABLE_NAME") or None,
+        stage=stage,
+        tenant=os.environ.get("TENANT") or None,
+        aws_region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+        database_url_set=bool(os.environ.get("SMARTGO_DATABASE_URL")),
+        db_ssm_parameter=os.environ.get("SMARTGO_DB_SSM_PARAMETER") or None,
+        bedrock_max_concurrency=_int("BEDROCK_MAX_CONCURRENCY", 16),
+        embedding_dimension=_int("TITAN_EMBEDDING_DIMENSION", 1024),
+        image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
+        download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
+        max_embedding_error_ratio=ratio,
+        season_hemisphere=hemisphere,
+        iceberg_properties=_iceberg_properties(),
+        slack_webhook_set=bool(os.environ.get("ALERT_SLACK_WEBHOOK_URL")),
+        sns_topic_arn=os.environ.get("ALERT_SNS_TOPIC_ARN") or None,
+        webserver_url=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000").rstrip("/"),
+        freshness_deadline_hour=deadline,
+    )
