@@ -1,0 +1,88 @@
+import os
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import psycopg
+import pytest
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from smartgo_analytics.local.demo_data import PRODUCTS_DDL  # noqa: E402
+from smartgo_analytics.local.stack import local_stack  # noqa: E402
+from smartgo_analytics_tests import servers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The project's own embedded stack: Postgres, moto (over HTTP), lake directory, CDN."""
+    home = tmp_path_factory.mktemp("smartgo-home")
+    with local_stack(home) as info:
+        with psycopg.connect(info.postgres_uri) as conn:
+            conn.execute(PRODUCTS_DDL)
+        yield info
+
+
+@pytest.fixture(scope="session")
+def bedrock_state():
+    return servers.BedrockState()
+
+
+@pytest.fixture(scope="session")
+def bedrock(bedrock_state):
+    server = servers.bedrock_server(bedrock_state)
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def bedrock_calls(bedrock_state):
+    bedrock_state.reset()
+    return bedrock_state
+
+
+@pytest.fixture(scope="session")
+def cdn_state():
+    return servers.CdnState()
+
+
+@pytest.fixture(scope="session")
+def cdn(cdn_state):
+    server = servers.hostile_cdn(cdn_state, slow_s=2.5)
+    # Reached as "localhost" (allowlisted); "127.0.0.1" stays forbidden, so redirects to it are refused.
+    yield f"http://localhost:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def s3_bucket(stack, request):
+    name = f"test-{request.node.name.lower().replace('_', '-')[:40]}".strip("-")
+    s3 = boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def insert_products(postgres_uri: str, rows: list[dict]) -> None:
+    columns = ("id", "tenant_id", "category", "brand", "condition", "sold_price", "sold_date",
+               "image_url", "description", "status")  # fmt: skip
+    with psycopg.connect(postgres_uri) as conn:
+        for row in rows:
+            values = {c: row.get(c) for c in columns}
+            conn.execute(
+                f"INSERT INTO smartgo.products ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+                "ON CONFLICT (id) DO UPDATE SET "
+                + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:]),
+                tuple(values.values()),
+            )
+
+
+def sale(product_id: str, day: str, image_url: str, **overrides) -> dict:
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    row = {
+        "id": product_id, "tenant_id": "carousel-labs", "category": "Electronics", "brand": "Sony",
+        "condition": "Good", "sold_price": "120.50", "sold_date": start + timedelta(hours=10),
+        "image_url": image_url, "description": "Très bon état", "status": "SOLD",
+    }  # fmt: skip
+    row.update(overrides)
+    return row

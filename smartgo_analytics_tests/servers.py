@@ -1,0 +1,195 @@
+"""Loopback servers the tests talk to: a Bedrock-runtime look-alike and a hostile image CDN."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+from smartgo_analytics.core.imaging import visual_features
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
+
+
+def start(handler_class) -> _Server:
+    server = _Server(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class BedrockState:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.throttle_next = 0
+        self.wrong_length_for: set[int] = set()  # image byte lengths answered with 7 values
+        self.model_timeouts_next = 0
+        self.requests: list[str] = []
+
+    def reset(self):
+        with self.lock:
+            self.calls = 0
+            self.throttle_next = 0
+            self.model_timeouts_next = 0
+            self.wrong_length_for = set()
+            self.requests = []
+
+
+def bedrock_server(state: BedrockState) -> _Server:
+    """POST /model/<id>/invoke as Bedrock runtime answers it for Titan image embeddings."""
+    import base64
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _error(self, status: int, code: str, message: str):
+            body = json.dumps({"message": message}).encode()
+            self.send_response(status)
+            self.send_header("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            request = json.loads(self.rfile.read(length))
+            if not re.fullmatch(r"/model/[^/]+/invoke", self.path):
+                return self._error(404, "ResourceNotFoundException", "no such route")
+            with state.lock:
+                state.calls += 1
+                state.requests.append(hashlib.sha256(request["inputImage"].encode()).hexdigest()[:8])
+                if state.throttle_next > 0:
+                    state.throttle_next -= 1
+                    throttled = True
+                else:
+                    throttled = False
+                timeout = state.model_timeouts_next > 0
+                if timeout:
+                    state.model_timeouts_next -= 1
+            if throttled:
+                return self._error(429, "ThrottlingException", "Too many requests, please wait")
+            if timeout:
+                return self._error(408, "ModelTimeoutException", "Model timed out")
+            image = base64.b64decode(request["inputImage"])
+            dimension = request["embeddingConfig"]["outputEmbeddingLength"]
+            vector = visual_features(image, dimension)
+            if len(image) in state.wrong_length_for:
+                vector = vector[:7]
+            body = json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return start(Handler)
+
+
+def png(color=(200, 30, 30), size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png() -> bytes:
+    """A small PNG that claims 30000 x 30000 pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (30_000, 30_000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+class CdnState:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.hits: dict[str, int] = {}
+        self.images: dict[str, bytes] = {}
+
+
+def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
+    bomb = bomb_png()
+    good = png()
+    corrupt = good[: len(good) // 2]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status: int, body: bytes, content_type="image/png", headers=()):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _redirect(self, location: str):
+            self._send(302, b"", "text/plain", [("Location", location)])
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            with state.lock:
+                state.hits[path] = state.hits.get(path, 0) + 1
+                hits = state.hits[path]
+            if path in state.images:
+                return self._send(200, state.images[path])
+            if path == "/ok.png":
+                return self._send(200, good)
+            if path == "/missing.png":
+                return self._send(404, b"not found", "text/plain")
+            if path == "/flaky.png":
+                return self._send(500, b"oops", "text/plain") if hits == 1 else self._send(200, good)
+            if path == "/always-500.png":
+                return self._send(503, b"down", "text/plain")
+            if path == "/slow.png":
+                time.sleep(slow_s)
+                return self._send(200, good)
+            if path == "/huge.png":
+                return self._send(200, b"\x89PNG" + b"\0" * (11 * 1024 * 1024))
+            if path == "/endless.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b"\0" * 65536
+                try:
+                    for _ in range(400):  # bounded: 26 MB at most, well past the cap
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass
+                self.close_connection = True
+                return None
+            if path == "/page.png":
+                return self._send(200, b"<html><body>hello</body></html>", "text/html")
+            if path == "/corrupt.png":
+                return self._send(200, corrupt)
+            if path == "/bomb.png":
+                return self._send(200, bomb)
+            if path == "/to-loopback.png":
+                return self._redirect(f"http://127.0.0.1:{self.server.server_port}/ok.png")
+            if path == "/to-metadata.png":
+                return self._redirect("http://169.254.169.254/latest/meta-data/")
+            if path == "/to-private.png":
+                return self._redirect("http://10.0.0.1/image.png")
+            if path == "/to-ok.png":
+                return self._redirect("/ok.png")
+            if path == "/loop.png":
+                return self._redirect("/loop.png")
+            return self._send(404, b"not found", "text/plain")
+
+    return start(Handler)

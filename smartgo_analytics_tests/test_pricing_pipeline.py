@@ -1,0 +1,237 @@
+"""The pricing pipeline against real servers: embedded Postgres, moto S3 and DynamoDB over HTTP,
+a Bedrock-compatible server and a hostile image CDN, all on 127.0.0.1."""
+
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from dagster import AssetKey, materialize
+
+from smartgo_analytics.assets.pricing_intelligence import (
+    product_image_embeddings,
+    smartgo_sales,
+    smartgo_sales_iceberg,
+)
+from smartgo_analytics.local.stack import create_progress_table
+from smartgo_analytics.resources.dynamodb import ExportProgressTracker
+from smartgo_analytics.resources.embeddings import TitanEmbedder
+from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.images import ImageFetcher
+from smartgo_analytics.resources.object_store import S3ObjectStore
+from smartgo_analytics.resources.parquet_io import ParquetIOManager
+from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics_tests.conftest import insert_products, sale
+
+ASSETS = [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg]
+HOSTILE = {
+    "missing": ("/missing.png", "HTTP 404"),
+    "slow": ("/slow.png", "timed out"),
+    "huge": ("/huge.png", "too large"),
+    "endless": ("/endless.png", "too large"),
+    "page": ("/page.png", "not an image"),
+    "corrupt": ("/corrupt.png", "corrupt image"),
+    "bomb": ("/bomb.png", "decompression bomb"),
+    "to-loopback": ("/to-loopback.png", "loopback address"),
+    "to-metadata": ("/to-metadata.png", "link-local address"),
+    "to-private": ("/to-private.png", "private address"),
+    "loop": ("/loop.png", "more than 3 redirects"),
+}
+
+
+def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetcher):
+    store = S3ObjectStore(bucket=bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    return {
+        "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri),
+        "object_store": store,
+        "parquet_io_manager": ParquetIOManager(object_store=store),
+        "image_fetcher": ImageFetcher(
+            allowlist=["localhost"], timeout_s=1.0, backoff_base_s=0.05, **fetcher
+        ),
+        "image_embedder": TitanEmbedder(
+            endpoint_url=bedrock, region_name="us-east-1", model_timeout_backoff_s=0.05
+        ),
+        "iceberg": IcebergCatalog(
+            properties={"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
+                        "warehouse": (tmp_path / "warehouse").as_uri()}  # fmt: skip
+        ),
+        "export_progress": ExportProgressTracker(
+            table_name=progress_table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+        ),
+    }
+
+
+def run(res, day, raise_on_error=True, max_error_ratio=None):
+    run_config = None
+    if max_error_ratio is not None:
+        run_config = {"ops": {"product_image_embeddings": {"config": {"max_error_ratio": max_error_ratio}}}}
+    return materialize(ASSETS, resources=res, partition_key=day, raise_on_error=raise_on_error, run_config=run_config)
+
+
+def day_rows(res, day):
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    from datetime import timedelta
+
+    table = res["iceberg"].read_day(start, start + timedelta(days=1))
+    return {row["product_id"]: row for row in table.to_pylist()} if table is not None else {}
+
+
+def check(result, name):
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == name)
+
+
+def test_hostile_images_become_per_sale_errors_and_the_day_completes(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path
+):
+    day = "2025-06-01"
+    good = [sale(f"OK-{n}", day, f"{cdn}/ok.png") for n in range(60)]
+    bad = [sale(f"BAD-{name}", day, f"{cdn}{path}") for name, (path, _) in HOSTILE.items()]
+    schemes = [sale("BAD-file", day, "file:///etc/passwd"), sale("BAD-gopher", day, "gopher://localhost/x")]
+    flaky = [sale("FLAKY", day, f"{cdn}/flaky.png")]
+    insert_products(stack.postgres_uri, good + bad + schemes + flaky)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+
+    result = run(res, day, max_error_ratio=0.5)
+
+    rows = day_rows(res, day)
+    assert len(rows) == len(good) + len(bad) + len(schemes) + len(flaky)
+    for name, (_, reason) in HOSTILE.items():
+        row = rows[f"BAD-{name}"]
+        assert reason in row["embedding_error"], (name, row["embedding_error"])
+        assert row["embedding_vector"] is None
+    assert "scheme 'file'" in rows["BAD-file"]["embedding_error"]
+    assert "scheme 'gopher'" in rows["BAD-gopher"]["embedding_error"]
+    assert rows["FLAKY"]["embedding_error"] is None and len(rows["FLAKY"]["embedding_vector"]) == 1024
+    assert all(len(rows[f"OK-{n}"]["embedding_vector"]) == 1024 for n in range(60))
+    ratio = check(result, "embedding_error_ratio_within_budget")
+    assert ratio.passed and ratio.metadata["errors"].value == 13
+
+
+def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path
+):
+    day = "2025-06-06"
+    insert_products(stack.postgres_uri, [sale("B-0", day, f"{cdn}/ok.png"), sale("B-1", day, f"{cdn}/missing.png")])
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+
+    result = run(res, day, raise_on_error=False)
+
+    assert not result.success
+    ratio = check(result, "embedding_error_ratio_within_budget")
+    assert not ratio.passed and ratio.metadata["error_ratio"].value == 0.5
+    assert day_rows(res, day) == {}
+
+
+def test_a_day_within_budget_writes_vectors_images_and_progress(stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path):
+    day = "2025-06-02"
+    dynamodb = boto3.client("dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    create_progress_table(dynamodb, "progress-test")
+    insert_products(stack.postgres_uri, [sale(f"P-{n}", day, f"{cdn}/ok.png") for n in range(30)]
+                    + [sale("P-missing", day, f"{cdn}/missing.png"),
+                       sale("P-noprice", day, f"{cdn}/ok.png", sold_price=None),
+                       sale("P-unsold", day, f"{cdn}/ok.png", status="AVAILABLE"),
+                       sale("P-nextday", day, f"{cdn}/ok.png", sold_date=datetime(2025, 6, 3, tzinfo=UTC))])  # fmt: skip
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path, progress_table="progress-test")
+
+    result = run(res, day)
+
+    rows = day_rows(res, day)
+    assert set(rows) == {f"P-{n}" for n in range(30)} | {"P-missing"}
+    row = rows["P-0"]
+    assert row["season"] == "summer" and row["quarter"] == "Q2" and (row["year"], row["month"]) == (2025, 6)
+    assert row["embedding_id"].startswith("smartgo-P-0-") and row["embedding_model"] == "amazon.titan-embed-image-v1"
+    key = row["image_s3_key"].removeprefix(f"s3://{s3_bucket}/")
+    assert key == f"images/smartgo/carousel-labs/P-0/{row['image_sha256']}.png"
+    s3 = boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()[:4] == b"\x89PNG"
+    # All 30 sales share one image: one embedding call.
+    assert bedrock_calls.calls == 1
+    assert check(result, "no_quarantined_rows").passed is False
+    assert check(result, "iceberg_rows_match_source").passed
+    item = dynamodb.get_item(TableName="progress-test", Key={"PK": {"S": f"EXPORT#{day}"}, "SK": {"S": "METADATA"}})["Item"]
+    assert item["status"]["S"] == "COMPLETE" and item["errorCount"]["N"] == "1" and item["totalCount"]["N"] == "31"
+    assert int(item["ttl"]["N"]) > datetime.now(UTC).timestamp() + 89 * 86400
+
+
+def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embedding_calls(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-06-13"
+    for n in range(5):
+        cdn_state.images[f"/distinct-{n}.png"] = __import__("smartgo_analytics_tests.servers").servers.png((40 * n, 90, 200))
+    insert_products(stack.postgres_uri, [sale(f"R-{n}", day, f"{cdn}/distinct-{n}.png") for n in range(5)])
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    run(res, day)
+    first = day_rows(res, day)
+    assert bedrock_calls.calls == 5, bedrock_calls.requests
+
+    bedrock_calls.reset()
+    second_result = run(res, day)
+
+    second = day_rows(res, day)
+    assert bedrock_calls.calls == 0
+    ignore = {"embedding_id", "ingestion_timestamp"}
+    assert {k: {c: v for c, v in r.items() if c not in ignore} for k, r in first.items()} == {
+        k: {c: v for c, v in r.items() if c not in ignore} for k, r in second.items()
+    }
+    metadata = second_result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert metadata["embedding_calls"].value == 0 and metadata["embeddings_reused"].value == 5
+
+
+def test_bedrock_throttling_is_retried_and_wrong_lengths_are_per_sale_errors(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-06-04"
+    from smartgo_analytics_tests.servers import png
+
+    images = {f"/t-{n}.png": png((n * 9, 200 - n * 5, 60), size=(64 + n, 64)) for n in range(24)}
+    cdn_state.images.update(images)
+    bedrock_calls.throttle_next = 10
+    bedrock_calls.wrong_length_for = {len(images["/t-3.png"])}
+    insert_products(stack.postgres_uri, [sale(f"T-{n}", day, f"{cdn}/t-{n}.png") for n in range(24)])
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+
+    result = run(res, day)
+
+    rows = day_rows(res, day)
+    assert bedrock_calls.calls >= 24 + 10
+    assert "returned 7 values, asked for 1024" in rows["T-3"]["embedding_error"]
+    assert all(rows[f"T-{n}"]["embedding_error"] is None for n in range(24) if n != 3)
+    assert check(result, "embedding_error_ratio_within_budget").passed  # 1 of 24 is 4.2%
+
+
+def test_a_crash_during_the_iceberg_write_leaves_the_previous_rows_readable(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path, monkeypatch
+):
+    day = "2025-06-05"
+    insert_products(stack.postgres_uri, [sale(f"C-{n}", day, f"{cdn}/ok.png") for n in range(4)])
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    run(res, day)
+    before = day_rows(res, day)
+    insert_products(stack.postgres_uri, [sale(f"C-{n}", day, f"{cdn}/ok.png", sold_price="999") for n in range(6)])
+
+    import pyiceberg.table
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full in the middle of a commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pyiceberg.table.Transaction, "commit_transaction", crash)
+        failed = materialize(ASSETS, resources=res, partition_key=day, raise_on_error=False,
+                             selection=[AssetKey("smartgo_sales_iceberg")] + [AssetKey("smartgo_sales"), AssetKey("product_image_embeddings")])  # fmt: skip
+    assert not failed.success
+    assert day_rows(res, day) == before
+
+    run(res, day)
+    after = day_rows(res, day)
+    assert set(after) == {f"C-{n}" for n in range(6)} and {r["sold_price"] for r in after.values()} == {999.0}
+
+
+@pytest.mark.parametrize("dimension", [1024])
+def test_a_misconfigured_database_fails_with_the_setting_named_and_no_secret(dimension, tmp_path):
+    db = SmartGoDatabase(dsn="postgresql://smartgo:hunter2-secret@127.0.0.1:1/smartgo?connect_timeout=2")
+    with pytest.raises(Exception) as raised:
+        next(db.stream_sold_products(datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)))
+    assert "cannot connect to the SmartGo database 127.0.0.1:1/smartgo" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+    with pytest.raises(Exception, match="exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"):
+        next(SmartGoDatabase().stream_sold_products(datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)))
