@@ -1,6 +1,7 @@
 """The pricing pipeline against real servers: embedded Postgres, moto S3 and DynamoDB over HTTP,
 a Bedrock-compatible server and a hostile image CDN, all on 127.0.0.1."""
 
+import hashlib
 from datetime import UTC, datetime
 
 import boto3
@@ -186,7 +187,7 @@ def test_bedrock_throttling_is_retried_and_wrong_lengths_are_per_sale_errors(
     images = {f"/t-{n}.png": png((n * 9, 200 - n * 5, 60), size=(64 + n, 64)) for n in range(24)}
     cdn_state.images.update(images)
     bedrock_calls.throttle_next = 10
-    bedrock_calls.wrong_length_for = {len(images["/t-3.png"])}
+    bedrock_calls.wrong_length_for = {hashlib.sha256(images["/t-3.png"]).hexdigest()}
     insert_products(stack.postgres_uri, [sale(f"T-{n}", day, f"{cdn}/t-{n}.png") for n in range(24)])
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
 
