@@ -11,7 +11,9 @@ EMBEDDINGS = AssetKey("product_image_embeddings")
 ICEBERG = AssetKey("smartgo_sales_iceberg")
 
 no_quarantined_rows = AssetCheckSpec(
-    "no_quarantined_rows", asset=SALES, description="Source rows that could not be used (WARN when any)"
+    "no_quarantined_rows",
+    asset=SALES,
+    description="Source rows that could not be used (WARN when any)",
 )
 embedding_error_ratio = AssetCheckSpec(
     "embedding_error_ratio_within_budget",
@@ -20,15 +22,21 @@ embedding_error_ratio = AssetCheckSpec(
     description="Share of sales without a vector stays within MAX_EMBEDDING_ERROR_RATIO; blocks the Iceberg write",
 )
 vector_length = AssetCheckSpec(
-    "vectors_have_configured_length", asset=EMBEDDINGS, description="Every non-null vector has the configured length"
+    "vectors_have_configured_length",
+    asset=EMBEDDINGS,
+    description="Every non-null vector has the configured length",
 )
 iceberg_reconciles = AssetCheckSpec(
-    "iceberg_rows_match_source", asset=ICEBERG, description="The day's Iceberg rows equal the day's valid source rows"
+    "iceberg_rows_match_source",
+    asset=ICEBERG,
+    description="The day's Iceberg rows equal the day's valid source rows",
 )
 
 
 def examples(reasons: Counter[str], limit: int = 5) -> str:
-    return "\n".join(f"- {reason}: {count}" for reason, count in reasons.most_common(limit)) or "none"
+    return (
+        "\n".join(f"- {reason}: {count}" for reason, count in reasons.most_common(limit)) or "none"
+    )
 
 
 def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> AssetCheckResult:
@@ -36,11 +44,17 @@ def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> As
         check_name=no_quarantined_rows.name,
         passed=quarantined == 0,
         severity=AssetCheckSeverity.WARN,
-        metadata={"quarantined": quarantined, "source_rows": total, "reasons": MetadataValue.md(examples(reasons))},
+        metadata={
+            "quarantined": quarantined,
+            "source_rows": total,
+            "reasons": MetadataValue.md(examples(reasons)),
+        },
     )
 
 
-def error_ratio_result(errors: int, total: int, budget: float, reasons: Counter[str]) -> AssetCheckResult:
+def error_ratio_result(
+    errors: int, total: int, budget: float, reasons: Counter[str]
+) -> AssetCheckResult:
     ratio = errors / total if total else 0.0
     return AssetCheckResult(
         check_name=embedding_error_ratio.name,
@@ -58,7 +72,11 @@ def vector_length_result(lengths: Counter[int], expected: int) -> AssetCheckResu
         check_name=vector_length.name,
         passed=wrong == 0,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"expected_length": expected, "wrong_length": wrong, "vectors": sum(lengths.values())},
+        metadata={
+            "expected_length": expected,
+            "wrong_length": wrong,
+            "vectors": sum(lengths.values()),
+        },
     )
 
 
@@ -72,10 +90,16 @@ def reconciliation_result(iceberg_rows: int, source_rows: int) -> AssetCheckResu
 
 
 def valid_ndjson_spec(asset: AssetKey) -> AssetCheckSpec:
-    return AssetCheckSpec("valid_ndjson", asset=asset, description="Every line parses, with the declared fields in order")
+    return AssetCheckSpec(
+        "valid_ndjson",
+        asset=asset,
+        description="Every line parses, with the declared fields in order",
+    )
 
 
 def records_match_spec(asset: AssetKey) -> AssetCheckSpec:
     return AssetCheckSpec(
-        "records_match_source", asset=asset, description="Records exported equal the distinct source items of that type"
+        "records_match_source",
+        asset=asset,
+        description="Records exported equal the distinct source items of that type",
     )

@@ -50,7 +50,9 @@ def _local_deployment() -> None:
 
     deployment = settings().deployment
     if deployment != "local":
-        raise UsageError("this command runs on the embedded local stack: unset SMARTGO_DEPLOYMENT or set it to local")
+        raise UsageError(
+            "this command runs on the embedded local stack: unset SMARTGO_DEPLOYMENT or set it to local"
+        )
 
 
 def _demo_days(args) -> list[date]:
@@ -59,11 +61,15 @@ def _demo_days(args) -> list[date]:
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     end = args.end_date or yesterday
     if end > yesterday:
-        raise UsageError(f"--end-date {end} is not a finished day yet (the last one is {yesterday}, UTC)")
+        raise UsageError(
+            f"--end-date {end} is not a finished day yet (the last one is {yesterday}, UTC)"
+        )
     days = [end - timedelta(days=n) for n in reversed(range(args.days))]
     first = date.fromisoformat(settings().partitions_start)
     if days[0] < first:
-        raise UsageError(f"{days[0]} is before the first partition {first} (SMARTGO_PARTITIONS_START)")
+        raise UsageError(
+            f"{days[0]} is before the first partition {first} (SMARTGO_PARTITIONS_START)"
+        )
     return days
 
 
@@ -99,14 +105,16 @@ def cmd_demo(args) -> int:
     days = _demo_days(args)
     home = smartgo_home()
     with local_stack(home) as info:
-        say(f"local stack up: Postgres {info.postgres_uri}, moto {info.aws_endpoint_url}, CDN {info.cdn_url}")
+        say(
+            f"local stack up: Postgres {info.postgres_uri}, moto {info.aws_endpoint_url}, CDN {info.cdn_url}"
+        )
         _seed(info, days, args.sales_per_day)
         _dagster_home(home)
         from dagster import DagsterInstance
 
         from smartgo_analytics.definitions import defs
 
-        job = defs.get_job_def("daily_analytics_job")
+        job = defs.resolve_job_def("daily_analytics_job")
         summary: dict[str, dict] = {}
         failed = []
         with DagsterInstance.get() as instance:
@@ -114,7 +122,10 @@ def cmd_demo(args) -> int:
                 started = time.monotonic()
                 say(f"materialising {day} ...")
                 result = job.execute_in_process(
-                    partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET
+                    partition_key=day.isoformat(),
+                    instance=instance,
+                    raise_on_error=False,
+                    run_config=QUIET,
                 )
                 _collect(result, summary)
                 not_passed = [
@@ -140,7 +151,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 def _failure(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            return f"{event.step_key}: {event.step_failure_data.error.message.strip().splitlines()[0]}"
+            return (
+                f"{event.step_key}: {event.step_failure_data.error.message.strip().splitlines()[0]}"
+            )
     return "run failed"
 
 
@@ -160,7 +173,9 @@ def _collect(result, summary: dict[str, dict]) -> None:
         metadata = {k: v.value for k, v in materialization.metadata.items()}
         entry = summary.setdefault(key, {"partitions": set(), "rows": 0, "errors": 0, "output": ""})
         entry["partitions"].add(materialization.partition)
-        rows_field, errors_field = SUMMARY_FIELDS.get(key, ("records_exported", "duplicates_skipped"))
+        rows_field, errors_field = SUMMARY_FIELDS.get(
+            key, ("records_exported", "duplicates_skipped")
+        )
         entry["rows"] += int(metadata.get(rows_field) or 0)
         entry["errors"] += int(metadata.get(errors_field) or 0)
         for name in OUTPUT_FIELDS:
@@ -176,7 +191,9 @@ def _print_summary(summary: dict[str, dict], info) -> None:
     say("-" * len(header))
     for key in sorted(summary):
         entry = summary[key]
-        say(f"{key:<32} {len(entry['partitions']):>10} {entry['rows']:>8} {entry['errors']:>7}  {entry['output']}")
+        say(
+            f"{key:<32} {len(entry['partitions']):>10} {entry['rows']:>8} {entry['errors']:>7}  {entry['output']}"
+        )
     say("")
     say(f"lake: {info.lake_dir}   Iceberg warehouse: {info.warehouse_uri}")
     say("look at the table: smartgo-analytics query smartgo_sales --limit 5")
@@ -250,7 +267,9 @@ def cmd_query(args) -> int:
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
     unknown = [c for c in columns or () if c not in ARROW_SCHEMA.names]
     if unknown:
-        raise UsageError(f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(ARROW_SCHEMA.names)}")
+        raise UsageError(
+            f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(ARROW_SCHEMA.names)}"
+        )
     if settings().deployment == "local":
         try:
             running_stack()
@@ -270,7 +289,9 @@ def _print_query(catalog, args, columns) -> int:
 
     table = catalog.existing_sales_table()
     if table is None:
-        raise UsageError("the table pricing_intelligence.smartgo_sales does not exist yet: run `make demo` first")
+        raise UsageError(
+            "the table pricing_intelligence.smartgo_sales does not exist yet: run `make demo` first"
+        )
     try:
         row_filter = parse(args.where) if args.where else None
     except Exception as error:  # pyiceberg raises ParseException from pyparsing
@@ -302,19 +323,39 @@ def _short(value) -> str:
     return "" if value is None else str(value)[:48]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, exit code 2: what was wrong, not a page of usage."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="smartgo-analytics", description=__doc__)
-    commands = root.add_subparsers(dest="command", required=True)
+    root = _Parser(prog="smartgo-analytics", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def days_options(p, default_days: int) -> None:
-        p.add_argument("--days", type=_positive, default=default_days, help="how many days, ending at --end-date")
-        p.add_argument("--end-date", type=_day, default=None, help="last day, YYYY-MM-DD (default: yesterday, UTC)")
+        p.add_argument(
+            "--days",
+            type=_positive,
+            default=default_days,
+            help="how many days, ending at --end-date",
+        )
+        p.add_argument(
+            "--end-date",
+            type=_day,
+            default=None,
+            help="last day, YYYY-MM-DD (default: yesterday, UTC)",
+        )
         p.add_argument("--sales-per-day", type=_positive, default=200, help="demo sales a day")
 
-    demo = commands.add_parser("demo", help="start the local stack, seed, materialise every asset, summarise")
+    demo = commands.add_parser(
+        "demo", help="start the local stack, seed, materialise every asset, summarise"
+    )
     days_options(demo, 2)
     demo.set_defaults(run=cmd_demo)
-    dev = commands.add_parser("dev", help="start the local stack, seed, and run `dagster dev` on 127.0.0.1")
+    dev = commands.add_parser(
+        "dev", help="start the local stack, seed, and run `dagster dev` on 127.0.0.1"
+    )
     days_options(dev, 3)
     dev.add_argument("--port", type=_positive, default=3000)
     dev.set_defaults(run=cmd_dev)
@@ -326,7 +367,9 @@ def parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_stack_info)
     query = commands.add_parser("query", help="read the Iceberg table")
     query.add_argument("table", choices=["smartgo_sales"])
-    query.add_argument("--where", help="pyiceberg filter, e.g. \"tenant_id == 'carousel-labs' and month == 1\"")
+    query.add_argument(
+        "--where", help="pyiceberg filter, e.g. \"tenant_id == 'carousel-labs' and month == 1\""
+    )
     query.add_argument("--columns", help="comma-separated column names")
     query.add_argument("--limit", type=_positive, default=20)
     query.add_argument("--format", choices=["table", "json", "csv"], default="table")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import EnvVar
 
 from smartgo_analytics.assets.quicksight import QuickSightExport
-from smartgo_analytics.local.stack import LOCAL_BUCKET, EXPORT_PROGRESS_TABLE, smartgo_home
+from smartgo_analytics.local.stack import EXPORT_PROGRESS_TABLE, LOCAL_BUCKET, smartgo_home
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker, SalesDataTable
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
@@ -28,7 +28,9 @@ def local_resources(config: Settings) -> dict[str, object]:
         ),
         "object_store": object_store,
         "parquet_io_manager": ParquetIOManager(object_store=object_store),
-        "image_fetcher": ImageFetcher(allowlist=["127.0.0.1", "localhost", *config.image_url_allowlist]),
+        "image_fetcher": ImageFetcher(
+            allowlist=["127.0.0.1", "localhost", *config.image_url_allowlist]
+        ),
         "image_embedder": LocalVisualEmbedder(
             dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
         ),
@@ -42,7 +44,9 @@ def prod_resources(config: Settings) -> dict[str, object]:
     if not config.s3_bucket:
         raise ConfigurationError("S3_BUCKET is not set (required when SMARTGO_DEPLOYMENT=prod)")
     if config.database_url_set == bool(config.db_ssm_parameter):
-        raise ConfigurationError("set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER")
+        raise ConfigurationError(
+            "set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
+        )
     if not config.iceberg_properties.get("type"):
         raise ConfigurationError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
     region = config.aws_region
@@ -54,12 +58,16 @@ def prod_resources(config: Settings) -> dict[str, object]:
             region_name=region,
         ),
         "sales_data": SalesDataTable(table_name=config.dynamodb_table, region_name=region),
-        "export_progress": ExportProgressTracker(table_name=config.export_progress_table, region_name=region),
+        "export_progress": ExportProgressTracker(
+            table_name=config.export_progress_table, region_name=region
+        ),
         "object_store": object_store,
         "parquet_io_manager": ParquetIOManager(object_store=object_store),
         "image_fetcher": ImageFetcher(allowlist=config.image_url_allowlist),
         "image_embedder": TitanEmbedder(
-            dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency, region_name=region
+            dimension=config.embedding_dimension,
+            max_concurrency=config.bedrock_max_concurrency,
+            region_name=region,
         ),
         "iceberg": IcebergCatalog(properties=config.iceberg_properties),
         "quicksight": QuickSightExport(prefix=config.quicksight_prefix),

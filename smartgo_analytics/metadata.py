@@ -8,5 +8,7 @@ from dagster import MetadataValue
 def md_table(rows: list[dict], columns: list[str], limit: int = 5) -> MetadataValue:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows[:limit]:
-        lines.append("| " + " | ".join(str(row.get(c, ""))[:60].replace("|", "/") for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join(str(row.get(c, ""))[:60].replace("|", "/") for c in columns) + " |"
+        )
     return MetadataValue.md("\n".join(lines))

@@ -77,7 +77,11 @@ def _iceberg_properties() -> dict[str, str]:
             properties = {str(k): str(v) for k, v in json.loads(raw).items()}
         except (json.JSONDecodeError, AttributeError):
             raise ConfigurationError("ICEBERG_CATALOG_PROPERTIES is not a JSON object") from None
-    for name, key in (("ICEBERG_CATALOG_TYPE", "type"), ("ICEBERG_CATALOG_URI", "uri"), ("ICEBERG_WAREHOUSE", "warehouse")):
+    for name, key in (
+        ("ICEBERG_CATALOG_TYPE", "type"),
+        ("ICEBERG_CATALOG_URI", "uri"),
+        ("ICEBERG_WAREHOUSE", "warehouse"),
+    ):
         if os.environ.get(name):
             properties[key] = os.environ[name]
     return properties
@@ -87,12 +91,16 @@ def _iceberg_properties() -> dict[str, str]:
 def settings() -> Settings:
     deployment = os.environ.get("SMARTGO_DEPLOYMENT", "local").strip() or "local"
     if deployment not in DEPLOYMENTS:
-        raise ConfigurationError(f"SMARTGO_DEPLOYMENT={deployment!r} is not one of {', '.join(DEPLOYMENTS)}")
+        raise ConfigurationError(
+            f"SMARTGO_DEPLOYMENT={deployment!r} is not one of {', '.join(DEPLOYMENTS)}"
+        )
     partitions_start = os.environ.get("SMARTGO_PARTITIONS_START", "2024-01-01")
     try:
         date.fromisoformat(partitions_start)
     except ValueError:
-        raise ConfigurationError(f"SMARTGO_PARTITIONS_START={partitions_start!r} is not a YYYY-MM-DD date") from None
+        raise ConfigurationError(
+            f"SMARTGO_PARTITIONS_START={partitions_start!r} is not a YYYY-MM-DD date"
+        ) from None
     prefix = os.environ.get("QUICKSIGHT_PREFIX", "quicksight/")
     if prefix.startswith("/") or (prefix and not prefix.endswith("/")):
         raise ConfigurationError(f"QUICKSIGHT_PREFIX={prefix!r} must be relative and end with '/'")

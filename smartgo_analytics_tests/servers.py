@@ -57,7 +57,9 @@ def bedrock_server(state: BedrockState) -> _Server:
         def _error(self, status: int, code: str, message: str):
             body = json.dumps({"message": message}).encode()
             self.send_response(status)
-            self.send_header("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+            self.send_header(
+                "x-amzn-ErrorType", f"{code}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+            )
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -70,7 +72,9 @@ def bedrock_server(state: BedrockState) -> _Server:
                 return self._error(404, "ResourceNotFoundException", "no such route")
             with state.lock:
                 state.calls += 1
-                state.requests.append(hashlib.sha256(request["inputImage"].encode()).hexdigest()[:8])
+                state.requests.append(
+                    hashlib.sha256(request["inputImage"].encode()).hexdigest()[:8]
+                )
                 if state.throttle_next > 0:
                     state.throttle_next -= 1
                     throttled = True
@@ -153,7 +157,9 @@ def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
             if path == "/missing.png":
                 return self._send(404, b"not found", "text/plain")
             if path == "/flaky.png":
-                return self._send(500, b"oops", "text/plain") if hits == 1 else self._send(200, good)
+                return (
+                    self._send(500, b"oops", "text/plain") if hits == 1 else self._send(200, good)
+                )
             if path == "/always-500.png":
                 return self._send(503, b"down", "text/plain")
             if path == "/slow.png":

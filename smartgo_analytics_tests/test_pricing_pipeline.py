@@ -40,7 +40,9 @@ HOSTILE = {
 
 
 def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetcher):
-    store = S3ObjectStore(bucket=bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    store = S3ObjectStore(
+        bucket=bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
     return {
         "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri),
         "object_store": store,
@@ -52,8 +54,11 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
             endpoint_url=bedrock, region_name="us-east-1", model_timeout_backoff_s=0.05
         ),
         "iceberg": IcebergCatalog(
-            properties={"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
-                        "warehouse": (tmp_path / "warehouse").as_uri()}  # fmt: skip
+            properties={
+                "type": "sql",
+                "uri": f"sqlite:///{tmp_path}/catalog.db",
+                "warehouse": (tmp_path / "warehouse").as_uri(),
+            }  # fmt: skip
         ),
         "export_progress": ExportProgressTracker(
             table_name=progress_table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
@@ -64,8 +69,16 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
 def run(res, day, raise_on_error=True, max_error_ratio=None):
     run_config = None
     if max_error_ratio is not None:
-        run_config = {"ops": {"product_image_embeddings": {"config": {"max_error_ratio": max_error_ratio}}}}
-    return materialize(ASSETS, resources=res, partition_key=day, raise_on_error=raise_on_error, run_config=run_config)
+        run_config = {
+            "ops": {"product_image_embeddings": {"config": {"max_error_ratio": max_error_ratio}}}
+        }
+    return materialize(
+        ASSETS,
+        resources=res,
+        partition_key=day,
+        raise_on_error=raise_on_error,
+        run_config=run_config,
+    )
 
 
 def day_rows(res, day):
@@ -86,7 +99,10 @@ def test_hostile_images_become_per_sale_errors_and_the_day_completes(
     day = "2025-06-01"
     good = [sale(f"OK-{n}", day, f"{cdn}/ok.png") for n in range(60)]
     bad = [sale(f"BAD-{name}", day, f"{cdn}{path}") for name, (path, _) in HOSTILE.items()]
-    schemes = [sale("BAD-file", day, "file:///etc/passwd"), sale("BAD-gopher", day, "gopher://localhost/x")]
+    schemes = [
+        sale("BAD-file", day, "file:///etc/passwd"),
+        sale("BAD-gopher", day, "gopher://localhost/x"),
+    ]
     flaky = [sale("FLAKY", day, f"{cdn}/flaky.png")]
     insert_products(stack.postgres_uri, good + bad + schemes + flaky)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
@@ -101,7 +117,9 @@ def test_hostile_images_become_per_sale_errors_and_the_day_completes(
         assert row["embedding_vector"] is None
     assert "scheme 'file'" in rows["BAD-file"]["embedding_error"]
     assert "scheme 'gopher'" in rows["BAD-gopher"]["embedding_error"]
-    assert rows["FLAKY"]["embedding_error"] is None and len(rows["FLAKY"]["embedding_vector"]) == 1024
+    assert (
+        rows["FLAKY"]["embedding_error"] is None and len(rows["FLAKY"]["embedding_vector"]) == 1024
+    )
     assert all(len(rows[f"OK-{n}"]["embedding_vector"]) == 1024 for n in range(60))
     ratio = check(result, "embedding_error_ratio_within_budget")
     assert ratio.passed and ratio.metadata["errors"].value == 13
@@ -111,7 +129,10 @@ def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(
     stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path
 ):
     day = "2025-06-06"
-    insert_products(stack.postgres_uri, [sale("B-0", day, f"{cdn}/ok.png"), sale("B-1", day, f"{cdn}/missing.png")])
+    insert_products(
+        stack.postgres_uri,
+        [sale("B-0", day, f"{cdn}/ok.png"), sale("B-1", day, f"{cdn}/missing.png")],
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
 
     result = run(res, day, raise_on_error=False)
@@ -122,9 +143,13 @@ def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(
     assert day_rows(res, day) == {}
 
 
-def test_a_day_within_budget_writes_vectors_images_and_progress(stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path):
+def test_a_day_within_budget_writes_vectors_images_and_progress(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path
+):
     day = "2025-06-02"
-    dynamodb = boto3.client("dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    dynamodb = boto3.client(
+        "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
     create_progress_table(dynamodb, "progress-test")
     insert_products(stack.postgres_uri, [sale(f"P-{n}", day, f"{cdn}/ok.png") for n in range(30)]
                     + [sale("P-missing", day, f"{cdn}/missing.png"),
@@ -138,8 +163,15 @@ def test_a_day_within_budget_writes_vectors_images_and_progress(stack, s3_bucket
     rows = day_rows(res, day)
     assert set(rows) == {f"P-{n}" for n in range(30)} | {"P-missing"}
     row = rows["P-0"]
-    assert row["season"] == "summer" and row["quarter"] == "Q2" and (row["year"], row["month"]) == (2025, 6)
-    assert row["embedding_id"].startswith("smartgo-P-0-") and row["embedding_model"] == "amazon.titan-embed-image-v1"
+    assert (
+        row["season"] == "summer"
+        and row["quarter"] == "Q2"
+        and (row["year"], row["month"]) == (2025, 6)
+    )
+    assert (
+        row["embedding_id"].startswith("smartgo-P-0-")
+        and row["embedding_model"] == "amazon.titan-embed-image-v1"
+    )
     key = row["image_s3_key"].removeprefix(f"s3://{s3_bucket}/")
     assert key == f"images/smartgo/carousel-labs/P-0/{row['image_sha256']}.png"
     s3 = boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
@@ -148,8 +180,14 @@ def test_a_day_within_budget_writes_vectors_images_and_progress(stack, s3_bucket
     assert bedrock_calls.calls == 1
     assert check(result, "no_quarantined_rows").passed is False
     assert check(result, "iceberg_rows_match_source").passed
-    item = dynamodb.get_item(TableName="progress-test", Key={"PK": {"S": f"EXPORT#{day}"}, "SK": {"S": "METADATA"}})["Item"]
-    assert item["status"]["S"] == "COMPLETE" and item["errorCount"]["N"] == "1" and item["totalCount"]["N"] == "31"
+    item = dynamodb.get_item(
+        TableName="progress-test", Key={"PK": {"S": f"EXPORT#{day}"}, "SK": {"S": "METADATA"}}
+    )["Item"]
+    assert (
+        item["status"]["S"] == "COMPLETE"
+        and item["errorCount"]["N"] == "1"
+        and item["totalCount"]["N"] == "31"
+    )
     assert int(item["ttl"]["N"]) > datetime.now(UTC).timestamp() + 89 * 86400
 
 
@@ -158,8 +196,12 @@ def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embed
 ):
     day = "2025-06-13"
     for n in range(5):
-        cdn_state.images[f"/distinct-{n}.png"] = __import__("smartgo_analytics_tests.servers").servers.png((40 * n, 90, 200))
-    insert_products(stack.postgres_uri, [sale(f"R-{n}", day, f"{cdn}/distinct-{n}.png") for n in range(5)])
+        cdn_state.images[f"/distinct-{n}.png"] = __import__(
+            "smartgo_analytics_tests.servers"
+        ).servers.png((40 * n, 90, 200))
+    insert_products(
+        stack.postgres_uri, [sale(f"R-{n}", day, f"{cdn}/distinct-{n}.png") for n in range(5)]
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     run(res, day)
     first = day_rows(res, day)
@@ -188,7 +230,9 @@ def test_bedrock_throttling_is_retried_and_wrong_lengths_are_per_sale_errors(
     cdn_state.images.update(images)
     bedrock_calls.throttle_next = 10
     bedrock_calls.wrong_length_for = {hashlib.sha256(images["/t-3.png"]).hexdigest()}
-    insert_products(stack.postgres_uri, [sale(f"T-{n}", day, f"{cdn}/t-{n}.png") for n in range(24)])
+    insert_products(
+        stack.postgres_uri, [sale(f"T-{n}", day, f"{cdn}/t-{n}.png") for n in range(24)]
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
 
     result = run(res, day)
@@ -208,7 +252,10 @@ def test_a_crash_during_the_iceberg_write_leaves_the_previous_rows_readable(
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     run(res, day)
     before = day_rows(res, day)
-    insert_products(stack.postgres_uri, [sale(f"C-{n}", day, f"{cdn}/ok.png", sold_price="999") for n in range(6)])
+    insert_products(
+        stack.postgres_uri,
+        [sale(f"C-{n}", day, f"{cdn}/ok.png", sold_price="999") for n in range(6)],
+    )
 
     import pyiceberg.table
 
@@ -224,15 +271,29 @@ def test_a_crash_during_the_iceberg_write_leaves_the_previous_rows_readable(
 
     run(res, day)
     after = day_rows(res, day)
-    assert set(after) == {f"C-{n}" for n in range(6)} and {r["sold_price"] for r in after.values()} == {999.0}
+    assert set(after) == {f"C-{n}" for n in range(6)} and {
+        r["sold_price"] for r in after.values()
+    } == {999.0}
 
 
 @pytest.mark.parametrize("dimension", [1024])
 def test_a_misconfigured_database_fails_with_the_setting_named_and_no_secret(dimension, tmp_path):
-    db = SmartGoDatabase(dsn="postgresql://smartgo:hunter2-secret@127.0.0.1:1/smartgo?connect_timeout=2")
+    db = SmartGoDatabase(
+        dsn="postgresql://smartgo:hunter2-secret@127.0.0.1:1/smartgo?connect_timeout=2"
+    )
     with pytest.raises(Exception) as raised:
-        next(db.stream_sold_products(datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)))
+        next(
+            db.stream_sold_products(
+                datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)
+            )
+        )
     assert "cannot connect to the SmartGo database 127.0.0.1:1/smartgo" in str(raised.value)
     assert "hunter2" not in str(raised.value)
-    with pytest.raises(Exception, match="exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"):
-        next(SmartGoDatabase().stream_sold_products(datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)))
+    with pytest.raises(
+        Exception, match="exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
+    ):
+        next(
+            SmartGoDatabase().stream_sold_products(
+                datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)
+            )
+        )

@@ -1,6 +1,5 @@
 """SmartGo sales -> safe image download -> image embeddings -> Iceberg table."""
 
-
 import hashlib
 import io
 import threading
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
+    BackfillPolicy,
     Backoff,
     Config,
     Jitter,
@@ -26,7 +26,12 @@ from pydantic import Field
 from smartgo_analytics import checks
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
-from smartgo_analytics.core.sales import QUARANTINE_SCHEMA, VALID_SALES_SCHEMA, Rejected, validate_sale
+from smartgo_analytics.core.sales import (
+    QUARANTINE_SCHEMA,
+    VALID_SALES_SCHEMA,
+    Rejected,
+    validate_sale,
+)
 from smartgo_analytics.layout import STAGING_PREFIX, image_key
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
@@ -39,7 +44,11 @@ from smartgo_analytics.resources.postgres import SmartGoDatabase
 from smartgo_analytics.settings import settings
 
 GROUP = "pricing_intelligence"
-IO_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+IO_RETRY = RetryPolicy(
+    max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+# One day per run: a backfill becomes many small runs, and the `bedrock` pool caps how many embed at once.
+ONE_DAY_PER_RUN = BackfillPolicy.multi_run(1)
 
 
 @asset(
@@ -48,6 +57,7 @@ IO_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitt
     kinds={"postgres"},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
+    backfill_policy=ONE_DAY_PER_RUN,
     check_specs=[checks.no_quarantined_rows],
 )
 def smartgo_sales(
@@ -58,7 +68,9 @@ def smartgo_sales(
 ):
     """The day's SOLD products, validated; unusable rows are quarantined with a reason each."""
     start, end = context.partition_time_window
-    export_progress.record(context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat())
+    export_progress.record(
+        context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat()
+    )
     valid, rejected = [], []
     for batch in smartgo_db.stream_sold_products(start, end):
         for row in batch:
@@ -81,7 +93,9 @@ def smartgo_sales(
         key = f"{STAGING_PREFIX}/quarantine/smartgo_sales/{context.partition_key}.parquet"
         metadata["quarantine_uri"] = object_store.put_bytes(key, buffer.getvalue())
         metadata["quarantined_examples"] = md_table(rejected, ["product_id", "reason"])
-    context.log.info(f"{context.partition_key}: {len(valid)} valid sales, {len(rejected)} quarantined")
+    context.log.info(
+        f"{context.partition_key}: {len(valid)} valid sales, {len(rejected)} quarantined"
+    )
     yield Output(table, metadata=metadata)
     yield checks.quarantine_result(len(rejected), len(valid) + len(rejected), reasons)
 
@@ -145,6 +159,7 @@ def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[s
     kinds={"bedrock", "s3"},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
+    backfill_policy=ONE_DAY_PER_RUN,
     pool="bedrock",
     check_specs=[checks.embedding_error_ratio, checks.vector_length],
 )
@@ -179,7 +194,9 @@ def product_image_embeddings(
             key = image_key(sale["tenant_id"], sale["product_id"], sha, prepared.extension)
             result["image_s3_key"] = object_store.put_bytes(key, raw, f"image/{prepared.extension}")
             vector, reused = embed_once(sha, prepared.data)
-            result.update(embedding_model=model_id, embedding_vector=vector, embedding_reused=reused)
+            result.update(
+                embedding_model=model_id, embedding_vector=vector, embedding_reused=reused
+            )
         except ImageFetchError as error:
             result["embedding_error"] = f"image download failed: {error}"
         except BadImage as error:
@@ -190,7 +207,9 @@ def product_image_embeddings(
 
     sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
     results = []
-    with ThreadPoolExecutor(max_workers=config.download_concurrency, thread_name_prefix="image") as pool:
+    with ThreadPoolExecutor(
+        max_workers=config.download_concurrency, thread_name_prefix="image"
+    ) as pool:
         for n, result in enumerate(pool.map(process, sales), start=1):
             results.append(result)
             if n % 500 == 0:
@@ -199,7 +218,9 @@ def product_image_embeddings(
     table = pa.Table.from_pylist(results, schema=sales_table.EMBEDDINGS_SCHEMA)
     errors = [r for r in results if r["embedding_error"]]
     reasons = Counter(_reason_class(r["embedding_error"]) for r in errors)
-    lengths = Counter(len(r["embedding_vector"]) for r in results if r["embedding_vector"] is not None)
+    lengths = Counter(
+        len(r["embedding_vector"]) for r in results if r["embedding_vector"] is not None
+    )
     reused = sum(1 for r in results if r["embedding_reused"])
     context.log.info(
         f"{context.partition_key}: {len(results) - len(errors)} embedded, {len(errors)} errors, "
@@ -216,7 +237,9 @@ def product_image_embeddings(
             "embedding_calls": embed_once.calls,
             "embeddings_reused": reused,
             "embedding_model": model_id,
-            "estimated_bedrock_cost_usd": round(embed_once.calls * image_embedder.price_per_image, 6),
+            "estimated_bedrock_cost_usd": round(
+                embed_once.calls * image_embedder.price_per_image, 6
+            ),
         },
     )
     yield checks.error_ratio_result(len(errors), len(results), config.max_error_ratio, reasons)
@@ -233,6 +256,7 @@ def _reason_class(error: str) -> str:
     group_name=GROUP,
     kinds={"iceberg"},
     retry_policy=IO_RETRY,
+    backfill_policy=ONE_DAY_PER_RUN,
     check_specs=[checks.iceberg_reconciles],
 )
 def smartgo_sales_iceberg(
@@ -275,7 +299,16 @@ def smartgo_sales_iceberg(
             "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
             "table_location": table.location(),
             "preview": md_table(
-                rows.select(["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"])
+                rows.select(
+                    [
+                        "product_id",
+                        "tenant_id",
+                        "category",
+                        "sold_price",
+                        "season",
+                        "embedding_error",
+                    ]
+                )
                 .slice(0, 5)
                 .to_pylist(),
                 ["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"],

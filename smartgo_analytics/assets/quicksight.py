@@ -1,6 +1,5 @@
 """DynamoDB daily metrics -> five NDJSON datasets and their QuickSight manifests."""
 
-
 import json
 from collections import Counter
 
@@ -20,20 +19,28 @@ from pydantic import Field
 from smartgo_analytics import checks
 from smartgo_analytics.assets.pricing_intelligence import IO_RETRY
 from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
-from smartgo_analytics.core.quicksight import DATASETS, DatasetSpec, build_dataset, item_kind, manifest, unknown_kinds
-from smartgo_analytics.metadata import md_table
+from smartgo_analytics.core.quicksight import (
+    DATASETS,
+    DatasetSpec,
+    build_dataset,
+    item_kind,
+    manifest,
+    unknown_kinds,
+)
 from smartgo_analytics.layout import (
     daily_metrics_key,
     quicksight_dataset_prefix,
     quicksight_export_key,
     quicksight_manifest_key,
 )
+from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import ObjectStore
 
 GROUP = "quicksight"
 SINGLE_RUN = BackfillPolicy.single_run()
+PER_DAY_COLUMNS = ["date", "items", "pages", "non_finite_numbers"]
 
 
 class QuickSightExport(ConfigurableResource):
@@ -72,9 +79,14 @@ def dynamodb_daily_metrics(
         metadata={
             "days": len(per_day),
             "items": total,
+            "pages_read": sum(d["pages"] for d in per_day),
             "non_finite_numbers_nulled": sum(d["non_finite_numbers"] for d in per_day),
             "table": sales_data.table_name,
-            "per_day": md_table(per_day, sorted({k for d in per_day for k in d}, key=lambda k: k != "date"), 31),
+            "per_day": md_table(
+                per_day,
+                [*PER_DAY_COLUMNS, *sorted({k for d in per_day for k in d} - set(PER_DAY_COLUMNS))],
+                31,
+            ),
         }
     )
 
@@ -109,7 +121,9 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             nulls.update(build.nulls)
             duplicates += build.duplicates
             first_records = first_records or build.records
-            distinct = len({item.get(spec.identity) for item in items if item_kind(item) == spec.source})
+            distinct = len(
+                {item.get(spec.identity) for item in items if item_kind(item) == spec.source}
+            )
             expected[day] = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
             try:
@@ -119,7 +133,9 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 written = []
             bad_fields = [r for r in written if list(r) != list(spec.field_names)]
             if bad_fields:
-                problems.append(f"{day}: {len(bad_fields)} lines without the declared fields in order")
+                problems.append(
+                    f"{day}: {len(bad_fields)} lines without the declared fields in order"
+                )
             exported[day] = len(written)
         manifest_uri = object_store.put_bytes(
             quicksight_manifest_key(quicksight.prefix, spec.name),
@@ -148,8 +164,13 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 AssetCheckResult(
                     check_name=records_match.name,
                     passed=not mismatched,
-                    metadata={"exported": sum(exported.values()), "expected": sum(expected.values()),
-                              "mismatched_days": MetadataValue.json({d: list(v) for d, v in mismatched.items()})},
+                    metadata={
+                        "exported": sum(exported.values()),
+                        "expected": sum(expected.values()),
+                        "mismatched_days": MetadataValue.json(
+                            {d: list(v) for d, v in mismatched.items()}
+                        ),
+                    },
                 ),  # fmt: skip
             ],
         )

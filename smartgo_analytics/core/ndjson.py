@@ -42,19 +42,25 @@ def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
         return [plain_value(v, nulls, path) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode("ascii")
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), (bytes, bytearray)):
+    if hasattr(value, "value") and isinstance(value.value, (bytes, bytearray)):
         return base64.b64encode(bytes(value.value)).decode("ascii")  # boto3 Binary
     return value
 
 
-def encode_ndjson(records: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> bytes:
+def encode_ndjson(
+    records: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None
+) -> bytes:
     """One JSON object per line, UTF-8, no NaN; fields in the given order, or sorted by name."""
     lines = []
     for record in records:
         ordered = {name: record.get(name) for name in fields} if fields is not None else record
         lines.append(
             json.dumps(
-                ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=fields is None
+                ordered,
+                ensure_ascii=False,
+                separators=(",", ":"),
+                allow_nan=False,
+                sort_keys=fields is None,
             )
         )
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""

@@ -58,7 +58,9 @@ SCHEMA = Schema(
             name=name,
             field_type=kind
             if kind is not None
-            else ListType(element_id=_VECTOR_ELEMENT_ID, element_type=FloatType(), element_required=False),
+            else ListType(
+                element_id=_VECTOR_ELEMENT_ID, element_type=FloatType(), element_required=False
+            ),
             required=required,
         )
         for index, (name, kind, required) in enumerate(_COLUMNS, start=1)
@@ -67,7 +69,9 @@ SCHEMA = Schema(
 _FIELD_IDS = {name: index for index, (name, _, _) in enumerate(_COLUMNS, start=1)}
 PARTITION_SPEC = PartitionSpec(
     *(
-        PartitionField(source_id=_FIELD_IDS[name], field_id=1000 + n, transform=IdentityTransform(), name=name)
+        PartitionField(
+            source_id=_FIELD_IDS[name], field_id=1000 + n, transform=IdentityTransform(), name=name
+        )
         for n, name in enumerate(("tenant_id", "year", "month"))
     )
 )
@@ -95,7 +99,9 @@ def sales_rows(
 ) -> pa.Table:
     """The Iceberg rows of a day: every valid sale, with its embedding or the reason it has none."""
     # Acero cannot join list columns, so look each sale's embedding row up by index instead.
-    matches = embeddings.take(pc.index_in(sales.column("product_id"), value_set=embeddings.column("product_id")))
+    matches = embeddings.take(
+        pc.index_in(sales.column("product_id"), value_set=embeddings.column("product_id"))
+    )
     joined = sales
     for name in EMBEDDINGS_SCHEMA.names[1:]:
         joined = joined.append_column(name, matches.column(name))
@@ -127,7 +133,11 @@ def sales_rows(
         "embedding_vector": joined.column("embedding_vector"),
         "embedding_error": errors,
         "source_system": pa.array([SOURCE_SYSTEM] * joined.num_rows, pa.string()),
-        "ingestion_timestamp": pa.array([ingested_at] * joined.num_rows, pa.timestamp("us", tz="UTC")),
+        "ingestion_timestamp": pa.array(
+            [ingested_at] * joined.num_rows, pa.timestamp("us", tz="UTC")
+        ),
     }
     table = pa.table({name: columns[name] for name in ARROW_SCHEMA.names})
-    return table.cast(ARROW_SCHEMA).sort_by([("sold_date", "ascending"), ("product_id", "ascending")])
+    return table.cast(ARROW_SCHEMA).sort_by(
+        [("sold_date", "ascending"), ("product_id", "ascending")]
+    )

@@ -29,10 +29,10 @@ def forbidden_reason(address: str) -> str | None:
     for label, test in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
-        ("private", ip.is_private),
         ("multicast", ip.is_multicast),
         ("reserved", ip.is_reserved),
         ("unspecified", ip.is_unspecified),
+        ("private", ip.is_private),
     ):
         if test:
             return f"{label} address {ip}"

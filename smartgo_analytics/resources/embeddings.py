@@ -60,7 +60,9 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
     titan_model_id: str = Field(default=TITAN_IMAGE_MODEL)
     model_timeout_retries: int = 3
     model_timeout_backoff_s: float = 1.0
-    max_attempts: int = Field(default=10, description="botocore attempts per call, throttling included")
+    max_attempts: int = Field(
+        default=10, description="botocore attempts per call, throttling included"
+    )
 
     _slots: threading.BoundedSemaphore | None = PrivateAttr(default=None)
 
@@ -74,7 +76,9 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
 
     def setup_for_execution(self, context) -> None:
         if self.dimension not in TITAN_DIMENSIONS:
-            raise ValueError(f"TITAN_EMBEDDING_DIMENSION must be one of {TITAN_DIMENSIONS}, got {self.dimension}")
+            raise ValueError(
+                f"TITAN_EMBEDDING_DIMENSION must be one of {TITAN_DIMENSIONS}, got {self.dimension}"
+            )
 
     def _client(self):
         if self._slots is None:
@@ -106,7 +110,10 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             return json.loads(response["body"].read())
 
         def is_model_timeout(error: Exception) -> bool:
-            return isinstance(error, ClientError) and error.response["Error"]["Code"] == "ModelTimeoutException"
+            return (
+                isinstance(error, ClientError)
+                and error.response["Error"]["Code"] == "ModelTimeoutException"
+            )
 
         try:
             payload = call_with_retries(
@@ -114,10 +121,14 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             )
         except ClientError as error:
             code = error.response["Error"]["Code"]
-            raise EmbeddingError(f"Bedrock {code}: {error.response['Error'].get('Message', '')[:120]}") from None
+            raise EmbeddingError(
+                f"Bedrock {code}: {error.response['Error'].get('Message', '')[:120]}"
+            ) from None
         vector = payload.get("embedding")
         if not isinstance(vector, list):
             raise EmbeddingError("Bedrock response has no embedding")
         if len(vector) != self.dimension:
-            raise EmbeddingError(f"Bedrock returned {len(vector)} values, asked for {self.dimension}")
+            raise EmbeddingError(
+                f"Bedrock returned {len(vector)} values, asked for {self.dimension}"
+            )
         return [float(v) for v in vector]

@@ -42,7 +42,11 @@ class IcebergCatalog(ConfigurableResource):
             properties = dict(self.properties)
             if self.local_stack_home is not None:
                 info = running_stack(self.local_stack_home)
-                properties = {"type": "sql", "uri": info.catalog_uri, "warehouse": info.warehouse_uri}
+                properties = {
+                    "type": "sql",
+                    "uri": info.catalog_uri,
+                    "warehouse": info.warehouse_uri,
+                }
             if not properties.get("type"):
                 raise ValueError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
             self._catalog = load_catalog(self.catalog_name, **properties)
@@ -53,7 +57,9 @@ class IcebergCatalog(ConfigurableResource):
         catalog = self.catalog()
         catalog.create_namespace_if_not_exists(sales_table.NAMESPACE)
         return catalog.create_table_if_not_exists(
-            sales_table.IDENTIFIER, schema=sales_table.SCHEMA, partition_spec=sales_table.PARTITION_SPEC
+            sales_table.IDENTIFIER,
+            schema=sales_table.SCHEMA,
+            partition_spec=sales_table.PARTITION_SPEC,
         )
 
     def existing_sales_table(self) -> Table | None:
@@ -62,7 +68,9 @@ class IcebergCatalog(ConfigurableResource):
             return None
         return catalog.load_table(sales_table.IDENTIFIER)
 
-    def read_day(self, start: datetime, end: datetime, columns: tuple[str, ...] = ("*",)) -> pa.Table | None:
+    def read_day(
+        self, start: datetime, end: datetime, columns: tuple[str, ...] = ("*",)
+    ) -> pa.Table | None:
         table = self.existing_sales_table()
         if table is None:
             return None

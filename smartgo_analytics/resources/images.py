@@ -30,8 +30,12 @@ class ImageFetcher(ConfigurableResource):
     timeout_s: float = Field(default=30.0, description="whole-download deadline per attempt")
     max_bytes: int = Field(default=10 * 1024 * 1024, description="larger bodies are refused")
     max_redirects: int = 3
-    retries: int = Field(default=3, description="retries of 5xx, 429, timeouts and connection errors")
-    backoff_base_s: float = Field(default=1.0, description="first retry delay; then doubled, with jitter")
+    retries: int = Field(
+        default=3, description="retries of 5xx, 429, timeouts and connection errors"
+    )
+    backoff_base_s: float = Field(
+        default=1.0, description="first retry delay; then doubled, with jitter"
+    )
     allowlist: list[str] = Field(default_factory=list, description="IMAGE_URL_ALLOWLIST hosts")
     max_connections: int = 64
 

@@ -101,4 +101,5 @@ class LocalObjectStore(ObjectStore):
         return self._path(key).is_file()
 
     def uri(self, key: str) -> str:
-        return self._path(key).as_uri()
+        uri = self._path(key).as_uri()
+        return uri + "/" if key.endswith("/") else uri

@@ -1,6 +1,5 @@
 """Arrow tables between assets, as Parquet files in the object store (never pickle)."""
 
-
 import io
 
 import pyarrow as pa
@@ -20,7 +19,9 @@ class ParquetIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: pa.Table) -> None:
         if not isinstance(obj, pa.Table):
-            raise TypeError(f"{context.asset_key.to_user_string()} must return a pyarrow.Table, got {type(obj)}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} must return a pyarrow.Table, got {type(obj)}"
+            )
         buffer = io.BytesIO()
         pq.write_table(obj, buffer, compression="zstd")
         uri = self.object_store.put_bytes(self._key(context), buffer.getvalue())

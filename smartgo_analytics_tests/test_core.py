@@ -1,0 +1,193 @@
+"""The functional core, without any server."""
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
+from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode_ndjson, plain_value
+from smartgo_analytics.core.quicksight import DATASETS_BY_NAME, build_dataset, coerce, item_kind
+from smartgo_analytics.core.retry import backoff_delays, call_with_retries
+from smartgo_analytics.core.sales import Rejected, quarter_of, season_of, validate_sale
+from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
+from smartgo_analytics.local.demo_data import draw_product_image
+from smartgo_analytics_tests.servers import bomb_png, png
+
+
+def good_row(**changes):
+    row = {"id": "P1", "tenant_id": "carousel-labs", "category": "Books", "brand": "Penguin", "condition": "Good",
+           "sold_price": Decimal("12.50"), "sold_date": datetime(2025, 1, 15, 10, tzinfo=UTC),
+           "image_url": "https://cdn.example.com/p1.jpg", "description": "Café ✓"}  # fmt: skip
+    row.update(changes)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"id": None}, "missing product id"),
+        ({"tenant_id": " "}, "missing tenant_id"),
+        ({"sold_price": None}, "null sold_price"),
+        ({"sold_price": Decimal("-1")}, "negative sold_price"),
+        ({"sold_price": Decimal("5000000")}, "implausible sold_price"),
+        ({"sold_price": "abc"}, "unparseable sold_price"),
+        ({"sold_price": Decimal("NaN")}, "non-finite sold_price"),
+        ({"image_url": None}, "missing image_url"),
+        ({"sold_date": "yesterday"}, "unparseable sold_date"),
+    ],
+)
+def test_unusable_source_rows_are_rejected_with_a_reason(changes, reason):
+    outcome = validate_sale(good_row(**changes))
+    assert isinstance(outcome, Rejected) and outcome.reason.startswith(reason)
+
+
+def test_a_valid_row_is_normalised_to_utc_and_float_price():
+    paris = timezone(timedelta(hours=1))
+    sale = validate_sale(good_row(sold_date=datetime(2025, 1, 15, 0, 30, tzinfo=paris)))
+    assert (
+        sale["sold_date"] == datetime(2025, 1, 14, 23, 30, tzinfo=UTC)
+        and sale["sold_price"] == 12.5
+    )
+
+
+def test_season_is_meteorological_and_quarter_is_calendar():
+    assert [season_of(m) for m in (12, 1, 3, 6, 9, 11)] == [
+        "winter",
+        "winter",
+        "spring",
+        "summer",
+        "autumn",
+        "autumn",
+    ]
+    assert season_of(1, "southern") == "summer"
+    assert [quarter_of(m) for m in (1, 3, 4, 12)] == ["Q1", "Q1", "Q2", "Q4"]
+
+
+def test_decimals_become_exact_integers_floats_or_counted_nulls():
+    assert (
+        decimal_to_json(Decimal("12345678901234567890123456789012345678"))
+        == 12345678901234567890123456789012345678
+    )
+    assert decimal_to_json(Decimal("2.50")) == 2.5 and isinstance(
+        decimal_to_json(Decimal("3.00")), int
+    )
+    nulls = Counter()
+    item = plain_value(
+        {
+            "a": Decimal("NaN"),
+            "b": [Decimal("Infinity"), Decimal(1)],
+            "c": {"d": Decimal("-Infinity")},
+        },
+        nulls,
+        "",
+    )
+    assert item == {"a": None, "b": [None, 1], "c": {"d": None}}
+    assert sum(nulls.values()) == 3
+
+
+def test_ndjson_keeps_field_order_and_utf8_and_refuses_nan():
+    data = encode_ndjson([{"b": 1, "a": "東京"}], ["a", "b"])
+    assert data == '{"a":"東京","b":1}\n'.encode()
+    assert decode_ndjson(data) == [{"a": "東京", "b": 1}]
+    with pytest.raises(ValueError):
+        encode_ndjson([{"a": float("nan")}], ["a"])
+    with pytest.raises(ValueError):
+        decode_ndjson(b'{"a":1}\n[1]\n')
+
+
+def test_values_are_coerced_to_the_declared_type_or_nulled_with_why():
+    assert coerce("12", "number") == (None, "str where a number belongs")
+    assert coerce(3.0, "integer") == (3, None)
+    assert coerce(3.5, "integer") == (None, "fraction where an integer belongs")
+    assert coerce(7, "string") == ("7", None)
+    assert coerce(None, "number") == (None, "missing")
+
+
+def test_top_products_keeps_twenty_by_revenue_with_ties_broken_by_id():
+    items = [{"GSI1SK": f"PRODUCT#P{n:02d}", "product_id": f"P{n:02d}", "revenue": 100 if n < 25 else 1000 + n}
+             for n in range(30)]  # fmt: skip
+    build = build_dataset(DATASETS_BY_NAME["top_products"], items, "2025-01-15")
+    ids = [r["product_id"] for r in build.records]
+    assert ids[:5] == ["P29", "P28", "P27", "P26", "P25"] and ids[5:] == [
+        f"P{n:02d}" for n in range(15)
+    ]
+    assert [r["rank"] for r in build.records] == list(range(1, 21))
+
+
+def test_item_kinds_follow_the_single_table_layout():
+    assert item_kind({"GSI1SK": "STORE#S01"}) == "store"
+    assert item_kind({"GSI1SK": "INSIGHT#TREND#t1"}) == "insight:TREND"
+    assert item_kind({"GSI1SK": "COMPANY"}) == "company"
+    assert item_kind({"GSI1SK": "SOMETHING"}) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "reason"),
+    [
+        ("http://a.example/x", "127.0.0.1", "loopback"),
+        ("http://a.example/x", "10.1.2.3", "private"),
+        ("http://a.example/x", "169.254.169.254", "link-local"),
+        ("http://a.example/x", "224.0.0.1", "multicast"),
+        ("http://a.example/x", "240.0.0.1", "reserved"),
+        ("http://a.example/x", "::ffff:192.168.0.1", "private"),
+        ("ftp://a.example/x", "93.184.216.34", "scheme 'ftp'"),
+        ("file:///etc/passwd", "93.184.216.34", "scheme 'file'"),
+    ],
+)
+def test_unsafe_urls_are_refused(url, address, reason):
+    with pytest.raises(UnsafeUrl, match=reason):
+        check_url(url, resolver=lambda host, port: [address])
+
+
+def test_public_and_allowlisted_hosts_are_allowed():
+    check_url("https://cdn.example/x.jpg", resolver=lambda h, p: ["93.184.216.34"])
+    check_url(
+        "http://images.internal/x.jpg",
+        allowlist=["images.internal"],
+        resolver=lambda h, p: ["10.0.0.5"],
+    )
+
+
+def test_retries_back_off_exponentially_with_jitter_and_stop():
+    delays = backoff_delays(3, 1.0)
+    assert all(
+        lo <= d <= hi for d, (lo, hi) in zip(delays, [(0.5, 1), (1, 2), (2, 4)], strict=True)
+    )
+    attempts, slept = [], []
+
+    def flaky():
+        attempts.append(1)
+        raise TimeoutError
+
+    with pytest.raises(TimeoutError):
+        call_with_retries(flaky, lambda e: isinstance(e, TimeoutError), 3, 1.0, sleep=slept.append)
+    assert len(attempts) == 4 and len(slept) == 3
+
+
+def test_images_titan_would_refuse_are_downscaled_and_bombs_and_junk_refused():
+    big = png(size=(3000, 1000))
+    prepared = prepare_for_titan(big)
+    assert prepared.resized and max(prepared.width, prepared.height) == 2048
+    assert prepare_for_titan(png()).resized is False
+    with pytest.raises(BadImage, match="decompression bomb"):
+        prepare_for_titan(bomb_png())
+    with pytest.raises(BadImage, match="not an image"):
+        prepare_for_titan(b"<html></html>")
+    with pytest.raises(BadImage, match="corrupt"):
+        prepare_for_titan(png()[:60])
+
+
+def test_the_local_embedder_is_deterministic_and_puts_similar_pictures_close():
+    books_a, books_b = (
+        draw_product_image("Books", "Penguin", 0),
+        draw_product_image("Books", "Penguin", 1),
+    )
+    jewelry = draw_product_image("Jewelry", "Cartier", 0)
+    a, b, c = (np.array(visual_features(image)) for image in (books_a, books_b, jewelry))
+    assert len(a) == 1024 and np.isclose(np.linalg.norm(a), 1.0)
+    assert visual_features(books_a) == visual_features(books_a)
+    assert a @ b > a @ c
+    assert len(visual_features(books_a, 256)) == 256

@@ -1,0 +1,202 @@
+"""The embedded local stack, the demo data and the `smartgo-analytics` command."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import boto3
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from smartgo_analytics.local import demo_data
+
+CLI = [sys.executable, "-m", "smartgo_analytics.cli"]
+
+
+def cli(*args, home: Path, timeout=300, **env):
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
+    environment.update(SMARTGO_HOME=str(home), **env)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=environment
+    )
+
+
+def processes_under(home: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(home) in cmdline and proc.info["pid"] != os.getpid():
+            found.append(cmdline)
+    return found
+
+
+def test_the_stack_serves_sql_dynamodb_and_images(stack):
+    summary = demo_data.seed(stack, [date(2025, 4, 1)], sales_per_day=50)
+    assert summary.products == 60
+    with psycopg.connect(stack.postgres_uri) as conn:
+        sold = conn.execute(
+            "SELECT count(*) FROM smartgo.products WHERE status = 'SOLD' AND sold_date >= %s AND sold_date < %s",
+            ("2025-04-01T00:00:00Z", "2025-04-02T00:00:00Z"),
+        ).fetchone()[0]
+        assert sold == 50
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM smartgo.products WHERE description ~ '[^[:ascii:]]'"
+            ).fetchone()[0]
+            > 0
+        )
+    dynamodb = boto3.client(
+        "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    items = dynamodb.query(TableName="SalesData", IndexName="GSI1", KeyConditionExpression="GSI1PK = :d",
+                           ExpressionAttributeValues={":d": {"S": "DATE#2025-04-01"}})["Items"]  # fmt: skip
+    kinds = {
+        item["GSI1SK"]["S"].split("#")[0]
+        + (
+            "#" + item["GSI1SK"]["S"].split("#")[1]
+            if item["GSI1SK"]["S"].startswith("INSIGHT")
+            else ""
+        )
+        for item in items
+    }
+    assert {
+        "STORE",
+        "PRODUCT",
+        "COMPANY",
+        "INSIGHT#ANOMALY",
+        "INSIGHT#TREND",
+        "INSIGHT#RECOMMENDATION",
+    } <= kinds
+    assert sum(1 for i in items if i["GSI1SK"]["S"].startswith("STORE#")) == 11
+    image = httpx.get(f"{stack.cdn_url}/{demo_data.image_path('Books', 'Penguin', 0)}")
+    assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
+
+
+def test_the_demo_generator_is_deterministic():
+    day = date(2025, 1, 15)
+    assert demo_data.products_for_day(day, "http://cdn") == demo_data.products_for_day(
+        day, "http://cdn"
+    )
+    assert demo_data.sales_data_items(day) == demo_data.sales_data_items(day)
+    assert demo_data.draw_product_image("Toys", "LEGO", 1) == demo_data.draw_product_image(
+        "Toys", "LEGO", 1
+    )
+    other = demo_data.products_for_day(day, "http://cdn", seed=7)
+    assert other != demo_data.products_for_day(day, "http://cdn")
+    sales = demo_data.products_for_day(day, "http://cdn")
+    assert sum(s.status == "SOLD" for s in sales) == 200 and any(
+        s.sold_price is None for s in sales
+    )
+    assert sales[0].tenant_id in {"carousel-labs", "northwind-resale", "tokyo-vintage"}
+
+
+def _taken_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["demo", "--days", "0"], {}, "--days: must be at least 1"),
+        (["demo", "--end-date", "2025-13-40"], {}, "'2025-13-40' is not a date in YYYY-MM-DD form"),
+        (
+            ["demo"],
+            {"SMARTGO_HOME": "/etc/hostname/smartgo"},
+            "SMARTGO_HOME=/etc/hostname/smartgo is not writable",
+        ),
+        (
+            ["demo"],
+            {"SMARTGO_DEPLOYMENT": "staging"},
+            "SMARTGO_DEPLOYMENT='staging' is not one of local, prod",
+        ),
+        (["demo"], {"SMARTGO_MOTO_PORT": "taken"}, "is already taken"),
+    ],
+)
+def test_bad_input_is_one_clear_line_exit_2_and_nothing_left(tmp_path, args, env, message):
+    port = _taken_port()
+    if env.get("SMARTGO_MOTO_PORT") == "taken":
+        env = {"SMARTGO_MOTO_PORT": str(port.getsockname()[1])}
+    home = tmp_path / "home"
+    if "SMARTGO_HOME" in env:
+        home = Path(env.pop("SMARTGO_HOME"))
+    result = cli(*args, home=home, timeout=60, **env)
+    port.close()
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (home / "stack.json").exists() and processes_under(home) == []
+
+
+def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
+    home = tmp_path / "home"
+    result = cli(
+        "demo", "--days", "1", "--end-date", "2025-01-15", "--sales-per-day", "100", home=home
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = {line.split()[0]: line.split()[1:4] for line in result.stdout.splitlines()
+               if line.startswith(("smartgo_", "product_", "dynamodb_", "quicksight/"))}  # fmt: skip
+    assert summary["smartgo_sales"] == ["1", "99", "1"]  # 100 sold, the null price quarantined
+    assert summary["smartgo_sales_iceberg"] == ["1", "99", "3"]  # 404, HTML body, oversized image
+    assert summary["quicksight/store_summaries"][:2] == ["1", "11"]
+    assert summary["quicksight/top_products"][:2] == ["1", "20"]
+    assert {"dynamodb_daily_metrics", "product_image_embeddings", "quicksight/anomalies", "quicksight/trends",
+            "quicksight/recommendations"} <= set(summary)  # fmt: skip
+    assert not (home / "stack.json").exists() and processes_under(home) == []
+    lake = home / "lake" / "smartgo-analytics-local"
+    assert (lake / "quicksight/manifests/top_products.json").exists()
+    assert len((lake / "quicksight/top_products/2025-01-15.json").read_text().splitlines()) == 20
+
+    query = cli("query", "smartgo_sales", "--where", "embedding_error is not null", "--columns",
+                "product_id,embedding_error", "--format", "json", home=home)  # fmt: skip
+    assert query.returncode == 0, query.stderr
+    errors = sorted(json.loads(line)["embedding_error"] for line in query.stdout.splitlines())
+    assert (
+        len(errors) == 3
+        and any("HTTP 404" in e for e in errors)
+        and any("not an image" in e for e in errors)
+    )
+    assert processes_under(home) == []
+
+
+def test_ctrl_c_on_dev_stops_dagster_and_the_stack(tmp_path):
+    home = tmp_path / "home"
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
+    environment.update(SMARTGO_HOME=str(home))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([*CLI, "dev", "--days", "1", "--end-date", "2025-01-15", "--sales-per-day", "10",
+                             "--port", str(port)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("dagster dev did not answer")
+        assert (home / "stack.json").exists()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1)
+    assert not (home / "stack.json").exists()
+    assert processes_under(home) == []

@@ -1,0 +1,225 @@
+"""QuickSight exports against moto over HTTP (S3 and DynamoDB) and against the local lake directory."""
+
+import json
+from decimal import Decimal
+
+import boto3
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+from dagster import AssetKey, Definitions, define_asset_job, instance_for_test, materialize
+
+from smartgo_analytics.assets.quicksight import (
+    QuickSightExport,
+    dynamodb_daily_metrics,
+    quicksight_datasets,
+)
+from smartgo_analytics.local.demo_data import sales_data_items
+from smartgo_analytics.local.stack import create_sales_table
+from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.dynamodb import SalesDataTable
+from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+
+ASSETS = [dynamodb_daily_metrics, *quicksight_datasets]
+DATASETS = ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
+
+
+@pytest.fixture
+def table(stack, request):
+    name = f"SalesData-{request.node.name[:40]}"
+    dynamodb = boto3.client(
+        "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    create_sales_table(dynamodb, name)
+    return name
+
+
+def put_items(stack, table, items):
+    dynamodb = boto3.client(
+        "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    serializer = TypeSerializer()
+    for item in items:
+        dynamodb.put_item(
+            TableName=table, Item={k: serializer.serialize(v) for k, v in item.items()}
+        )
+
+
+def s3_resources(stack, table, bucket):
+    store = S3ObjectStore(
+        bucket=bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    return store, {
+        "sales_data": SalesDataTable(
+            table_name=table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+        ),
+        "object_store": store,
+        "quicksight": QuickSightExport(prefix="quicksight/"),
+    }
+
+
+def lines(store, dataset, day):
+    data = store.get_bytes(f"quicksight/{dataset}/{day}.json")
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def test_a_day_exports_five_ndjson_datasets_and_manifests_to_s3(stack, table, s3_bucket):
+    from datetime import date
+
+    put_items(stack, table, sales_data_items(date(2025, 2, 10)))
+    store, res = s3_resources(stack, table, s3_bucket)
+
+    result = materialize(ASSETS, resources=res, partition_key="2025-02-10")
+
+    assert result.success
+    stores = lines(store, "store_summaries", "2025-02-10")
+    assert len(stores) == 11 and all(r["date"] == "2025-02-10" for r in stores)
+    assert list(stores[0]) == ["date", "store_id", "store_name", "region", "total_revenue", "transaction_count",
+                               "avg_transaction_value", "items_sold", "unique_customers"]  # fmt: skip
+    top = lines(store, "top_products", "2025-02-10")
+    assert len(top) == 20 and [r["rank"] for r in top] == list(range(1, 21))
+    assert [r["revenue"] for r in top] == sorted((r["revenue"] for r in top), reverse=True)
+    for dataset in DATASETS:
+        manifest = json.loads(store.get_bytes(f"quicksight/manifests/{dataset}.json"))
+        assert manifest == {
+            "fileLocations": [{"URIPrefixes": [f"s3://{s3_bucket}/quicksight/{dataset}/"]}],
+            "globalUploadSettings": {"format": "JSON"},
+        }
+        metadata = result.asset_materializations_for_node(f"quicksight__{dataset}")[0].metadata
+        assert metadata["s3_uri"].value == f"s3://{s3_bucket}/quicksight/{dataset}/2025-02-10.json"
+        assert metadata["records_exported"].value == len(lines(store, dataset, "2025-02-10"))
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_bad_items_become_nulls_or_skips_with_reasons_and_never_kill_the_day(
+    stack, table, s3_bucket
+):
+    d = "2025-02-11"
+
+    def store_item(store_id, **fields):
+        return {"PK": f"STORE#{store_id}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"STORE#{store_id}",
+                "store_id": store_id, **fields}  # fmt: skip
+
+    huge = Decimal("12345678901234567890123456789012345678")
+    put_items(stack, table, [
+        store_item("S01", store_name="Köln Ehrenfeld 東京", total_revenue=Decimal("10.5"), transaction_count=huge),
+        store_item("S02", total_revenue="lots", transaction_count=Decimal("3")),  # string where a number belongs, missing name
+        # DynamoDB itself refuses NaN numbers; a NaN arrives as text (core tests cover Decimal NaN).
+        store_item("S03", total_revenue="NaN", transaction_count=Decimal("2.5")),
+        {"PK": "STORE#S01-copy", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": "STORE#S01-copy", "store_id": "S01"},
+        {"PK": f"INSIGHT#{d}", "SK": "WEIRD#1", "GSI1PK": f"DATE#{d}", "GSI1SK": "INSIGHT#WEIRD#1", "insight_id": "w1"},
+    ])  # fmt: skip
+    store, res = s3_resources(stack, table, s3_bucket)
+
+    result = materialize(ASSETS, resources=res, partition_key=d)
+
+    assert result.success
+    raw = store.get_bytes(f"quicksight/store_summaries/{d}.json").decode()
+    assert "12345678901234567890123456789012345678" in raw  # exact, not a float
+    assert "東京" in raw  # UTF-8, not escaped
+    rows = {r["store_id"]: r for r in lines(store, "store_summaries", d)}
+    assert set(rows) == {"S01", "S02", "S03"}  # the duplicate S01 is skipped
+    assert rows["S01"]["transaction_count"] == int(huge)
+    assert rows["S02"]["total_revenue"] is None and rows["S02"]["store_name"] is None
+    assert rows["S03"]["total_revenue"] is None and rows["S03"]["transaction_count"] is None
+    metadata = result.asset_materializations_for_node("quicksight__store_summaries")[0].metadata
+    assert metadata["duplicates_skipped"].value == 1
+    reasons = metadata["fields_nulled"].value
+    assert "total_revenue: str where a number belongs: 2" in reasons
+    assert "transaction_count: fraction where an integer belongs: 1" in reasons
+    assert (
+        store.get_bytes(f"quicksight/anomalies/{d}.json") == b""
+    )  # an empty day is still exported
+
+
+def test_pagination_reads_every_item_of_a_day_over_one_megabyte(stack, table, s3_bucket):
+    d = "2025-02-12"
+    padding = "x" * 4000
+    put_items(stack, table, [
+        {"PK": f"PRODUCT#P{n:04d}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"PRODUCT#P{n:04d}",
+         "product_id": f"P{n:04d}", "revenue": Decimal(n), "notes": padding}
+        for n in range(400)
+    ])  # fmt: skip
+    store, res = s3_resources(stack, table, s3_bucket)
+
+    result = materialize(ASSETS, resources=res, partition_key=d)
+
+    daily = result.asset_materializations_for_node("dynamodb_daily_metrics")[0].metadata
+    assert daily["items"].value == 400
+    assert daily["pages_read"].value >= 2  # DynamoDB pages at 1 MB
+    top = lines(store, "top_products", d)
+    assert [r["product_id"] for r in top] == [f"P{n:04d}" for n in range(399, 379, -1)]
+
+
+def test_exporting_a_day_twice_gives_byte_identical_files_in_the_local_lake(stack, table, tmp_path):
+    from datetime import date
+
+    put_items(stack, table, sales_data_items(date(2025, 2, 13)))
+    store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
+    res = {
+        "sales_data": SalesDataTable(
+            table_name=table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+        ),
+        "object_store": store,
+        "quicksight": QuickSightExport(prefix="exports/qs/"),
+    }
+    materialize(ASSETS, resources=res, partition_key="2025-02-13")
+    first = {
+        ds: (tmp_path / "lake" / "exports/qs" / ds / "2025-02-13.json").read_bytes()
+        for ds in DATASETS
+    }
+
+    materialize(ASSETS, resources=res, partition_key="2025-02-13")
+
+    second = {
+        ds: (tmp_path / "lake" / "exports/qs" / ds / "2025-02-13.json").read_bytes()
+        for ds in DATASETS
+    }
+    assert first == second and all(
+        first[ds] for ds in ("store_summaries", "top_products", "trends")
+    )
+    manifest = json.loads((tmp_path / "lake/exports/qs/manifests/trends.json").read_text())
+    assert manifest["fileLocations"][0]["URIPrefixes"] == [
+        (tmp_path / "lake/exports/qs/trends").as_uri() + "/"
+    ]
+
+
+def test_a_missing_table_fails_with_the_table_named(stack, s3_bucket):
+    store, res = s3_resources(stack, "NoSuchSalesTable", s3_bucket)
+    result = materialize(
+        [dynamodb_daily_metrics], resources=res, partition_key="2025-02-14", raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "DynamoDB table 'NoSuchSalesTable' does not exist" in str(
+        failure.step_failure_data.error
+    )
+
+
+def test_a_single_run_backfill_exports_several_days_in_one_run(stack, table, s3_bucket):
+    from datetime import date
+
+    days = [date(2025, 3, d) for d in (1, 2, 3, 4)]
+    for day in days:
+        put_items(stack, table, sales_data_items(day))
+    store, res = s3_resources(stack, table, s3_bucket)
+
+    job = define_asset_job("backfill", selection=ASSETS, partitions_def=daily_partitions)
+    defs = Definitions(assets=ASSETS, jobs=[job], resources=res)
+    with instance_for_test() as instance:
+        result = defs.get_job_def("backfill").execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": "2025-03-01",
+                "dagster/asset_partition_range_end": "2025-03-04",
+            },
+        )
+        assert result.success
+        # One step saw all four days: the single-run backfill policy at work.
+        assert (
+            result.asset_materializations_for_node("quicksight__trends")[0].metadata["days"].value
+            == 4
+        )
+        materialized = instance.get_materialized_partitions(AssetKey(["quicksight", "trends"]))
+    assert materialized == {"2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04"}
+    for day in days:
+        assert len(lines(store, "store_summaries", day.isoformat())) == 11
