@@ -21,7 +21,7 @@ def local_resources(config: Settings) -> dict[str, object]:
     home = str(smartgo_home(config.smartgo_home))
     object_store = LocalObjectStore(lake_dir=f"{home}/lake", bucket=LOCAL_BUCKET)
     return {
-        "smartgo_db": SmartGoDatabase(local_stack_home=home),
+        "smartgo_db": SmartGoDatabase(local_stack_home=home, tenant=config.tenant),
         "sales_data": SalesDataTable(table_name=config.dynamodb_table, local_stack_home=home),
         "export_progress": ExportProgressTracker(
             table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, local_stack_home=home
@@ -55,6 +55,7 @@ def prod_resources(config: Settings) -> dict[str, object]:
         "smartgo_db": SmartGoDatabase(
             dsn=EnvVar("SMARTGO_DATABASE_URL") if config.database_url_set else None,
             ssm_parameter_name=config.db_ssm_parameter,
+            tenant=config.tenant,
             region_name=region,
         ),
         "sales_data": SalesDataTable(table_name=config.dynamodb_table, region_name=region),

@@ -297,3 +297,59 @@ def test_a_misconfigured_database_fails_with_the_setting_named_and_no_secret(dim
                 datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)
             )
         )
+
+
+def test_the_sales_query_is_a_half_open_utc_window_and_can_be_limited_to_one_tenant(stack):
+    day = "2025-06-20"
+    insert_products(stack.postgres_uri, [
+        sale("W-first", day, "http://x/a.png", sold_date=datetime(2025, 6, 20, 0, 0, tzinfo=UTC)),
+        sale("W-last", day, "http://x/a.png", sold_date=datetime(2025, 6, 20, 23, 59, 59, tzinfo=UTC)),
+        sale("W-next", day, "http://x/a.png", sold_date=datetime(2025, 6, 21, 0, 0, tzinfo=UTC)),
+        sale("W-other", day, "http://x/a.png", tenant_id="northwind-resale"),
+    ])  # fmt: skip
+    window = (datetime(2025, 6, 20, tzinfo=UTC), datetime(2025, 6, 21, tzinfo=UTC))
+
+    def ids(db):
+        return sorted(row["id"] for batch in db.stream_sold_products(*window) for row in batch)
+
+    assert ids(SmartGoDatabase(dsn=stack.postgres_uri, fetch_batch_size=1)) == [
+        "W-first",
+        "W-last",
+        "W-other",
+    ]
+    assert ids(SmartGoDatabase(dsn=stack.postgres_uri, tenant="northwind-resale")) == ["W-other"]
+
+
+def test_the_database_can_be_configured_from_the_ssm_json_parameter(stack):
+    import json
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    target = conninfo_to_dict(stack.postgres_uri)
+    ssm = boto3.client("ssm", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    config = {"host": target["host"], "port": 5432, "database": target["dbname"], "username": "postgres",
+              "password": "not-needed-locally", "maxConnections": 10, "connectionTimeoutMs": 5000, "queryTimeoutMs": 1500}  # fmt: skip
+    ssm.put_parameter(
+        Name="/tf/test/smartgo/database/config",
+        Value=json.dumps(config),
+        Type="SecureString",
+        Overwrite=True,
+    )
+    db = SmartGoDatabase(ssm_parameter_name="/tf/test/smartgo/database/config", endpoint_url=stack.aws_endpoint_url,
+                         region_name="us-east-1")  # fmt: skip
+    with db.connect() as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "1500ms"
+        assert conn.execute("SELECT current_database() AS d").fetchone()["d"] == "smartgo"
+    ssm.put_parameter(
+        Name="/tf/test/smartgo/bad", Value='{"host": "db"}', Type="SecureString", Overwrite=True
+    )
+    bad = SmartGoDatabase(
+        ssm_parameter_name="/tf/test/smartgo/bad",
+        endpoint_url=stack.aws_endpoint_url,
+        region_name="us-east-1",
+    )
+    with pytest.raises(
+        Exception,
+        match="SSM parameter /tf/test/smartgo/bad lacks port, database, username, password",
+    ):
+        bad.connect()

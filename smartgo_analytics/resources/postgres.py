@@ -19,6 +19,7 @@ from smartgo_analytics.resources.aws import AwsResource
 SOLD_PRODUCTS_SQL = (
     f"SELECT {', '.join(SOURCE_COLUMNS)} FROM smartgo.products "
     "WHERE status = 'SOLD' AND sold_date >= %(start)s AND sold_date < %(end)s "
+    "AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s) "
     "ORDER BY sold_date, id"
 )
 
@@ -78,6 +79,9 @@ class SmartGoDatabase(AwsResource):
     fetch_batch_size: int = Field(
         default=2_000, description="rows per round trip of the server-side cursor"
     )
+    tenant: str | None = Field(
+        default=None, description="TENANT: only this tenant's sales; all when unset"
+    )
 
     def _conninfo(self) -> tuple[str, int]:
         if self.local_stack_home is not None:
@@ -119,6 +123,8 @@ class SmartGoDatabase(AwsResource):
         """The SOLD products with start <= sold_date < end, in batches, through a server-side cursor."""
         with self.connect() as conn, conn.transaction():
             with conn.cursor(name="smartgo_sold_products") as cursor:
-                cursor.execute(SOLD_PRODUCTS_SQL, {"start": start, "end": end})
+                cursor.execute(
+                    SOLD_PRODUCTS_SQL, {"start": start, "end": end, "tenant": self.tenant}
+                )
                 while batch := cursor.fetchmany(self.fetch_batch_size):
                     yield batch
