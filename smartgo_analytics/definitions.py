@@ -5,6 +5,11 @@ from dagster import Definitions, load_assets_from_modules
 from smartgo_analytics.assets import pricing_intelligence, quicksight
 from smartgo_analytics.deployment import resources_for_deployment
 from smartgo_analytics.schedules import daily_analytics_job, daily_analytics_schedule
+from smartgo_analytics.sensors import (
+    build_freshness_alert,
+    failed_check_alert,
+    failed_partition_alert,
+)
 
 # The daily job runs one day, so its mixed backfill policies never meet; backfills launched from the
 # UI are asset backfills, and there each asset keeps its own policy (single run or one day per run).
@@ -12,13 +17,20 @@ warnings.filterwarnings(
     "ignore", message="Asset job daily_analytics_job materializes assets with varying"
 )
 
+assets = [
+    *load_assets_from_modules([pricing_intelligence]),
+    quicksight.dynamodb_daily_metrics,
+    *quicksight.quicksight_datasets,
+]
+
 defs = Definitions(
-    assets=[
-        *load_assets_from_modules([pricing_intelligence]),
-        quicksight.dynamodb_daily_metrics,
-        *quicksight.quicksight_datasets,
-    ],  # fmt: skip
+    assets=assets,
     jobs=[daily_analytics_job],
     schedules=[daily_analytics_schedule],
+    sensors=[
+        failed_partition_alert,
+        failed_check_alert,
+        build_freshness_alert([a.key for a in assets if a.is_executable]),
+    ],
     resources=resources_for_deployment(),
 )

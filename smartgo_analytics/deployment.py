@@ -6,6 +6,7 @@ from dagster import EnvVar
 
 from smartgo_analytics.assets.quicksight import QuickSightExport
 from smartgo_analytics.local.stack import EXPORT_PROGRESS_TABLE, LOCAL_BUCKET, smartgo_home
+from smartgo_analytics.resources.alerts import Alerter
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker, SalesDataTable
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
@@ -14,6 +15,22 @@ from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectS
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
 from smartgo_analytics.settings import ConfigurationError, Settings, settings
+
+
+def alerter(config: Settings, **aws: str) -> Alerter:
+    """The log always; Slack and SNS when their settings are there."""
+    destinations = ["log"]
+    if config.slack_webhook_set:
+        destinations.append("slack")
+    if config.sns_topic_arn:
+        destinations.append("sns")
+    return Alerter(
+        destinations=destinations,
+        slack_webhook_url=EnvVar("ALERT_SLACK_WEBHOOK_URL") if config.slack_webhook_set else None,
+        sns_topic_arn=config.sns_topic_arn,
+        webserver_url=config.webserver_url,
+        **aws,
+    )
 
 
 def local_resources(config: Settings) -> dict[str, object]:
@@ -36,6 +53,7 @@ def local_resources(config: Settings) -> dict[str, object]:
         ),
         "iceberg": IcebergCatalog(local_stack_home=home),
         "quicksight": QuickSightExport(prefix=config.quicksight_prefix),
+        "alerter": alerter(config, local_stack_home=home),
     }
 
 
@@ -72,6 +90,7 @@ def prod_resources(config: Settings) -> dict[str, object]:
         ),
         "iceberg": IcebergCatalog(properties=config.iceberg_properties),
         "quicksight": QuickSightExport(prefix=config.quicksight_prefix),
+        "alerter": alerter(config, region_name=region) if region else alerter(config),
     }
 
 

@@ -199,3 +199,29 @@ def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
             return self._send(404, b"not found", "text/plain")
 
     return start(Handler)
+
+
+class WebhookReceiver:
+    """A Slack-incoming-webhook look-alike that keeps what it was sent."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.messages.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self.server = start(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/secret-token"
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.messages]

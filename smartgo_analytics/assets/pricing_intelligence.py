@@ -5,6 +5,7 @@ import io
 import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -14,6 +15,7 @@ from dagster import (
     BackfillPolicy,
     Backoff,
     Config,
+    Failure,
     Jitter,
     MaterializeResult,
     MetadataValue,
@@ -33,6 +35,7 @@ from smartgo_analytics.core.sales import (
     validate_sale,
 )
 from smartgo_analytics.layout import STAGING_PREFIX, image_key
+from smartgo_analytics.local.stack import StackError
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
@@ -40,10 +43,21 @@ from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
 from smartgo_analytics.settings import settings
 
 GROUP = "pricing_intelligence"
+
+
+@contextmanager
+def permanent_errors(*kinds: type[Exception]):
+    """Configuration problems fail the step at once: retrying a missing table only delays the alert."""
+    try:
+        yield
+    except kinds as error:
+        raise Failure(description=str(error), allow_retries=False) from None
+
+
 IO_RETRY = RetryPolicy(
     max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
@@ -72,13 +86,14 @@ def smartgo_sales(
         context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat()
     )
     valid, rejected = [], []
-    for batch in smartgo_db.stream_sold_products(start, end):
-        for row in batch:
-            outcome = validate_sale(row)
-            if isinstance(outcome, Rejected):
-                rejected.append({"product_id": outcome.product_id, "reason": outcome.reason})
-            else:
-                valid.append(outcome)
+    with permanent_errors(SmartGoDatabaseError, StackError):
+        for batch in smartgo_db.stream_sold_products(start, end):
+            for row in batch:
+                outcome = validate_sale(row)
+                if isinstance(outcome, Rejected):
+                    rejected.append({"product_id": outcome.product_id, "reason": outcome.reason})
+                else:
+                    valid.append(outcome)
     table = pa.Table.from_pylist(valid, schema=VALID_SALES_SCHEMA)
     reasons = Counter(r["reason"] for r in rejected)
     metadata = {

@@ -17,7 +17,7 @@ from dagster import (
 from pydantic import Field
 
 from smartgo_analytics import checks
-from smartgo_analytics.assets.pricing_intelligence import IO_RETRY
+from smartgo_analytics.assets.pricing_intelligence import IO_RETRY, permanent_errors
 from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.quicksight import (
     DATASETS,
@@ -35,7 +35,7 @@ from smartgo_analytics.layout import (
 )
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
-from smartgo_analytics.resources.dynamodb import SalesDataTable
+from smartgo_analytics.resources.dynamodb import DynamoDBError, SalesDataTable
 from smartgo_analytics.resources.object_store import ObjectStore
 
 GROUP = "quicksight"
@@ -63,9 +63,10 @@ def dynamodb_daily_metrics(
     per_day = []
     for day in context.partition_keys:
         items, nulls, pages = [], Counter(), 0
-        for page in sales_data.query_day(day):
-            pages += 1
-            items.extend(plain_value(item, nulls, "") for item in page)
+        with permanent_errors(DynamoDBError):
+            for page in sales_data.query_day(day):
+                pages += 1
+                items.extend(plain_value(item, nulls, "") for item in page)
         object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), "application/x-ndjson")
         kinds = Counter(item_kind(item) or "unknown" for item in items)
         per_day.append({"date": day, "items": len(items), "pages": pages, "non_finite_numbers": sum(nulls.values()),

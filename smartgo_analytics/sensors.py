@@ -1,0 +1,152 @@
+"""Alerts: failed runs (daily and backfill partitions), failed ERROR checks, days late past the deadline.
+
+A failed partition gets one alert, which names any failed blocking check; a run that succeeded with
+a failed non-blocking ERROR check gets one too. The run-status sensors keep their own cursors, so
+re-evaluating them sends nothing twice.
+"""
+
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterEventType,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
+from dagster._core.storage.tags import WILL_RETRY_TAG
+
+from smartgo_analytics.core.alerts import (
+    BACKFILL_TAG,
+    Alert,
+    due_day,
+    partition_of,
+    redact,
+    short_error,
+)
+from smartgo_analytics.resources.alerts import Alerter
+from smartgo_analytics.settings import settings
+
+ALERT_INTERVAL_S = 15
+
+
+def _asset_name(step_key: str) -> str:
+    return step_key.replace("__", "/")
+
+
+@run_failure_sensor(
+    name="failed_partition_alert",
+    minimum_interval_seconds=ALERT_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="One alert per failed run: the job, the failed assets, the partition and a link",
+)
+def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter):
+    run = context.dagster_run
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        return SkipReason(f"run {run.run_id} will be retried; its retry alerts if it fails too")
+    failures = context.get_step_failure_events()
+    assets = sorted({_asset_name(event.step_key) for event in failures if event.step_key})
+    if not assets and run.asset_selection:
+        assets = sorted(key.to_user_string() for key in run.asset_selection)
+    failed_checks = _failed_error_checks(context.instance, run.run_id)
+    if failed_checks:  # a blocking check stopped the day: say which, with its figures
+        error = "failed checks: " + "; ".join(_describe(e) for e in failed_checks)
+    elif failures and failures[0].event_specific_data.error:
+        error = failures[0].event_specific_data.error.message
+    else:
+        error = context.failure_event.message or "run failed"
+    alerter.send(
+        Alert(
+            title="SmartGo analytics: a partition failed",
+            job=run.job_name,
+            asset_keys=tuple(assets),
+            partition=partition_of(run.tags),
+            backfill=run.tags.get(BACKFILL_TAG),
+            error=redact(short_error(error)),
+            run_url=alerter.run_url(run.run_id),
+        )
+    )
+    return None
+
+
+def _failed_error_checks(instance, run_id: str) -> list:
+    evaluations = (
+        record.dagster_event.event_specific_data
+        for record in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    )
+    return [e for e in evaluations if not e.passed and e.severity == AssetCheckSeverity.ERROR]
+
+
+def _describe(evaluation) -> str:
+    summary = evaluation.description or ", ".join(
+        f"{k}={v.value}" for k, v in list(evaluation.metadata.items())[:4]
+    )
+    return f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} ({summary})"
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    name="failed_check_alert",
+    minimum_interval_seconds=ALERT_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="An alert for a run that succeeded with failed ERROR-severity (non-blocking) checks",
+)
+def failed_check_alert(context: RunStatusSensorContext, alerter: Alerter):
+    run = context.dagster_run
+    failed = _failed_error_checks(context.instance, run.run_id)
+    if not failed:
+        return SkipReason(f"run {run.run_id}: no failed ERROR checks")
+    alerter.send(
+        Alert(
+            title=f"SmartGo analytics: check {failed[0].check_name} failed",
+            job=run.job_name,
+            asset_keys=tuple(sorted({e.asset_key.to_user_string() for e in failed})),
+            partition=partition_of(run.tags),
+            backfill=run.tags.get(BACKFILL_TAG),
+            error=redact(short_error("; ".join(_describe(e) for e in failed))),
+            run_url=alerter.run_url(run.run_id),
+        )
+    )
+    return None
+
+
+def build_freshness_alert(asset_keys: list[AssetKey], deadline_hour: int | None = None):
+    @sensor(
+        name="daily_freshness_alert",
+        minimum_interval_seconds=300,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Alerts once a day when yesterday is not materialised by FRESHNESS_DEADLINE_HOUR_UTC",
+    )
+    def daily_freshness_alert(context: SensorEvaluationContext, alerter: Alerter):
+        deadline = settings().freshness_deadline_hour if deadline_hour is None else deadline_hour
+        day = due_day(datetime.now(UTC), deadline)
+        if day is None:
+            return SkipReason("before today's deadline")
+        if context.cursor and context.cursor >= day.isoformat():
+            return SkipReason(f"{day} already checked")
+        late = [
+            key.to_user_string()
+            for key in asset_keys
+            if day.isoformat() not in context.instance.get_materialized_partitions(key)
+        ]
+        context.update_cursor(day.isoformat())
+        if not late:
+            return SkipReason(f"{day} is materialised everywhere")
+        alerter.send(
+            Alert(
+                title="SmartGo analytics: a day is late",
+                asset_keys=tuple(sorted(late)),
+                partition=day.isoformat(),
+                error=f"not materialised by {deadline:02d}:00 UTC",
+            )
+        )
+        return None
+
+    return daily_freshness_alert

@@ -1,0 +1,286 @@
+"""Alerts, freshness and the production instance storage, through Dagster itself."""
+
+import boto3
+import psycopg
+import pytest
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    Definitions,
+    asset,
+    build_sensor_context,
+    define_asset_job,
+    instance_for_test,
+    materialize,
+)
+
+from smartgo_analytics.assets.quicksight import QuickSightExport, dynamodb_daily_metrics
+from smartgo_analytics.core.alerts import redact
+from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.alerts import Alerter
+from smartgo_analytics.resources.dynamodb import SalesDataTable
+from smartgo_analytics.resources.object_store import LocalObjectStore
+from smartgo_analytics.sensors import (
+    build_freshness_alert,
+    failed_check_alert,
+    failed_partition_alert,
+)
+from smartgo_analytics_tests.servers import WebhookReceiver
+
+
+@pytest.fixture
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def alerter(webhook) -> Alerter:
+    return Alerter(
+        destinations=["log", "slack"],
+        slack_webhook_url=webhook.url,
+        webserver_url="http://dagster.example:3000",
+    )
+
+
+def failing_metrics_defs(stack, tmp_path, webhook):
+    job = define_asset_job(
+        "metrics_job", selection=[dynamodb_daily_metrics], partitions_def=daily_partitions
+    )
+    return Definitions(
+        assets=[dynamodb_daily_metrics],
+        jobs=[job],
+        sensors=[failed_partition_alert],
+        resources={
+            "sales_data": SalesDataTable(
+                table_name="NoSuchTable",
+                endpoint_url=stack.aws_endpoint_url,
+                region_name="us-east-1",
+            ),
+            "object_store": LocalObjectStore(lake_dir=str(tmp_path), bucket="lake"),
+            "quicksight": QuickSightExport(),
+            "alerter": alerter(webhook),
+        },
+    )
+
+
+def test_a_failed_partition_sends_one_alert_with_job_asset_partition_error_and_link(
+    stack, tmp_path, webhook
+):
+    defs = failing_metrics_defs(stack, tmp_path, webhook)
+    with instance_for_test() as instance:
+        first = failed_partition_alert.evaluate_tick(
+            build_sensor_context(
+                instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}
+            )
+        )
+        result = defs.resolve_job_def("metrics_job").execute_in_process(
+            partition_key="2025-02-20", instance=instance, raise_on_error=False
+        )
+        assert not result.success
+        second = failed_partition_alert.evaluate_tick(
+            build_sensor_context(
+                instance=instance,
+                definitions=defs,
+                resources={"alerter": alerter(webhook)},
+                cursor=first.cursor,
+            )
+        )
+        assert len(webhook.messages) == 1
+        failed_partition_alert.evaluate_tick(
+            build_sensor_context(
+                instance=instance,
+                definitions=defs,
+                resources={"alerter": alerter(webhook)},
+                cursor=second.cursor,
+            )
+        )
+    assert len(webhook.messages) == 1  # re-evaluating sends nothing twice
+    text = webhook.texts()[0]
+    assert "job: metrics_job" in text and "assets: dynamodb_daily_metrics" in text
+    assert "partition: 2025-02-20" in text
+    assert "DynamoDB table 'NoSuchTable' does not exist" in text
+    assert f"run: http://dagster.example:3000/runs/{result.run_id}" in text
+    assert "secret-token" not in text
+
+
+def test_a_failed_error_check_alerts_with_its_partition_and_warn_checks_do_not(tmp_path, webhook):
+    @asset(
+        partitions_def=daily_partitions,
+        check_specs=[
+            AssetCheckSpec("always_fails", asset="checked"),
+            AssetCheckSpec("only_warns", asset="checked"),
+        ],
+    )
+    def checked():
+        yield from ()
+        from dagster import MaterializeResult
+
+        yield MaterializeResult(check_results=[
+            AssetCheckResult(check_name="always_fails", passed=False, severity=AssetCheckSeverity.ERROR,
+                             description="12 of 40 sales have no vector"),
+            AssetCheckResult(check_name="only_warns", passed=False, severity=AssetCheckSeverity.WARN),
+        ])  # fmt: skip
+
+    defs = Definitions(
+        assets=[checked], sensors=[failed_check_alert], resources={"alerter": alerter(webhook)}
+    )
+    with instance_for_test() as instance:
+        cursor = failed_check_alert.evaluate_tick(
+            build_sensor_context(
+                instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}
+            )
+        ).cursor
+        materialize([checked], partition_key="2025-02-21", instance=instance)
+        cursor = failed_check_alert.evaluate_tick(
+            build_sensor_context(
+                instance=instance,
+                definitions=defs,
+                resources={"alerter": alerter(webhook)},
+                cursor=cursor,
+            )
+        ).cursor
+        failed_check_alert.evaluate_tick(
+            build_sensor_context(
+                instance=instance,
+                definitions=defs,
+                resources={"alerter": alerter(webhook)},
+                cursor=cursor,
+            )
+        )
+    assert len(webhook.messages) == 1
+    text = webhook.texts()[0]
+    assert (
+        "check always_fails failed" in text
+        and "partition: 2025-02-21" in text
+        and "12 of 40 sales" in text
+    )
+
+
+def test_a_day_not_materialised_by_the_deadline_alerts_once(tmp_path, webhook):
+    @asset(partitions_def=daily_partitions)
+    def daily_thing():
+        return None
+
+    sensor = build_freshness_alert([daily_thing.key], deadline_hour=0)
+    defs = Definitions(
+        assets=[daily_thing], sensors=[sensor], resources={"alerter": alerter(webhook)}
+    )
+    with instance_for_test() as instance:
+        result = sensor.evaluate_tick(
+            build_sensor_context(
+                instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}
+            )
+        )
+        sensor.evaluate_tick(
+            build_sensor_context(
+                instance=instance,
+                definitions=defs,
+                resources={"alerter": alerter(webhook)},
+                cursor=result.cursor,
+            )
+        )
+    assert len(webhook.messages) == 1
+    assert (
+        "a day is late" in webhook.texts()[0]
+        and f"partition: {result.cursor}" in webhook.texts()[0]
+    )
+
+
+def test_alerts_can_go_to_an_sns_topic(stack):
+    sns = boto3.client("sns", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    topic = sns.create_topic(Name="alerts-test")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts-test")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=queue_arn,
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    from smartgo_analytics.core.alerts import Alert
+
+    Alerter(
+        destinations=["sns"],
+        sns_topic_arn=topic,
+        endpoint_url=stack.aws_endpoint_url,
+        region_name="us-east-1",
+    ).send(Alert(title="t", error="boom", partition="2025-02-22"))
+    body = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2)["Messages"][0]["Body"]
+    assert "partition: 2025-02-22" in body and "error: boom" in body
+
+
+def test_secrets_are_redacted_from_alert_text():
+    text = redact(
+        "cannot connect postgresql://smartgo:hunter2@db:5432/x; webhook https://hooks.slack.com/services/T1/B2/xyz; "
+        '{"password": "s3cret"}',
+        ["sometoken"],
+    )
+    assert "hunter2" not in text and "xyz" not in text and "s3cret" not in text
+    assert "postgresql://smartgo:***@db:5432/x" in text
+
+
+def test_a_partition_materialises_against_a_postgres_backed_instance(stack, tmp_path):
+    import json
+
+    from dagster import DagsterInstance
+
+    from smartgo_analytics.local.demo_data import sales_data_items
+    from smartgo_analytics.local.stack import create_sales_table
+
+    with psycopg.connect(
+        stack.postgres_uri.replace("/smartgo?", "/postgres?"), autocommit=True
+    ) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'dagster_test'").fetchone():
+            conn.execute("CREATE DATABASE dagster_test")
+    # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; dagster-postgres speaks psycopg2.
+    url = stack.postgres_uri.replace("/smartgo?", "/dagster_test?").replace(
+        "postgresql://", "postgresql+psycopg2://"
+    )
+    dynamodb = boto3.client(
+        "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    create_sales_table(dynamodb, "SalesData-pg-instance")
+    from datetime import date
+
+    from boto3.dynamodb.types import TypeSerializer
+
+    serializer = TypeSerializer()
+    for item in sales_data_items(date(2025, 2, 23)):
+        dynamodb.put_item(
+            TableName="SalesData-pg-instance",
+            Item={k: serializer.serialize(v) for k, v in item.items()},
+        )
+    resources = {
+        "sales_data": SalesDataTable(
+            table_name="SalesData-pg-instance",
+            endpoint_url=stack.aws_endpoint_url,
+            region_name="us-east-1",
+        ),
+        "object_store": LocalObjectStore(lake_dir=str(tmp_path), bucket="lake"),
+    }
+    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        materialize(
+            [dynamodb_daily_metrics],
+            resources=resources,
+            partition_key="2025-02-23",
+            instance=instance,
+        )
+        assert isinstance(instance, DagsterInstance)
+    with psycopg.connect(url.replace("+psycopg2", "")) as conn:
+        rows = conn.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'").fetchone()[0]
+        assert rows >= 1
+        partitions = conn.execute(
+            "SELECT DISTINCT partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
+        ).fetchall()
+    assert ("2025-02-23",) in partitions
+    assert json.loads(
+        (tmp_path / "lake" / "staging/dynamodb_daily_metrics/2025-02-23.ndjson")
+        .read_text()
+        .splitlines()[0]
+    )
