@@ -284,3 +284,19 @@ def test_a_partition_materialises_against_a_postgres_backed_instance(stack, tmp_
         .read_text()
         .splitlines()[0]
     )
+
+
+def test_the_production_instance_config_is_valid_for_dagster(monkeypatch):
+    from pathlib import Path
+
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster_aws.ecs import EcsRunLauncher
+
+    for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB", "DAGSTER_COMPUTE_LOG_BUCKET"):
+        monkeypatch.setenv(name, "x")
+    config, _ = dagster_instance_config(str(Path(__file__).parents[1] / "deploy"))
+    assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    launcher = config["run_launcher"]
+    assert launcher["class"] == "EcsRunLauncher"
+    assert process_config(EcsRunLauncher.config_type(), launcher["config"]).success
