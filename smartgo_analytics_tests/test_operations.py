@@ -293,7 +293,13 @@ def test_the_production_instance_config_is_valid_for_dagster(monkeypatch):
     from dagster._core.instance.config import dagster_instance_config
     from dagster_aws.ecs import EcsRunLauncher
 
-    for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB", "DAGSTER_COMPUTE_LOG_BUCKET"):
+    for name in (
+        "DAGSTER_PG_USERNAME",
+        "DAGSTER_PG_PASSWORD",
+        "DAGSTER_PG_HOST",
+        "DAGSTER_PG_DB",
+        "DAGSTER_COMPUTE_LOG_BUCKET",
+    ):
         monkeypatch.setenv(name, "x")
     config, _ = dagster_instance_config(str(Path(__file__).parents[1] / "deploy"))
     assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"

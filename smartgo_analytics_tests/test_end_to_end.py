@@ -1,0 +1,151 @@
+"""A real `dagster dev` (webserver and daemon) on the local stack, driven through its GraphQL API."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+
+from smartgo_analytics.local.stack import running_stack
+from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics_tests.servers import WebhookReceiver
+
+DAYS = ["2025-01-13", "2025-01-14", "2025-01-15"]
+ALL_ASSETS = [["smartgo_sales"], ["product_image_embeddings"], ["smartgo_sales_iceberg"], ["dynamodb_daily_metrics"],
+              *(["quicksight", d] for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations"))]  # fmt: skip
+PRICING = ALL_ASSETS[:3]
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } ... on PythonError { message } }
+}"""
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def graphql(url: str, query: str, **variables) -> dict:
+    response = httpx.post(
+        f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60
+    )
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def backfill(
+    url: str, assets: list[list[str]], partitions: list[str], timeout_s: float = 420
+) -> str:
+    params = {"assetSelection": [{"path": a} for a in assets], "partitionNames": partitions}
+    launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = graphql(url, STATUS, id=launched["backfillId"])["partitionBackfillOrError"][
+            "status"
+        ]
+        if status in FINISHED:
+            return status
+        time.sleep(3)
+    pytest.fail(f"backfill {launched['backfillId']} did not finish in {timeout_s} s")
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    receiver = WebhookReceiver()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    home = tmp_path / "home"
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
+    environment.update(
+        SMARTGO_HOME=str(home), ALERT_SLACK_WEBHOOK_URL=receiver.url, DAGSTER_WEBSERVER_URL=url
+    )
+    log = (tmp_path / "dev.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smartgo_analytics.cli", "dev", "--days", "3", "--end-date", DAYS[-1],
+         "--sales-per-day", "100", "--port", str(port)],
+        env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(
+                    "dagster dev did not start:\n" + (tmp_path / "dev.log").read_text()[-3000:]
+                )
+            time.sleep(1)
+        yield url, home, receiver
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        receiver.server.shutdown()
+        log.close()
+
+
+def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partition_that_fails(
+    dagster_dev,
+):
+    url, home, receiver = dagster_dev
+
+    assert backfill(url, ALL_ASSETS, DAYS) in {"COMPLETED", "COMPLETED_SUCCESS"}
+
+    catalog = IcebergCatalog(local_stack_home=str(home))
+    for day in DAYS:
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        rows = catalog.read_day(
+            start, start + timedelta(days=1), ("product_id", "embedding_vector")
+        )
+        assert rows.num_rows == 99  # 100 sold, one null price quarantined
+        lake = home / "lake" / "smartgo-analytics-local" / "quicksight"
+        assert len((lake / "store_summaries" / f"{day}.json").read_text().splitlines()) == 11
+        assert len((lake / "top_products" / f"{day}.json").read_text().splitlines()) == 20
+    assert not [t for t in receiver.texts() if "a partition failed" in t]
+
+    # Break 2025-01-14: a fifth of its images now 404, far over the 5% error budget.
+    with psycopg.connect(running_stack(home).postgres_uri) as conn:
+        conn.execute("UPDATE smartgo.products SET image_url = image_url || '.gone' "
+                     "WHERE id LIKE 'SG-20250114-%%' AND status = 'SOLD' AND id < 'SG-20250114-00020'")  # fmt: skip
+    assert backfill(url, PRICING, ["2025-01-14"]) in {"COMPLETED_FAILED", "FAILED", "COMPLETED"}
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [
+        t for t in receiver.texts() if "a partition failed" in t
+    ]:
+        time.sleep(2)
+    failed = [t for t in receiver.texts() if "a partition failed" in t]
+    assert len(failed) == 1, receiver.texts()
+    assert "partition: 2025-01-14" in failed[0]
+    assert (
+        "embedding_error_ratio_within_budget" in failed[0]
+        and "product_image_embeddings" in failed[0]
+    )
+    assert f"run: {url}/runs/" in failed[0]
+    assert "backfill: " in failed[0]
