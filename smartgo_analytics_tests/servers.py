@@ -89,7 +89,7 @@ def bedrock_server(state: BedrockState) -> _Server:
                 return self._error(408, "ModelTimeoutException", "Model timed out")
             image = base64.b64decode(request["inputImage"])
             dimension = request["embeddingConfig"]["outputEmbeddingLength"]
-            vector = visual_features(image, dimension)
+            vector = visual_features(image, dimension).tolist()
             if hashlib.sha256(image).hexdigest() in state.wrong_length_for:
                 vector = vector[:7]
             body = json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()

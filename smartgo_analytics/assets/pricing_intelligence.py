@@ -2,12 +2,16 @@
 
 import hashlib
 import io
+import os
+import tempfile
 import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
@@ -63,6 +67,8 @@ IO_RETRY = RetryPolicy(
 )
 # One day per run: a backfill becomes many small runs, and the `bedrock` pool caps how many embed at once.
 ONE_DAY_PER_RUN = BackfillPolicy.multi_run(1)
+ICEBERG_BATCH_ROWS = 10_000
+PREVIEW_COLUMNS = ["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"]
 
 
 @asset(
@@ -121,12 +127,13 @@ class EmbeddingConfig(Config):
         description="share of sales allowed to lack a vector before the day is blocked",
     )
     download_concurrency: int = Field(default_factory=lambda: settings().download_concurrency)
+    batch_rows: int = Field(default=1_000, description="results per Parquet batch")
 
 
 class _EmbedOnce:
     """Within one run, each distinct image (by sha256) is embedded once, whoever asks first."""
 
-    def __init__(self, embedder: ImageEmbedder, known: dict[str, list[float]]):
+    def __init__(self, embedder: ImageEmbedder, known: dict[str, np.ndarray]):
         self._embedder = embedder
         self._futures: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -137,7 +144,7 @@ class _EmbedOnce:
         self.reused = set(known)
         self.calls = 0
 
-    def __call__(self, sha: str, image: bytes) -> tuple[list[float], bool]:
+    def __call__(self, sha: str, image: bytes) -> tuple[np.ndarray, bool]:
         with self._lock:
             future = self._futures.get(sha)
             owner = future is None
@@ -152,19 +159,18 @@ class _EmbedOnce:
         return future.result(), sha in self.reused
 
 
-def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[str, list[float]]:
+def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[str, np.ndarray]:
+    """The day's vectors already in the table, one per distinct image and this model."""
     day = iceberg.read_day(start, end, ("image_sha256", "embedding_model", "embedding_vector"))
     if day is None:
         return {}
-    known = {}
-    for sha, model, vector in zip(
-        day.column("image_sha256").to_pylist(),
-        day.column("embedding_model").to_pylist(),
-        day.column("embedding_vector").to_pylist(),
-        strict=True,
-    ):
-        if sha and vector is not None and model == model_id:
-            known[sha] = vector
+    known: dict[str, np.ndarray] = {}
+    shas = day.column("image_sha256").to_pylist()
+    models = day.column("embedding_model").to_pylist()
+    vectors = day.column("embedding_vector")
+    for index, (sha, model) in enumerate(zip(shas, models, strict=True)):
+        if sha and model == model_id and sha not in known and vectors[index].is_valid:
+            known[sha] = vectors[index].values.to_numpy(zero_copy_only=False).astype(np.float32)
     return known
 
 
@@ -190,7 +196,8 @@ def product_image_embeddings(
     """Every valid sale's image: downloaded safely, copied to object storage, embedded.
 
     A day whose images did not change makes no embedding calls: vectors already in the Iceberg table
-    for the same image (sha256) and model are reused.
+    for the same image (sha256) and model are reused. Results are written to Parquet batch by batch,
+    so a day of any size is never held in memory at once.
     """
     start, end = context.partition_time_window
     known = _known_vectors(iceberg, start, end, image_embedder.model_id)
@@ -221,34 +228,48 @@ def product_image_embeddings(
         return result
 
     sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
-    results = []
-    with ThreadPoolExecutor(
-        max_workers=config.download_concurrency, thread_name_prefix="image"
-    ) as pool:
+    total, embedded, reused = len(sales), 0, 0
+    reasons: Counter[str] = Counter()
+    lengths: Counter[int] = Counter()
+    error_examples: list[dict] = []
+    fd, name = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
+    os.close(fd)
+    path = Path(name)
+    pending: list[dict] = []
+    with (
+        pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, compression="zstd") as writer,
+        ThreadPoolExecutor(
+            max_workers=config.download_concurrency, thread_name_prefix="image"
+        ) as pool,
+    ):
         for n, result in enumerate(pool.map(process, sales), start=1):
-            results.append(result)
-            if n % 500 == 0:
-                context.log.info(f"{context.partition_key}: {n} of {len(sales)} images processed")
-
-    table = pa.Table.from_pylist(results, schema=sales_table.EMBEDDINGS_SCHEMA)
-    errors = [r for r in results if r["embedding_error"]]
-    reasons = Counter(_reason_class(r["embedding_error"]) for r in errors)
-    lengths = Counter(
-        len(r["embedding_vector"]) for r in results if r["embedding_vector"] is not None
-    )
-    reused = sum(1 for r in results if r["embedding_reused"])
+            if result["embedding_error"]:
+                reasons[_reason_class(result["embedding_error"])] += 1
+                if len(error_examples) < 5:
+                    error_examples.append(result)
+            else:
+                embedded += 1
+                reused += result["embedding_reused"]
+                lengths[len(result["embedding_vector"])] += 1
+            pending.append(result)
+            if len(pending) == config.batch_rows or n == total:
+                writer.write_batch(sales_table.embeddings_batch(pending, image_embedder.dimension))
+                pending = []
+            if n % 1000 == 0:
+                context.log.info(f"{context.partition_key}: {n} of {total} images processed")
+    errors = total - embedded
     context.log.info(
-        f"{context.partition_key}: {len(results) - len(errors)} embedded, {len(errors)} errors, "
+        f"{context.partition_key}: {embedded} embedded, {errors} errors, "
         f"{embed_once.calls} embedding calls, {reused} reused"
     )
     yield Output(
-        table,
+        path,
         metadata={
-            "sales": len(results),
-            "embedded": len(results) - len(errors),
-            "errors": len(errors),
+            "sales": total,
+            "embedded": embedded,
+            "errors": errors,
             "error_reasons": MetadataValue.md(checks.examples(reasons, 10)),
-            "error_examples": md_table(errors, ["product_id", "embedding_error"]),
+            "error_examples": md_table(error_examples, ["product_id", "embedding_error"]),
             "embedding_calls": embed_once.calls,
             "embeddings_reused": reused,
             "embedding_model": model_id,
@@ -257,7 +278,7 @@ def product_image_embeddings(
             ),
         },
     )
-    yield checks.error_ratio_result(len(errors), len(results), config.max_error_ratio, reasons)
+    yield checks.error_ratio_result(errors, total, config.max_error_ratio, reasons)
     yield checks.vector_length_result(lengths, image_embedder.dimension)
 
 
@@ -277,57 +298,62 @@ def _reason_class(error: str) -> str:
 def smartgo_sales_iceberg(
     context: AssetExecutionContext,
     smartgo_sales: pa.Table,
-    product_image_embeddings: pa.Table,
+    product_image_embeddings: pq.ParquetFile,
     iceberg: IcebergCatalog,
     image_embedder: ImageEmbedder,
     export_progress: ExportProgressTracker,
 ) -> MaterializeResult:
     """`pricing_intelligence.smartgo_sales`: the day's rows replaced in one atomic commit."""
     start, end = context.partition_time_window
-    rows = sales_table.sales_rows(
-        smartgo_sales,
-        product_image_embeddings,
-        image_embedder.dimension,
-        datetime.now(UTC),
-        settings().season_hemisphere,
-    )
-    table = iceberg.replace_day(rows, start, end)
-    written = iceberg.read_day(start, end, ("product_id",))
-    written_rows = written.num_rows if written is not None else 0
-    errors = [e for e in rows.column("embedding_error").to_pylist() if e]
+    ingested_at = datetime.now(UTC)
+    written, with_error, first_errors, preview = 0, 0, [], []
+
+    def rows_of(sales: pa.Table, embeddings: pa.Table) -> pa.Table:
+        nonlocal written, with_error
+        rows = sales_table.sales_rows(
+            sales, embeddings, image_embedder.dimension, ingested_at, settings().season_hemisphere
+        )
+        errors = [e for e in rows.column("embedding_error").to_pylist() if e]
+        written += rows.num_rows
+        with_error += len(errors)
+        first_errors.extend(errors[: 10 - len(first_errors)])
+        if not preview:
+            preview.extend(rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist())
+        return rows
+
+    def day_rows():
+        # The embeddings are in the sales' order: each batch is joined with its slice of the sales.
+        offset = 0
+        for batch in product_image_embeddings.iter_batches(batch_size=ICEBERG_BATCH_ROWS):
+            yield rows_of(
+                smartgo_sales.slice(offset, batch.num_rows), pa.Table.from_batches([batch])
+            )
+            offset += batch.num_rows
+        if offset < smartgo_sales.num_rows:  # sales without embeddings are still written
+            yield rows_of(smartgo_sales.slice(offset), sales_table.EMBEDDINGS_SCHEMA.empty_table())
+
+    table = iceberg.replace_day(day_rows(), start, end)
+    read_back = iceberg.read_day(start, end, ("product_id",))
+    read_back_rows = read_back.num_rows if read_back is not None else 0
     snapshot = table.current_snapshot()
     export_progress.record(
         context.partition_key,
         "COMPLETE",
-        totalCount=rows.num_rows,
-        successCount=rows.num_rows - len(errors),
-        errorCount=len(errors),
-        errors=errors[:10] or None,
+        totalCount=written,
+        successCount=written - with_error,
+        errorCount=with_error,
+        errors=first_errors or None,
         completedAt=datetime.now(UTC).isoformat(),
     )
     return MaterializeResult(
         metadata={
             "table": sales_table.IDENTIFIER,
-            "rows_written": rows.num_rows,
-            "rows_with_vector": rows.num_rows - len(errors),
-            "rows_with_error": len(errors),
+            "rows_written": written,
+            "rows_with_vector": written - with_error,
+            "rows_with_error": with_error,
             "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
             "table_location": table.location(),
-            "preview": md_table(
-                rows.select(
-                    [
-                        "product_id",
-                        "tenant_id",
-                        "category",
-                        "sold_price",
-                        "season",
-                        "embedding_error",
-                    ]
-                )
-                .slice(0, 5)
-                .to_pylist(),
-                ["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"],
-            ),
+            "preview": md_table(preview, PREVIEW_COLUMNS),
         },
-        check_results=[checks.reconciliation_result(written_rows, smartgo_sales.num_rows)],
+        check_results=[checks.reconciliation_result(read_back_rows, smartgo_sales.num_rows)],
     )

@@ -73,7 +73,7 @@ def prepare_for_titan(data: bytes) -> PreparedImage:
 FEATURE_SIDE = 16
 
 
-def visual_features(data: bytes, dimension: int = 1024) -> list[float]:
+def visual_features(data: bytes, dimension: int = 1024) -> np.ndarray:
     """A deterministic unit vector that puts similar pictures close together.
 
     1024 features: a 16x16 RGB thumbnail (768) and its 16x16 luminance gradient (256), centred and
@@ -93,4 +93,4 @@ def visual_features(data: bytes, dimension: int = 1024) -> list[float]:
         features = np.full(dimension, 1.0 / np.sqrt(dimension), dtype=np.float32)
     else:
         features = features / norm
-    return features.astype(np.float32).tolist()
+    return features.astype(np.float32)

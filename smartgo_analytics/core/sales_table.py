@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -88,6 +89,26 @@ EMBEDDINGS_SCHEMA = pa.schema(
         pa.field("embedding_reused", pa.bool_()),
     ]
 )
+
+
+def embeddings_batch(results: list[dict], dimension: int) -> pa.RecordBatch:
+    """Per-sale results (vectors as float32 arrays) as one Arrow batch, without Python float lists."""
+    vectors = [r["embedding_vector"] for r in results]
+    present = [v is not None for v in vectors]
+    lengths = [len(v) if v is not None else 0 for v in vectors]
+    offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = (np.concatenate([v for v in vectors if v is not None]).astype(np.float32, copy=False)
+            if any(present) else np.zeros(0, dtype=np.float32))  # fmt: skip
+    vector_array = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(flat), mask=pa.array([not p for p in present])
+    )
+    columns = [pa.array([r[name] for r in results], type=EMBEDDINGS_SCHEMA.field(name).type)
+               for name in EMBEDDINGS_SCHEMA.names if name != "embedding_vector"]  # fmt: skip
+    columns.insert(
+        EMBEDDINGS_SCHEMA.names.index("embedding_vector"), vector_array.cast(pa.list_(pa.float32()))
+    )
+    return pa.RecordBatch.from_arrays(columns, schema=EMBEDDINGS_SCHEMA)
 
 
 def sales_rows(

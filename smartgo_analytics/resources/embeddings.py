@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 
+import numpy as np
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
@@ -38,7 +39,8 @@ class ImageEmbedder(ConfigurableResource):
     def price_per_image(self) -> float:
         return 0.0
 
-    def embed(self, image: bytes) -> list[float]:
+    def embed(self, image: bytes) -> np.ndarray:
+        """A float32 vector of `dimension` values, or EmbeddingError."""
         raise NotImplementedError
 
 
@@ -49,7 +51,7 @@ class LocalVisualEmbedder(ImageEmbedder):
     def model_id(self) -> str:
         return f"local-visual-features-v1/{self.dimension}"
 
-    def embed(self, image: bytes) -> list[float]:
+    def embed(self, image: bytes) -> np.ndarray:
         return visual_features(image, self.dimension)
 
 
@@ -90,7 +92,7 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             read_timeout=60,
         )
 
-    def embed(self, image: bytes) -> list[float]:
+    def embed(self, image: bytes) -> np.ndarray:
         client = self._client()
         body = json.dumps(
             {
@@ -131,4 +133,7 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             raise EmbeddingError(
                 f"Bedrock returned {len(vector)} values, asked for {self.dimension}"
             )
-        return [float(v) for v in vector]
+        try:
+            return np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise EmbeddingError("Bedrock embedding holds non-numbers") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from datetime import datetime
 
 import pyarrow as pa
@@ -76,11 +77,15 @@ class IcebergCatalog(ConfigurableResource):
             return None
         return table.scan(row_filter=day_filter(start, end), selected_fields=columns).to_arrow()
 
-    def replace_day(self, rows: pa.Table, start: datetime, end: datetime) -> Table:
-        """Delete the day's rows and append `rows`, in one atomic commit."""
+    def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
+        """Delete the day's rows and append the batches, all in one atomic commit."""
         table = self.sales_table()
         with warnings.catch_warnings():
             # A day's first write deletes nothing; pyiceberg warns about that, it is expected here.
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            table.overwrite(rows, overwrite_filter=day_filter(start, end))
-        return table
+            with table.transaction() as transaction:
+                transaction.delete(day_filter(start, end))
+                for rows in batches:
+                    if rows.num_rows:
+                        transaction.append(rows)
+        return table.refresh()

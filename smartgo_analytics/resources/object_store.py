@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,14 @@ class ObjectStore(ConfigurableResource):
 
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when there is none."""
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Upload a local file (streamed, multipart when large)."""
+        raise NotImplementedError
+
+    def local_path(self, key: str) -> Path:
+        """A local file with the object's bytes: the object itself, or a downloaded copy."""
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
@@ -52,6 +61,22 @@ class S3ObjectStore(ObjectStore, AwsResource):
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 raise FileNotFoundError(self.uri(key)) from error
             raise
+
+    def put_file(self, key: str, path: Path) -> str:
+        self.client().upload_file(str(path), self.bucket, key)
+        return self.uri(key)
+
+    def local_path(self, key: str) -> Path:
+        fd, name = tempfile.mkstemp(prefix="smartgo-", suffix=Path(key).suffix)
+        os.close(fd)
+        try:
+            self.client().download_file(self.bucket, key, name)
+        except ClientError as error:
+            Path(name).unlink(missing_ok=True)
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.uri(key)) from error
+            raise
+        return Path(name)
 
     def exists(self, key: str) -> bool:
         try:
@@ -96,6 +121,20 @@ class LocalObjectStore(ObjectStore):
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def put_file(self, key: str, path: Path) -> str:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{target.name}")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+        return self.uri(key)
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(self.uri(key))
+        return path
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -1,6 +1,12 @@
-"""Arrow tables between assets, as Parquet files in the object store (never pickle)."""
+"""Arrow data between assets, as Parquet files in the object store (never pickle).
+
+An asset may return a `pyarrow.Table`, or the `Path` of a Parquet file it has already written batch
+by batch (so a day never has to fit in memory at once); the file is uploaded and then removed. A downstream asset gets a `pa.Table`,
+or a `ParquetFile` to read in batches when its parameter is annotated so.
+"""
 
 import io
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,15 +23,27 @@ class ParquetIOManager(ConfigurableIOManager):
         partition = context.asset_partition_key if context.has_asset_partitions else None
         return asset_output_key(list(context.asset_key.path), partition)
 
-    def handle_output(self, context: OutputContext, obj: pa.Table) -> None:
-        if not isinstance(obj, pa.Table):
+    def handle_output(self, context: OutputContext, obj: pa.Table | Path) -> None:
+        key = self._key(context)
+        if isinstance(obj, Path):
+            size, rows = obj.stat().st_size, pq.ParquetFile(obj).metadata.num_rows
+            uri = self.object_store.put_file(key, obj)
+            obj.unlink()
+        elif isinstance(obj, pa.Table):
+            buffer = io.BytesIO()
+            pq.write_table(obj, buffer, compression="zstd")
+            uri = self.object_store.put_bytes(key, buffer.getvalue())
+            size, rows = buffer.tell(), obj.num_rows
+        else:
             raise TypeError(
-                f"{context.asset_key.to_user_string()} must return a pyarrow.Table, got {type(obj)}"
+                f"{context.asset_key.to_user_string()} must return a pyarrow Table or a Parquet file Path, got {type(obj)}"
             )
-        buffer = io.BytesIO()
-        pq.write_table(obj, buffer, compression="zstd")
-        uri = self.object_store.put_bytes(self._key(context), buffer.getvalue())
-        context.add_output_metadata({"parquet_uri": uri, "parquet_bytes": buffer.tell()})
+        context.add_output_metadata(
+            {"parquet_uri": uri, "parquet_bytes": size, "parquet_rows": rows}
+        )
 
-    def load_input(self, context: InputContext) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.object_store.get_bytes(self._key(context))))
+    def load_input(self, context: InputContext) -> pa.Table | pq.ParquetFile:
+        path = self.object_store.local_path(self._key(context))
+        if context.dagster_type.typing_type is pq.ParquetFile:
+            return pq.ParquetFile(path)
+        return pq.read_table(path)
