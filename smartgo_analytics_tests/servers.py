@@ -10,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from PIL import Image
 
 from smartgo_analytics.core.imaging import visual_features
@@ -36,6 +37,8 @@ class BedrockState:
         self.wrong_length_for: set[str] = set()  # sha256 of images answered with 7 values
         self.model_timeouts_next = 0
         self.requests: list[str] = []
+        self.latency_s = 0.0
+        self.cheap_vectors = False  # a seeded random vector instead of visual features (benchmarks)
 
     def reset(self):
         with self.lock:
@@ -83,13 +86,19 @@ def bedrock_server(state: BedrockState) -> _Server:
                 timeout = state.model_timeouts_next > 0
                 if timeout:
                     state.model_timeouts_next -= 1
+            if state.latency_s:
+                time.sleep(state.latency_s)
             if throttled:
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             if timeout:
                 return self._error(408, "ModelTimeoutException", "Model timed out")
             image = base64.b64decode(request["inputImage"])
             dimension = request["embeddingConfig"]["outputEmbeddingLength"]
-            vector = visual_features(image, dimension).tolist()
+            if state.cheap_vectors:
+                seed = int.from_bytes(hashlib.sha256(image).digest()[:8], "big")
+                vector = np.random.default_rng(seed).standard_normal(dimension).round(6).tolist()
+            else:
+                vector = visual_features(image, dimension).tolist()
             if hashlib.sha256(image).hexdigest() in state.wrong_length_for:
                 vector = vector[:7]
             body = json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()

@@ -40,7 +40,14 @@ class AwsResource(ConfigurableResource):
                     "aws_secret_access_key": "local",
                 }
             retry = config.pop("retries", {"mode": "adaptive", "max_attempts": 8})
-            self._clients[service] = boto3.client(
-                service, config=Config(retries=retry, **config), **options
+            # Requests are built by this code, not typed by people: skip botocore's per-call
+            # validation, and checksum only where the service requires it (CPU per image counts).
+            settings = Config(
+                retries=retry,
+                parameter_validation=False,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                **config,
             )
+            self._clients[service] = boto3.client(service, config=settings, **options)
         return self._clients[service]

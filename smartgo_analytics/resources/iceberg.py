@@ -61,6 +61,7 @@ class IcebergCatalog(ConfigurableResource):
             sales_table.IDENTIFIER,
             schema=sales_table.SCHEMA,
             partition_spec=sales_table.PARTITION_SPEC,
+            properties=sales_table.TABLE_PROPERTIES,
         )
 
     def existing_sales_table(self) -> Table | None:
