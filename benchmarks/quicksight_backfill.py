@@ -41,7 +41,10 @@ def quicksight_backfill() -> dict:
         serializer = TypeSerializer()
         for day in DAYS:
             for item in sales_data_items(day):
-                dynamodb.put_item(TableName="SalesData", Item={k: serializer.serialize(v) for k, v in item.items()})
+                dynamodb.put_item(
+                    TableName="SalesData",
+                    Item={k: serializer.serialize(v) for k, v in item.items()},
+                )
         workdir = Path(tempfile.mkdtemp(prefix="smartgo-bench-qs-"))
         (workdir / "dagster").mkdir()
         (workdir / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -60,7 +63,9 @@ def quicksight_backfill() -> dict:
             _run({"dagster/partition": day.isoformat()}, env, config)
         separate_s = time.perf_counter() - started
     for day in DAYS:
-        lines = (workdir / "lake" / "bench" / "quicksight" / "store_summaries" / f"{day}.json").read_text()
+        lines = (
+            workdir / "lake" / "bench" / "quicksight" / "store_summaries" / f"{day}.json"
+        ).read_text()
         assert len(lines.splitlines()) == 11
     ratio = separate_s / single_s
     return {
@@ -68,5 +73,10 @@ def quicksight_backfill() -> dict:
         "figure": f"single run {ratio:.1f}x faster ({single_s:.1f} s vs {separate_s:.1f} s for 30 runs)",
         "target": ">= 10x",
         "met": ratio >= 10,
-        "values": {"days": len(DAYS), "single_run_s": single_s, "separate_runs_s": separate_s, "ratio": ratio},
+        "values": {
+            "days": len(DAYS),
+            "single_run_s": single_s,
+            "separate_runs_s": separate_s,
+            "ratio": ratio,
+        },
     }

@@ -4,7 +4,11 @@ import os
 
 from dagster import Definitions, define_asset_job
 
-from smartgo_analytics.assets.quicksight import QuickSightExport, dynamodb_daily_metrics, quicksight_datasets
+from smartgo_analytics.assets.quicksight import (
+    QuickSightExport,
+    dynamodb_daily_metrics,
+    quicksight_datasets,
+)
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import LocalObjectStore
 
@@ -13,7 +17,9 @@ defs = Definitions(
     assets=assets,
     jobs=[define_asset_job("quicksight_job", selection=assets)],
     resources={
-        "sales_data": SalesDataTable(endpoint_url=os.environ["BENCH_MOTO_URL"], region_name="us-east-1"),
+        "sales_data": SalesDataTable(
+            endpoint_url=os.environ["BENCH_MOTO_URL"], region_name="us-east-1"
+        ),
         "object_store": LocalObjectStore(lake_dir=os.environ["BENCH_LAKE"], bucket="bench"),
         "quicksight": QuickSightExport(),
     },

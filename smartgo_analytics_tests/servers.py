@@ -128,7 +128,8 @@ class CdnState:
     def __init__(self):
         self.lock = threading.Lock()
         self.hits: dict[str, int] = {}
-        self.images: dict[str, bytes] = {}
+        self.images: dict[str, bytes] = {}  # served with an ETag, and 304 when it still matches
+        self.not_modified = 0
 
 
 def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
@@ -160,7 +161,12 @@ def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
                 state.hits[path] = state.hits.get(path, 0) + 1
                 hits = state.hits[path]
             if path in state.images:
-                return self._send(200, state.images[path])
+                etag = f'"{hashlib.sha1(state.images[path]).hexdigest()}"'
+                if self.headers.get("If-None-Match") == etag:
+                    with state.lock:
+                        state.not_modified += 1
+                    return self._send(304, b"", headers=[("ETag", etag)])
+                return self._send(200, state.images[path], headers=[("ETag", etag)])
             if path == "/ok.png":
                 return self._send(200, good)
             if path == "/missing.png":

@@ -21,6 +21,7 @@ from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import S3ObjectStore
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.conftest import insert_products, sale
 
 ASSETS = [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg]
@@ -196,9 +197,7 @@ def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embed
 ):
     day = "2025-06-13"
     for n in range(5):
-        cdn_state.images[f"/distinct-{n}.png"] = __import__(
-            "smartgo_analytics_tests.servers"
-        ).servers.png((40 * n, 90, 200))
+        cdn_state.images[f"/distinct-{n}.png"] = servers.png((40 * n, 90, 200))
     insert_products(
         stack.postgres_uri, [sale(f"R-{n}", day, f"{cdn}/distinct-{n}.png") for n in range(5)]
     )
@@ -208,6 +207,7 @@ def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embed
     assert bedrock_calls.calls == 5, bedrock_calls.requests
 
     bedrock_calls.reset()
+    not_modified_before = cdn_state.not_modified
     second_result = run(res, day)
 
     second = day_rows(res, day)
@@ -218,6 +218,16 @@ def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embed
     }
     metadata = second_result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert metadata["embedding_calls"].value == 0 and metadata["embeddings_reused"].value == 5
+    assert cdn_state.not_modified - not_modified_before == 5  # conditional requests, no bodies
+
+    # One picture changes behind the same URL: only that one is downloaded and embedded again.
+    cdn_state.images["/distinct-2.png"] = servers.png((250, 250, 0))
+    bedrock_calls.reset()
+    run(res, day)
+    third = day_rows(res, day)
+    assert bedrock_calls.calls == 1
+    assert third["R-2"]["image_sha256"] != first["R-2"]["image_sha256"]
+    assert third["R-1"]["image_sha256"] == first["R-1"]["image_sha256"]
 
 
 def test_bedrock_throttling_is_retried_and_wrong_lengths_are_per_sale_errors(

@@ -38,7 +38,7 @@ from smartgo_analytics.core.sales import (
     Rejected,
     validate_sale,
 )
-from smartgo_analytics.layout import STAGING_PREFIX, image_key
+from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key, image_key
 from smartgo_analytics.local.stack import StackError
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
@@ -144,6 +144,10 @@ class _EmbedOnce:
         self.reused = set(known)
         self.calls = 0
 
+    def known(self, sha: str) -> np.ndarray:
+        """A vector that was in the table before this run."""
+        return self._futures[sha].result()
+
     def __call__(self, sha: str, image: bytes) -> tuple[np.ndarray, bool]:
         with self._lock:
             future = self._futures.get(sha)
@@ -172,6 +176,28 @@ def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[s
         if sha and model == model_id and sha not in known and vectors[index].is_valid:
             known[sha] = vectors[index].values.to_numpy(zero_copy_only=False).astype(np.float32)
     return known
+
+
+def _previous_downloads(
+    object_store: ObjectStore, day: str, reusable: set[str]
+) -> dict[tuple, dict]:
+    """This day's last successful downloads whose vectors can be reused, by (product, URL)."""
+    try:
+        path = object_store.local_path(asset_output_key(["product_image_embeddings"], day))
+    except FileNotFoundError:
+        return {}
+    columns = ["product_id", "image_url", "image_etag", "image_sha256", "image_s3_key"]
+    try:
+        rows = pq.read_table(path, columns=columns).to_pylist()
+    except (pa.ArrowInvalid, KeyError):
+        return {}  # written before these columns existed: download everything once more
+    finally:
+        object_store.release(path)
+    return {
+        (r["product_id"], r["image_url"]): r
+        for r in rows
+        if r["image_etag"] and r["image_sha256"] in reusable
+    }
 
 
 @asset(
@@ -204,12 +230,26 @@ def product_image_embeddings(
     embed_once = _EmbedOnce(image_embedder, known)
     model_id = image_embedder.model_id
 
+    previous = _previous_downloads(object_store, context.partition_key, set(known))
+
     def process(sale: dict) -> dict:
         result = {"product_id": sale["product_id"], "image_s3_key": None, "image_sha256": None,
                   "embedding_model": None, "embedding_vector": None, "embedding_error": None,
-                  "embedding_reused": False}  # fmt: skip
+                  "embedding_reused": False, "image_url": sale["image_url"], "image_etag": None}  # fmt: skip
         try:
-            raw = image_fetcher.fetch(sale["image_url"])
+            before = previous.get((sale["product_id"], sale["image_url"]))
+            fetched = image_fetcher.fetch(
+                sale["image_url"], if_none_match=before["image_etag"] if before else None
+            )
+            result["image_etag"] = fetched.etag
+            if (
+                fetched.data is None
+            ):  # unchanged since the last materialisation: copy and vector stand
+                result.update(image_sha256=before["image_sha256"], image_s3_key=before["image_s3_key"],
+                              embedding_model=model_id, embedding_reused=True,
+                              embedding_vector=embed_once.known(before["image_sha256"]))  # fmt: skip
+                return result
+            raw = fetched.data
             prepared = prepare_for_titan(raw)
             sha = hashlib.sha256(raw).hexdigest()
             result["image_sha256"] = sha

@@ -93,7 +93,18 @@ EMBEDDINGS_SCHEMA = pa.schema(
         pa.field("embedding_vector", pa.list_(pa.float32())),
         pa.field("embedding_error", pa.string()),
         pa.field("embedding_reused", pa.bool_()),
+        # What the next materialisation of the day needs to skip unchanged images.
+        pa.field("image_url", pa.string()),
+        pa.field("image_etag", pa.string()),
     ]
+)
+# The embeddings columns that go on into the Iceberg rows.
+EMBEDDING_COLUMNS = (
+    "image_s3_key",
+    "image_sha256",
+    "embedding_model",
+    "embedding_vector",
+    "embedding_error",
 )
 
 
@@ -130,7 +141,7 @@ def sales_rows(
         pc.index_in(sales.column("product_id"), value_set=embeddings.column("product_id"))
     )
     joined = sales
-    for name in EMBEDDINGS_SCHEMA.names[1:]:
+    for name in EMBEDDING_COLUMNS:
         joined = joined.append_column(name, matches.column(name))
     sold_dates = joined.column("sold_date").to_pylist()
     months = [d.month for d in sold_dates]

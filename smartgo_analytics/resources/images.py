@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
@@ -13,6 +14,12 @@ from smartgo_analytics.core.retry import call_with_retries
 from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes | None  # None: not modified since the ETag that was sent
+    etag: str | None
 
 
 class ImageFetchError(Exception):
@@ -55,11 +62,15 @@ class ImageFetcher(ConfigurableResource):
         if self._client is not None:
             self._client.close()
 
-    def fetch(self, url: str) -> bytes:
-        """The image bytes, or ImageFetchError with the reason."""
+    def fetch(self, url: str, if_none_match: str | None = None) -> Fetched:
+        """The image bytes and ETag, or ImageFetchError with the reason.
+
+        With `if_none_match` (an ETag from an earlier download) an unchanged image costs one
+        conditional request and returns no bytes.
+        """
         try:
             return call_with_retries(
-                lambda: self._attempt(url),
+                lambda: self._attempt(url, if_none_match),
                 retryable=lambda error: isinstance(error, _Retryable),
                 retries=self.retries,
                 base_s=self.backoff_base_s,
@@ -67,7 +78,7 @@ class ImageFetcher(ConfigurableResource):
         except _Retryable as error:
             raise ImageFetchError(f"{error} (after {self.retries} retries)") from None
 
-    def _attempt(self, url: str) -> bytes:
+    def _attempt(self, url: str, if_none_match: str | None) -> Fetched:
         deadline = time.monotonic() + self.timeout_s
         current = url
         for _ in range(self.max_redirects + 1):
@@ -76,7 +87,10 @@ class ImageFetcher(ConfigurableResource):
             except UnsafeUrl as error:
                 raise ImageFetchError(f"refused: {error}") from None
             try:
-                with self.client().stream("GET", current) as response:
+                headers = {"If-None-Match": if_none_match} if if_none_match else None
+                with self.client().stream("GET", current, headers=headers) as response:
+                    if response.status_code == 304 and if_none_match:
+                        return Fetched(None, response.headers.get("etag") or if_none_match)
                     if response.is_redirect:
                         location = response.headers.get("location")
                         if not location:
@@ -98,7 +112,7 @@ class ImageFetcher(ConfigurableResource):
                         if time.monotonic() > deadline:
                             raise _Retryable(f"timed out after {self.timeout_s:g} s")
                         chunks.append(chunk)
-                    return b"".join(chunks)
+                    return Fetched(b"".join(chunks), response.headers.get("etag"))
             except httpx.TimeoutException:
                 raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
             except (httpx.TransportError, httpx.RemoteProtocolError) as error:

@@ -35,6 +35,9 @@ class ObjectStore(ConfigurableResource):
         """A local file with the object's bytes: the object itself, or a downloaded copy."""
         raise NotImplementedError
 
+    def release(self, path: Path) -> None:
+        """Done with a `local_path`: a downloaded copy is removed, the object itself is kept."""
+
     def exists(self, key: str) -> bool:
         raise NotImplementedError
 
@@ -77,6 +80,9 @@ class S3ObjectStore(ObjectStore, AwsResource):
                 raise FileNotFoundError(self.uri(key)) from error
             raise
         return Path(name)
+
+    def release(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         try:

@@ -45,5 +45,8 @@ class ParquetIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> pa.Table | pq.ParquetFile:
         path = self.object_store.local_path(self._key(context))
         if context.dagster_type.typing_type is pq.ParquetFile:
-            return pq.ParquetFile(path)
-        return pq.read_table(path)
+            return pq.ParquetFile(path)  # read by the step; a downloaded copy goes with its process
+        try:
+            return pq.read_table(path)
+        finally:
+            self.object_store.release(path)
