@@ -30,7 +30,8 @@ from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
 
 OLD_CEILING = 5 / 0.250  # the old exporter: 5 in flight, 250 ms each
-CONCURRENCY = 64
+CONCURRENCY = 64  # embedding calls in flight
+DOWNLOADS = 128  # downloads in flight: a conditional request is all latency, no CPU
 SALES = 2000
 DAY = "2025-01-15"
 
@@ -80,7 +81,7 @@ class PricingRig:
         self.resources = {
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
-            "image_fetcher": ImageFetcher(allowlist=["127.0.0.1"], max_connections=CONCURRENCY),
+            "image_fetcher": ImageFetcher(allowlist=["127.0.0.1"], max_connections=DOWNLOADS),
             "image_embedder": TitanEmbedder(endpoint_url=self.bedrock, region_name="us-east-1",
                                             max_concurrency=CONCURRENCY),
             "iceberg": IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{self.workdir}/catalog.db",
@@ -96,7 +97,7 @@ class PricingRig:
     def materialize(self, *assets) -> tuple[float, dict]:
         """Seconds to materialise the given assets for the day, and the embeddings' metadata."""
         config = {
-            "ops": {"product_image_embeddings": {"config": {"download_concurrency": CONCURRENCY}}}
+            "ops": {"product_image_embeddings": {"config": {"download_concurrency": DOWNLOADS}}}
         }
         started = time.perf_counter()
         result = materialize(

@@ -5,7 +5,7 @@ import io
 import os
 import tempfile
 import threading
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -91,20 +91,23 @@ def smartgo_sales(
     export_progress.record(
         context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat()
     )
-    valid, rejected = [], []
+    batches, rejected = [], []
     with permanent_errors(SmartGoDatabaseError, StackError):
-        for batch in smartgo_db.stream_sold_products(start, end):
-            for row in batch:
+        for rows in smartgo_db.stream_sold_products(start, end):
+            valid = []
+            for row in rows:
                 outcome = validate_sale(row)
                 if isinstance(outcome, Rejected):
                     rejected.append({"product_id": outcome.product_id, "reason": outcome.reason})
                 else:
                     valid.append(outcome)
-    table = pa.Table.from_pylist(valid, schema=VALID_SALES_SCHEMA)
+            # Arrow per fetched batch: a big day never sits in memory as Python objects.
+            batches.append(pa.RecordBatch.from_pylist(valid, schema=VALID_SALES_SCHEMA))
+    table = pa.Table.from_batches(batches, schema=VALID_SALES_SCHEMA).combine_chunks()
     reasons = Counter(r["reason"] for r in rejected)
     metadata = {
-        "source_rows": len(valid) + len(rejected),
-        "valid_rows": len(valid),
+        "source_rows": table.num_rows + len(rejected),
+        "valid_rows": table.num_rows,
         "quarantined_rows": len(rejected),
         "window": f"[{start.isoformat()}, {end.isoformat()})",
     }
@@ -115,10 +118,10 @@ def smartgo_sales(
         metadata["quarantine_uri"] = object_store.put_bytes(key, buffer.getvalue())
         metadata["quarantined_examples"] = md_table(rejected, ["product_id", "reason"])
     context.log.info(
-        f"{context.partition_key}: {len(valid)} valid sales, {len(rejected)} quarantined"
+        f"{context.partition_key}: {table.num_rows} valid sales, {len(rejected)} quarantined"
     )
     yield Output(table, metadata=metadata)
-    yield checks.quarantine_result(len(rejected), len(valid) + len(rejected), reasons)
+    yield checks.quarantine_result(len(rejected), table.num_rows + len(rejected), reasons)
 
 
 class EmbeddingConfig(Config):
@@ -176,6 +179,18 @@ def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[s
         if sha and model == model_id and sha not in known and vectors[index].is_valid:
             known[sha] = vectors[index].values.to_numpy(zero_copy_only=False).astype(np.float32)
     return known
+
+
+def ordered_map(pool: ThreadPoolExecutor, fn, items, window: int):
+    """`pool.map`, but with at most `window` items submitted ahead: a day of 100,000 images is not
+    100,000 pending futures."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _previous_downloads(
@@ -282,7 +297,9 @@ def product_image_embeddings(
             max_workers=config.download_concurrency, thread_name_prefix="image"
         ) as pool,
     ):
-        for n, result in enumerate(pool.map(process, sales), start=1):
+        for n, result in enumerate(
+            ordered_map(pool, process, sales, config.download_concurrency * 4), start=1
+        ):
             if result["embedding_error"]:
                 reasons[_reason_class(result["embedding_error"])] += 1
                 if len(error_examples) < 5:

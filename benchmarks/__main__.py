@@ -1,0 +1,63 @@
+"""Run every benchmark, print a table, write benchmarks/results.json.
+
+python -m benchmarks            # all five
+python -m benchmarks iceberg    # the ones whose name contains a word
+"""
+
+import json
+import logging
+import platform
+import sys
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.iceberg_write import iceberg_write
+from benchmarks.memory import day_of_100k_sales
+from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
+from benchmarks.quicksight_backfill import quicksight_backfill
+
+BENCHMARKS = [
+    embedding_throughput,
+    iceberg_write,
+    day_of_100k_sales,
+    quicksight_backfill,
+    unchanged_rematerialisation,
+]
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main(argv: list[str]) -> int:
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    chosen = [b for b in BENCHMARKS if not argv or any(word in b.__name__ for word in argv)]
+    results = []
+    for benchmark in chosen:
+        print(f"running {benchmark.__name__} ...", flush=True)
+        started = time.perf_counter()
+        result = benchmark()
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        results.append(result)
+        print(
+            f"  {result['figure']}  (target {result['target']}: {'met' if result['met'] else 'NOT met'})",
+            flush=True,
+        )
+    width = max(len(r["name"]) for r in results)
+    print()
+    print(f"{'benchmark':<{width}}  {'figure':<72}  {'target':<46}  met")
+    for r in results:
+        print(
+            f"{r['name']:<{width}}  {r['figure']:<72}  {r['target']:<46}  {'yes' if r['met'] else 'NO'}"
+        )
+    RESULTS.write_text(json.dumps({
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "results": results,
+    }, indent=2, default=str) + "\n")  # fmt: skip
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,63 @@
+"""One day of 100,000 sales end to end on the local stack, and the pipeline process's peak memory."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+
+SALES = 100_000
+LIMIT = 1024**3  # the old Lambda's 1024 MB
+
+
+def day_of_100k_sales() -> dict:
+    home = tempfile.mkdtemp(prefix="smartgo-bench-memory-")
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
+    environment.update(SMARTGO_HOME=home, IMAGE_DOWNLOAD_CONCURRENCY="64")
+    command = [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "1", "--end-date", "2025-01-15",
+               "--sales-per-day", str(SALES)]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        process = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                peak = max(peak, process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate(timeout=3600)
+    done.set()
+    sampler.join()
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"the 100,000-sale day failed:\n{output[-3000:]}")
+    written = next(line for line in output.splitlines() if line.startswith("smartgo_sales_iceberg"))
+    rows = int(written.split()[2])
+    assert rows >= SALES - 10, written
+    return {
+        "name": "memory, one day of 100,000 sales end to end",
+        "figure": f"peak RSS {peak / 1024**2:.0f} MiB for {rows} rows ({elapsed:.0f} s)",
+        "target": "<= 1024 MiB",
+        "met": peak <= LIMIT,
+        "values": {
+            "sales": SALES,
+            "iceberg_rows": rows,
+            "peak_rss_bytes": peak,
+            "seconds": elapsed,
+        },
+    }
