@@ -62,18 +62,20 @@ def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter):
         error = failures[0].event_specific_data.error.message
     else:
         error = context.failure_event.message or "run failed"
-    alerter.send(
-        Alert(
-            title="SmartGo analytics: a partition failed",
-            job=run.job_name,
-            asset_keys=tuple(assets),
-            partition=partition_of(run.tags),
-            backfill=run.tags.get(BACKFILL_TAG),
-            error=redact(short_error(error)),
-            run_url=alerter.run_url(run.run_id),
-        )
-    )
+    alerter.send(_run_alert(alerter, run, "SmartGo analytics: a partition failed", assets, error))
     return None
+
+
+def _run_alert(alerter: Alerter, run, title: str, assets, error: str) -> Alert:
+    return Alert(
+        title=title,
+        job=run.job_name,
+        asset_keys=tuple(assets),
+        partition=partition_of(run.tags),
+        backfill=run.tags.get(BACKFILL_TAG),
+        error=redact(short_error(error)),
+        run_url=alerter.run_url(run.run_id),
+    )
 
 
 def _failed_error_checks(instance, run_id: str) -> list:
@@ -103,17 +105,9 @@ def failed_check_alert(context: RunStatusSensorContext, alerter: Alerter):
     failed = _failed_error_checks(context.instance, run.run_id)
     if not failed:
         return SkipReason(f"run {run.run_id}: no failed ERROR checks")
-    alerter.send(
-        Alert(
-            title=f"SmartGo analytics: check {failed[0].check_name} failed",
-            job=run.job_name,
-            asset_keys=tuple(sorted({e.asset_key.to_user_string() for e in failed})),
-            partition=partition_of(run.tags),
-            backfill=run.tags.get(BACKFILL_TAG),
-            error=redact(short_error("; ".join(_describe(e) for e in failed))),
-            run_url=alerter.run_url(run.run_id),
-        )
-    )
+    title = f"SmartGo analytics: check {failed[0].check_name} failed"
+    assets = sorted({e.asset_key.to_user_string() for e in failed})
+    alerter.send(_run_alert(alerter, run, title, assets, "; ".join(_describe(e) for e in failed)))
     return None
 
 

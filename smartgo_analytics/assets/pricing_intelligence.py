@@ -67,7 +67,8 @@ IO_RETRY = RetryPolicy(
 )
 # One day per run: a backfill becomes many small runs, and the `bedrock` pool caps how many embed at once.
 ONE_DAY_PER_RUN = BackfillPolicy.multi_run(1)
-ICEBERG_BATCH_ROWS = 10_000
+# Rows per Iceberg append: reading nested vectors back from Parquet costs several times their size.
+ICEBERG_BATCH_ROWS = 4_000
 PREVIEW_COLUMNS = ["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"]
 
 

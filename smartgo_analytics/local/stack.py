@@ -100,6 +100,10 @@ def _port_setting(name: str) -> int:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    # Keep-alive: a day of 100,000 images over one-shot connections would run out of local ports.
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
     def log_message(self, format, *args):  # noqa: A002
         pass
 
