@@ -363,3 +363,19 @@ def test_the_database_can_be_configured_from_the_ssm_json_parameter(stack):
         match="SSM parameter /tf/test/smartgo/bad lacks port, database, username, password",
     ):
         bad.connect()
+
+
+def test_titan_retries_model_timeouts_itself_and_sends_the_documented_body(bedrock, bedrock_calls):
+    bedrock_calls.model_timeouts_next = 2
+    embedder = TitanEmbedder(
+        endpoint_url=bedrock, region_name="us-east-1", model_timeout_backoff_s=0.01
+    )
+    vector = embedder.embed(servers.png())
+    assert vector.shape == (1024,) and bedrock_calls.calls == 3
+    bedrock_calls.reset()
+    bedrock_calls.model_timeouts_next = 10
+    from smartgo_analytics.resources.embeddings import EmbeddingError
+
+    with pytest.raises(EmbeddingError, match="ModelTimeoutException"):
+        embedder.embed(servers.png())
+    assert bedrock_calls.calls == 4  # the call and three retries

@@ -206,7 +206,7 @@ def test_a_single_run_backfill_exports_several_days_in_one_run(stack, table, s3_
     job = define_asset_job("backfill", selection=ASSETS, partitions_def=daily_partitions)
     defs = Definitions(assets=ASSETS, jobs=[job], resources=res)
     with instance_for_test() as instance:
-        result = defs.get_job_def("backfill").execute_in_process(
+        result = defs.resolve_job_def("backfill").execute_in_process(
             instance=instance,
             tags={
                 "dagster/asset_partition_range_start": "2025-03-01",
