@@ -98,7 +98,6 @@ def main() -> None:
             state.latency_s = args.latency
             state.cheap_vectors = True  # the server's own CPU is not what is being measured
             server = servers.bedrock_server(state)
-        server.request_queue_size = 256
         port = server.server_port
     print(f"PORT {port}", flush=True)
     sys.stdin.read()  # serve until the parent closes our standard input

@@ -18,6 +18,7 @@ from smartgo_analytics.core.imaging import visual_features
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # many clients connect at once; the default backlog of 5 drops SYNs
 
     def handle_error(self, request, client_address):
         pass

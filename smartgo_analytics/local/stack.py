@@ -110,6 +110,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # dozens of downloads connect at once; the default backlog is 5
 
     def handle_error(self, request, client_address):
         pass  # a client that hangs up early (the size cap does) is not the server's problem
