@@ -377,12 +377,16 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from smartgo_analytics.settings import ConfigurationError, settings
 
     args = parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so everything the stack started is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         settings()
         return args.run(args)

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from boto3.dynamodb.types import Binary
+
 
 def decimal_to_json(value: Decimal) -> int | float | None:
     """Integral values exactly as integers (38 digits included), others as floats, NaN/inf as None."""
@@ -42,8 +44,8 @@ def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
         return [plain_value(v, nulls, path) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode("ascii")
-    if hasattr(value, "value") and isinstance(value.value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value.value)).decode("ascii")  # boto3 Binary
+    if isinstance(value, Binary):
+        return base64.b64encode(bytes(value.value)).decode("ascii")
     return value
 
 

@@ -122,9 +122,7 @@ def embeddings_batch(results: list[dict], dimension: int) -> pa.RecordBatch:
     )
     columns = [pa.array([r[name] for r in results], type=EMBEDDINGS_SCHEMA.field(name).type)
                for name in EMBEDDINGS_SCHEMA.names if name != "embedding_vector"]  # fmt: skip
-    columns.insert(
-        EMBEDDINGS_SCHEMA.names.index("embedding_vector"), vector_array.cast(pa.list_(pa.float32()))
-    )
+    columns.insert(EMBEDDINGS_SCHEMA.names.index("embedding_vector"), vector_array)
     return pa.RecordBatch.from_arrays(columns, schema=EMBEDDINGS_SCHEMA)
 
 

@@ -115,6 +115,6 @@ class ImageFetcher(ConfigurableResource):
                     return Fetched(b"".join(chunks), response.headers.get("etag"))
             except httpx.TimeoutException:
                 raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
-            except (httpx.TransportError, httpx.RemoteProtocolError) as error:
+            except httpx.TransportError as error:
                 raise _Retryable(f"connection error: {type(error).__name__}") from None
         raise ImageFetchError(f"more than {self.max_redirects} redirects")

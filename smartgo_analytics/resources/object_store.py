@@ -38,9 +38,6 @@ class ObjectStore(ConfigurableResource):
     def release(self, path: Path) -> None:
         """Done with a `local_path`: a downloaded copy is removed, the object itself is kept."""
 
-    def exists(self, key: str) -> bool:
-        raise NotImplementedError
-
     def uri(self, key: str) -> str:
         raise NotImplementedError
 
@@ -83,15 +80,6 @@ class S3ObjectStore(ObjectStore, AwsResource):
 
     def release(self, path: Path) -> None:
         path.unlink(missing_ok=True)
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.client().head_object(Bucket=self.bucket, Key=key)
-            return True
-        except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -141,9 +129,6 @@ class LocalObjectStore(ObjectStore):
         if not path.is_file():
             raise FileNotFoundError(self.uri(key))
         return path
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
 
     def uri(self, key: str) -> str:
         uri = self._path(key).as_uri()
