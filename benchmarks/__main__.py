@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         result = benchmark()
         result["seconds"] = round(time.perf_counter() - started, 1)
+        result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         results.append(result)
         print(
             f"  {result['figure']}  (target {result['target']}: {'met' if result['met'] else 'NOT met'})",
@@ -50,6 +51,11 @@ def main(argv: list[str]) -> int:
         print(
             f"{r['name']:<{width}}  {r['figure']:<72}  {r['target']:<46}  {'yes' if r['met'] else 'NO'}"
         )
+    if argv and RESULTS.exists():
+        # A partial run replaces its own figures and keeps the others.
+        fresh = {r["name"]: r for r in results}
+        previous = json.loads(RESULTS.read_text())["results"]
+        results = [fresh.pop(r["name"], r) for r in previous] + list(fresh.values())
     RESULTS.write_text(json.dumps({
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},

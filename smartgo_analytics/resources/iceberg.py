@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 import pyarrow as pa
@@ -11,7 +13,10 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThan
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, pyarrow_to_schema, write_file
+from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+from pyiceberg.table import Table, WriteTask
+from pyiceberg.table.metadata import TableMetadata
 
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.local.stack import running_stack
@@ -57,12 +62,22 @@ class IcebergCatalog(ConfigurableResource):
         """`pricing_intelligence.smartgo_sales`, created with its schema and partition spec if missing."""
         catalog = self.catalog()
         catalog.create_namespace_if_not_exists(sales_table.NAMESPACE)
-        return catalog.create_table_if_not_exists(
+        table = catalog.create_table_if_not_exists(
             sales_table.IDENTIFIER,
             schema=sales_table.SCHEMA,
             partition_spec=sales_table.PARTITION_SPEC,
             properties=sales_table.TABLE_PROPERTIES,
         )
+        # A table created by an earlier version gets the write properties it lacks.
+        changed = {
+            key: value
+            for key, value in sales_table.TABLE_PROPERTIES.items()
+            if table.properties.get(key) != value
+        }
+        if changed:
+            with table.transaction() as transaction:
+                transaction.set_properties(changed)
+        return table
 
     def existing_sales_table(self) -> Table | None:
         catalog = self.catalog()
@@ -79,14 +94,67 @@ class IcebergCatalog(ConfigurableResource):
         return table.scan(row_filter=day_filter(start, end), selected_fields=columns).to_arrow()
 
     def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
-        """Delete the day's rows and append the batches, all in one atomic commit."""
+        """Delete the day's rows and append the batches, all in one atomic commit.
+
+        The batches go into one append snapshot. Each batch is split by partition with one `take`
+        per partition (a slice when the batch is already clustered by partition, as the pipeline's
+        rows are), and pyiceberg's own file writer writes the partitions in parallel.
+        """
         table = self.sales_table()
         with warnings.catch_warnings():
             # A day's first write deletes nothing; pyiceberg warns about that, it is expected here.
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             with table.transaction() as transaction:
                 transaction.delete(day_filter(start, end))
-                for rows in batches:
-                    if rows.num_rows:
-                        transaction.append(rows)
+                with transaction.update_snapshot().fast_append() as append:
+                    counter = itertools.count()
+                    for rows in batches:
+                        if not rows.num_rows:
+                            continue
+                        tasks = _write_tasks(
+                            transaction.table_metadata, rows, append.commit_uuid, counter
+                        )
+                        for data_file in write_file(table.io, transaction.table_metadata, tasks):
+                            append.append_data_file(data_file)
         return table.refresh()
+
+
+def _write_tasks(
+    metadata: TableMetadata, rows: pa.Table, write_uuid: uuid.UUID, counter: Iterator[int]
+) -> Iterator[WriteTask]:
+    """One write task per partition of the rows, each with its partition key."""
+    schema, spec = metadata.schema(), metadata.spec()
+    _check_pyarrow_schema_compatible(schema, rows.schema, format_version=metadata.format_version)
+    task_schema = pyarrow_to_schema(
+        rows.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
+    names = [f"_partition_{n}" for n in range(len(spec.fields))]
+    keys = pa.table(
+        {
+            name: field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(
+                rows.column(schema.find_column_name(field.source_id))
+            )
+            for name, field in zip(names, spec.fields, strict=True)
+        }
+    ).append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
+    groups = keys.group_by(names, use_threads=False).aggregate([("_row", "list")])
+    for group in groups.to_pylist():
+        indices = group["_row_list"]
+        first, last = indices[0], indices[-1]
+        contiguous = last - first + 1 == len(indices) and indices == sorted(indices)
+        partition = rows.slice(first, len(indices)) if contiguous else rows.take(indices)
+        key = PartitionKey(
+            field_values=[
+                PartitionFieldValue(field=field, value=group[name])
+                for field, name in zip(spec.fields, names, strict=True)
+            ],
+            partition_spec=spec,
+            schema=schema,
+        )
+        yield WriteTask(
+            write_uuid=write_uuid,
+            task_id=next(counter),
+            schema=task_schema,
+            record_batches=partition.to_batches(),
+            partition_key=key,
+        )
