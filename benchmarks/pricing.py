@@ -2,13 +2,14 @@
 
 import io
 import os
+import resource
+import statistics
 import tempfile
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetKey, materialize
@@ -52,7 +53,8 @@ def sales_table(cdn_url: str, count: int) -> pa.Table:
 
 
 class PricingRig:
-    """moto S3, a CDN and a Bedrock-compatible server, each in its own process, with given latencies."""
+    """An S3 object server, a CDN and a Bedrock-compatible server, each in its own process; the CDN
+    and Bedrock with the given latencies."""
 
     def __init__(self, cdn_latency_s: float, bedrock_latency_s: float, sales: int = SALES):
         self.cdn_latency_s, self.bedrock_latency_s, self.sales = (
@@ -64,25 +66,26 @@ class PricingRig:
         self.workdir = Path(tempfile.mkdtemp(prefix="smartgo-bench-"))
 
     def __enter__(self):
-        self.moto = self._stack.enter_context(loopback("moto"))
-        self.cdn = self._stack.enter_context(
-            loopback("cdn", latency=self.cdn_latency_s, images=self.sales)
+        self.servers = {
+            "s3": self._stack.enter_context(loopback("s3")),
+            "cdn": self._stack.enter_context(
+                loopback("cdn", latency=self.cdn_latency_s, images=self.sales)
+            ),
+            "bedrock": self._stack.enter_context(
+                loopback("bedrock", latency=self.bedrock_latency_s)
+            ),
+        }
+        store = S3ObjectStore(
+            bucket="bench", endpoint_url=self.servers["s3"].url, region_name="us-east-1"
         )
-        self.bedrock = self._stack.enter_context(
-            loopback("bedrock", latency=self.bedrock_latency_s)
-        )
-        boto3.client("s3", endpoint_url=self.moto, region_name="us-east-1").create_bucket(
-            Bucket="bench"
-        )
-        store = S3ObjectStore(bucket="bench", endpoint_url=self.moto, region_name="us-east-1")
         buffer = io.BytesIO()
-        pq.write_table(sales_table(self.cdn, self.sales), buffer)
+        pq.write_table(sales_table(self.servers["cdn"].url, self.sales), buffer)
         store.put_bytes(asset_output_key(["smartgo_sales"], DAY), buffer.getvalue())
         self.resources = {
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
-            "image_fetcher": ImageFetcher(allowlist=["127.0.0.1"], max_connections=DOWNLOADS),
-            "image_embedder": TitanEmbedder(endpoint_url=self.bedrock, region_name="us-east-1",
+            "image_fetcher": ImageFetcher(allowlist=["127.0.0.1"]),
+            "image_embedder": TitanEmbedder(endpoint_url=self.servers["bedrock"].url, region_name="us-east-1",
                                             max_concurrency=CONCURRENCY),
             "iceberg": IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{self.workdir}/catalog.db",
                                                   "warehouse": (self.workdir / "warehouse").as_uri()}),
@@ -95,10 +98,12 @@ class PricingRig:
         self._stack.close()
 
     def materialize(self, *assets) -> tuple[float, dict]:
-        """Seconds to materialise the given assets for the day, and the embeddings' metadata."""
+        """Seconds to materialise the given assets for the day, and the embeddings' metadata with
+        the CPU seconds each process spent (`cpu_s`: the pipeline's own and each server's)."""
         config = {
             "ops": {"product_image_embeddings": {"config": {"download_concurrency": DOWNLOADS}}}
         }
+        cpu_before = self._cpu_seconds()
         started = time.perf_counter()
         result = materialize(
             [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg],
@@ -108,9 +113,17 @@ class PricingRig:
             run_config=config,
         )
         elapsed = time.perf_counter() - started
+        cpu_after = self._cpu_seconds()
         events = result.asset_materializations_for_node("product_image_embeddings")
         metadata = {k: v.value for k, v in events[0].metadata.items()} if events else {}
+        metadata["cpu_s"] = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
         return elapsed, metadata
+
+    def _cpu_seconds(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"pipeline": usage.ru_utime + usage.ru_stime} | {
+            name: server.cpu_seconds() for name, server in self.servers.items()
+        }
 
 
 def embedding_throughput() -> dict:
@@ -120,27 +133,47 @@ def embedding_throughput() -> dict:
         slow_s, slow = rig.materialize("product_image_embeddings")
     assert bare["embedded"] == SALES and slow["embedded"] == SALES, (bare, slow)
     rate, bare_rate = SALES / slow_s, SALES / bare_s
+    # What bounds the figure: CPU milliseconds per sale in each process, and the pipeline's share of
+    # one core (its interpreter lock lets it use one at a time).
+    cpu_ms = {name: round(seconds * 1000 / SALES, 2) for name, seconds in slow["cpu_s"].items()}
+    one_core = slow["cpu_s"]["pipeline"] / slow_s
     return {
         "name": "embedding pipeline throughput",
-        "figure": f"{rate:.0f} sales/s = {rate / OLD_CEILING:.1f}x the old ceiling; {rate / bare_rate:.0%} of zero-latency",
+        "figure": f"{rate:.0f} sales/s = {rate / OLD_CEILING:.1f}x the old ceiling; {rate / bare_rate:.0%} of zero-latency; "
+                  f"pipeline {cpu_ms['pipeline']} ms CPU/sale, {one_core:.0%} of a core",
         "target": ">= 10x 20 sales/s and >= 70% of zero-latency",
         "met": rate >= 10 * OLD_CEILING and rate >= 0.7 * bare_rate,
         "values": {"sales": SALES, "sales_per_s": rate, "zero_latency_sales_per_s": bare_rate,
                    "ratio_to_old_ceiling": rate / OLD_CEILING, "ratio_to_zero_latency": rate / bare_rate,
-                   "embedding_calls": slow["embedding_calls"]},
+                   "embedding_calls": slow["embedding_calls"], "cpu_ms_per_sale": cpu_ms,
+                   "pipeline_share_of_one_core": one_core},
     }  # fmt: skip
 
 
-def unchanged_rematerialisation() -> dict:
-    with PricingRig(0.100, 0.150) as rig:
-        first_s, first = rig.materialize("product_image_embeddings", "smartgo_sales_iceberg")
-        again_s, again = rig.materialize("product_image_embeddings", "smartgo_sales_iceberg")
-    ratio = again_s / first_s
+def unchanged_rematerialisation(trials: int = 3) -> dict:
+    """The median of `trials` pairs: a first materialisation, then the same day again."""
+    pairs = []
+    for _ in range(trials):
+        with PricingRig(0.100, 0.150) as rig:
+            first_s, first = rig.materialize("product_image_embeddings", "smartgo_sales_iceberg")
+            again_s, again = rig.materialize("product_image_embeddings", "smartgo_sales_iceberg")
+        pairs.append(
+            (
+                again_s / first_s,
+                first_s,
+                again_s,
+                first["embedding_calls"],
+                again["embedding_calls"],
+            )
+        )
+    ratio = statistics.median(p[0] for p in pairs)
+    again_calls = max(p[4] for p in pairs)
     return {
         "name": "re-materialising an unchanged day",
-        "figure": f"{ratio:.0%} of the first materialisation, {again['embedding_calls']} embedding calls",
+        "figure": f"{ratio:.0%} of the first materialisation (median of {trials}), {again_calls} embedding calls",
         "target": "<= 25% and 0 embedding calls",
-        "met": ratio <= 0.25 and again["embedding_calls"] == 0,
-        "values": {"first_s": first_s, "again_s": again_s, "ratio": ratio,
-                   "first_embedding_calls": first["embedding_calls"], "again_embedding_calls": again["embedding_calls"]},
+        "met": ratio <= 0.25 and again_calls == 0,
+        "values": {"ratio": ratio, "trials": [
+            {"ratio": r, "first_s": f, "again_s": a, "first_embedding_calls": fc, "again_embedding_calls": ac}
+            for r, f, a, fc, ac in pairs]},
     }  # fmt: skip

@@ -35,7 +35,8 @@ def _run(tags: dict, env: dict, config: Path) -> None:
 
 
 def quicksight_backfill() -> dict:
-    with loopback("moto") as moto:
+    with loopback("moto") as server:
+        moto = server.url
         dynamodb = boto3.client("dynamodb", endpoint_url=moto, region_name="us-east-1")
         create_sales_table(dynamodb, "SalesData")
         serializer = TypeSerializer()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -44,23 +46,34 @@ class ImageFetcher(ConfigurableResource):
         default=1.0, description="first retry delay; then doubled, with jitter"
     )
     allowlist: list[str] = Field(default_factory=list, description="IMAGE_URL_ALLOWLIST hosts")
-    max_connections: int = 64
 
-    _client: httpx.Client | None = PrivateAttr(default=None)
+    _clients: list[httpx.Client] = PrivateAttr(default_factory=list)
+    _local: threading.local = PrivateAttr(default_factory=threading.local)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Loading the CA bundle costs milliseconds: one TLS context serves every thread's client.
+    _tls: ssl.SSLContext = PrivateAttr(default_factory=ssl.create_default_context)
 
     def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
+        """The calling thread's own client. A download thread makes one request at a time, so its
+        pool stays small; one pool shared by a hundred threads spends its time on the pool's lock."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(
                 follow_redirects=False,
+                verify=self._tls,
                 timeout=httpx.Timeout(self.timeout_s),
-                limits=httpx.Limits(max_connections=self.max_connections),
+                limits=httpx.Limits(max_connections=self.max_redirects + 1),
                 headers={"User-Agent": "smartgo-analytics/1"},
             )
-        return self._client
+            with self._lock:
+                self._clients.append(client)
+        return client
 
     def teardown_after_execution(self, context) -> None:
-        if self._client is not None:
-            self._client.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def fetch(self, url: str, if_none_match: str | None = None) -> Fetched:
         """The image bytes and ETag, or ImageFetchError with the reason.
