@@ -41,8 +41,9 @@ def forbidden_reason(address: str) -> str | None:
     return None
 
 
-def check_url(url: str, allowlist: Iterable[str] = (), resolver: Resolver = resolve) -> None:
-    """Raise UnsafeUrl unless `url` may be fetched."""
+def check_url(url: str, allowlist: Iterable[str] = (), resolver: Resolver = resolve) -> list[str]:
+    """Raise UnsafeUrl unless `url` may be fetched. Returns the host's addresses, which the
+    connection must use: all of them checked, unless the host is on the allowlist."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -53,10 +54,12 @@ def check_url(url: str, allowlist: Iterable[str] = (), resolver: Resolver = reso
     host = parts.hostname
     if not host:
         raise UnsafeUrl("URL has no host")
-    if host.lower() in {entry.lower() for entry in allowlist}:
-        return
     port = port or (443 if parts.scheme == "https" else 80)
-    for address in resolver(host, port):
+    addresses = resolver(host, port)
+    if host.lower() in {entry.lower() for entry in allowlist}:
+        return addresses
+    for address in addresses:
         reason = forbidden_reason(address)
         if reason:
             raise UnsafeUrl(f"host {host!r} resolves to a {reason}")
+    return addresses

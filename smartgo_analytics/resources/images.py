@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -96,12 +97,12 @@ class ImageFetcher(ConfigurableResource):
         current = url
         for _ in range(self.max_redirects + 1):
             try:
-                check_url(current, self.allowlist)
+                addresses = check_url(current, self.allowlist)
             except UnsafeUrl as error:
                 raise ImageFetchError(f"refused: {error}") from None
             try:
-                headers = {"If-None-Match": if_none_match} if if_none_match else None
-                with self.client().stream("GET", current, headers=headers) as response:
+                headers = {"If-None-Match": if_none_match} if if_none_match else {}
+                with self._send(current, addresses, headers) as response:
                     if response.status_code == 304 and if_none_match:
                         return Fetched(None, response.headers.get("etag") or if_none_match)
                     if response.is_redirect:
@@ -131,3 +132,28 @@ class ImageFetcher(ConfigurableResource):
             except httpx.TransportError as error:
                 raise _Retryable(f"connection error: {type(error).__name__}") from None
         raise ImageFetchError(f"more than {self.max_redirects} redirects")
+
+    @contextmanager
+    def _send(self, url: str, addresses: list[str], headers: dict[str, str]):
+        """GET `url` as a streamed response, connected to one of the `addresses` that were just
+        checked rather than to whatever a second DNS lookup answers (DNS rebinding). The request
+        still names the host: Host header, TLS server name and certificate check."""
+        client = self.client()
+        target = httpx.URL(url)
+        named = {**headers, "Host": target.netloc.decode("ascii")}
+        requests = [
+            client.build_request("GET", target.copy_with(host=address), headers=named,
+                                 extensions={"sni_hostname": target.host})
+            for address in addresses
+        ]  # fmt: skip
+        for n, request in enumerate(requests, start=1):
+            try:
+                response = client.send(request, stream=True)
+                break
+            except httpx.ConnectError:
+                if n == len(requests):  # every checked address refused the connection
+                    raise
+        try:
+            yield response
+        finally:
+            response.close()

@@ -1,0 +1,78 @@
+"""The image fetcher connects only to addresses it has checked, even when DNS changes its answer."""
+
+import socket
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
+from smartgo_analytics_tests import servers
+
+PUBLIC = "93.184.216.34"
+
+
+@pytest.fixture
+def image_server():
+    """A loopback server that answers every GET with a tiny PNG and records who asked for what."""
+    seen: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append((self.headers.get("Host"), self.path))
+            body = servers.png(size=(4, 4))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = servers.start(Handler)
+    yield server.server_port, seen
+    server.shutdown()
+
+
+def dns(monkeypatch, answers: dict[str, list[str]]):
+    """Answer lookups of the given names from `answers`, one answer per lookup, the last one
+    repeated; every other name as the system would."""
+    system = socket.getaddrinfo
+    lookups: dict[str, int] = {}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            return system(host, port, *args, **kwargs)
+        n = lookups[host] = lookups.get(host, 0) + 1
+        address = answers[host][min(n, len(answers[host])) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+def test_a_dns_answer_that_changes_after_the_check_is_not_followed(monkeypatch, image_server):
+    port, seen = image_server
+    # Checked: a public address. Any later lookup: loopback, where the image server listens.
+    lookups = dns(monkeypatch, {"images.rebind.example": [PUBLIC, "127.0.0.1"]})
+    fetcher = ImageFetcher(timeout_s=1.0, retries=0)
+
+    with pytest.raises(ImageFetchError, match="connection error|timed out"):
+        fetcher.fetch(f"http://images.rebind.example:{port}/a.png")
+
+    assert seen == []
+    assert lookups == {"images.rebind.example": 1}
+
+
+def test_the_checked_address_is_used_with_the_host_name_kept(monkeypatch, image_server):
+    port, seen = image_server
+    lookups = dns(monkeypatch, {"images.internal": ["127.0.0.1", PUBLIC]})
+    fetcher = ImageFetcher(timeout_s=1.0, retries=0, allowlist=["images.internal"])
+
+    fetched = fetcher.fetch(f"http://images.internal:{port}/b.png?size=4")
+
+    assert fetched.data == servers.png(size=(4, 4))
+    assert seen == [(f"images.internal:{port}", "/b.png?size=4")]
+    assert lookups == {"images.internal": 1}
