@@ -101,7 +101,9 @@ class PricingRig:
         """Seconds to materialise the given assets for the day, and the embeddings' metadata with
         the CPU seconds each process spent (`cpu_s`: the pipeline's own and each server's)."""
         config = {
-            "ops": {"product_image_embeddings": {"config": {"download_concurrency": DOWNLOADS}}}
+            "ops": {"product_image_embeddings": {"config": {"download_concurrency": DOWNLOADS}}},
+            # The table is the output; the run's own event log would bury it.
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         }
         cpu_before = self._cpu_seconds()
         started = time.perf_counter()

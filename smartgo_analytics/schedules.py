@@ -1,11 +1,8 @@
 from dagster import AssetSelection, build_schedule_from_partitioned_job, define_asset_job
 
-from smartgo_analytics.partitions import daily_partitions
-
 daily_analytics_job = define_asset_job(
     "daily_analytics_job",
     selection=AssetSelection.all(),
-    partitions_def=daily_partitions,
     description="Every asset for one day: pricing intelligence and the QuickSight exports",
 )
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from dagster import build_schedule_context
 
 from smartgo_analytics.definitions import defs
-from smartgo_analytics.schedules import daily_analytics_schedule
 
 LOAD = (
     "from smartgo_analytics.definitions import defs; "
@@ -52,9 +51,10 @@ def test_the_schedule_runs_every_asset_for_the_previous_day_at_three_utc():
     context = build_schedule_context(
         scheduled_execution_time=datetime(2025, 1, 16, 3, 0, tzinfo=UTC)
     )
-    requests = daily_analytics_schedule.evaluate_tick(context).run_requests
+    schedule = defs.resolve_schedule_def("daily_analytics_schedule")
+    requests = schedule.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["2025-01-15"]
-    assert daily_analytics_schedule.cron_schedule == "0 3 * * *"
+    assert schedule.cron_schedule == "0 3 * * *"
     job = defs.resolve_job_def("daily_analytics_job")
     all_keys = defs.get_repository_def().asset_graph.get_all_asset_keys()
     assert set(job.asset_layer.executable_asset_keys) == set(all_keys)

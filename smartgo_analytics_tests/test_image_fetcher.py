@@ -76,3 +76,15 @@ def test_the_checked_address_is_used_with_the_host_name_kept(monkeypatch, image_
     assert fetched.data == servers.png(size=(4, 4))
     assert seen == [(f"images.internal:{port}", "/b.png?size=4")]
     assert lookups == {"images.internal": 1}
+
+
+def test_a_host_is_looked_up_once_for_many_images(monkeypatch, image_server):
+    port, seen = image_server
+    lookups = dns(monkeypatch, {"images.internal": ["127.0.0.1"]})
+    fetcher = ImageFetcher(timeout_s=1.0, retries=0, allowlist=["images.internal"])
+
+    for n in range(5):
+        fetcher.fetch(f"http://images.internal:{port}/{n}.png")
+
+    assert len(seen) == 5
+    assert lookups == {"images.internal": 1}

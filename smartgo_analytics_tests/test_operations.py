@@ -45,9 +45,7 @@ def alerter(webhook) -> Alerter:
 
 
 def failing_metrics_defs(stack, tmp_path, webhook):
-    job = define_asset_job(
-        "metrics_job", selection=[dynamodb_daily_metrics], partitions_def=daily_partitions
-    )
+    job = define_asset_job("metrics_job", selection=[dynamodb_daily_metrics])
     return Definitions(
         assets=[dynamodb_daily_metrics],
         jobs=[job],

@@ -15,7 +15,6 @@ from smartgo_analytics.assets.quicksight import (
 )
 from smartgo_analytics.local.demo_data import sales_data_items
 from smartgo_analytics.local.stack import create_sales_table
-from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
 
@@ -203,7 +202,7 @@ def test_a_single_run_backfill_exports_several_days_in_one_run(stack, table, s3_
         put_items(stack, table, sales_data_items(day))
     store, res = s3_resources(stack, table, s3_bucket)
 
-    job = define_asset_job("backfill", selection=ASSETS, partitions_def=daily_partitions)
+    job = define_asset_job("backfill", selection=ASSETS)
     defs = Definitions(assets=ASSETS, jobs=[job], resources=res)
     with instance_for_test() as instance:
         result = defs.resolve_job_def("backfill").execute_in_process(

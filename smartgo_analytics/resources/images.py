@@ -14,9 +14,10 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from smartgo_analytics.core.retry import call_with_retries
-from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
+from smartgo_analytics.core.ssrf import UnsafeUrl, check_url, resolve
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+DNS_CACHE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,19 @@ class ImageFetcher(ConfigurableResource):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     # Loading the CA bundle costs milliseconds: one TLS context serves every thread's client.
     _tls: ssl.SSLContext = PrivateAttr(default_factory=ssl.create_default_context)
+    _answers: dict[tuple[str, int], tuple[float, list[str]]] = PrivateAttr(default_factory=dict)
+
+    def _resolve(self, host: str, port: int) -> list[str]:
+        """The host's addresses, looked up at most once per DNS_CACHE_S: a day's images come from a
+        few CDN hosts, and a lookup per image is a DNS query per image. What is cached is what was
+        checked, and the connection goes to exactly that."""
+        now = time.monotonic()
+        cached = self._answers.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses = resolve(host, port)
+        self._answers[(host, port)] = (now + DNS_CACHE_S, addresses)
+        return addresses
 
     def client(self) -> httpx.Client:
         """The calling thread's own client. A download thread makes one request at a time, so its
@@ -97,7 +111,7 @@ class ImageFetcher(ConfigurableResource):
         current = url
         for _ in range(self.max_redirects + 1):
             try:
-                addresses = check_url(current, self.allowlist)
+                addresses = check_url(current, self.allowlist, resolver=self._resolve)
             except UnsafeUrl as error:
                 raise ImageFetchError(f"refused: {error}") from None
             try:
