@@ -88,3 +88,15 @@ def test_a_host_is_looked_up_once_for_many_images(monkeypatch, image_server):
 
     assert len(seen) == 5
     assert lookups == {"images.internal": 1}
+
+
+def test_a_fetcher_torn_down_after_one_run_fetches_again_in_the_next(monkeypatch, image_server):
+    port, seen = image_server
+    dns(monkeypatch, {"images.internal": ["127.0.0.1"]})
+    fetcher = ImageFetcher(timeout_s=1.0, retries=0, allowlist=["images.internal"])
+
+    fetcher.fetch(f"http://images.internal:{port}/first.png")
+    fetcher.teardown_after_execution(None)
+    fetcher.fetch(f"http://images.internal:{port}/second.png")
+
+    assert [path for _, path in seen] == ["/first.png", "/second.png"]

@@ -87,6 +87,7 @@ class ImageFetcher(ConfigurableResource):
     def teardown_after_execution(self, context) -> None:
         with self._lock:
             clients, self._clients = self._clients, []
+            self._local = threading.local()  # a thread that fetches again gets a new client
         for client in clients:
             client.close()
 
