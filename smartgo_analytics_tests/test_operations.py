@@ -36,6 +36,14 @@ def webhook():
     receiver.server.shutdown()
 
 
+def tick(sensor, instance, defs, webhook, cursor=None):
+    """One evaluation of `sensor`, as the daemon would make it, alerting to `webhook`."""
+    context = build_sensor_context(
+        instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}, cursor=cursor
+    )
+    return sensor.evaluate_tick(context)
+
+
 def alerter(webhook) -> Alerter:
     return Alerter(
         destinations=["log", "slack"],
@@ -68,32 +76,14 @@ def test_a_failed_partition_sends_one_alert_with_job_asset_partition_error_and_l
 ):
     defs = failing_metrics_defs(stack, tmp_path, webhook)
     with instance_for_test() as instance:
-        first = failed_partition_alert.evaluate_tick(
-            build_sensor_context(
-                instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}
-            )
-        )
+        first = tick(failed_partition_alert, instance, defs, webhook)
         result = defs.resolve_job_def("metrics_job").execute_in_process(
             partition_key="2025-02-20", instance=instance, raise_on_error=False
         )
         assert not result.success
-        second = failed_partition_alert.evaluate_tick(
-            build_sensor_context(
-                instance=instance,
-                definitions=defs,
-                resources={"alerter": alerter(webhook)},
-                cursor=first.cursor,
-            )
-        )
+        second = tick(failed_partition_alert, instance, defs, webhook, cursor=first.cursor)
         assert len(webhook.messages) == 1
-        failed_partition_alert.evaluate_tick(
-            build_sensor_context(
-                instance=instance,
-                definitions=defs,
-                resources={"alerter": alerter(webhook)},
-                cursor=second.cursor,
-            )
-        )
+        tick(failed_partition_alert, instance, defs, webhook, cursor=second.cursor)
     assert len(webhook.messages) == 1  # re-evaluating sends nothing twice
     text = webhook.texts()[0]
     assert "job: metrics_job" in text and "assets: dynamodb_daily_metrics" in text
@@ -125,28 +115,10 @@ def test_a_failed_error_check_alerts_with_its_partition_and_warn_checks_do_not(t
         assets=[checked], sensors=[failed_check_alert], resources={"alerter": alerter(webhook)}
     )
     with instance_for_test() as instance:
-        cursor = failed_check_alert.evaluate_tick(
-            build_sensor_context(
-                instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}
-            )
-        ).cursor
+        cursor = tick(failed_check_alert, instance, defs, webhook).cursor
         materialize([checked], partition_key="2025-02-21", instance=instance)
-        cursor = failed_check_alert.evaluate_tick(
-            build_sensor_context(
-                instance=instance,
-                definitions=defs,
-                resources={"alerter": alerter(webhook)},
-                cursor=cursor,
-            )
-        ).cursor
-        failed_check_alert.evaluate_tick(
-            build_sensor_context(
-                instance=instance,
-                definitions=defs,
-                resources={"alerter": alerter(webhook)},
-                cursor=cursor,
-            )
-        )
+        cursor = tick(failed_check_alert, instance, defs, webhook, cursor=cursor).cursor
+        tick(failed_check_alert, instance, defs, webhook, cursor=cursor)
     assert len(webhook.messages) == 1
     text = webhook.texts()[0]
     assert (
@@ -166,19 +138,8 @@ def test_a_day_not_materialised_by_the_deadline_alerts_once(tmp_path, webhook):
         assets=[daily_thing], sensors=[sensor], resources={"alerter": alerter(webhook)}
     )
     with instance_for_test() as instance:
-        result = sensor.evaluate_tick(
-            build_sensor_context(
-                instance=instance, definitions=defs, resources={"alerter": alerter(webhook)}
-            )
-        )
-        sensor.evaluate_tick(
-            build_sensor_context(
-                instance=instance,
-                definitions=defs,
-                resources={"alerter": alerter(webhook)},
-                cursor=result.cursor,
-            )
-        )
+        result = tick(sensor, instance, defs, webhook)
+        tick(sensor, instance, defs, webhook, cursor=result.cursor)
     assert len(webhook.messages) == 1
     assert (
         "a day is late" in webhook.texts()[0]
