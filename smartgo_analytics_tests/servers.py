@@ -41,6 +41,8 @@ class BedrockState:
         self.requests: list[str] = []
         self.latency_s = 0.0
         self.cheap_vectors = False  # a seeded random vector instead of visual features (benchmarks)
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     def reset(self):
         with self.lock:
@@ -49,6 +51,8 @@ class BedrockState:
             self.model_timeouts_next = 0
             self.wrong_length_for = set()
             self.requests = []
+            self.most_in_flight = 0
+            self.latency_s = 0.0
 
 
 @functools.cache
@@ -100,8 +104,12 @@ def bedrock_server(state: BedrockState) -> _Server:
                 timeout = state.model_timeouts_next > 0
                 if timeout:
                     state.model_timeouts_next -= 1
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
             if state.latency_s:
                 time.sleep(state.latency_s)
+            with state.lock:
+                state.in_flight -= 1
             if throttled:
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             if timeout:

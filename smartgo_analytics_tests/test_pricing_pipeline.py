@@ -2,6 +2,8 @@
 a Bedrock-compatible server and a hostile image CDN, all on 127.0.0.1."""
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import boto3
@@ -379,3 +381,23 @@ def test_titan_retries_model_timeouts_itself_and_sends_the_documented_body(bedro
     with pytest.raises(EmbeddingError, match="ModelTimeoutException"):
         embedder.embed(servers.png())
     assert bedrock_calls.calls == 4  # the call and three retries
+
+
+def test_titan_calls_from_many_threads_at_once_share_one_client_and_one_bound(
+    bedrock, bedrock_calls
+):
+    bedrock_calls.latency_s = 0.05
+    embedder = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1", max_concurrency=3)
+    start = threading.Barrier(24)
+    clients = []
+
+    def first_call(n: int):
+        start.wait()
+        clients.append(embedder._client())
+        return embedder.embed(servers.png((n, 0, 0)))
+
+    with ThreadPoolExecutor(24) as pool:
+        vectors = list(pool.map(first_call, range(24)))
+    assert len(vectors) == 24 and bedrock_calls.calls == 24
+    assert len({id(client) for client in clients}) == 1
+    assert bedrock_calls.most_in_flight == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import boto3
 from botocore.config import Config
 from dagster import ConfigurableResource
@@ -26,28 +28,39 @@ class AwsResource(ConfigurableResource):
     )
 
     _clients: dict = PrivateAttr(default_factory=dict)
+    _clients_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def boto3_client(self, service: str, **config: object):
-        """One client per service and resource instance; clients are thread-safe."""
-        if service not in self._clients:
-            options: dict = {"region_name": self.region_name, "endpoint_url": self.endpoint_url}
-            if self.local_stack_home is not None:
-                info = running_stack(self.local_stack_home)
-                options = {
-                    "region_name": info.region,
-                    "endpoint_url": info.aws_endpoint_url,
-                    "aws_access_key_id": "local",
-                    "aws_secret_access_key": "local",
-                }
-            retry = config.pop("retries", {"mode": "adaptive", "max_attempts": 8})
-            # Requests are built by this code, not typed by people: skip botocore's per-call
-            # validation, and checksum only where the service requires it (CPU per image counts).
-            settings = Config(
-                retries=retry,
-                parameter_validation=False,
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                **config,
-            )
-            self._clients[service] = boto3.client(service, config=settings, **options)
-        return self._clients[service]
+        """One client per service and resource instance; clients are thread-safe, making one is
+        not: the first calls of a hundred threads would each build their own (tens of ms of CPU each).
+        """
+        client = self._clients.get(service)
+        if client is not None:
+            return client
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = self._new_client(service, config)
+            return self._clients[service]
+
+    def _new_client(self, service: str, config: dict):
+        options: dict = {"region_name": self.region_name, "endpoint_url": self.endpoint_url}
+        if self.local_stack_home is not None:
+            info = running_stack(self.local_stack_home)
+            options = {
+                "region_name": info.region,
+                "endpoint_url": info.aws_endpoint_url,
+                "aws_access_key_id": "local",
+                "aws_secret_access_key": "local",
+            }
+        retry = config.pop("retries", {"mode": "adaptive", "max_attempts": 8})
+        # Requests are built by this code, not typed by people: skip botocore's per-call
+        # validation, and checksum only where the service requires it (CPU per image counts).
+        settings = Config(
+            retries=retry,
+            parameter_validation=False,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            **config,
+        )
+        # boto3.client() would use boto3's default session, which is not thread-safe.
+        return boto3.session.Session().client(service, config=settings, **options)

@@ -83,14 +83,17 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             )
 
     def _client(self):
-        if self._slots is None:
-            self._slots = threading.BoundedSemaphore(self.max_concurrency)
-        return self.boto3_client(
+        client = self.boto3_client(
             "bedrock-runtime",
             retries={"mode": "adaptive", "max_attempts": self.max_attempts},
             max_pool_connections=max(self.max_concurrency, 10),
             read_timeout=60,
         )
+        if self._slots is None:
+            with self._clients_lock:  # one bound for every thread, however many start at once
+                if self._slots is None:
+                    self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        return client
 
     def embed(self, image: bytes) -> np.ndarray:
         client = self._client()
