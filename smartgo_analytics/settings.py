@@ -60,6 +60,7 @@ class Settings:
     embedding_dimension: int
     image_url_allowlist: list[str]
     download_concurrency: int
+    embedding_worker_processes: int
     max_embedding_error_ratio: float
     season_hemisphere: str
     iceberg_properties: dict[str, str] = field(default_factory=dict)
@@ -131,6 +132,7 @@ def settings() -> Settings:
         embedding_dimension=_int("TITAN_EMBEDDING_DIMENSION", 1024),
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
+        embedding_worker_processes=_int("EMBEDDING_WORKER_PROCESSES", min(os.cpu_count() or 1, 4)),
         max_embedding_error_ratio=ratio,
         season_hemisphere=hemisphere,
         iceberg_properties=_iceberg_properties(),

@@ -2,25 +2,29 @@
 a Bedrock-compatible server and a hostile image CDN, all on 127.0.0.1."""
 
 import hashlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, materialize
 
+from smartgo_analytics.assets.embedding_work import Outcome, SaleWork, WorkerFailed, run_sales
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
     smartgo_sales,
     smartgo_sales_iceberg,
 )
+from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.local.stack import create_progress_table
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
-from smartgo_analytics.resources.embeddings import TitanEmbedder
+from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
-from smartgo_analytics.resources.object_store import S3ObjectStore
+from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
 from smartgo_analytics_tests import servers
@@ -69,12 +73,10 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
     }
 
 
-def run(res, day, raise_on_error=True, max_error_ratio=None):
+def run(res, day, raise_on_error=True, **embedding_config):
     run_config = None
-    if max_error_ratio is not None:
-        run_config = {
-            "ops": {"product_image_embeddings": {"config": {"max_error_ratio": max_error_ratio}}}
-        }
+    if embedding_config:
+        run_config = {"ops": {"product_image_embeddings": {"config": embedding_config}}}
     return materialize(
         ASSETS,
         resources=res,
@@ -90,6 +92,15 @@ def day_rows(res, day):
 
     table = res["iceberg"].read_day(start, start + timedelta(days=1))
     return {row["product_id"]: row for row in table.to_pylist()} if table is not None else {}
+
+
+def stored_ids(res, asset_name, day):
+    """The product ids of an asset's stored output, in their stored order."""
+    path = res["object_store"].local_path(asset_output_key([asset_name], day))
+    try:
+        return pq.read_table(path, columns=["product_id"]).column("product_id").to_pylist()
+    finally:
+        res["object_store"].release(path)
 
 
 def check(result, name):
@@ -401,3 +412,58 @@ def test_titan_calls_from_many_threads_at_once_share_one_client_and_one_bound(
     assert len(vectors) == 24 and bedrock_calls.calls == 24
     assert len({id(client) for client in clients}) == 1
     assert bedrock_calls.most_in_flight == 3
+
+
+def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-06-23"
+    for n in range(12):
+        cdn_state.images[f"/split-{n}.png"] = servers.png((20 * n, 10, 90))
+    # Each picture is sold twice under the same URL, and three sales have unusable images.
+    insert_products(stack.postgres_uri, [sale(f"S-{n:02d}", day, f"{cdn}/split-{n % 12}.png") for n in range(24)]
+                    + [sale(f"S-{name}", day, f"{cdn}{HOSTILE[name][0]}") for name in ("missing", "page", "bomb")])  # fmt: skip
+    (tmp_path / "alone").mkdir(), (tmp_path / "split").mkdir()
+    alone = resources(stack, s3_bucket, bedrock, cdn, tmp_path / "alone")
+    run(alone, day, worker_processes=1, max_error_ratio=0.5)
+    assert bedrock_calls.calls == 12
+    bedrock_calls.reset()
+
+    split = resources(stack, s3_bucket, bedrock, cdn, tmp_path / "split")
+    result = run(split, day, worker_processes=3, worker_min_sales=1, max_error_ratio=0.5)
+
+    metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert metadata["worker_processes"].value == 3
+    assert bedrock_calls.calls == 12 and metadata["embedding_calls"].value == 12
+    ignore = {"embedding_id", "ingestion_timestamp"}
+    rows_alone, rows_split = day_rows(alone, day), day_rows(split, day)
+    assert len(rows_split) == 27 and rows_split["S-bomb"]["embedding_error"]
+    # Results come back in the sales' order, which is how a big day's batches are joined.
+    assert stored_ids(split, "product_image_embeddings", day) == stored_ids(
+        split, "smartgo_sales", day
+    )
+    assert {k: {c: v for c, v in r.items() if c not in ignore} for k, r in rows_alone.items()} == {
+        k: {c: v for c, v in r.items() if c not in ignore} for k, r in rows_split.items()
+    }
+
+    bedrock_calls.reset()
+    again = run(split, day, worker_processes=3, worker_min_sales=1, max_error_ratio=0.5)
+    metadata = again.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert bedrock_calls.calls == 0 and metadata["embeddings_reused"].value == 24
+
+
+class DyingEmbedder(LocalVisualEmbedder):
+    """Ends its process, as the kernel's out-of-memory killer would."""
+
+    def embed(self, image: bytes):
+        os._exit(3)
+
+
+def test_a_worker_process_that_dies_fails_the_work_naming_its_exit_code(cdn, tmp_path):
+    work = SaleWork(ImageFetcher(allowlist=["localhost"]), LocalObjectStore(bucket="b", lake_dir=str(tmp_path)),
+                    DyingEmbedder(), frozenset(), threads=2)  # fmt: skip
+    items = [({"product_id": f"D-{n}", "tenant_id": "t", "image_url": f"{cdn}/ok.png"}, None)
+             for n in range(4)]  # fmt: skip
+
+    with pytest.raises(WorkerFailed, match="exited with code 3"):
+        list(run_sales(work, items, 2, Outcome()))

@@ -1,12 +1,9 @@
 """SmartGo sales -> safe image download -> image embeddings -> Iceberg table."""
 
-import hashlib
 import io
 import os
 import tempfile
-import threading
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,22 +27,27 @@ from dagster import (
 from pydantic import Field
 
 from smartgo_analytics import checks
+from smartgo_analytics.assets.embedding_work import (
+    Outcome,
+    SaleWork,
+    run_sales,
+    start_worker_server,
+)
 from smartgo_analytics.core import sales_table
-from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.sales import (
     QUARANTINE_SCHEMA,
     VALID_SALES_SCHEMA,
     Rejected,
     validate_sale,
 )
-from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key, image_key
+from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
 from smartgo_analytics.local.stack import StackError
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
-from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
+from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
-from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
+from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
 from smartgo_analytics.settings import settings
@@ -131,40 +133,15 @@ class EmbeddingConfig(Config):
         description="share of sales allowed to lack a vector before the day is blocked",
     )
     download_concurrency: int = Field(default_factory=lambda: settings().download_concurrency)
+    worker_processes: int = Field(
+        default_factory=lambda: settings().embedding_worker_processes,
+        description="processes the day's sales are split over (each has its own interpreter lock)",
+    )
+    worker_min_sales: int = Field(
+        default=1_000,
+        description="smaller days stay in the step's process (a worker takes ~1 s to start)",
+    )
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
-
-
-class _EmbedOnce:
-    """Within one run, each distinct image (by sha256) is embedded once, whoever asks first."""
-
-    def __init__(self, embedder: ImageEmbedder, known: dict[str, np.ndarray]):
-        self._embedder = embedder
-        self._futures: dict[str, Future] = {}
-        self._lock = threading.Lock()
-        for sha, vector in known.items():
-            future: Future = Future()
-            future.set_result(vector)
-            self._futures[sha] = future
-        self.reused = set(known)
-        self.calls = 0
-
-    def known(self, sha: str) -> np.ndarray:
-        """A vector that was in the table before this run."""
-        return self._futures[sha].result()
-
-    def __call__(self, sha: str, image: bytes) -> tuple[np.ndarray, bool]:
-        with self._lock:
-            future = self._futures.get(sha)
-            owner = future is None
-            if owner:
-                future = self._futures[sha] = Future()
-                self.calls += 1
-        if owner:
-            try:
-                future.set_result(self._embedder.embed(image))
-            except Exception as error:
-                future.set_exception(error)
-        return future.result(), sha in self.reused
 
 
 def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[str, np.ndarray]:
@@ -180,18 +157,6 @@ def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[s
         if sha and model == model_id and sha not in known and vectors[index].is_valid:
             known[sha] = vectors[index].values.to_numpy(zero_copy_only=False).astype(np.float32)
     return known
-
-
-def ordered_map(pool: ThreadPoolExecutor, fn, items, window: int):
-    """`pool.map`, but with at most `window` items submitted ahead: a day of 100,000 images is not
-    100,000 pending futures."""
-    pending: deque[Future] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _previous_downloads(
@@ -242,48 +207,17 @@ def product_image_embeddings(
     so a day of any size is never held in memory at once.
     """
     start, end = context.partition_time_window
+    processes = config.worker_processes if smartgo_sales.num_rows >= config.worker_min_sales else 1
+    if processes > 1:
+        start_worker_server()  # it starts while the table and the last run's downloads are read
     known = _known_vectors(iceberg, start, end, image_embedder.model_id)
-    embed_once = _EmbedOnce(image_embedder, known)
-    model_id = image_embedder.model_id
-
     previous = _previous_downloads(object_store, context.partition_key, set(known))
-
-    def process(sale: dict) -> dict:
-        result = {"product_id": sale["product_id"], "image_s3_key": None, "image_sha256": None,
-                  "embedding_model": None, "embedding_vector": None, "embedding_error": None,
-                  "embedding_reused": False, "image_url": sale["image_url"], "image_etag": None}  # fmt: skip
-        try:
-            before = previous.get((sale["product_id"], sale["image_url"]))
-            fetched = image_fetcher.fetch(
-                sale["image_url"], if_none_match=before["image_etag"] if before else None
-            )
-            result["image_etag"] = fetched.etag
-            if (
-                fetched.data is None
-            ):  # unchanged since the last materialisation: copy and vector stand
-                result.update(image_sha256=before["image_sha256"], image_s3_key=before["image_s3_key"],
-                              embedding_model=model_id, embedding_reused=True,
-                              embedding_vector=embed_once.known(before["image_sha256"]))  # fmt: skip
-                return result
-            raw = fetched.data
-            prepared = prepare_for_titan(raw)
-            sha = hashlib.sha256(raw).hexdigest()
-            result["image_sha256"] = sha
-            key = image_key(sale["tenant_id"], sale["product_id"], sha, prepared.extension)
-            result["image_s3_key"] = object_store.put_bytes(key, raw, f"image/{prepared.extension}")
-            vector, reused = embed_once(sha, prepared.data)
-            result.update(
-                embedding_model=model_id, embedding_vector=vector, embedding_reused=reused
-            )
-        except ImageFetchError as error:
-            result["embedding_error"] = f"image download failed: {error}"
-        except BadImage as error:
-            result["embedding_error"] = f"unusable image: {error}"
-        except EmbeddingError as error:
-            result["embedding_error"] = f"embedding failed: {error}"
-        return result
-
     sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
+    items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
+    work = SaleWork(image_fetcher, object_store, image_embedder, frozenset(known),
+                    threads=config.download_concurrency)  # fmt: skip
+    outcome = Outcome()
+    model_id = image_embedder.model_id
     total, embedded, reused = len(sales), 0, 0
     reasons: Counter[str] = Counter()
     lengths: Counter[int] = Counter()
@@ -292,15 +226,10 @@ def product_image_embeddings(
     os.close(fd)
     path = Path(name)
     pending: list[dict] = []
-    with (
-        pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, compression="zstd") as writer,
-        ThreadPoolExecutor(
-            max_workers=config.download_concurrency, thread_name_prefix="image"
-        ) as pool,
-    ):
-        for n, result in enumerate(
-            ordered_map(pool, process, sales, config.download_concurrency * 4), start=1
-        ):
+    with pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, compression="zstd") as writer:
+        for n, result in enumerate(run_sales(work, items, processes, outcome), start=1):
+            if result["embedding_reused"]:  # a vector already in the table, for the same image
+                result["embedding_vector"] = known[result["image_sha256"]]
             if result["embedding_error"]:
                 reasons[_reason_class(result["embedding_error"])] += 1
                 if len(error_examples) < 5:
@@ -318,7 +247,8 @@ def product_image_embeddings(
     errors = total - embedded
     context.log.info(
         f"{context.partition_key}: {embedded} embedded, {errors} errors, "
-        f"{embed_once.calls} embedding calls, {reused} reused"
+        f"{outcome.embedding_calls} embedding calls, {reused} reused, "
+        f"{outcome.processes} process(es)"
     )
     yield Output(
         path,
@@ -328,11 +258,12 @@ def product_image_embeddings(
             "errors": errors,
             "error_reasons": MetadataValue.md(checks.examples(reasons, 10)),
             "error_examples": md_table(error_examples, ["product_id", "embedding_error"]),
-            "embedding_calls": embed_once.calls,
+            "embedding_calls": outcome.embedding_calls,
+            "worker_processes": outcome.processes,
             "embeddings_reused": reused,
             "embedding_model": model_id,
             "estimated_bedrock_cost_usd": round(
-                embed_once.calls * image_embedder.price_per_image, 6
+                outcome.embedding_calls * image_embedder.price_per_image, 6
             ),
         },
     )

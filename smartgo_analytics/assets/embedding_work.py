@@ -1,0 +1,271 @@
+"""The per-sale work of `product_image_embeddings`: download safely, check, copy, embed.
+
+Each sale costs a few milliseconds of client CPU (TLS, HTTP, request signing) while it waits a few
+hundred on the network. The waiting is hidden by threads, but a process's threads share one
+interpreter lock, so on a big day the lock, not the network, sets the pace. A day of many sales is
+therefore split over worker processes, each with its own threads and clients, and their results
+come back in the sales' order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import multiprocessing.forkserver
+import threading
+import traceback
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from dagster import ConfigurableResource
+
+from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.layout import image_key
+from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
+from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
+from smartgo_analytics.resources.object_store import ObjectStore
+
+
+def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
+    """`pool.map`, but with at most `window` items submitted ahead: a day of 100,000 images is not
+    100,000 pending futures."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _EmbedOnce:
+    """Within one process, each distinct image (by sha256) is embedded once, whoever asks first."""
+
+    def __init__(self, embedder: ImageEmbedder):
+        self._embedder = embedder
+        self._futures: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def __call__(self, sha: str, image: bytes):
+        with self._lock:
+            future = self._futures.get(sha)
+            owner = future is None
+            if owner:
+                future = self._futures[sha] = Future()
+                self.calls += 1
+        if owner:
+            try:
+                future.set_result(self._embedder.embed(image))
+            except Exception as error:
+                future.set_exception(error)
+        return future.result()
+
+
+@dataclass
+class SaleWork:
+    """What one sale needs, in a form that can be sent to a worker process.
+
+    `known` are the images (sha256) whose vectors the step already has from the table: their
+    results come back with `embedding_reused` set and no vector, and the step fills it in.
+    """
+
+    image_fetcher: ImageFetcher
+    object_store: ObjectStore
+    image_embedder: ImageEmbedder
+    known: frozenset[str]
+    threads: int
+    _embed_once: _EmbedOnce | None = field(default=None, init=False, repr=False)
+
+    @property
+    def embedding_calls(self) -> int:
+        return self._embed_once.calls if self._embed_once else 0
+
+    def __call__(self, item: tuple[dict, dict | None]) -> dict:
+        """One sale and its previous download (or None): the result row, or a per-sale error."""
+        sale, before = item
+        model_id = self.image_embedder.model_id
+        result = {"product_id": sale["product_id"], "image_s3_key": None, "image_sha256": None,
+                  "embedding_model": None, "embedding_vector": None, "embedding_error": None,
+                  "embedding_reused": False, "image_url": sale["image_url"], "image_etag": None}  # fmt: skip
+        try:
+            fetched = self.image_fetcher.fetch(
+                sale["image_url"], if_none_match=before["image_etag"] if before else None
+            )
+            result["image_etag"] = fetched.etag
+            if (
+                fetched.data is None
+            ):  # unchanged since the last materialisation: copy and vector stand
+                result.update(image_sha256=before["image_sha256"], image_s3_key=before["image_s3_key"],
+                              embedding_model=model_id, embedding_reused=True)  # fmt: skip
+                return result
+            raw = fetched.data
+            prepared = prepare_for_titan(raw)
+            sha = hashlib.sha256(raw).hexdigest()
+            result["image_sha256"] = sha
+            key = image_key(sale["tenant_id"], sale["product_id"], sha, prepared.extension)
+            result["image_s3_key"] = self.object_store.put_bytes(
+                key, raw, f"image/{prepared.extension}"
+            )
+            result["embedding_model"] = model_id
+            if sha in self.known:
+                result["embedding_reused"] = True
+            else:
+                result["embedding_vector"] = self._embedder()(sha, prepared.data)
+        except ImageFetchError as error:
+            result["embedding_error"] = f"image download failed: {error}"
+        except BadImage as error:
+            result["embedding_error"] = f"unusable image: {error}"
+        except EmbeddingError as error:
+            result["embedding_error"] = f"embedding failed: {error}"
+        return result
+
+    def _embedder(self) -> _EmbedOnce:
+        if self._embed_once is None:
+            self._embed_once = _EmbedOnce(self.image_embedder)
+        return self._embed_once
+
+    def run(self, items: Iterable[tuple[dict, dict | None]]) -> Iterator[dict]:
+        """Every item's result, in the items' order, `threads` at a time in this process."""
+        self._embedder()
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image") as pool:
+            yield from ordered_map(pool, self, items, self.threads * 4)
+
+    def share(self, processes: int) -> SaleWork:
+        """This work for one of `processes` workers: the thread and Bedrock bounds divided."""
+        embedder = self.image_embedder
+        return replace(
+            self,
+            image_embedder=_rebuilt(
+                embedder, max_concurrency=-(-embedder.max_concurrency // processes)
+            ),
+            threads=-(-self.threads // processes),
+        )
+
+    # A worker gets the resources' settings and builds its own: clients, pools and locks stay here.
+    def __getstate__(self) -> dict:
+        state = self.__dict__ | {"_embed_once": None}
+        for name in _RESOURCES:
+            state[name] = _settings_of(state[name])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in _RESOURCES:
+            kind, fields = state[name]
+            state[name] = kind(**fields)
+        self.__dict__.update(state)
+
+
+_RESOURCES = ("image_fetcher", "object_store", "image_embedder")
+
+
+def _settings_of(resource: ConfigurableResource) -> tuple[type, dict]:
+    return type(resource), {name: getattr(resource, name) for name in type(resource).model_fields}
+
+
+def _rebuilt(resource: ConfigurableResource, **changes) -> ConfigurableResource:
+    kind, fields = _settings_of(resource)
+    return kind(**(fields | changes))
+
+
+def _context():
+    """Workers are forked from a server process that imported this module once (not from the step
+    process, whose other threads may hold locks at fork time); spawned where there is no such server."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def start_worker_server() -> None:
+    """Start the server that workers are forked from now rather than at the first worker; it takes
+    about as long as importing Dagster, once per process."""
+    if _context().get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
+
+
+class WorkerFailed(Exception):
+    """A worker process crashed or raised; the message says how."""
+
+
+def _worker(conn, work: SaleWork, items: list) -> None:
+    """A worker process: every item's result sent back in order, then the embedding calls made."""
+    try:
+        for result in work.run(items):
+            conn.send(result)
+        conn.send(("done", work.embedding_calls))
+    except BaseException:
+        conn.send(("failed", traceback.format_exc(limit=8)))
+    finally:
+        work.image_fetcher.teardown_after_execution(None)
+        conn.close()
+
+
+@dataclass
+class Outcome:
+    """What a run of the work did besides its results."""
+
+    embedding_calls: int = 0
+    processes: int = 1
+
+
+def run_sales(
+    work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, outcome: Outcome
+) -> Iterator[dict]:
+    """Every item's result in the items' order: in this process, or split over `processes` worker
+    processes. A sale goes to a worker chosen by its image URL, so an image that several sales share
+    is still embedded once."""
+    if processes <= 1:
+        yield from work.run(items)
+        outcome.embedding_calls = work.embedding_calls
+        return
+    context = _context()
+    owner = [zlib.crc32(sale["image_url"].encode()) % processes for sale, _ in items]
+    shares = [
+        [item for item, n in zip(items, owner, strict=True) if n == w] for w in range(processes)
+    ]
+    workers, conns = [], []
+    try:
+        for share in shares:
+            receiving, sending = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_worker, args=(sending, work.share(processes), share), daemon=True
+            )
+            process.start()
+            sending.close()  # the worker holds the only sending end: its exit ends our recv
+            workers.append(process)
+            conns.append(receiving)
+        for n in owner:
+            yield _receive(conns[n], workers[n])
+        for conn, process in zip(conns, workers, strict=True):
+            outcome.embedding_calls += _receive(conn, process)
+        outcome.processes = processes
+    finally:
+        for process in workers:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for conn in conns:
+            conn.close()
+
+
+def _receive(conn, process):
+    try:
+        message = conn.recv()
+    except EOFError:
+        process.join(timeout=5)
+        raise WorkerFailed(
+            f"embedding worker process {process.pid} exited with code {process.exitcode} "
+            "before sending every result"
+        ) from None
+    if isinstance(message, tuple):
+        kind, detail = message
+        if kind == "failed":
+            raise WorkerFailed(f"embedding worker process {process.pid} failed:\n{detail}")
+        return detail
+    return message
