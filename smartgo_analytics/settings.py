@@ -132,7 +132,11 @@ def settings() -> Settings:
         embedding_dimension=_int("TITAN_EMBEDDING_DIMENSION", 1024),
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
-        embedding_worker_processes=_int("EMBEDDING_WORKER_PROCESSES", min(os.cpu_count() or 1, 4)),
+        # A worker's threads mostly wait on the network, and only one of them runs Python at a time:
+        # two workers per core keep the cores busy.
+        embedding_worker_processes=_int(
+            "EMBEDDING_WORKER_PROCESSES", min(2 * (os.cpu_count() or 1), 8)
+        ),
         max_embedding_error_ratio=ratio,
         season_hemisphere=hemisphere,
         iceberg_properties=_iceberg_properties(),

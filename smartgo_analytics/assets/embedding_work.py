@@ -172,12 +172,12 @@ def _rebuilt(resource: ConfigurableResource, **changes) -> ConfigurableResource:
 
 
 def _context():
-    """Workers are forked from a server process that imported this module once (not from the step
+    """Workers are forked from a server process that imported their code once (not from the step
     process, whose other threads may hold locks at fork time); spawned where there is no such server."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload(["smartgo_analytics.assets.embedding_worker_server"])
     return context
 
 
