@@ -10,11 +10,13 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetKey, materialize
 
-from benchmarks.servers import loopback
+from benchmarks.servers import cpu_seconds, loopback
+from smartgo_analytics.assets.embedding_work import start_worker_server
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
     smartgo_sales,
@@ -33,7 +35,7 @@ from smartgo_analytics.resources.postgres import SmartGoDatabase
 
 OLD_CEILING = 5 / 0.250  # the old exporter: 5 in flight, 250 ms each
 CONCURRENCY = 64  # embedding calls in flight
-DOWNLOADS = 128  # downloads in flight: a conditional request is all latency, no CPU
+DOWNLOADS = 96  # downloads in flight: a conditional request is all latency, no CPU
 SALES = 2000
 DAY = "2025-01-15"
 
@@ -124,9 +126,14 @@ class PricingRig:
 
     def _cpu_seconds(self) -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {"pipeline": usage.ru_utime + usage.ru_stime} | {
+        # The embedding workers are forked from the worker server, which reaps them.
+        worker_server = [
+            p.pid for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())
+        ]
+        return {"pipeline": usage.ru_utime + usage.ru_stime,
+                "workers": sum(cpu_seconds(pid, children=True) for pid in worker_server)} | {
             name: server.cpu_seconds() for name, server in self.servers.items()
-        }
+        }  # fmt: skip
 
 
 def one_at_a_time(rig: PricingRig, requests: int = 200) -> dict[str, float]:
@@ -151,6 +158,10 @@ def one_at_a_time(rig: PricingRig, requests: int = 200) -> dict[str, float]:
 
 
 def embedding_throughput() -> dict:
+    # Once per step process: both runs below are measured with the worker server already started.
+    started = time.perf_counter()
+    start_worker_server()
+    worker_server_s = time.perf_counter() - started
     with PricingRig(0.0, 0.0) as rig:
         bare_s, bare = rig.materialize("product_image_embeddings")
         alone = one_at_a_time(rig)
@@ -158,21 +169,23 @@ def embedding_throughput() -> dict:
         slow_s, slow = rig.materialize("product_image_embeddings")
     assert bare["embedded"] == SALES and slow["embedded"] == SALES, (bare, slow)
     rate, bare_rate = SALES / slow_s, SALES / bare_s
-    # What bounds the figure: CPU milliseconds per sale in each process, and the pipeline's share of
-    # one core (its interpreter lock lets it use one at a time).
+    # What bounds the figure: CPU milliseconds per sale in each process (the step's and its
+    # workers'; the three servers'), and the cores the pipeline kept busy.
     cpu_ms = {name: round(seconds * 1000 / SALES, 2) for name, seconds in slow["cpu_s"].items()}
-    one_core = slow["cpu_s"]["pipeline"] / slow_s
+    cores = (slow["cpu_s"]["pipeline"] + slow["cpu_s"]["workers"]) / slow_s
     return {
         "name": "embedding pipeline throughput",
         "figure": f"{rate:.0f} sales/s = {rate / OLD_CEILING:.1f}x the old ceiling; {rate / bare_rate:.0%} of zero-latency; "
-                  f"pipeline {cpu_ms['pipeline']} ms CPU/sale ({sum(alone.values()):.1f} ms one at a time), {one_core:.0%} of a core",
+                  f"{slow['worker_processes']} worker processes, {cpu_ms['pipeline'] + cpu_ms['workers']:.1f} ms CPU/sale "
+                  f"({sum(alone.values()):.1f} ms one at a time), {cores:.2f} cores",
         "target": ">= 10x 20 sales/s and >= 70% of zero-latency",
         "met": rate >= 10 * OLD_CEILING and rate >= 0.7 * bare_rate,
         "values": {"sales": SALES, "sales_per_s": rate, "zero_latency_sales_per_s": bare_rate,
                    "ratio_to_old_ceiling": rate / OLD_CEILING, "ratio_to_zero_latency": rate / bare_rate,
                    "embedding_calls": slow["embedding_calls"], "cpu_ms_per_sale": cpu_ms,
                    "cpu_ms_one_at_a_time": alone,
-                   "pipeline_share_of_one_core": one_core},
+                   "worker_processes": slow["worker_processes"], "pipeline_cores": cores,
+                   "worker_server_start_s": worker_server_s},
     }  # fmt: skip
 
 
