@@ -41,17 +41,18 @@ def day_of_100k_sales(sales: int = SALES) -> dict:
     proc = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    peak, timeline = 0, []
+    peak, peak_rss, timeline = 0, 0, []
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_rss
         process = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                rss = sum(p.memory_info().rss for p in pipeline_processes(process))
-                peak = max(peak, rss)
-                timeline.append((round(time.perf_counter() - started, 1), rss // 1024**2))
+                memory = [p.memory_full_info() for p in pipeline_processes(process)]
+                used = sum(m.pss for m in memory)
+                peak, peak_rss = max(peak, used), max(peak_rss, sum(m.rss for m in memory))
+                timeline.append((round(time.perf_counter() - started, 1), used // 1024**2))
             except psutil.NoSuchProcess:
                 return
             time.sleep(0.05)
@@ -69,14 +70,16 @@ def day_of_100k_sales(sales: int = SALES) -> dict:
     assert rows >= sales - 10, written
     return {
         "name": "memory, one day of 100,000 sales end to end",
-        "figure": f"peak RSS {peak / 1024**2:.0f} MiB for {rows} rows ({elapsed:.0f} s)",
+        "figure": f"peak {peak / 1024**2:.0f} MiB for {rows} rows ({elapsed:.0f} s); "
+        f"{peak_rss / 1024**2:.0f} MiB counting shared pages in every process",
         "target": "<= 1024 MiB",
         "met": peak <= LIMIT,
         "values": {
             "sales": sales,
             "iceberg_rows": rows,
-            "peak_rss_bytes": peak,
+            "peak_pss_bytes": peak,
+            "peak_rss_sum_bytes": peak_rss,
             "seconds": elapsed,
-            "rss_mib_every_5_s": [mib for _, mib in timeline[::100]],
+            "pss_mib_every_5_s": [mib for _, mib in timeline[::100]],
         },
     }
