@@ -100,3 +100,44 @@ def test_a_fetcher_torn_down_after_one_run_fetches_again_in_the_next(monkeypatch
     fetcher.fetch(f"http://images.internal:{port}/second.png")
 
     assert [path for _, path in seen] == ["/first.png", "/second.png"]
+
+
+def test_unchanged_images_are_revalidated_over_one_kept_alive_connection():
+    connections, not_modified = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def setup(self):
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):
+            if self.headers.get("If-None-Match") == '"v1"':
+                not_modified.append(self.path)
+                self.send_response(304)
+                self.send_header("ETag", '"v1"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = servers.png(size=(4, 4))
+            self.send_response(200)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = servers.start(Handler)
+    try:
+        fetcher = ImageFetcher(allowlist=["127.0.0.1"], retries=0)
+        url = f"http://127.0.0.1:{server.server_port}/img"
+        assert fetcher.fetch(f"{url}/0.png").etag == '"v1"'
+        for n in range(5):
+            assert fetcher.fetch(f"{url}/{n}.png", if_none_match='"v1"').data is None
+    finally:
+        server.shutdown()
+    assert len(not_modified) == 5
+    assert len(connections) == 1  # a TLS handshake per image, in production, otherwise

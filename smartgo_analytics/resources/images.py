@@ -119,6 +119,7 @@ class ImageFetcher(ConfigurableResource):
                 headers = {"If-None-Match": if_none_match} if if_none_match else {}
                 with self._send(current, addresses, headers) as response:
                     if response.status_code == 304 and if_none_match:
+                        response.read()  # it has no body; read, the connection serves the next image
                         return Fetched(None, response.headers.get("etag") or if_none_match)
                     if response.is_redirect:
                         location = response.headers.get("location")
