@@ -226,7 +226,9 @@ def product_image_embeddings(
     os.close(fd)
     path = Path(name)
     pending: list[dict] = []
-    with pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(
+        path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS
+    ) as writer:
         for n, result in enumerate(run_sales(work, items, processes, outcome), start=1):
             if result["embedding_reused"]:  # a vector already in the table, for the same image
                 result["embedding_vector"] = known[result["image_sha256"]]
