@@ -134,15 +134,18 @@ class SaleWork:
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image") as pool:
             yield from ordered_map(pool, self, items, self.threads * 4)
 
-    def share(self, processes: int) -> SaleWork:
-        """This work for one of `processes` workers: the thread and Bedrock bounds divided."""
+    def share(self, worker: int, processes: int) -> SaleWork:
+        """This work for worker number `worker` of `processes`: the workers' thread and Bedrock
+        bounds add up to this work's."""
+
+        def part(total: int) -> int:
+            return total // processes + (worker < total % processes)
+
         embedder = self.image_embedder
         return replace(
             self,
-            image_embedder=_rebuilt(
-                embedder, max_concurrency=-(-embedder.max_concurrency // processes)
-            ),
-            threads=-(-self.threads // processes),
+            image_embedder=_rebuilt(embedder, max_concurrency=part(embedder.max_concurrency)),
+            threads=part(self.threads),
         )
 
     # A worker gets the resources' settings and builds its own: clients, pools and locks stay here.
@@ -192,8 +195,10 @@ class WorkerFailed(Exception):
     """A worker process crashed or raised; the message says how."""
 
 
-def _worker(conn, work: SaleWork, items: list) -> None:
-    """A worker process: every item's result sent back in order, then the embedding calls made."""
+def _worker(conn) -> None:
+    """A worker process: its work and items arrive over `conn`; every item's result goes back in
+    order, then the number of embedding calls made."""
+    work, items = conn.recv()
     try:
         for result in work.run(items):
             conn.send(result)
@@ -219,6 +224,8 @@ def run_sales(
     """Every item's result in the items' order: in this process, or split over `processes` worker
     processes. A sale goes to a worker chosen by its image URL, so an image that several sales share
     is still embedded once."""
+    # Each worker has at least one thread and one Bedrock call in flight.
+    processes = min(processes, work.threads, work.image_embedder.max_concurrency)
     if processes <= 1:
         yield from work.run(items)
         outcome.embedding_calls = work.embedding_calls
@@ -228,25 +235,31 @@ def run_sales(
     shares = [
         [item for item, n in zip(items, owner, strict=True) if n == w] for w in range(processes)
     ]
-    workers, conns = [], []
+    workers, conns, finished = [], [], False
     try:
-        for share in shares:
-            receiving, sending = context.Pipe(duplex=False)
-            process = context.Process(
-                target=_worker, args=(sending, work.share(processes), share), daemon=True
-            )
+        for _ in shares:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker, args=(theirs,), daemon=True)
             process.start()
-            sending.close()  # the worker holds the only sending end: its exit ends our recv
+            theirs.close()  # the worker holds the only other end: its exit ends our recv
             workers.append(process)
-            conns.append(receiving)
+            conns.append(ours)
+        # Sent once every worker is starting: they start side by side, not one after another.
+        for worker, (conn, share) in enumerate(zip(conns, shares, strict=True)):
+            try:
+                conn.send((work.share(worker, processes), share))
+            except OSError:  # it died starting: say how
+                _receive(conn, workers[worker])
+                raise
         for n in owner:
             yield _receive(conns[n], workers[n])
         for conn, process in zip(conns, workers, strict=True):
             outcome.embedding_calls += _receive(conn, process)
         outcome.processes = processes
+        finished = True
     finally:
         for process in workers:
-            process.join(timeout=5)
+            process.join(timeout=5 if finished else 0)  # a step that failed does not wait for them
             if process.is_alive():
                 process.kill()
                 process.join()
