@@ -35,7 +35,7 @@ from smartgo_analytics.resources.postgres import SmartGoDatabase
 
 OLD_CEILING = 5 / 0.250  # the old exporter: 5 in flight, 250 ms each
 CONCURRENCY = 64  # embedding calls in flight
-DOWNLOADS = 96  # downloads in flight: a conditional request is all latency, no CPU
+DOWNLOADS = 256  # downloads in flight: a conditional request is all latency, no CPU
 SALES = 2000
 DAY = "2025-01-15"
 
@@ -136,38 +136,45 @@ class PricingRig:
         }  # fmt: skip
 
 
-def one_at_a_time(rig: PricingRig, requests: int = 200) -> dict[str, float]:
-    """CPU milliseconds of each step of a sale done alone, in one thread: what a sale costs
-    without a hundred threads sharing the interpreter lock."""
+def one_at_a_time(rig: PricingRig, sales: int = 200) -> dict[str, float]:
+    """CPU milliseconds of each step of a sale, the sales done one after another in one thread:
+    what a sale costs with no other thread waiting for the interpreter lock."""
     resources = rig.resources
     url = rig.servers["cdn"].url
-    images = [resources["image_fetcher"].fetch(f"{url}/img/{n}.jpg").data for n in range(requests)]
     steps = {
-        "download": lambda n: resources["image_fetcher"].fetch(f"{url}/img/{n}.jpg"),
-        "decode check": lambda n: prepare_for_titan(images[n]),
-        "S3 put": lambda n: resources["object_store"].put_bytes(f"one/{n}.jpg", images[n]),
-        "Bedrock call": lambda n: resources["image_embedder"].embed(images[n]),
+        "download": lambda n, _: resources["image_fetcher"].fetch(f"{url}/img/{n}.jpg").data,
+        "decode check": lambda _, image: prepare_for_titan(image) and image,
+        "S3 put": lambda n, image: (
+            resources["object_store"].put_bytes(f"one/{n}.jpg", image) and image
+        ),
+        "Bedrock call": lambda _, image: (
+            resources["image_embedder"].embed(image) is not None and image
+        ),
     }
-    costs = {}
-    for name, step in steps.items():
-        started = time.thread_time()
-        for n in range(requests):
-            step(n)
-        costs[name] = round((time.thread_time() - started) * 1000 / requests, 2)
-    return costs
+    costs = dict.fromkeys(steps, 0.0)
+    for n in range(sales):
+        image = None
+        for name, step in steps.items():
+            started = time.thread_time()
+            image = step(n, image)
+            costs[name] += time.thread_time() - started
+    return {name: round(seconds * 1000 / sales, 2) for name, seconds in costs.items()}
 
 
-def embedding_throughput() -> dict:
-    # Once per step process: both runs below are measured with the worker server already started.
-    started = time.perf_counter()
-    start_worker_server()
-    worker_server_s = time.perf_counter() - started
-    with PricingRig(0.0, 0.0) as rig:
-        bare_s, bare = rig.materialize("product_image_embeddings")
-        alone = one_at_a_time(rig)
-    with PricingRig(0.100, 0.150) as rig:
-        slow_s, slow = rig.materialize("product_image_embeddings")
-    assert bare["embedded"] == SALES and slow["embedded"] == SALES, (bare, slow)
+def embedding_throughput(trials: int = 3) -> dict:
+    """The median of `trials` runs with the added latency and of `trials` without, each on fresh
+    servers (a second run on the same ones would be a re-materialisation)."""
+    start_worker_server()  # once per step process, as in production: not part of any run below
+    bare_runs, slow_runs = [], []
+    for _ in range(trials):
+        with PricingRig(0.0, 0.0) as rig:
+            bare_runs.append(rig.materialize("product_image_embeddings"))
+            alone = one_at_a_time(rig)
+        with PricingRig(0.100, 0.150) as rig:
+            slow_runs.append(rig.materialize("product_image_embeddings"))
+    assert all(m["embedded"] == SALES for _, m in bare_runs + slow_runs), (bare_runs, slow_runs)
+    bare_s = statistics.median(s for s, _ in bare_runs)
+    slow_s, slow = sorted(slow_runs, key=lambda run: run[0])[trials // 2]
     rate, bare_rate = SALES / slow_s, SALES / bare_s
     # What bounds the figure: CPU milliseconds per sale in each process (the step's and its
     # workers'; the three servers'), and the cores the pipeline kept busy.
@@ -175,17 +182,19 @@ def embedding_throughput() -> dict:
     cores = (slow["cpu_s"]["pipeline"] + slow["cpu_s"]["workers"]) / slow_s
     return {
         "name": "embedding pipeline throughput",
-        "figure": f"{rate:.0f} sales/s = {rate / OLD_CEILING:.1f}x the old ceiling; {rate / bare_rate:.0%} of zero-latency; "
-                  f"{slow['worker_processes']} worker processes, {cpu_ms['pipeline'] + cpu_ms['workers']:.1f} ms CPU/sale "
-                  f"({sum(alone.values()):.1f} ms one at a time), {cores:.2f} cores",
+        "figure": f"{rate:.0f} sales/s = {rate / OLD_CEILING:.1f}x the old ceiling (median of {trials}); "
+                  f"{rate / bare_rate:.0%} of zero-latency; {slow['worker_processes']} worker processes, "
+                  f"{cpu_ms['pipeline'] + cpu_ms['workers']:.1f} ms CPU/sale ({sum(alone.values()):.1f} ms one at a time), "
+                  f"{cores:.2f} cores",
         "target": ">= 10x 20 sales/s and >= 70% of zero-latency",
         "met": rate >= 10 * OLD_CEILING and rate >= 0.7 * bare_rate,
         "values": {"sales": SALES, "sales_per_s": rate, "zero_latency_sales_per_s": bare_rate,
                    "ratio_to_old_ceiling": rate / OLD_CEILING, "ratio_to_zero_latency": rate / bare_rate,
+                   "sales_per_s_each_run": [round(SALES / s) for s, _ in slow_runs],
+                   "zero_latency_sales_per_s_each_run": [round(SALES / s) for s, _ in bare_runs],
                    "embedding_calls": slow["embedding_calls"], "cpu_ms_per_sale": cpu_ms,
                    "cpu_ms_one_at_a_time": alone,
-                   "worker_processes": slow["worker_processes"], "pipeline_cores": cores,
-                   "worker_server_start_s": worker_server_s},
+                   "worker_processes": slow["worker_processes"], "pipeline_cores": cores},
     }  # fmt: skip
 
 
