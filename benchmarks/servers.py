@@ -15,10 +15,8 @@ until its standard input closes.
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import io
-import json
 import os
 import re
 import socket
@@ -26,6 +24,7 @@ import subprocess
 import sys
 import threading
 import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -130,17 +129,17 @@ def s3_app():
 
 def bedrock_app():
     """POST /model/<id>/invoke as Bedrock runtime answers it for Titan image embeddings, with one
-    of 256 ready-made vectors: the benchmark measures the pipeline, not this server."""
+    of 256 ready-made vectors picked by a checksum of the request: the benchmark measures the
+    pipeline, not this server, so the request is not decoded."""
     from smartgo_analytics_tests.servers import cheap_body
 
+    length = re.compile(rb'"outputEmbeddingLength":\s*(\d+)')
+
     def app(method: str, target: str, headers: dict, body: bytes) -> Reply:
-        if method != "POST" or not re.fullmatch(r"/model/[^/]+/invoke", target):
+        wanted = length.search(body[-200:])
+        if method != "POST" or not re.fullmatch(r"/model/[^/]+/invoke", target) or not wanted:
             return 404, {"x-amzn-ErrorType": "ResourceNotFoundException"}, b"{}"
-        request = json.loads(body)
-        image = base64.b64decode(request["inputImage"])
-        reply = cheap_body(
-            hashlib.sha256(image).digest()[0], request["embeddingConfig"]["outputEmbeddingLength"]
-        )
+        reply = cheap_body(zlib.crc32(body) & 0xFF, int(wanted.group(1)))
         return 200, {"Content-Type": "application/json"}, reply
 
     return app
