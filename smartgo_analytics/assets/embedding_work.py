@@ -96,9 +96,8 @@ class SaleWork:
                 sale["image_url"], if_none_match=before["image_etag"] if before else None
             )
             result["image_etag"] = fetched.etag
-            if (
-                fetched.data is None
-            ):  # unchanged since the last materialisation: copy and vector stand
+            if fetched.data is None:
+                # Unchanged since the last materialisation: its copy and vector stand.
                 result.update(image_sha256=before["image_sha256"], image_s3_key=before["image_s3_key"],
                               embedding_model=model_id, embedding_reused=True)  # fmt: skip
                 return result
