@@ -30,7 +30,11 @@ def load_service_models(*services: str) -> None:
     """Parse these services' models into the shared session now (processes forked afterwards start
     with them parsed)."""
     for service in services:
-        _client_from_shared_session(service, region_name="us-east-1")
+        # Placeholder keys: parsing a model must not walk the credential chain (on a laptop, that
+        # waits for the EC2 metadata service); real clients bring their own credentials.
+        _client_from_shared_session(
+            service, region_name="us-east-1", aws_access_key_id="-", aws_secret_access_key="-"
+        )
 
 
 class AwsResource(ConfigurableResource):
