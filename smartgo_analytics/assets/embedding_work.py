@@ -197,15 +197,17 @@ class WorkerFailed(Exception):
 def _worker(conn) -> None:
     """A worker process: its work and items arrive over `conn`; every item's result goes back in
     order, then the number of embedding calls made."""
-    work, items = conn.recv()
+    work = None
     try:
+        work, items = conn.recv()  # building its resources can fail too: reported the same way
         for result in work.run(items):
             conn.send(result)
         conn.send(("done", work.embedding_calls))
     except BaseException:
         conn.send(("failed", traceback.format_exc(limit=8)))
     finally:
-        work.image_fetcher.teardown_after_execution(None)
+        if work is not None:
+            work.image_fetcher.teardown_after_execution(None)
         conn.close()
 
 
