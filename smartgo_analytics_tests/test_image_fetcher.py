@@ -13,8 +13,10 @@ PUBLIC = "93.184.216.34"
 
 @pytest.fixture
 def image_server():
-    """A loopback server that answers every GET with a tiny PNG and records who asked for what."""
+    """A loopback server that answers every GET with a tiny PNG (ETag "v1", or 304 Not Modified
+    when asked with it) and records who asked for what, and each connection it accepted."""
     seen: list[tuple[str, str]] = []
+    connections: list[tuple] = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -22,17 +24,23 @@ def image_server():
         def log_message(self, *args):
             pass
 
+        def setup(self):
+            connections.append(self.client_address)
+            super().setup()
+
         def do_GET(self):
             seen.append((self.headers.get("Host"), self.path))
-            body = servers.png(size=(4, 4))
-            self.send_response(200)
+            unchanged = self.headers.get("If-None-Match") == '"v1"'
+            body = b"" if unchanged else servers.png(size=(4, 4))
+            self.send_response(304 if unchanged else 200)
             self.send_header("Content-Type", "image/png")
+            self.send_header("ETag", '"v1"')
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
     server = servers.start(Handler)
-    yield server.server_port, seen
+    yield server.server_port, seen, connections
     server.shutdown()
 
 
@@ -54,7 +62,7 @@ def dns(monkeypatch, answers: dict[str, list[str]]):
 
 
 def test_a_dns_answer_that_changes_after_the_check_is_not_followed(monkeypatch, image_server):
-    port, seen = image_server
+    port, seen, _ = image_server
     # Checked: a public address. Any later lookup: loopback, where the image server listens.
     lookups = dns(monkeypatch, {"images.rebind.example": [PUBLIC, "127.0.0.1"]})
     fetcher = ImageFetcher(timeout_s=1.0, retries=0)
@@ -67,7 +75,7 @@ def test_a_dns_answer_that_changes_after_the_check_is_not_followed(monkeypatch, 
 
 
 def test_the_checked_address_is_used_with_the_host_name_kept(monkeypatch, image_server):
-    port, seen = image_server
+    port, seen, _ = image_server
     lookups = dns(monkeypatch, {"images.internal": ["127.0.0.1", PUBLIC]})
     fetcher = ImageFetcher(timeout_s=1.0, retries=0, allowlist=["images.internal"])
 
@@ -79,7 +87,7 @@ def test_the_checked_address_is_used_with_the_host_name_kept(monkeypatch, image_
 
 
 def test_a_host_is_looked_up_once_for_many_images(monkeypatch, image_server):
-    port, seen = image_server
+    port, seen, _ = image_server
     lookups = dns(monkeypatch, {"images.internal": ["127.0.0.1"]})
     fetcher = ImageFetcher(timeout_s=1.0, retries=0, allowlist=["images.internal"])
 
@@ -91,7 +99,7 @@ def test_a_host_is_looked_up_once_for_many_images(monkeypatch, image_server):
 
 
 def test_a_fetcher_torn_down_after_one_run_fetches_again_in_the_next(monkeypatch, image_server):
-    port, seen = image_server
+    port, seen, _ = image_server
     dns(monkeypatch, {"images.internal": ["127.0.0.1"]})
     fetcher = ImageFetcher(timeout_s=1.0, retries=0, allowlist=["images.internal"])
 
@@ -102,42 +110,12 @@ def test_a_fetcher_torn_down_after_one_run_fetches_again_in_the_next(monkeypatch
     assert [path for _, path in seen] == ["/first.png", "/second.png"]
 
 
-def test_unchanged_images_are_revalidated_over_one_kept_alive_connection():
-    connections, not_modified = [], []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def setup(self):
-            connections.append(self.client_address)
-            super().setup()
-
-        def do_GET(self):
-            if self.headers.get("If-None-Match") == '"v1"':
-                not_modified.append(self.path)
-                self.send_response(304)
-                self.send_header("ETag", '"v1"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            body = servers.png(size=(4, 4))
-            self.send_response(200)
-            self.send_header("ETag", '"v1"')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = servers.start(Handler)
-    try:
-        fetcher = ImageFetcher(allowlist=["127.0.0.1"], retries=0)
-        url = f"http://127.0.0.1:{server.server_port}/img"
-        assert fetcher.fetch(f"{url}/0.png").etag == '"v1"'
-        for n in range(5):
-            assert fetcher.fetch(f"{url}/{n}.png", if_none_match='"v1"').data is None
-    finally:
-        server.shutdown()
-    assert len(not_modified) == 5
+def test_unchanged_images_are_revalidated_over_one_kept_alive_connection(image_server):
+    port, seen, connections = image_server
+    fetcher = ImageFetcher(allowlist=["127.0.0.1"], retries=0)
+    url = f"http://127.0.0.1:{port}/img"
+    assert fetcher.fetch(f"{url}/0.png").etag == '"v1"'
+    for n in range(5):
+        assert fetcher.fetch(f"{url}/{n}.png", if_none_match='"v1"').data is None
+    assert len(seen) == 6
     assert len(connections) == 1  # a TLS handshake per image, in production, otherwise
