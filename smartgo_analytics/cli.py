@@ -160,7 +160,7 @@ def _failure(result) -> str:
 SUMMARY_FIELDS = {
     "smartgo_sales": ("valid_rows", "quarantined_rows"),
     "product_image_embeddings": ("embedded", "errors"),
-    "smartgo_sales_iceberg": ("rows_written", "rows_with_error"),
+    "smartgo_sales_iceberg": ("rows", "rows_with_error"),
     "dynamodb_daily_metrics": ("items", "non_finite_numbers_nulled"),
 }
 OUTPUT_FIELDS = ("table_location", "s3_uri", "parquet_uri")

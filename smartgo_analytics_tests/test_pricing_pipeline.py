@@ -215,8 +215,13 @@ def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embed
         stack.postgres_uri, [sale(f"R-{n}", day, f"{cdn}/distinct-{n}.png") for n in range(5)]
     )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    run(res, day)
+    first_result = run(res, day)
     first = day_rows(res, day)
+    first_snapshot = (
+        first_result.asset_materializations_for_node("smartgo_sales_iceberg")[0]
+        .metadata["snapshot_id"]
+        .value
+    )
     assert bedrock_calls.calls == 5, bedrock_calls.requests
 
     bedrock_calls.reset()
@@ -225,20 +230,39 @@ def test_rematerialising_an_unchanged_day_gives_the_same_rows_and_makes_no_embed
 
     second = day_rows(res, day)
     assert bedrock_calls.calls == 0
-    ignore = {"embedding_id", "ingestion_timestamp"}
-    assert {k: {c: v for c, v in r.items() if c not in ignore} for k, r in first.items()} == {
-        k: {c: v for c, v in r.items() if c not in ignore} for k, r in second.items()
-    }
     metadata = second_result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert metadata["embedding_calls"].value == 0 and metadata["embeddings_reused"].value == 5
     assert cdn_state.not_modified - not_modified_before == 5  # conditional requests, no bodies
+    # The table already holds exactly these rows: no new snapshot, the rows keep their ingestion time.
+    written = second_result.asset_materializations_for_node("smartgo_sales_iceberg")[0].metadata
+    assert written["day_unchanged"].value and written["rows_written"].value == 0
+    assert written["rows"].value == 5 and written["snapshot_id"].value == first_snapshot
+    assert second == first
+    assert check(second_result, "iceberg_rows_match_source").passed
+
+    # A sale's price is corrected at the source: no image changed, but the day is written again.
+    insert_products(
+        stack.postgres_uri, [sale("R-4", day, f"{cdn}/distinct-4.png", sold_price="12.5")]
+    )
+    corrected = run(res, day)
+    written = corrected.asset_materializations_for_node("smartgo_sales_iceberg")[0].metadata
+    assert bedrock_calls.calls == 0 and not written["day_unchanged"].value
+    assert written["rows_written"].value == 5 and written["snapshot_id"].value != first_snapshot
+    fourth = day_rows(res, day)
+    assert fourth["R-4"]["sold_price"] == 12.5
+    assert fourth["R-4"]["embedding_vector"] == first["R-4"]["embedding_vector"]
 
     # One picture changes behind the same URL: only that one is downloaded and embedded again.
     cdn_state.images["/distinct-2.png"] = servers.png((250, 250, 0))
     bedrock_calls.reset()
-    run(res, day)
+    changed = run(res, day)
     third = day_rows(res, day)
     assert bedrock_calls.calls == 1
+    assert (
+        not changed.asset_materializations_for_node("smartgo_sales_iceberg")[0]
+        .metadata["day_unchanged"]
+        .value
+    )
     assert third["R-2"]["image_sha256"] != first["R-2"]["image_sha256"]
     assert third["R-1"]["image_sha256"] == first["R-1"]["image_sha256"]
 

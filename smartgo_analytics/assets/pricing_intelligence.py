@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
@@ -273,6 +274,39 @@ def product_image_embeddings(
     yield checks.vector_length_result(lengths, image_embedder.dimension)
 
 
+def _rows_if_unchanged(
+    iceberg: IcebergCatalog,
+    start: datetime,
+    end: datetime,
+    sales: pa.Table,
+    embeddings: pq.ParquetFile,
+    rows_of,
+) -> pa.Table | None:
+    """The day's rows, without their vectors, if the table holds them already: no vector among them
+    computed afresh (a reused one is the table's own for the same image and model) and every other
+    column equal. None if anything differs or the day has no rows yet. The vectors, most of the
+    bytes, are not read."""
+    vector = sales_table.EMBEDDINGS_SCHEMA.field("embedding_vector")
+    results = embeddings.read(
+        columns=[name for name in sales_table.EMBEDDINGS_SCHEMA.names if name != vector.name]
+    )
+    embedded_afresh = pc.and_(
+        pc.is_null(results.column("embedding_error")), pc.invert(results.column("embedding_reused"))
+    )
+    if results.num_rows != sales.num_rows or pc.any(embedded_afresh).as_py():
+        return None
+    existing = iceberg.read_day(start, end, tuple(sales_table.COMPARED_COLUMNS))
+    if existing is None:
+        return None
+    results = results.add_column(
+        sales_table.EMBEDDINGS_SCHEMA.get_field_index(vector.name),
+        vector,
+        pa.nulls(results.num_rows, vector.type),
+    )
+    rows = rows_of(sales, results)
+    return rows if sales_table.same_rows(rows, existing) else None
+
+
 def _reason_class(error: str) -> str:
     """A reason without the per-sale detail, for the histogram."""
     return error.split(" (after")[0].split(": ", 2)[-1] if error.count(": ") >= 2 else error
@@ -294,44 +328,66 @@ def smartgo_sales_iceberg(
     image_embedder: ImageEmbedder,
     export_progress: ExportProgressTracker,
 ) -> MaterializeResult:
-    """`pricing_intelligence.smartgo_sales`: the day's rows replaced in one atomic commit."""
+    """`pricing_intelligence.smartgo_sales`: the day's rows replaced in one atomic commit.
+
+    A day whose rows would come out as the table already holds them (no vector computed afresh,
+    every other column equal) is left as it is: no new snapshot, and its rows keep their ingestion
+    time.
+    """
     start, end = context.partition_time_window
     ingested_at = datetime.now(UTC)
-    written, with_error, first_errors, preview = 0, 0, [], []
+    hemisphere = settings().season_hemisphere
+    rows_in_day, with_error, first_errors, preview = 0, 0, [], []
 
-    def rows_of(sales: pa.Table, embeddings: pa.Table) -> pa.Table:
-        nonlocal written, with_error
-        rows = sales_table.sales_rows(
-            sales, embeddings, image_embedder.dimension, ingested_at, settings().season_hemisphere
-        )
+    def counted(rows: pa.Table) -> pa.Table:
+        nonlocal rows_in_day, with_error
         errors = [e for e in rows.column("embedding_error").to_pylist() if e]
-        written += rows.num_rows
+        rows_in_day += rows.num_rows
         with_error += len(errors)
         first_errors.extend(errors[: 10 - len(first_errors)])
         if not preview:
             preview.extend(rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist())
         return rows
 
+    def rows_of(sales: pa.Table, embeddings: pa.Table) -> pa.Table:
+        return sales_table.sales_rows(
+            sales, embeddings, image_embedder.dimension, ingested_at, hemisphere
+        )
+
     def day_rows():
         # The embeddings are in the sales' order: each batch is joined with its slice of the sales.
         offset = 0
         for batch in product_image_embeddings.iter_batches(batch_size=ICEBERG_BATCH_ROWS):
-            yield rows_of(
-                smartgo_sales.slice(offset, batch.num_rows), pa.Table.from_batches([batch])
+            yield counted(
+                rows_of(smartgo_sales.slice(offset, batch.num_rows), pa.Table.from_batches([batch]))
             )
             offset += batch.num_rows
         if offset < smartgo_sales.num_rows:  # sales without embeddings are still written
-            yield rows_of(smartgo_sales.slice(offset), sales_table.EMBEDDINGS_SCHEMA.empty_table())
+            yield counted(
+                rows_of(smartgo_sales.slice(offset), sales_table.EMBEDDINGS_SCHEMA.empty_table())
+            )
 
-    table = iceberg.replace_day(day_rows(), start, end)
+    unchanged = _rows_if_unchanged(
+        iceberg, start, end, smartgo_sales, product_image_embeddings, rows_of
+    )
+    if unchanged is None:
+        table = iceberg.replace_day(day_rows(), start, end)
+        written = rows_in_day
+    else:
+        counted(unchanged)
+        table, written = iceberg.sales_table(), 0
+        context.log.info(
+            f"{context.partition_key}: the table already holds these {rows_in_day} rows; "
+            "no new snapshot"
+        )
     read_back = iceberg.read_day(start, end, ("product_id",))
     read_back_rows = read_back.num_rows if read_back is not None else 0
     snapshot = table.current_snapshot()
     export_progress.record(
         context.partition_key,
         "COMPLETE",
-        totalCount=written,
-        successCount=written - with_error,
+        totalCount=rows_in_day,
+        successCount=rows_in_day - with_error,
         errorCount=with_error,
         errors=first_errors or None,
         completedAt=datetime.now(UTC).isoformat(),
@@ -339,8 +395,10 @@ def smartgo_sales_iceberg(
     return MaterializeResult(
         metadata={
             "table": sales_table.IDENTIFIER,
+            "rows": rows_in_day,
             "rows_written": written,
-            "rows_with_vector": written - with_error,
+            "day_unchanged": unchanged is not None,
+            "rows_with_vector": rows_in_day - with_error,
             "rows_with_error": with_error,
             "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
             "table_location": table.location(),

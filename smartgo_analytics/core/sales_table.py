@@ -95,6 +95,28 @@ ROW_ORDER = [
     ("product_id", "ascending"),
 ]
 
+# What re-materialising a day compares with the rows already in the table: every column but the
+# vector (a reused vector is the table's own for the same image and model) and the two that say
+# when a row was written.
+COMPARED_COLUMNS = [
+    name
+    for name in ARROW_SCHEMA.names
+    if name not in ("embedding_vector", "embedding_id", "ingestion_timestamp")
+]
+
+
+def same_rows(rows: pa.Table, other: pa.Table) -> bool:
+    """Whether two tables hold the same rows in COMPARED_COLUMNS, in whatever order."""
+    if rows.num_rows != other.num_rows:
+        return False
+    schema = pa.schema([ARROW_SCHEMA.field(name) for name in COMPARED_COLUMNS])
+    order = [(name, "ascending") for name in COMPARED_COLUMNS]
+    return (
+        rows.select(COMPARED_COLUMNS).cast(schema).sort_by(order).combine_chunks()
+        == other.select(COMPARED_COLUMNS).cast(schema).sort_by(order).combine_chunks()
+    )
+
+
 EMBEDDINGS_SCHEMA = pa.schema(
     [
         pa.field("product_id", pa.string(), nullable=False),
