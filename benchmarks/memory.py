@@ -7,6 +7,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 
 import psutil
 
@@ -27,8 +28,17 @@ def pipeline_processes(process: psutil.Process) -> list[psutil.Process]:
     return [process, *workers]
 
 
-def day_of_100k_sales(sales: int = SALES) -> dict:
-    home = tempfile.mkdtemp(prefix="smartgo-bench-memory-")
+@dataclass
+class Run:
+    peak_pss: int
+    peak_rss: int
+    seconds: float
+    rows: int
+    pss_mib_every_5_s: list[int]
+
+
+def materialise_demo_day(home: str, sales: int) -> Run:
+    """`smartgo-analytics demo` for one day of `sales` in `home`, sampling the pipeline's memory."""
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
     }
@@ -64,22 +74,26 @@ def day_of_100k_sales(sales: int = SALES) -> dict:
     sampler.join()
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"the 100,000-sale day failed:\n{output[-3000:]}")
+        raise RuntimeError(f"the {sales}-sale day failed:\n{output[-3000:]}")
     written = next(line for line in output.splitlines() if line.startswith("smartgo_sales_iceberg"))
     rows = int(written.split()[2])
     assert rows >= sales - 10, written
+    return Run(peak, peak_rss, elapsed, rows, [mib for _, mib in timeline[::100]])
+
+
+def day_of_100k_sales(sales: int = SALES) -> dict:
+    """The day materialised, then materialised again: the second time every vector is already in
+    the table (the local CDN sends no ETags, so every image is downloaded again)."""
+    home = tempfile.mkdtemp(prefix="smartgo-bench-memory-")
+    first = materialise_demo_day(home, sales)
+    again = materialise_demo_day(home, sales)
+    peak = max(first.peak_pss, again.peak_pss)
     return {
         "name": "memory, one day of 100,000 sales end to end",
-        "figure": f"peak {peak / 1024**2:.0f} MiB for {rows} rows ({elapsed:.0f} s); "
-        f"{peak_rss / 1024**2:.0f} MiB counting shared pages in every process",
+        "figure": f"peak {first.peak_pss / 1024**2:.0f} MiB for {first.rows} rows ({first.seconds:.0f} s), "
+                  f"{again.peak_pss / 1024**2:.0f} MiB re-materialised ({again.seconds:.0f} s); "
+                  f"{max(first.peak_rss, again.peak_rss) / 1024**2:.0f} MiB counting shared pages in every process",
         "target": "<= 1024 MiB",
         "met": peak <= LIMIT,
-        "values": {
-            "sales": sales,
-            "iceberg_rows": rows,
-            "peak_pss_bytes": peak,
-            "peak_rss_sum_bytes": peak_rss,
-            "seconds": elapsed,
-            "pss_mib_every_5_s": [mib for _, mib in timeline[::100]],
-        },
-    }
+        "values": {"sales": sales, "first": asdict(first), "again": asdict(again)},
+    }  # fmt: skip

@@ -8,11 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import boto3
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, materialize
 
-from smartgo_analytics.assets.embedding_work import Outcome, SaleWork, WorkerFailed, run_sales
+from smartgo_analytics.assets.embedding_work import (
+    KnownVectors,
+    Outcome,
+    SaleWork,
+    WorkerFailed,
+    run_sales,
+)
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
     smartgo_sales,
@@ -474,6 +482,28 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     again = run(split, day, worker_processes=3, worker_min_sales=1, max_error_ratio=0.5)
     metadata = again.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert bedrock_calls.calls == 0 and metadata["embeddings_reused"].value == 24
+
+
+def test_known_vectors_keep_one_usable_vector_per_image_out_of_memory_and_give_it_back():
+    vector = pa.list_(pa.float32())
+    batch = lambda shas, models, vectors: pa.RecordBatch.from_pydict(  # noqa: E731
+        {
+            "image_sha256": shas,
+            "embedding_model": models,
+            "embedding_vector": pa.array(vectors, vector),
+        }
+    )
+    batches = [
+        batch(["a", "b", "c", None], ["m", "m", "other", "m"], [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]]),
+        batch(["a", "d", "e", "f"], ["m", "m", "m", "m"], [[9, 9, 9], [1, 2], None, [0.5, -1, 2e30]]),
+    ]  # fmt: skip
+
+    with KnownVectors(iter(batches), "m", 3) as known:
+        # The first vector of each image, for this model, of this length: not "c" (another model),
+        # "d" (two values) or "e" (none).
+        assert known.shas == {"a", "b", "f"}
+        assert known["a"].tolist() == [1, 2, 3] and known["b"].tolist() == [4, 5, 6]
+        assert known["f"].tolist() == [0.5, -1, np.float32(2e30)]
 
 
 class DyingEmbedder(LocalVisualEmbedder):

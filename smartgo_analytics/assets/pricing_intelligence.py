@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,6 +28,7 @@ from pydantic import Field
 
 from smartgo_analytics import checks
 from smartgo_analytics.assets.embedding_work import (
+    KnownVectors,
     Outcome,
     SaleWork,
     run_sales,
@@ -145,21 +145,6 @@ class EmbeddingConfig(Config):
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
 
 
-def _known_vectors(iceberg: IcebergCatalog, start, end, model_id: str) -> dict[str, np.ndarray]:
-    """The day's vectors already in the table, one per distinct image and this model."""
-    day = iceberg.read_day(start, end, ("image_sha256", "embedding_model", "embedding_vector"))
-    if day is None:
-        return {}
-    known: dict[str, np.ndarray] = {}
-    shas = day.column("image_sha256").to_pylist()
-    models = day.column("embedding_model").to_pylist()
-    vectors = day.column("embedding_vector")
-    for index, (sha, model) in enumerate(zip(shas, models, strict=True)):
-        if sha and model == model_id and sha not in known and vectors[index].is_valid:
-            known[sha] = vectors[index].values.to_numpy(zero_copy_only=False).astype(np.float32)
-    return known
-
-
 def _previous_downloads(
     object_store: ObjectStore, day: str, reusable: set[str]
 ) -> dict[tuple, dict]:
@@ -211,15 +196,10 @@ def product_image_embeddings(
     processes = config.worker_processes if smartgo_sales.num_rows >= config.worker_min_sales else 1
     if processes > 1:
         start_worker_server()  # it starts while the table and the last run's downloads are read
-    known = _known_vectors(iceberg, start, end, image_embedder.model_id)
-    previous = _previous_downloads(object_store, context.partition_key, set(known))
-    sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
-    items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
-    work = SaleWork(image_fetcher, object_store, image_embedder, frozenset(known),
-                    threads=config.download_concurrency)  # fmt: skip
-    outcome = Outcome()
     model_id = image_embedder.model_id
-    total, embedded, reused = len(sales), 0, 0
+    columns = ("image_sha256", "embedding_model", "embedding_vector")
+    total, embedded, reused = smartgo_sales.num_rows, 0, 0
+    outcome = Outcome()
     reasons: Counter[str] = Counter()
     lengths: Counter[int] = Counter()
     error_examples: list[dict] = []
@@ -227,9 +207,15 @@ def product_image_embeddings(
     os.close(fd)
     path = Path(name)
     pending: list[dict] = []
-    with pq.ParquetWriter(
-        path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS
-    ) as writer:
+    with (
+        KnownVectors(iceberg.day_batches(start, end, columns), model_id, image_embedder.dimension) as known,
+        pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS) as writer,
+    ):  # fmt: skip
+        previous = _previous_downloads(object_store, context.partition_key, known.shas)
+        sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
+        items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
+        work = SaleWork(image_fetcher, object_store, image_embedder, known.shas,
+                        threads=config.download_concurrency)  # fmt: skip
         for n, result in enumerate(run_sales(work, items, processes, outcome), start=1):
             if result["embedding_reused"]:  # a vector already in the table, for the same image
                 result["embedding_vector"] = known[result["image_sha256"]]

@@ -93,6 +93,15 @@ class IcebergCatalog(ConfigurableResource):
             return None
         return table.scan(row_filter=day_filter(start, end), selected_fields=columns).to_arrow()
 
+    def day_batches(
+        self, start: datetime, end: datetime, columns: tuple[str, ...]
+    ) -> Iterator[pa.RecordBatch]:
+        """The day's rows a batch at a time: for columns too big to hold for a whole day."""
+        table = self.existing_sales_table()
+        if table is not None:
+            scan = table.scan(row_filter=day_filter(start, end), selected_fields=columns)
+            yield from scan.to_arrow_batch_reader()
+
     def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
         """Delete the day's rows and append the batches, all in one atomic commit.
 
