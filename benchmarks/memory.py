@@ -34,6 +34,7 @@ class Run:
     peak_rss: int
     seconds: float
     rows: int
+    peak_at_s: float  # when the peak was seen, from the command's start
     pss_mib_every_5_s: list[int]
 
 
@@ -51,18 +52,21 @@ def materialise_demo_day(home: str, sales: int) -> Run:
     proc = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    peak, peak_rss, timeline = 0, 0, []
+    peak, peak_rss, peak_at, timeline = 0, 0, 0.0, []
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, peak_rss
+        nonlocal peak, peak_rss, peak_at
         process = psutil.Process(proc.pid)
         while not done.is_set():
             try:
                 memory = [p.memory_full_info() for p in pipeline_processes(process)]
                 used = sum(m.pss for m in memory)
-                peak, peak_rss = max(peak, used), max(peak_rss, sum(m.rss for m in memory))
-                timeline.append((round(time.perf_counter() - started, 1), used // 1024**2))
+                now = round(time.perf_counter() - started, 1)
+                if used > peak:
+                    peak, peak_at = used, now
+                peak_rss = max(peak_rss, sum(m.rss for m in memory))
+                timeline.append((now, used // 1024**2))
             except psutil.NoSuchProcess:
                 return
             time.sleep(0.05)
@@ -78,7 +82,7 @@ def materialise_demo_day(home: str, sales: int) -> Run:
     written = next(line for line in output.splitlines() if line.startswith("smartgo_sales_iceberg"))
     rows = int(written.split()[2])
     assert rows >= sales - 10, written
-    return Run(peak, peak_rss, elapsed, rows, [mib for _, mib in timeline[::100]])
+    return Run(peak, peak_rss, elapsed, rows, peak_at, [mib for _, mib in timeline[::100]])
 
 
 def day_of_100k_sales(sales: int = SALES) -> dict:
