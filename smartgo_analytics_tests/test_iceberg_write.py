@@ -118,3 +118,21 @@ def test_a_table_created_without_the_write_properties_gets_them(catalog):
     for key, value in sales_table.TABLE_PROPERTIES.items():
         assert table.properties[key] == value
         assert iceberg.load_table(sales_table.IDENTIFIER).properties[key] == value
+
+
+def test_a_days_files_are_read_a_few_rows_at_a_time_and_only_that_days_rows(catalog):
+    day = rows(40)
+    # One file per tenant holding this day and the next: the day's rows are picked out of it.
+    next_day = rows(20, first=300).set_column(
+        6, sales_table.ARROW_SCHEMA.field("sold_date"),
+        pa.array([DAY + timedelta(days=1, hours=n) for n in range(20)], pa.timestamp("us", tz="UTC")))  # fmt: skip
+    catalog.replace_day([pa.concat_tables([day, next_day])], DAY, DAY + timedelta(days=2))
+
+    columns = ("product_id", "embedding_vector")
+    batches = list(catalog.scan_day_files(DAY, DAY + timedelta(days=1), columns, batch_rows=4))
+
+    assert max(batch.num_rows for batch in batches) <= 4
+    assert all(batch.schema.names == list(columns) for batch in batches)
+    read_back = {r["product_id"]: r["embedding_vector"] for b in batches for r in b.to_pylist()}
+    assert read_back == {r["product_id"]: r["embedding_vector"] for r in day.to_pylist()}
+    assert list(catalog.scan_day_files(DAY - timedelta(days=1), DAY, columns)) == []

@@ -208,7 +208,7 @@ def product_image_embeddings(
     path = Path(name)
     pending: list[dict] = []
     with (
-        KnownVectors(iceberg.day_batches(start, end, columns), model_id, image_embedder.dimension) as known,
+        KnownVectors(iceberg.scan_day_files(start, end, columns), model_id, image_embedder.dimension) as known,
         pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS) as writer,
     ):  # fmt: skip
         previous = _previous_downloads(object_store, context.partition_key, known.shas)

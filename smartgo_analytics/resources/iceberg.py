@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 from pyiceberg.catalog import Catalog, load_catalog
@@ -93,14 +95,30 @@ class IcebergCatalog(ConfigurableResource):
             return None
         return table.scan(row_filter=day_filter(start, end), selected_fields=columns).to_arrow()
 
-    def day_batches(
-        self, start: datetime, end: datetime, columns: tuple[str, ...]
+    def scan_day_files(
+        self, start: datetime, end: datetime, columns: tuple[str, ...], batch_rows: int = 4_000
     ) -> Iterator[pa.RecordBatch]:
-        """The day's rows a batch at a time: for columns too big to hold for a whole day."""
+        """The day's rows, `batch_rows` at a time, read straight from its data files: pyiceberg's
+        own batch reader holds a whole file in memory, several files at once, and a day's vectors
+        are hundreds of megabytes. Rows removed by delete files are not left out (this project's
+        writes make none: a day is replaced by rewriting its files), so this is for what such a row
+        cannot spoil, like an image's vector."""
         table = self.existing_sales_table()
-        if table is not None:
-            scan = table.scan(row_filter=day_filter(start, end), selected_fields=columns)
-            yield from scan.to_arrow_batch_reader()
+        if table is None:
+            return
+        scan = table.scan(row_filter=day_filter(start, end), selected_fields=columns)
+        window = (
+            pa.scalar(start, pa.timestamp("us", "UTC")),
+            pa.scalar(end, pa.timestamp("us", "UTC")),
+        )
+        for task in scan.plan_files():
+            with table.io.new_input(task.file.file_path).open() as stream:
+                # A buffered stream: a column's pages are read as the batches need them.
+                parquet = pq.ParquetFile(stream, buffer_size=1 << 20)
+                for batch in parquet.iter_batches(batch_rows, columns=[*columns, "sold_date"]):
+                    sold = batch.column("sold_date")
+                    in_day = pc.and_(pc.greater_equal(sold, window[0]), pc.less(sold, window[1]))
+                    yield batch.filter(in_day).select(columns)
 
     def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
         """Delete the day's rows and append the batches, all in one atomic commit.
