@@ -136,3 +136,5 @@ def test_a_days_files_are_read_a_few_rows_at_a_time_and_only_that_days_rows(cata
     read_back = {r["product_id"]: r["embedding_vector"] for b in batches for r in b.to_pylist()}
     assert read_back == {r["product_id"]: r["embedding_vector"] for r in day.to_pylist()}
     assert list(catalog.scan_day_files(DAY - timedelta(days=1), DAY, columns)) == []
+    dated = catalog.scan_day_files(DAY, DAY + timedelta(days=1), ("sold_date", "product_id"))
+    assert sum(batch.num_rows for batch in dated) == 40

@@ -115,7 +115,8 @@ class IcebergCatalog(ConfigurableResource):
             with table.io.new_input(task.file.file_path).open() as stream:
                 # A buffered stream: a column's pages are read as the batches need them.
                 parquet = pq.ParquetFile(stream, buffer_size=1 << 20)
-                for batch in parquet.iter_batches(batch_rows, columns=[*columns, "sold_date"]):
+                read = list(dict.fromkeys([*columns, "sold_date"]))
+                for batch in parquet.iter_batches(batch_rows, columns=read):
                     sold = batch.column("sold_date")
                     in_day = pc.and_(pc.greater_equal(sold, window[0]), pc.less(sold, window[1]))
                     yield batch.filter(in_day).select(columns)
