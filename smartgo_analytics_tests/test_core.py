@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
@@ -12,6 +13,11 @@ from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode
 from smartgo_analytics.core.quicksight import DATASETS_BY_NAME, build_dataset, coerce, item_kind
 from smartgo_analytics.core.retry import backoff_delays, call_with_retries
 from smartgo_analytics.core.sales import Rejected, quarter_of, season_of, validate_sale
+from smartgo_analytics.core.sales_table import (
+    REUSED_VECTOR_GONE,
+    embeddings_batch,
+    with_reused_vectors,
+)
 from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
 from smartgo_analytics.local.demo_data import draw_product_image
 from smartgo_analytics_tests.servers import bomb_png, png
@@ -191,3 +197,27 @@ def test_the_local_embedder_is_deterministic_and_puts_similar_pictures_close():
     assert np.array_equal(visual_features(books_a), visual_features(books_a))
     assert a @ b > a @ c
     assert len(visual_features(books_a, 256)) == 256
+
+
+def test_reused_rows_get_the_tables_vector_and_a_vector_gone_since_is_an_error():
+    def result(product_id, sha, vector=None, reused=False, error=None):
+        return {"product_id": product_id, "image_s3_key": None, "image_sha256": sha,
+                "embedding_model": "m", "embedding_vector": vector, "embedding_error": error,
+                "embedding_reused": reused, "image_url": None, "image_etag": None}  # fmt: skip
+
+    fresh = np.array([1, 2, 3], dtype=np.float32)
+    batch = embeddings_batch([result("A", "a", fresh), result("B", "b", reused=True),
+                              result("C", "gone", reused=True), result("D", None, error="HTTP 404")], 3)  # fmt: skip
+
+    filled = with_reused_vectors(
+        pa.Table.from_batches([batch]), {"b": np.array([4, 5, 6], np.float32)}
+    )
+
+    assert filled.column("embedding_vector").to_pylist() == [[1, 2, 3], [4, 5, 6], None, None]
+    assert filled.column("embedding_error").to_pylist() == [
+        None,
+        None,
+        REUSED_VECTOR_GONE,
+        "HTTP 404",
+    ]
+    assert filled.schema == batch.schema

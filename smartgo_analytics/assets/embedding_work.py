@@ -82,6 +82,9 @@ class KnownVectors:
             flat = pc.list_flatten(vectors.take(keep)).to_numpy(zero_copy_only=False)
             self._file.write(flat.astype(np.float32, copy=False).tobytes())
 
+    def __contains__(self, sha: object) -> bool:
+        return sha in self._rows
+
     def __getitem__(self, sha: str) -> np.ndarray:
         data = os.pread(self._file.fileno(), self._width, self._rows[sha] * self._width)
         return np.frombuffer(data, dtype=np.float32)
@@ -121,8 +124,8 @@ class _EmbedOnce:
 class SaleWork:
     """What one sale needs, in a form that can be sent to a worker process.
 
-    `known` are the images (sha256) whose vectors the step already has from the table: their
-    results come back with `embedding_reused` set and no vector, and the step fills it in.
+    `known` are the images (sha256) whose vectors the table already holds for the day: their
+    results come back with `embedding_reused` set and no vector (the table's stays).
     """
 
     image_fetcher: ImageFetcher

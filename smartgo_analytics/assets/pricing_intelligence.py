@@ -145,6 +145,26 @@ class EmbeddingConfig(Config):
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
 
 
+def _reusable_images(
+    iceberg: IcebergCatalog, start: datetime, end: datetime, embedder: ImageEmbedder
+) -> frozenset[str]:
+    """The images (sha256) the table holds a vector of for the day, from this model and of the
+    configured length. Read from small columns, not the vectors: a row has its vector exactly when
+    it has no error."""
+    columns = ("image_sha256", "embedding_model", "embedding_dimension", "embedding_error")
+    day = iceberg.read_day(start, end, columns)
+    if day is None:
+        return frozenset()
+    usable = pc.and_(
+        pc.and_(
+            pc.equal(day.column("embedding_model"), embedder.model_id),
+            pc.equal(day.column("embedding_dimension"), embedder.dimension),
+        ),
+        pc.is_null(day.column("embedding_error")),
+    )
+    return frozenset(day.column("image_sha256").filter(usable).drop_null().to_pylist())
+
+
 def _previous_downloads(
     object_store: ObjectStore, day: str, reusable: set[str]
 ) -> dict[tuple, dict]:
@@ -189,17 +209,23 @@ def product_image_embeddings(
     """Every valid sale's image: downloaded safely, copied to object storage, embedded.
 
     A day whose images did not change makes no embedding calls: vectors already in the Iceberg table
-    for the same image (sha256) and model are reused. Results are written to Parquet batch by batch,
-    so a day of any size is never held in memory at once.
+    for the same image (sha256) and model are reused, and stay there (the result has no vector of
+    its own). Results are written to Parquet batch by batch, so a day of any size is never held in
+    memory at once.
     """
     start, end = context.partition_time_window
     processes = config.worker_processes if smartgo_sales.num_rows >= config.worker_min_sales else 1
     if processes > 1:
         start_worker_server()  # it starts while the table and the last run's downloads are read
     model_id = image_embedder.model_id
-    columns = ("image_sha256", "embedding_model", "embedding_vector")
-    total, embedded, reused = smartgo_sales.num_rows, 0, 0
+    reusable = _reusable_images(iceberg, start, end, image_embedder)
+    previous = _previous_downloads(object_store, context.partition_key, reusable)
+    sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
+    items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
+    work = SaleWork(image_fetcher, object_store, image_embedder, reusable,
+                    threads=config.download_concurrency)  # fmt: skip
     outcome = Outcome()
+    total, embedded, reused = len(sales), 0, 0
     reasons: Counter[str] = Counter()
     lengths: Counter[int] = Counter()
     error_examples: list[dict] = []
@@ -207,25 +233,20 @@ def product_image_embeddings(
     os.close(fd)
     path = Path(name)
     pending: list[dict] = []
-    with (
-        KnownVectors(iceberg.scan_day_files(start, end, columns), model_id, image_embedder.dimension) as known,
-        pq.ParquetWriter(path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS) as writer,
-    ):  # fmt: skip
-        previous = _previous_downloads(object_store, context.partition_key, known.shas)
-        sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
-        items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
-        work = SaleWork(image_fetcher, object_store, image_embedder, known.shas,
-                        threads=config.download_concurrency)  # fmt: skip
+    with pq.ParquetWriter(
+        path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS
+    ) as writer:
         for n, result in enumerate(run_sales(work, items, processes, outcome), start=1):
-            if result["embedding_reused"]:  # a vector already in the table, for the same image
-                result["embedding_vector"] = known[result["image_sha256"]]
             if result["embedding_error"]:
                 reasons[_reason_class(result["embedding_error"])] += 1
                 if len(error_examples) < 5:
                     error_examples.append(result)
+            elif result["embedding_reused"]:  # the table's vector, of the configured length, stays
+                embedded += 1
+                reused += 1
+                lengths[image_embedder.dimension] += 1
             else:
                 embedded += 1
-                reused += result["embedding_reused"]
                 lengths[len(result["embedding_vector"])] += 1
             pending.append(result)
             if len(pending) == config.batch_rows or n == total:
@@ -340,13 +361,12 @@ def smartgo_sales_iceberg(
             sales, embeddings, image_embedder.dimension, ingested_at, hemisphere
         )
 
-    def day_rows():
+    def day_rows(known: KnownVectors):
         # The embeddings are in the sales' order: each batch is joined with its slice of the sales.
         offset = 0
         for batch in product_image_embeddings.iter_batches(batch_size=ICEBERG_BATCH_ROWS):
-            yield counted(
-                rows_of(smartgo_sales.slice(offset, batch.num_rows), pa.Table.from_batches([batch]))
-            )
+            embeddings = sales_table.with_reused_vectors(pa.Table.from_batches([batch]), known)
+            yield counted(rows_of(smartgo_sales.slice(offset, batch.num_rows), embeddings))
             offset += batch.num_rows
         if offset < smartgo_sales.num_rows:  # sales without embeddings are still written
             yield counted(
@@ -357,7 +377,16 @@ def smartgo_sales_iceberg(
         iceberg, start, end, smartgo_sales, product_image_embeddings, rows_of
     )
     if unchanged is None:
-        table = iceberg.replace_day(day_rows(), start, end)
+        # Reused vectors are read back from the table before the day's rows in it are replaced.
+        reused = product_image_embeddings.read(columns=["embedding_reused"]).column(0)
+        vectors = ("image_sha256", "embedding_model", "embedding_vector")
+        table_vectors = (
+            iceberg.scan_day_files(start, end, vectors) if pc.any(reused).as_py() else []
+        )
+        with KnownVectors(
+            table_vectors, image_embedder.model_id, image_embedder.dimension
+        ) as known:
+            table = iceberg.replace_day(day_rows(known), start, end)
         written = rows_in_day
     else:
         counted(unchanged)

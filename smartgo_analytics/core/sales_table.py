@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import numpy as np
@@ -123,6 +124,8 @@ EMBEDDINGS_SCHEMA = pa.schema(
         pa.field("image_s3_key", pa.string()),
         pa.field("image_sha256", pa.string()),
         pa.field("embedding_model", pa.string()),
+        # Null where reused: the table's vector for the same image and model stays, and is read
+        # back only if the day has to be written again.
         pa.field("embedding_vector", pa.list_(pa.float32())),
         pa.field("embedding_error", pa.string()),
         pa.field("embedding_reused", pa.bool_()),
@@ -147,22 +150,56 @@ EMBEDDING_COLUMNS = (
 )
 
 
-def embeddings_batch(results: list[dict], dimension: int) -> pa.RecordBatch:
-    """Per-sale results (vectors as float32 arrays) as one Arrow batch, without Python float lists."""
-    vectors = [r["embedding_vector"] for r in results]
+def vector_array(vectors: list[np.ndarray | None]) -> pa.ListArray:
+    """float32 vectors (None: no vector) as one Arrow list array, without Python float lists."""
     present = [v is not None for v in vectors]
-    lengths = [len(v) if v is not None else 0 for v in vectors]
     offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
+    np.cumsum([len(v) if v is not None else 0 for v in vectors], out=offsets[1:])
     flat = (np.concatenate([v for v in vectors if v is not None]).astype(np.float32, copy=False)
             if any(present) else np.zeros(0, dtype=np.float32))  # fmt: skip
-    vector_array = pa.ListArray.from_arrays(
+    return pa.ListArray.from_arrays(
         pa.array(offsets), pa.array(flat), mask=pa.array([not p for p in present])
     )
+
+
+def embeddings_batch(results: list[dict], dimension: int) -> pa.RecordBatch:
+    """Per-sale results (vectors as float32 arrays) as one Arrow batch."""
     columns = [pa.array([r[name] for r in results], type=EMBEDDINGS_SCHEMA.field(name).type)
                for name in EMBEDDINGS_SCHEMA.names if name != "embedding_vector"]  # fmt: skip
-    columns.insert(EMBEDDINGS_SCHEMA.names.index("embedding_vector"), vector_array)
+    columns.insert(
+        EMBEDDINGS_SCHEMA.names.index("embedding_vector"),
+        vector_array([r["embedding_vector"] for r in results]),
+    )
     return pa.RecordBatch.from_arrays(columns, schema=EMBEDDINGS_SCHEMA)
+
+
+REUSED_VECTOR_GONE = "its vector, to be reused, is no longer in the table"
+
+
+def with_reused_vectors(embeddings: pa.Table, known: Mapping[str, np.ndarray]) -> pa.Table:
+    """The embedding results with each reused row's vector (`known`, by image) filled in; a row
+    whose vector has left the table since is an error instead."""
+    reused = embeddings.column("embedding_reused").to_pylist()
+    if not any(reused):
+        return embeddings
+    column = embeddings.column("embedding_vector").combine_chunks()
+    shas = embeddings.column("image_sha256").to_pylist()
+    errors = embeddings.column("embedding_error").to_pylist()
+    vectors: list[np.ndarray | None] = []
+    for index, (was_reused, sha) in enumerate(zip(reused, shas, strict=True)):
+        if not was_reused:
+            value = column[index]
+            vectors.append(value.values.to_numpy(zero_copy_only=False) if value.is_valid else None)
+        elif sha in known:
+            vectors.append(known[sha])
+        else:
+            vectors.append(None)
+            errors[index] = REUSED_VECTOR_GONE
+    for name, values in (("embedding_vector", vector_array(vectors)),
+                         ("embedding_error", pa.array(errors, pa.string()))):  # fmt: skip
+        index = embeddings.schema.get_field_index(name)
+        embeddings = embeddings.set_column(index, embeddings.schema.field(index), values)
+    return embeddings
 
 
 def sales_rows(
