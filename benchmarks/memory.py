@@ -38,14 +38,16 @@ class Run:
     pss_mib_every_5_s: list[int]
 
 
-def materialise_demo_day(home: str, sales: int) -> Run:
-    """`smartgo-analytics demo` for one day of `sales` in `home`, sampling the pipeline's memory."""
+def materialise_demo_day(home: str, sales: int, **settings: str) -> Run:
+    """`smartgo-analytics demo` for one day of `sales` in `home` with these extra settings,
+    sampling the pipeline's memory."""
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
     }
     # MALLOC_ARENA_MAX: glibc gives each busy thread its own heap arena, and 64 download threads
     # leave 64 half-empty arenas behind; two arenas hold the same work (deploy/Dockerfile sets it too).
     environment.update(SMARTGO_HOME=home, IMAGE_DOWNLOAD_CONCURRENCY="64", MALLOC_ARENA_MAX="2")
+    environment.update(settings)
     command = [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "1", "--end-date", "2025-01-15",
                "--sales-per-day", str(sales)]  # fmt: skip
     started = time.perf_counter()
@@ -86,16 +88,17 @@ def materialise_demo_day(home: str, sales: int) -> Run:
 
 
 def day_of_100k_sales(sales: int = SALES) -> dict:
-    """The day materialised, then materialised again: the second time every vector is already in
-    the table (the local CDN sends no ETags, so every image is downloaded again)."""
+    """The day materialised, then again with the other hemisphere's seasons: every row changes, so
+    the day is written again, with every vector reused from the table (the local CDN sends no
+    ETags, so every image is downloaded again too)."""
     home = tempfile.mkdtemp(prefix="smartgo-bench-memory-")
     first = materialise_demo_day(home, sales)
-    again = materialise_demo_day(home, sales)
+    again = materialise_demo_day(home, sales, SEASON_HEMISPHERE="southern")
     peak = max(first.peak_pss, again.peak_pss)
     return {
         "name": "memory, one day of 100,000 sales end to end",
         "figure": f"peak {first.peak_pss / 1024**2:.0f} MiB for {first.rows} rows ({first.seconds:.0f} s), "
-                  f"{again.peak_pss / 1024**2:.0f} MiB re-materialised ({again.seconds:.0f} s); "
+                  f"{again.peak_pss / 1024**2:.0f} MiB written again reusing every vector ({again.seconds:.0f} s); "
                   f"{max(first.peak_rss, again.peak_rss) / 1024**2:.0f} MiB counting shared pages in every process",
         "target": "<= 1024 MiB",
         "met": peak <= LIMIT,
