@@ -32,6 +32,10 @@ def main(argv: list[str]) -> int:
     logging.getLogger("dagster").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     chosen = [b for b in BENCHMARKS if not argv or any(word in b.__name__ for word in argv)]
+    if not chosen:
+        names = ", ".join(b.__name__ for b in BENCHMARKS)
+        print(f"no benchmark's name contains {' or '.join(argv)}; they are: {names}")
+        return 2
     results = []
     for benchmark in chosen:
         print(f"running {benchmark.__name__} ...", flush=True)
