@@ -207,7 +207,7 @@ def test_reused_rows_get_the_tables_vector_and_a_vector_gone_since_is_an_error()
 
     fresh = np.array([1, 2, 3], dtype=np.float32)
     batch = embeddings_batch([result("A", "a", fresh), result("B", "b", reused=True),
-                              result("C", "gone", reused=True), result("D", None, error="HTTP 404")], 3)  # fmt: skip
+                              result("C", "gone", reused=True), result("D", None, error="HTTP 404")])  # fmt: skip
 
     filled = with_reused_vectors(
         pa.Table.from_batches([batch]), {"b": np.array([4, 5, 6], np.float32)}

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import multiprocessing.forkserver
-import os
-import tempfile
 import threading
 import traceback
 import zlib
@@ -22,9 +20,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from dagster import ConfigurableResource
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
@@ -44,56 +39,6 @@ def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> I
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
-
-
-class KnownVectors:
-    """The vectors the table already holds for a day, one per distinct image (sha256), of one model
-    and length. A big day's are hundreds of megabytes: they wait in a temporary file rather than in
-    memory, and are read back one at a time as results need them."""
-
-    def __init__(self, batches: Iterable[pa.RecordBatch], model_id: str, dimension: int):
-        self._width = dimension * np.dtype(np.float32).itemsize
-        # Closed (and so deleted) by __exit__, or here if reading the table fails.
-        self._file = tempfile.TemporaryFile(prefix="smartgo-known-vectors-")  # noqa: SIM115
-        self._rows: dict[str, int] = {}
-        try:
-            for batch in batches:
-                self._add(batch, model_id, dimension)
-            self._file.flush()
-        except BaseException:
-            self._file.close()
-            raise
-        self.shas = frozenset(self._rows)
-
-    def _add(self, batch: pa.RecordBatch, model_id: str, dimension: int) -> None:
-        vectors = batch.column("embedding_vector")
-        usable = pc.and_(
-            pc.equal(batch.column("embedding_model"), model_id),
-            pc.equal(pc.list_value_length(vectors), dimension),
-        ).to_pylist()
-        keep = []
-        for index, (sha, ok) in enumerate(
-            zip(batch.column("image_sha256").to_pylist(), usable, strict=True)
-        ):
-            if ok and sha and sha not in self._rows:
-                self._rows[sha] = len(self._rows)
-                keep.append(index)
-        if keep:
-            flat = pc.list_flatten(vectors.take(keep)).to_numpy(zero_copy_only=False)
-            self._file.write(flat.astype(np.float32, copy=False).tobytes())
-
-    def __contains__(self, sha: object) -> bool:
-        return sha in self._rows
-
-    def __getitem__(self, sha: str) -> np.ndarray:
-        data = os.pread(self._file.fileno(), self._width, self._rows[sha] * self._width)
-        return np.frombuffer(data, dtype=np.float32)
-
-    def __enter__(self) -> KnownVectors:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._file.close()
 
 
 class _EmbedOnce:

@@ -28,7 +28,6 @@ from pydantic import Field
 
 from smartgo_analytics import checks
 from smartgo_analytics.assets.embedding_work import (
-    KnownVectors,
     Outcome,
     SaleWork,
     run_sales,
@@ -47,7 +46,7 @@ from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
 from smartgo_analytics.resources.embeddings import ImageEmbedder
-from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.iceberg import IcebergCatalog, KnownVectors
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
@@ -250,7 +249,7 @@ def product_image_embeddings(
                 lengths[len(result["embedding_vector"])] += 1
             pending.append(result)
             if len(pending) == config.batch_rows or n == total:
-                writer.write_batch(sales_table.embeddings_batch(pending, image_embedder.dimension))
+                writer.write_batch(sales_table.embeddings_batch(pending))
                 pending = []
             if n % 1000 == 0:
                 context.log.info(f"{context.partition_key}: {n} of {total} images processed")
@@ -379,12 +378,11 @@ def smartgo_sales_iceberg(
     if unchanged is None:
         # Reused vectors are read back from the table before the day's rows in it are replaced.
         reused = product_image_embeddings.read(columns=["embedding_reused"]).column(0)
-        vectors = ("image_sha256", "embedding_model", "embedding_vector")
-        table_vectors = (
-            iceberg.scan_day_files(start, end, vectors) if pc.any(reused).as_py() else []
-        )
-        with KnownVectors(
-            table_vectors, image_embedder.model_id, image_embedder.dimension
+        model_id, dimension = image_embedder.model_id, image_embedder.dimension
+        with (
+            iceberg.day_vectors(start, end, model_id, dimension)
+            if pc.any(reused).as_py()
+            else KnownVectors((), model_id, dimension)
         ) as known:
             table = iceberg.replace_day(day_rows(known), start, end)
         written = rows_in_day

@@ -162,7 +162,7 @@ def vector_array(vectors: list[np.ndarray | None]) -> pa.ListArray:
     )
 
 
-def embeddings_batch(results: list[dict], dimension: int) -> pa.RecordBatch:
+def embeddings_batch(results: list[dict]) -> pa.RecordBatch:
     """Per-sale results (vectors as float32 arrays) as one Arrow batch."""
     columns = [pa.array([r[name] for r in results], type=EMBEDDINGS_SCHEMA.field(name).type)
                for name in EMBEDDINGS_SCHEMA.names if name != "embedding_vector"]  # fmt: skip

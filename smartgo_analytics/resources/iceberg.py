@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -22,6 +25,55 @@ from pyiceberg.table.metadata import TableMetadata
 
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.local.stack import running_stack
+
+
+class KnownVectors:
+    """Vectors from the table, one per distinct image (sha256), of one model and length. A big
+    day's are hundreds of megabytes: they wait in a temporary file rather than in memory, and are
+    read back one at a time as results need them."""
+
+    def __init__(self, batches: Iterable[pa.RecordBatch], model_id: str, dimension: int):
+        self._width = dimension * np.dtype(np.float32).itemsize
+        # Closed (and so deleted) by __exit__, or here if reading the table fails.
+        self._file = tempfile.TemporaryFile(prefix="smartgo-known-vectors-")  # noqa: SIM115
+        self._rows: dict[str, int] = {}
+        try:
+            for batch in batches:
+                self._add(batch, model_id, dimension)
+            self._file.flush()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _add(self, batch: pa.RecordBatch, model_id: str, dimension: int) -> None:
+        vectors = batch.column("embedding_vector")
+        usable = pc.and_(
+            pc.equal(batch.column("embedding_model"), model_id),
+            pc.equal(pc.list_value_length(vectors), dimension),
+        ).to_pylist()
+        keep = []
+        for index, (sha, ok) in enumerate(
+            zip(batch.column("image_sha256").to_pylist(), usable, strict=True)
+        ):
+            if ok and sha and sha not in self._rows:
+                self._rows[sha] = len(self._rows)
+                keep.append(index)
+        if keep:
+            flat = pc.list_flatten(vectors.take(keep)).to_numpy(zero_copy_only=False)
+            self._file.write(flat.astype(np.float32, copy=False).tobytes())
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self._rows
+
+    def __getitem__(self, sha: str) -> np.ndarray:
+        data = os.pread(self._file.fileno(), self._width, self._rows[sha] * self._width)
+        return np.frombuffer(data, dtype=np.float32)
+
+    def __enter__(self) -> KnownVectors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
 
 
 def day_filter(start: datetime, end: datetime) -> BooleanExpression:
@@ -120,6 +172,13 @@ class IcebergCatalog(ConfigurableResource):
                     sold = batch.column("sold_date")
                     in_day = pc.and_(pc.greater_equal(sold, window[0]), pc.less(sold, window[1]))
                     yield batch.filter(in_day).select(columns)
+
+    def day_vectors(
+        self, start: datetime, end: datetime, model_id: str, dimension: int
+    ) -> KnownVectors:
+        """The vectors the table holds for the day, by image, of this model and length."""
+        columns = ("image_sha256", "embedding_model", "embedding_vector")
+        return KnownVectors(self.scan_day_files(start, end, columns), model_id, dimension)
 
     def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
         """Delete the day's rows and append the batches, all in one atomic commit.
