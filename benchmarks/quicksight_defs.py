@@ -4,13 +4,10 @@ import os
 
 from dagster import Definitions, define_asset_job
 
-from smartgo_analytics.assets.quicksight import (
-    QuickSightExport,
-    dynamodb_daily_metrics,
-    quicksight_datasets,
-)
+from smartgo_analytics.assets.quicksight import dynamodb_daily_metrics, quicksight_datasets
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import LocalObjectStore
+from smartgo_analytics.resources.quicksight import QuickSightExport
 
 assets = [dynamodb_daily_metrics, *quicksight_datasets]
 defs = Definitions(

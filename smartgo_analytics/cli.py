@@ -272,13 +272,11 @@ def cmd_query(args) -> int:
         )
     if settings().deployment == "local":
         try:
-            running_stack()
-            context = contextlib.nullcontext()
+            context = contextlib.nullcontext(running_stack())
         except StackError:
             context = local_stack()  # started just for this query
-        with context:
-            catalog = IcebergCatalog(local_stack_home=str(smartgo_home()))
-            return _print_query(catalog, args, columns)
+        with context as info:
+            return _print_query(IcebergCatalog(properties=info.iceberg_properties), args, columns)
     from smartgo_analytics.deployment import resources_for_deployment
 
     return _print_query(resources_for_deployment()["iceberg"], args, columns)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dagster import EnvVar
+from dagster import EnvVar, ResourceDefinition
 
-from smartgo_analytics.assets.quicksight import QuickSightExport
-from smartgo_analytics.local.stack import EXPORT_PROGRESS_TABLE, LOCAL_BUCKET, smartgo_home
+from smartgo_analytics.local.stack import (
+    EXPORT_PROGRESS_TABLE,
+    LOCAL_BUCKET,
+    StackError,
+    running_stack,
+    smartgo_home,
+)
 from smartgo_analytics.resources.alerts import Alerter
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker, SalesDataTable
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
@@ -14,10 +19,11 @@ from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics.resources.quicksight import QuickSightExport
 from smartgo_analytics.settings import ConfigurationError, Settings, settings
 
 
-def alerter(config: Settings, **aws: str) -> Alerter:
+def alerter(config: Settings, **aws: str | None) -> Alerter:
     """The log always; Slack and SNS when their settings are there."""
     destinations = ["log"]
     if config.slack_webhook_set:
@@ -33,16 +39,25 @@ def alerter(config: Settings, **aws: str) -> Alerter:
     )
 
 
+def quicksight_export(config: Settings, **aws: str | None) -> QuickSightExport:
+    return QuickSightExport(
+        prefix=config.quicksight_prefix,
+        account_id=config.quicksight_account_id,
+        dataset_ids=config.quicksight_dataset_ids,
+        **aws,
+    )
+
+
 def local_resources(config: Settings) -> dict[str, object]:
-    """The embedded stack under SMARTGO_HOME: no cloud account, nothing outside loopback."""
-    home = str(smartgo_home(config.smartgo_home))
-    object_store = LocalObjectStore(lake_dir=f"{home}/lake", bucket=LOCAL_BUCKET)
-    return {
-        "smartgo_db": SmartGoDatabase(local_stack_home=home, tenant=config.tenant),
-        "sales_data": SalesDataTable(table_name=config.dynamodb_table, local_stack_home=home),
-        "export_progress": ExportProgressTracker(
-            table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, local_stack_home=home
-        ),
+    """The prod resources given the embedded stack's loopback endpoints, DSN and catalog as data.
+
+    The stack is the one running under SMARTGO_HOME (`smartgo-analytics dev` or `demo` start it);
+    without one, the resources that need it fail when a run uses them, saying how to start it.
+    Objects live in the lake directory either way, so what a demo wrote stays readable.
+    """
+    home = smartgo_home(config.smartgo_home)
+    object_store = LocalObjectStore(lake_dir=str(home / "lake"), bucket=LOCAL_BUCKET)
+    resources: dict[str, object] = {
         "object_store": object_store,
         "parquet_io_manager": ParquetIOManager(object_store=object_store),
         "image_fetcher": ImageFetcher(
@@ -51,10 +66,36 @@ def local_resources(config: Settings) -> dict[str, object]:
         "image_embedder": LocalVisualEmbedder(
             dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
         ),
-        "iceberg": IcebergCatalog(local_stack_home=home),
-        "quicksight": QuickSightExport(prefix=config.quicksight_prefix),
-        "alerter": alerter(config, local_stack_home=home),
+        "quicksight": quicksight_export(config),
     }
+    try:
+        stack = running_stack(home)
+    except StackError as error:
+        needs_stack = _fails_with(str(error))
+        return resources | {
+            "smartgo_db": needs_stack,
+            "sales_data": needs_stack,
+            "export_progress": needs_stack,
+            "iceberg": needs_stack,
+            "alerter": alerter(config),
+        }
+    aws = stack.aws_options
+    return resources | {
+        "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri, tenant=config.tenant),
+        "sales_data": SalesDataTable(table_name=config.dynamodb_table, **aws),
+        "export_progress": ExportProgressTracker(
+            table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, **aws
+        ),
+        "iceberg": IcebergCatalog(properties=stack.iceberg_properties),
+        "alerter": alerter(config, **aws),
+    }
+
+
+def _fails_with(message: str) -> ResourceDefinition:
+    def fail(_context):
+        raise StackError(message)
+
+    return ResourceDefinition(resource_fn=fail, description=message)
 
 
 def prod_resources(config: Settings) -> dict[str, object]:
@@ -89,8 +130,8 @@ def prod_resources(config: Settings) -> dict[str, object]:
             region_name=region,
         ),
         "iceberg": IcebergCatalog(properties=config.iceberg_properties),
-        "quicksight": QuickSightExport(prefix=config.quicksight_prefix),
-        "alerter": alerter(config, region_name=region) if region else alerter(config),
+        "quicksight": quicksight_export(config, region_name=region),
+        "alerter": alerter(config, region_name=region),
     }
 
 

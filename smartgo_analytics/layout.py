@@ -18,6 +18,15 @@ def quicksight_export_key(quicksight_prefix: str, dataset: str, date: str) -> st
     return f"{quicksight_dataset_prefix(quicksight_prefix, dataset)}{date}.json"
 
 
+def quicksight_month_prefix(quicksight_prefix: str, dataset: str) -> str:
+    return f"{quicksight_prefix}months/{dataset}/"
+
+
+def quicksight_month_key(quicksight_prefix: str, dataset: str, month: str) -> str:
+    """A finished month of a dataset in one file: its days' lines, day by day."""
+    return f"{quicksight_month_prefix(quicksight_prefix, dataset)}{month}.json"
+
+
 def quicksight_manifest_key(quicksight_prefix: str, dataset: str) -> str:
     return f"{quicksight_prefix}manifests/{dataset}.json"
 

@@ -5,7 +5,8 @@ a failed non-blocking ERROR check gets one too. The run-status sensors keep thei
 re-evaluating them sends nothing twice.
 """
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, time, timedelta
 
 from dagster import (
     AssetCheckSeverity,
@@ -32,6 +33,7 @@ from smartgo_analytics.core.alerts import (
     short_error,
 )
 from smartgo_analytics.resources.alerts import Alerter
+from smartgo_analytics.schedules import SCHEDULE_HOUR_UTC
 from smartgo_analytics.settings import settings
 
 ALERT_INTERVAL_S = 15
@@ -111,26 +113,52 @@ def failed_check_alert(context: RunStatusSensorContext, alerter: Alerter):
     return None
 
 
-def build_freshness_alert(asset_keys: list[AssetKey], deadline_hour: int | None = None):
+def _freshness_cursor(raw: str | None) -> tuple[datetime | None, str]:
+    """(when the sensor first ran, the last day checked); a bare date is an older cursor."""
+    if not raw:
+        return None, ""
+    try:
+        state = json.loads(raw)
+    except json.JSONDecodeError:
+        return datetime.min.replace(tzinfo=UTC), raw
+    return datetime.fromisoformat(state["since"]), state.get("checked", "")
+
+
+def build_freshness_alert(
+    asset_keys: list[AssetKey], deadline_hour: int | None = None, clock=lambda: datetime.now(UTC)
+):
     @sensor(
         name="daily_freshness_alert",
         minimum_interval_seconds=300,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Alerts once a day when yesterday is not materialised by FRESHNESS_DEADLINE_HOUR_UTC",
+        description="Alerts once a day when yesterday is not materialised by "
+        "FRESHNESS_DEADLINE_HOUR_UTC; days whose scheduled run came before the deployment's "
+        "first start are not checked",
     )
     def daily_freshness_alert(context: SensorEvaluationContext, alerter: Alerter):
+        now = clock()
+        since, checked = _freshness_cursor(context.cursor)
+        if since is None:  # the deployment's first start
+            since = now
         deadline = settings().freshness_deadline_hour if deadline_hour is None else deadline_hour
-        day = due_day(datetime.now(UTC), deadline)
+        day = due_day(now, deadline)
         if day is None:
+            context.update_cursor(json.dumps({"since": since.isoformat(), "checked": checked}))
             return SkipReason("before today's deadline")
-        if context.cursor and context.cursor >= day.isoformat():
+        context.update_cursor(json.dumps({"since": since.isoformat(), "checked": day.isoformat()}))
+        if checked >= day.isoformat():
             return SkipReason(f"{day} already checked")
+        scheduled = datetime.combine(day + timedelta(days=1), time(SCHEDULE_HOUR_UTC), UTC)
+        if scheduled < since:
+            return SkipReason(
+                f"{day} was due to run at {scheduled:%Y-%m-%d %H:%M} UTC, before this deployment "
+                f"first ran ({since:%Y-%m-%d %H:%M} UTC): not checked"
+            )
         late = [
             key.to_user_string()
             for key in asset_keys
             if day.isoformat() not in context.instance.get_materialized_partitions(key)
         ]
-        context.update_cursor(day.isoformat())
         if not late:
             return SkipReason(f"{day} is materialised everywhere")
         alerter.send(

@@ -68,6 +68,8 @@ class Settings:
     sns_topic_arn: str | None = None
     webserver_url: str = "http://127.0.0.1:3000"
     freshness_deadline_hour: int = 6
+    quicksight_account_id: str | None = None
+    quicksight_dataset_ids: dict[str, str] = field(default_factory=dict)
 
 
 def _iceberg_properties() -> dict[str, str]:
@@ -86,6 +88,31 @@ def _iceberg_properties() -> dict[str, str]:
         if os.environ.get(name):
             properties[key] = os.environ[name]
     return properties
+
+
+def _quicksight_dataset_ids() -> dict[str, str]:
+    from smartgo_analytics.core.quicksight import DATASETS_BY_NAME
+
+    raw = os.environ.get("QUICKSIGHT_DATASET_IDS")
+    if not raw:
+        return {}
+    try:
+        ids = json.loads(raw)
+    except json.JSONDecodeError:
+        ids = None
+    if not isinstance(ids, dict) or not all(isinstance(v, str) and v for v in ids.values()):
+        raise ConfigurationError(
+            "QUICKSIGHT_DATASET_IDS is not a JSON object of dataset name -> data-set id"
+        )
+    unknown = sorted(set(ids) - set(DATASETS_BY_NAME))
+    if unknown:
+        raise ConfigurationError(
+            f"QUICKSIGHT_DATASET_IDS names unknown datasets {unknown}; "
+            f"known: {', '.join(DATASETS_BY_NAME)}"
+        )
+    if not os.environ.get("QUICKSIGHT_ACCOUNT_ID"):
+        raise ConfigurationError("QUICKSIGHT_DATASET_IDS is set but QUICKSIGHT_ACCOUNT_ID is not")
+    return ids
 
 
 @cache
@@ -144,4 +171,6 @@ def settings() -> Settings:
         sns_topic_arn=os.environ.get("ALERT_SNS_TOPIC_ARN") or None,
         webserver_url=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000").rstrip("/"),
         freshness_deadline_hour=deadline,
+        quicksight_account_id=os.environ.get("QUICKSIGHT_ACCOUNT_ID") or None,
+        quicksight_dataset_ids=_quicksight_dataset_ids(),
     )

@@ -10,7 +10,15 @@ import pytest
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
 from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode_ndjson, plain_value
-from smartgo_analytics.core.quicksight import DATASETS_BY_NAME, build_dataset, coerce, item_kind
+from smartgo_analytics.core.quicksight import (
+    DATASETS_BY_NAME,
+    MANIFEST_FILE_LIMIT,
+    build_dataset,
+    coerce,
+    item_kind,
+    plan_manifest,
+    type_problems,
+)
 from smartgo_analytics.core.retry import backoff_delays, call_with_retries
 from smartgo_analytics.core.sales import Rejected, quarter_of, season_of, validate_sale
 from smartgo_analytics.core.sales_table import (
@@ -104,12 +112,57 @@ def test_ndjson_keeps_field_order_and_utf8_and_refuses_nan():
         decode_ndjson(b'{"a":1}\n[1]\n')
 
 
+def test_ndjson_ends_a_record_at_newline_only_whatever_a_string_holds():
+    odd = "a\u2028b\u2029c\u0085d\x1ce\x0bf\x0cg\rh\x00i\u200fאבג"
+    data = encode_ndjson([{"s": odd}, {"s": "x"}], ["s"])
+    assert data.count(b"\n") == 2
+    assert decode_ndjson(data) == [{"s": odd}, {"s": "x"}]
+
+
 def test_values_are_coerced_to_the_declared_type_or_nulled_with_why():
     assert coerce("12", "number") == (None, "str where a number belongs")
     assert coerce(3.0, "integer") == (3, None)
     assert coerce(3.5, "integer") == (None, "fraction where an integer belongs")
     assert coerce(7, "string") == ("7", None)
     assert coerce(None, "number") == (None, "missing")
+    assert coerce(23187, "number") == (23187.0, None) and isinstance(
+        coerce(23187, "number")[0], float
+    )
+    assert coerce(10**400, "number") == (None, "number too large for a float")
+
+
+def test_a_value_read_back_with_another_json_type_than_declared_is_a_problem():
+    spec = DATASETS_BY_NAME["store_summaries"]
+    records = [
+        {"date": "2025-01-01", "total_revenue": 23187, "transaction_count": 3.0, "store_id": None}
+    ]
+    assert type_problems(spec, records) == Counter({
+        "total_revenue: int where number is declared": 1,
+        "transaction_count: float where integer is declared": 1,
+    })  # fmt: skip
+    assert not type_problems(spec, [{"date": "d", "total_revenue": 1.0, "transaction_count": 3}])
+
+
+def test_ten_years_of_days_fit_one_manifest_and_every_day_is_read():
+    start = datetime(2026, 1, 1)
+    days = [(start + timedelta(days=n)).date().isoformat() for n in range(3653)]
+    plan = plan_manifest(days, [], days, current_month="2035-12")
+    months = [m for kind, m in plan.files if kind == "month"]
+    current = [d for kind, d in plan.files if kind == "day"]
+    assert len(plan.files) <= MANIFEST_FILE_LIMIT and len(months) == 119
+    # Every day is in exactly one named file: its month's, or its own in the current month.
+    assert sorted(d for d in days if d[:7] in months) + current == days
+    assert plan.months_to_write == months
+
+
+def test_a_finished_month_is_written_again_only_when_one_of_its_days_was_exported():
+    days = ["2025-01-30", "2025-01-31", "2025-02-01", "2025-03-02"]
+    plan = plan_manifest(days, ["2025-01", "2025-02", "2024-12"], ["2025-02-01"], "2025-03")
+    assert plan.months_to_write == ["2025-02"]
+    assert plan.months_to_remove == ["2024-12"]  # no days left in it
+    assert plan.files == [("month", "2025-01"), ("month", "2025-02"), ("day", "2025-03-02")]
+    # A month that has just finished, whose file was never written, gets one.
+    assert plan_manifest(days, ["2025-01", "2025-02"], [], "2025-04").months_to_write == ["2025-03"]
 
 
 def test_top_products_keeps_twenty_by_revenue_with_ties_broken_by_id():

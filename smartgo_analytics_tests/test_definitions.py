@@ -5,7 +5,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-from dagster import build_schedule_context
+from dagster import DefaultScheduleStatus, build_schedule_context
 
 from smartgo_analytics.definitions import defs
 
@@ -55,6 +55,7 @@ def test_the_schedule_runs_every_asset_for_the_previous_day_at_three_utc():
     requests = schedule.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["2025-01-15"]
     assert schedule.cron_schedule == "0 3 * * *"
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING  # no switch to flip
     job = defs.resolve_job_def("daily_analytics_job")
     all_keys = defs.get_repository_def().asset_graph.get_all_asset_keys()
     assert set(job.asset_layer.executable_asset_keys) == set(all_keys)

@@ -117,7 +117,7 @@ def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partiti
 
     assert backfill(url, ALL_ASSETS, DAYS) in {"COMPLETED", "COMPLETED_SUCCESS"}
 
-    catalog = IcebergCatalog(local_stack_home=str(home))
+    catalog = IcebergCatalog(properties=running_stack(home).iceberg_properties)
     for day in DAYS:
         start = datetime.fromisoformat(day).replace(tzinfo=UTC)
         rows = catalog.read_day(

@@ -1,5 +1,8 @@
 """Alerts, freshness and the production instance storage, through Dagster itself."""
 
+import json
+from datetime import datetime, timedelta
+
 import boto3
 import psycopg
 import pytest
@@ -15,12 +18,13 @@ from dagster import (
     materialize,
 )
 
-from smartgo_analytics.assets.quicksight import QuickSightExport, dynamodb_daily_metrics
+from smartgo_analytics.assets.quicksight import dynamodb_daily_metrics
 from smartgo_analytics.core.alerts import redact
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.alerts import Alerter
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import LocalObjectStore
+from smartgo_analytics.resources.quicksight import QuickSightExport
 from smartgo_analytics.sensors import (
     build_freshness_alert,
     failed_check_alert,
@@ -128,23 +132,47 @@ def test_a_failed_error_check_alerts_with_its_partition_and_warn_checks_do_not(t
     )
 
 
-def test_a_day_not_materialised_by_the_deadline_alerts_once(tmp_path, webhook):
+class Clock:
+    def __init__(self, now: str):
+        self.now = datetime.fromisoformat(now)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def freshness(webhook, clock):
     @asset(partitions_def=daily_partitions)
     def daily_thing():
         return None
 
-    sensor = build_freshness_alert([daily_thing.key], deadline_hour=0)
+    sensor = build_freshness_alert([daily_thing.key], deadline_hour=6, clock=clock)
     defs = Definitions(
         assets=[daily_thing], sensors=[sensor], resources={"alerter": alerter(webhook)}
     )
+    return sensor, defs
+
+
+def test_a_day_not_materialised_by_the_deadline_alerts_once(webhook):
+    sensor, defs = freshness(webhook, Clock("2025-03-10T07:00:00+00:00"))
+    running_since_2024 = json.dumps({"since": "2024-01-01T00:00:00+00:00"})
     with instance_for_test() as instance:
-        result = tick(sensor, instance, defs, webhook)
+        result = tick(sensor, instance, defs, webhook, cursor=running_since_2024)
         tick(sensor, instance, defs, webhook, cursor=result.cursor)
     assert len(webhook.messages) == 1
-    assert (
-        "a day is late" in webhook.texts()[0]
-        and f"partition: {result.cursor}" in webhook.texts()[0]
-    )
+    assert "a day is late" in webhook.texts()[0] and "partition: 2025-03-09" in webhook.texts()[0]
+
+
+def test_a_first_start_does_not_alert_for_days_whose_run_was_due_before_it(webhook):
+    clock = Clock("2025-03-10T07:00:00+00:00")
+    sensor, defs = freshness(webhook, clock)
+    with instance_for_test() as instance:
+        first = tick(sensor, instance, defs, webhook)
+        assert webhook.messages == []
+        assert "before this deployment first ran" in first.skip_message
+
+        clock.now += timedelta(days=1)  # 2025-03-10 was due at 03:00 on the 11th, after the start
+        tick(sensor, instance, defs, webhook, cursor=first.cursor)
+    assert len(webhook.messages) == 1 and "partition: 2025-03-10" in webhook.texts()[0]
 
 
 def test_alerts_can_go_to_an_sns_topic(stack):

@@ -8,15 +8,12 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 from dagster import AssetKey, Definitions, define_asset_job, instance_for_test, materialize
 
-from smartgo_analytics.assets.quicksight import (
-    QuickSightExport,
-    dynamodb_daily_metrics,
-    quicksight_datasets,
-)
+from smartgo_analytics.assets.quicksight import dynamodb_daily_metrics, quicksight_datasets
 from smartgo_analytics.local.demo_data import sales_data_items
 from smartgo_analytics.local.stack import create_sales_table
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+from smartgo_analytics.resources.quicksight import QuickSightExport
 
 ASSETS = [dynamodb_daily_metrics, *quicksight_datasets]
 DATASETS = ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
@@ -79,10 +76,13 @@ def test_a_day_exports_five_ndjson_datasets_and_manifests_to_s3(stack, table, s3
     assert [r["revenue"] for r in top] == sorted((r["revenue"] for r in top), reverse=True)
     for dataset in DATASETS:
         manifest = json.loads(store.get_bytes(f"quicksight/manifests/{dataset}.json"))
+        # February 2025 is a finished month: QuickSight reads it from one file of its days.
+        month = f"quicksight/months/{dataset}/2025-02.json"
         assert manifest == {
-            "fileLocations": [{"URIPrefixes": [f"s3://{s3_bucket}/quicksight/{dataset}/"]}],
+            "fileLocations": [{"URIs": [f"s3://{s3_bucket}/{month}"]}],
             "globalUploadSettings": {"format": "JSON"},
         }
+        assert store.get_bytes(month) == store.get_bytes(f"quicksight/{dataset}/2025-02-10.json")
         metadata = result.asset_materializations_for_node(f"quicksight__{dataset}")[0].metadata
         assert metadata["s3_uri"].value == f"s3://{s3_bucket}/quicksight/{dataset}/2025-02-10.json"
         assert metadata["records_exported"].value == len(lines(store, dataset, "2025-02-10"))
@@ -125,9 +125,17 @@ def test_bad_items_become_nulls_or_skips_with_reasons_and_never_kill_the_day(
     reasons = metadata["fields_nulled"].value
     assert "total_revenue: str where a number belongs: 2" in reasons
     assert "transaction_count: fraction where an integer belongs: 1" in reasons
+    # An empty day writes no file (QuickSight reads no empty one) and no manifest names one.
+    assert f"quicksight/anomalies/{d}.json" not in store.list_keys("quicksight/")
+    assert not [
+        k for k in store.list_keys("quicksight/") if k.startswith("quicksight/manifests/anomalies")
+    ]
     assert (
-        store.get_bytes(f"quicksight/anomalies/{d}.json") == b""
-    )  # an empty day is still exported
+        result.asset_materializations_for_node("quicksight__anomalies")[0]
+        .metadata["records_exported"]
+        .value
+        == 0
+    )
 
 
 def test_pagination_reads_every_item_of_a_day_over_one_megabyte(stack, table, s3_bucket):
@@ -177,8 +185,63 @@ def test_exporting_a_day_twice_gives_byte_identical_files_in_the_local_lake(stac
         first[ds] for ds in ("store_summaries", "top_products", "trends")
     )
     manifest = json.loads((tmp_path / "lake/exports/qs/manifests/trends.json").read_text())
-    assert manifest["fileLocations"][0]["URIPrefixes"] == [
-        (tmp_path / "lake/exports/qs/trends").as_uri() + "/"
+    assert manifest["fileLocations"][0]["URIs"] == [
+        (tmp_path / "lake/exports/qs/months/trends/2025-02.json").as_uri()
+    ]
+
+
+def test_a_number_field_is_a_json_float_on_every_line_and_an_integer_field_an_integer(
+    stack, table, s3_bucket
+):
+    d = "2025-02-15"
+    put_items(stack, table, [
+        {"PK": f"STORE#S{n}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"STORE#S{n}", "store_id": f"S{n}",
+         "total_revenue": revenue, "avg_transaction_value": Decimal(7), "transaction_count": count}
+        for n, (revenue, count) in enumerate([(Decimal("23187"), Decimal("12")), (Decimal("17694.37"), Decimal("9.0"))])
+    ])  # fmt: skip
+    store, res = s3_resources(stack, table, s3_bucket)
+
+    result = materialize(ASSETS, resources=res, partition_key=d)
+
+    raw = store.get_bytes(f"quicksight/store_summaries/{d}.json").decode().split("\n")
+    assert '"total_revenue":23187.0' in raw[0] and '"avg_transaction_value":7.0' in raw[0]
+    assert '"total_revenue":17694.37' in raw[1] and '"transaction_count":9,' in raw[1]
+    rows = lines(store, "store_summaries", d)
+    assert {type(r["total_revenue"]) for r in rows} == {float}
+    assert {type(r["transaction_count"]) for r in rows} == {int}
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_re_exporting_a_day_rewrites_its_finished_month_and_the_manifest_names_a_file_a_month(
+    stack, table, tmp_path
+):
+    from datetime import date
+
+    store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
+    res = {"sales_data": SalesDataTable(table_name=table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"),
+           "object_store": store, "quicksight": QuickSightExport()}  # fmt: skip
+    for day in (date(2025, 4, 29), date(2025, 4, 30), date(2025, 5, 1)):
+        put_items(stack, table, sales_data_items(day))
+        assert materialize(ASSETS, resources=res, partition_key=day.isoformat()).success
+    april = "quicksight/months/store_summaries/2025-04.json"
+    before = store.get_bytes(april)
+    assert before == store.get_bytes(
+        "quicksight/store_summaries/2025-04-29.json"
+    ) + store.get_bytes("quicksight/store_summaries/2025-04-30.json")
+
+    put_items(stack, table, [
+        {"PK": "STORE#S-new", "SK": "DATE#2025-04-29", "GSI1PK": "DATE#2025-04-29", "GSI1SK": "STORE#S-new",
+         "store_id": "S-new", "total_revenue": Decimal("5")}
+    ])  # fmt: skip
+    assert materialize(ASSETS, resources=res, partition_key="2025-04-29").success
+
+    after = [json.loads(line) for line in store.get_bytes(april).decode().splitlines()]
+    assert len(after) == len(before.splitlines()) + 1
+    assert {r["date"] for r in after if r["store_id"] == "S-new"} == {"2025-04-29"}
+    manifest = json.loads(store.get_bytes("quicksight/manifests/store_summaries.json"))
+    assert manifest["fileLocations"][0]["URIs"] == [
+        store.uri("quicksight/months/store_summaries/2025-04.json"),
+        store.uri("quicksight/months/store_summaries/2025-05.json"),
     ]
 
 

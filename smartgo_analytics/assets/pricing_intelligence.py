@@ -41,7 +41,6 @@ from smartgo_analytics.core.sales import (
     validate_sale,
 )
 from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
-from smartgo_analytics.local.stack import StackError
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
@@ -95,7 +94,7 @@ def smartgo_sales(
         context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat()
     )
     batches, rejected = [], []
-    with permanent_errors(SmartGoDatabaseError, StackError):
+    with permanent_errors(SmartGoDatabaseError):
         for rows in smartgo_db.stream_sold_products(start, end):
             valid = []
             for row in rows:

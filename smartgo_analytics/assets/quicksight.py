@@ -1,8 +1,10 @@
 """DynamoDB daily metrics -> five NDJSON datasets and their QuickSight manifests."""
 
 import json
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 from dagster import (
     AssetCheckResult,
@@ -10,12 +12,10 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
-    ConfigurableResource,
     MaterializeResult,
     MetadataValue,
     asset,
 )
-from pydantic import Field
 
 from smartgo_analytics import checks
 from smartgo_analytics.assets.pricing_intelligence import IO_RETRY, permanent_errors
@@ -26,6 +26,8 @@ from smartgo_analytics.core.quicksight import (
     build_dataset,
     item_kind,
     manifest,
+    plan_manifest,
+    type_problems,
     unknown_kinds,
 )
 from smartgo_analytics.layout import (
@@ -33,22 +35,22 @@ from smartgo_analytics.layout import (
     quicksight_dataset_prefix,
     quicksight_export_key,
     quicksight_manifest_key,
+    quicksight_month_key,
+    quicksight_month_prefix,
 )
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import DynamoDBError, SalesDataTable
 from smartgo_analytics.resources.object_store import ObjectStore
+from smartgo_analytics.resources.quicksight import QuickSightExport, ingestion_id
 
 GROUP = "quicksight"
 SINGLE_RUN = BackfillPolicy.single_run()
 DAY_QUERIES_IN_FLIGHT = 8
 PER_DAY_COLUMNS = ["date", "items", "pages", "non_finite_numbers"]
-
-
-class QuickSightExport(ConfigurableResource):
-    """Where the NDJSON datasets go within the bucket."""
-
-    prefix: str = Field(default="quicksight/", description="QUICKSIGHT_PREFIX")
+NDJSON = "application/x-ndjson"
+DAY_FILE = re.compile(r"(\d{4}-\d{2}-\d{2})\.json")
+MONTH_FILE = re.compile(r"(\d{4}-\d{2})\.json")
 
 
 @asset(
@@ -71,7 +73,7 @@ def dynamodb_daily_metrics(
         for page in sales_data.query_day(day):
             pages += 1
             items.extend(plain_value(item, nulls, "") for item in page)
-        object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), "application/x-ndjson")
+        object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), NDJSON)
         unknown = unknown_kinds(items)
         if unknown:
             context.log.warning(f"{day}: items of no known kind, not exported: {dict(unknown)}")
@@ -126,9 +128,12 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         for day in context.partition_keys:
             items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
             build = build_dataset(spec, items, day)
-            data = encode_ndjson(build.records, spec.field_names)
             key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
-            uris[day] = object_store.put_bytes(key_, data, "application/x-ndjson")
+            if build.records:
+                data = encode_ndjson(build.records, spec.field_names)
+                uris[day] = object_store.put_bytes(key_, data, NDJSON)
+            else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
+                object_store.delete(key_)
             nulls.update(build.nulls)
             duplicates += build.duplicates
             first_records = first_records or build.records
@@ -138,7 +143,7 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             expected[day] = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
             try:
-                written = decode_ndjson(object_store.get_bytes(key_))
+                written = decode_ndjson(object_store.get_bytes(key_)) if build.records else []
             except ValueError as error:
                 problems.append(f"{day}: {error}")
                 written = []
@@ -147,24 +152,42 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 problems.append(
                     f"{day}: {len(bad_fields)} lines without the declared fields in order"
                 )
+            problems.extend(
+                f"{day}: {p} ({n} lines)" for p, n in type_problems(spec, written).items()
+            )
             exported[day] = len(written)
-        manifest_uri = object_store.put_bytes(
-            quicksight_manifest_key(quicksight.prefix, spec.name),
-            json.dumps(manifest(object_store.uri(quicksight_dataset_prefix(quicksight.prefix, spec.name))), indent=2).encode(),
-            "application/json",
-        )  # fmt: skip
+        manifest_uri, files = write_manifest(
+            object_store, quicksight.prefix, spec.name, context.partition_keys
+        )
+        refresh = quicksight.refresh(
+            spec.name,
+            ingestion_id(
+                spec.name, context.partition_keys[0], context.partition_keys[-1], context.run.run_id
+            ),
+        )
         mismatched = {d: (exported[d], expected[d]) for d in exported if exported[d] != expected[d]}
         last_day = context.partition_keys[-1]
+        refresh_metadata = (
+            {}
+            if refresh is None
+            else {
+                "spice_ingestion_id": refresh["ingestion_id"],
+                "spice_ingestion_status": refresh["status"],
+                "spice_data_set_id": refresh["data_set_id"],
+            }
+        )
         return MaterializeResult(
             metadata={
-                "s3_uri": uris[last_day],
+                "s3_uri": uris.get(last_day, "none (no records)"),
                 "records_exported": exported[last_day],
                 "records_exported_all_days": sum(exported.values()),
-                "days": len(uris),
-                "manifest_uri": manifest_uri,
+                "days": len(context.partition_keys),
+                "manifest_uri": manifest_uri or "none (no records yet)",
+                "manifest_files": files,
                 "fields_nulled": MetadataValue.md(checks.examples(nulls, 10)),
                 "duplicates_skipped": duplicates,
                 "preview": md_table(first_records, list(spec.field_names)),
+                **refresh_metadata,
             },
             check_results=[
                 AssetCheckResult(
@@ -187,6 +210,47 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         )
 
     return _dataset
+
+
+def write_manifest(
+    object_store: ObjectStore, prefix: str, dataset: str, exported_days: list[str]
+) -> tuple[str | None, int]:
+    """Write again the finished months the export touched, then the manifest naming a file per
+    finished month and per day of the current one: its URI (None when there is no file to name:
+    QuickSight refuses an empty manifest) and how many files it names."""
+    day_prefix = quicksight_dataset_prefix(prefix, dataset)
+    month_prefix = quicksight_month_prefix(prefix, dataset)
+    days = _dated(object_store.list_keys(day_prefix), day_prefix, DAY_FILE)
+    months = _dated(object_store.list_keys(month_prefix), month_prefix, MONTH_FILE)
+    plan = plan_manifest(days, months, exported_days, datetime.now(UTC).strftime("%Y-%m"))
+    for month in plan.months_to_write:
+        lines = b"".join(
+            object_store.get_bytes(quicksight_export_key(prefix, dataset, day))
+            for day in sorted(days)
+            if day.startswith(month)
+        )
+        object_store.put_bytes(quicksight_month_key(prefix, dataset, month), lines, NDJSON)
+    for month in plan.months_to_remove:
+        object_store.delete(quicksight_month_key(prefix, dataset, month))
+    manifest_key = quicksight_manifest_key(prefix, dataset)
+    if not plan.files:
+        object_store.delete(manifest_key)
+        return None, 0
+    uris = [
+        object_store.uri(
+            quicksight_month_key(prefix, dataset, when)
+            if kind == "month"
+            else quicksight_export_key(prefix, dataset, when)
+        )
+        for kind, when in plan.files
+    ]
+    body = json.dumps(manifest(uris), indent=2).encode()
+    return object_store.put_bytes(manifest_key, body, "application/json"), len(uris)
+
+
+def _dated(keys: list[str], prefix: str, name: re.Pattern) -> set[str]:
+    """The dates named by the files directly under the prefix."""
+    return {m.group(1) for key in keys if (m := name.fullmatch(key.removeprefix(prefix)))}
 
 
 quicksight_datasets = [quicksight_dataset_asset(spec) for spec in DATASETS]

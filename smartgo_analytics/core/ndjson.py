@@ -69,9 +69,12 @@ def encode_ndjson(
 
 
 def decode_ndjson(data: bytes) -> list[dict[str, Any]]:
-    """Parse NDJSON strictly: every non-empty line must be one JSON object."""
+    """Parse NDJSON strictly: one JSON object per `\n`-ended line. Only `\n` ends a line (never
+    `str.splitlines`, which also splits on U+2028, U+0085 and others a string may hold)."""
     records = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    text = data.decode("utf-8")
+    lines = text.removesuffix("\n").split("\n") if text else []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise ValueError(f"line {number} is empty")
         record = json.loads(line)

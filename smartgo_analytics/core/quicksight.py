@@ -1,4 +1,11 @@
-"""The five QuickSight datasets: one spec table, one builder, one manifest format."""
+"""The five QuickSight datasets: one spec table, one builder, one manifest format.
+
+QuickSight gives each field one type and skips a row whose value does not fit it, so every field
+has one JSON type on every line: a `number` is always a JSON float (`23187.0`), an `integer` always
+an integer, a `string` always a string; a value that cannot be had is null. A manifest may name at
+most 1,000 files: each finished month is read from one file per dataset, the current month from its
+daily files, which keeps a dataset to about 150 files in ten years.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 INSIGHT_TYPES = ("ANOMALY", "TREND", "RECOMMENDATION")
+MANIFEST_FILE_LIMIT = 1_000  # QuickSight's limit of files per manifest
+JSON_TYPES = {"string": (str,), "integer": (int,), "number": (float,)}
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,24 @@ def coerce(value: Any, json_type: str) -> tuple[Any, str | None]:
         if value.is_integer():
             return int(value), None
         return None, "fraction where an integer belongs"
-    return value, None
+    try:
+        return float(value), None
+    except OverflowError:
+        return None, "number too large for a float"
+
+
+def type_problems(spec: DatasetSpec, records: Iterable[Mapping[str, Any]]) -> Counter[str]:
+    """Values, as read back from a file, whose JSON type is not their field's declared one."""
+    declared = {"date": "string", **dict(spec.fields)}
+    problems: Counter[str] = Counter()
+    for record in records:
+        for name, value in record.items():
+            json_type = declared.get(name)
+            if value is None or json_type is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, JSON_TYPES[json_type]):
+                problems[f"{name}: {type(value).__name__} where {json_type} is declared"] += 1
+    return problems
 
 
 @dataclass
@@ -204,9 +230,42 @@ def unknown_kinds(items: Iterable[Mapping[str, Any]]) -> Counter[str]:
     return counts
 
 
-def manifest(dataset_prefix_uri: str) -> dict[str, Any]:
-    """QuickSight's S3 manifest for every NDJSON file under one dataset prefix."""
+@dataclass(frozen=True)
+class ManifestPlan:
+    """Which finished months to write again from their days, and the files the manifest names:
+    ("month", "2025-01") or ("day", "2025-02-03"), oldest first."""
+
+    months_to_write: list[str]
+    months_to_remove: list[str]
+    files: list[tuple[str, str]]
+
+
+def plan_manifest(
+    days_with_files: Iterable[str],
+    months_with_files: Iterable[str],
+    exported_days: Iterable[str],
+    current_month: str,
+) -> ManifestPlan:
+    """A month before `current_month` (YYYY-MM) is finished: it is read from one file, written
+    again when one of its days was exported, or when it has days but no file yet. A month file with
+    no days left, or of a month not finished, is removed."""
+    days = set(days_with_files)
+    month_files = set(months_with_files)
+    finished = {day[:7] for day in days if day[:7] < current_month}
+    touched = {day[:7] for day in exported_days if day[:7] < current_month}
+    to_write = (touched & finished) | (finished - month_files)
+    files = [("month", m) for m in sorted(finished)]
+    files += [("day", d) for d in sorted(days) if d[:7] >= current_month]
+    if len(files) > MANIFEST_FILE_LIMIT:
+        raise ValueError(
+            f"{len(files)} files for one manifest, QuickSight reads at most {MANIFEST_FILE_LIMIT}"
+        )
+    return ManifestPlan(sorted(to_write), sorted(month_files - finished), files)
+
+
+def manifest(uris: list[str]) -> dict[str, Any]:
+    """QuickSight's S3 manifest naming each file."""
     return {
-        "fileLocations": [{"URIPrefixes": [dataset_prefix_uri]}],
+        "fileLocations": [{"URIs": uris}],
         "globalUploadSettings": {"format": "JSON"},
     }

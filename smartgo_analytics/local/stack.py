@@ -48,6 +48,28 @@ class StackInfo:
     def warehouse_uri(self) -> str:
         return (Path(self.lake_dir) / self.bucket / "warehouse").as_uri()
 
+    @property
+    def aws_options(self) -> dict[str, str]:
+        """What an AWS resource needs to reach the stack's moto server (any key will do)."""
+        return {
+            "region_name": self.region,
+            "endpoint_url": self.aws_endpoint_url,
+            "aws_access_key_id": "local",
+            "aws_secret_access_key": "local",
+        }
+
+    @property
+    def iceberg_properties(self) -> dict[str, str]:
+        """pyiceberg's SQL catalog on the stack's Postgres, its warehouse in the lake directory."""
+        return {"type": "sql", "uri": self.catalog_uri, "warehouse": self.warehouse_uri}
+
+
+def running_stack_or_none(home: str | Path | None = None) -> StackInfo | None:
+    try:
+        return running_stack(home)
+    except StackError:
+        return None
+
 
 def running_stack(home: str | Path | None = None) -> StackInfo:
     """The stack started from `home`, or StackError saying how to start it."""
@@ -217,13 +239,7 @@ def _start_postgres(home: Path):
 def aws_client(info: StackInfo, service: str):
     import boto3
 
-    return boto3.client(
-        service,
-        region_name=info.region,
-        endpoint_url=info.aws_endpoint_url,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
+    return boto3.client(service, **info.aws_options)
 
 
 def create_sales_table(dynamodb, table_name: str = SALES_TABLE) -> None:

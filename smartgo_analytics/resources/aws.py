@@ -9,8 +9,6 @@ from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from smartgo_analytics.local.stack import running_stack
-
 # One boto3 session for every client: a client built from a session that has built one before
 # reuses its parsed service model (milliseconds instead of a tenth of a second). Sessions are not
 # thread-safe, so clients are made one at a time.
@@ -40,16 +38,21 @@ def load_service_models(*services: str) -> None:
 class AwsResource(ConfigurableResource):
     """Base of every resource that talks to an AWS service.
 
-    With `endpoint_url` unset boto3 honours the standard settings (`AWS_ENDPOINT_URL_<SERVICE>`,
-    `AWS_REGION`, profiles), so DynamoDB Local, LocalStack and real AWS all work by configuration.
+    With `endpoint_url` and the keys unset boto3 honours the standard settings
+    (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_REGION`, profiles, instance roles), so
+    real AWS, moto and LocalStack all work by configuration. The local deployment gives its
+    loopback endpoint and placeholder keys here, as data.
     """
 
     region_name: str | None = Field(
         default=None, description="AWS region; boto3's default when unset"
     )
     endpoint_url: str | None = Field(default=None, description="Override the service endpoint")
-    local_stack_home: str | None = Field(
-        default=None, description="Talk to the embedded local stack started from this SMARTGO_HOME"
+    aws_access_key_id: str | None = Field(
+        default=None, description="Access key; boto3's credential chain when unset"
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, description="Secret key; boto3's credential chain when unset (a secret)"
     )
 
     _clients: dict = PrivateAttr(default_factory=dict)
@@ -68,15 +71,12 @@ class AwsResource(ConfigurableResource):
             return self._clients[service]
 
     def _new_client(self, service: str, config: dict):
-        options: dict = {"region_name": self.region_name, "endpoint_url": self.endpoint_url}
-        if self.local_stack_home is not None:
-            info = running_stack(self.local_stack_home)
-            options = {
-                "region_name": info.region,
-                "endpoint_url": info.aws_endpoint_url,
-                "aws_access_key_id": "local",
-                "aws_secret_access_key": "local",
-            }
+        options: dict = {
+            "region_name": self.region_name,
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+        }
         retry = config.pop("retries", {"mode": "adaptive", "max_attempts": 8})
         # Requests are built by this code, not typed by people: skip botocore's per-call
         # validation, and checksum only where the service requires it (CPU per image counts).

@@ -24,7 +24,6 @@ from pyiceberg.table import Table, WriteTask
 from pyiceberg.table.metadata import TableMetadata
 
 from smartgo_analytics.core import sales_table
-from smartgo_analytics.local.stack import running_stack
 
 
 class KnownVectors:
@@ -93,23 +92,14 @@ class IcebergCatalog(ConfigurableResource):
 
     catalog_name: str = "smartgo"
     properties: dict[str, str] = Field(default_factory=dict)
-    local_stack_home: str | None = None
 
     _catalog: Catalog | None = PrivateAttr(default=None)
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            properties = dict(self.properties)
-            if self.local_stack_home is not None:
-                info = running_stack(self.local_stack_home)
-                properties = {
-                    "type": "sql",
-                    "uri": info.catalog_uri,
-                    "warehouse": info.warehouse_uri,
-                }
-            if not properties.get("type"):
+            if not self.properties.get("type"):
                 raise ValueError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
-            self._catalog = load_catalog(self.catalog_name, **properties)
+            self._catalog = load_catalog(self.catalog_name, **self.properties)
         return self._catalog
 
     def sales_table(self) -> Table:

@@ -41,6 +41,14 @@ class ObjectStore(ConfigurableResource):
     def uri(self, key: str) -> str:
         raise NotImplementedError
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under the prefix, sorted."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove the object; nothing happens when there is none."""
+        raise NotImplementedError
+
 
 class S3ObjectStore(ObjectStore, AwsResource):
     """An S3 bucket. `endpoint_url` points it at anything S3-compatible."""
@@ -83,6 +91,17 @@ class S3ObjectStore(ObjectStore, AwsResource):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def list_keys(self, prefix: str) -> list[str]:
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
+        )
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def delete(self, key: str) -> None:
+        self.client().delete_object(Bucket=self.bucket, Key=key)
 
 
 class LocalObjectStore(ObjectStore):
@@ -133,3 +152,18 @@ class LocalObjectStore(ObjectStore):
     def uri(self, key: str) -> str:
         uri = self._path(key).as_uri()
         return uri + "/" if key.endswith("/") else uri
+
+    def list_keys(self, prefix: str) -> list[str]:
+        root = self._path("")
+        directory = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else root
+        if not directory.is_dir():
+            return []
+        keys = (
+            path.relative_to(root).as_posix()
+            for path in directory.rglob("*")
+            if path.is_file() and not path.name.startswith(".tmp-")
+        )
+        return sorted(key for key in keys if key.startswith(prefix))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)

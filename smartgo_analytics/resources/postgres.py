@@ -13,7 +13,6 @@ from psycopg.rows import dict_row
 from pydantic import Field
 
 from smartgo_analytics.core.sales import SOURCE_COLUMNS
-from smartgo_analytics.local.stack import running_stack
 from smartgo_analytics.resources.aws import AwsResource
 
 SOLD_PRODUCTS_SQL = (
@@ -84,8 +83,6 @@ class SmartGoDatabase(AwsResource):
     )
 
     def _conninfo(self) -> tuple[str, int]:
-        if self.local_stack_home is not None:
-            return running_stack(self.local_stack_home).postgres_uri, self.query_timeout_ms
         if bool(self.dsn) == bool(self.ssm_parameter_name):
             raise SmartGoDatabaseError(
                 "configure exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"

@@ -1,0 +1,212 @@
+"""The `prod` deployment, end to end, against AWS-compatible servers on 127.0.0.1.
+
+The resources are the ones `SMARTGO_DEPLOYMENT=prod` builds from the environment, nothing patched:
+moto over HTTP for S3, DynamoDB, SSM, Glue and QuickSight (reached through `AWS_ENDPOINT_URL`), the
+embedded PostgreSQL configured through the SSM SecureString JSON, the Bedrock-compatible server
+(`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`) and the image CDN. The Iceberg table lives in the Glue catalog
+with its warehouse on `s3://`.
+"""
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import psycopg
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+from dagster import materialize
+from pyiceberg.catalog import load_catalog
+
+from smartgo_analytics.core.quicksight import DATASETS
+from smartgo_analytics.deployment import resources_for_deployment
+from smartgo_analytics.local.demo_data import sales_data_items
+from smartgo_analytics.local.stack import create_progress_table, create_sales_table
+from smartgo_analytics.settings import settings
+from smartgo_analytics_tests import servers
+from smartgo_analytics_tests.conftest import insert_products, sale
+
+DAY = "2025-10-20"
+BUCKET = "smartgo-prod-e2e"
+SSM_PARAMETER = "/tf/prod/smartgo/database/config"
+ACCOUNT = "123456789012"
+DATASET_IDS = {spec.name: f"qs-{spec.name}" for spec in DATASETS}
+
+
+@pytest.fixture
+def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
+    """AWS as a production deployment sees it, every endpoint on loopback."""
+    aws = boto3.Session(region_name="us-east-1")
+    endpoint = {"endpoint_url": stack.aws_endpoint_url}
+    aws.client("s3", **endpoint).create_bucket(Bucket=BUCKET)
+    dynamodb = aws.client("dynamodb", **endpoint)
+    create_sales_table(dynamodb, "SalesData-prod")
+    create_progress_table(dynamodb, "smartgo-export-progress-prod")
+    serializer = TypeSerializer()
+    for item in sales_data_items(date.fromisoformat(DAY)):
+        dynamodb.put_item(
+            TableName="SalesData-prod", Item={k: serializer.serialize(v) for k, v in item.items()}
+        )
+    db = psycopg.conninfo.conninfo_to_dict(stack.postgres_uri)
+    with psycopg.connect(stack.postgres_uri) as conn:  # the embedded server trusts its socket anyway
+        conn.execute("ALTER USER postgres PASSWORD 'prod-secret'")
+    aws.client("ssm", **endpoint).put_parameter(
+        Name=SSM_PARAMETER,
+        Type="SecureString",
+        Overwrite=True,
+        Value=json.dumps({"host": db["host"], "port": int(db.get("port", 5432)), "database": db["dbname"],
+                          "username": db["user"], "password": "prod-secret",
+                          "maxConnections": 5, "connectionTimeoutMs": 5000, "queryTimeoutMs": 30000}),
+    )  # fmt: skip
+    for n in range(6):
+        cdn_state.images[f"/prod/{n}.png"] = servers.png(color=(40 * n, 200 - 30 * n, 90))
+    insert_products(stack.postgres_uri, [
+        sale(f"PROD-{n}", DAY, f"{cdn}/prod/{n % 6}.png", tenant_id=("carousel-labs", "northwind")[n % 2],
+             sold_price=f"{20 + n}.50")
+        for n in range(12)
+    ])  # fmt: skip
+    environment = {
+        "SMARTGO_DEPLOYMENT": "prod",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": stack.aws_endpoint_url,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock,
+        "S3_BUCKET": BUCKET,
+        "SMARTGO_DB_SSM_PARAMETER": SSM_PARAMETER,
+        "DYNAMODB_TABLE": "SalesData-prod",
+        "EXPORT_PROGRESS_TABLE_NAME": "smartgo-export-progress-prod",
+        "ICEBERG_CATALOG_TYPE": "glue",
+        "ICEBERG_WAREHOUSE": f"s3://{BUCKET}/warehouse",
+        "ICEBERG_CATALOG_PROPERTIES": json.dumps(
+            {"s3.endpoint": stack.aws_endpoint_url, "s3.region": "us-east-1"}
+        ),
+        "IMAGE_URL_ALLOWLIST": "localhost",
+        "QUICKSIGHT_ACCOUNT_ID": ACCOUNT,
+        "QUICKSIGHT_DATASET_IDS": json.dumps(DATASET_IDS),
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    yield environment
+    settings.cache_clear()
+
+
+def glue_table(environment):
+    catalog = load_catalog(
+        "check",
+        type="glue",
+        warehouse=environment["ICEBERG_WAREHOUSE"],
+        **json.loads(environment["ICEBERG_CATALOG_PROPERTIES"]),
+    )
+    return catalog.load_table("pricing_intelligence.smartgo_sales")
+
+
+def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_nothing(
+    prod_environment, bedrock_calls
+):
+    from smartgo_analytics.definitions import assets
+
+    resources = resources_for_deployment()
+    assert type(resources["object_store"]).__name__ == "S3ObjectStore"
+    assert type(resources["image_embedder"]).__name__ == "TitanEmbedder"
+
+    first = materialize(assets, resources=resources, partition_key=DAY)
+
+    assert first.success and all(c.passed for c in first.get_asset_check_evaluations())
+    assert bedrock_calls.calls == 6  # one per distinct image
+    table = glue_table(prod_environment)
+    rows = table.scan().to_arrow().sort_by("product_id").to_pylist()
+    assert [r["product_id"] for r in rows] == sorted(f"PROD-{n}" for n in range(12))
+    assert all(len(r["embedding_vector"]) == 1024 and r["embedding_error"] is None for r in rows)
+    files = [task.file.file_path for task in table.scan().plan_files()]
+    assert files and all(f.startswith(f"s3://{BUCKET}/warehouse/") for f in files)
+    assert {f.split("/data/")[1].rsplit("/", 1)[0] for f in files} == {
+        "tenant_id=carousel-labs/year=2025/month=10",
+        "tenant_id=northwind/year=2025/month=10",
+    }
+
+    s3 = boto3.client("s3", endpoint_url=prod_environment["AWS_ENDPOINT_URL"])
+    for spec in DATASETS:
+        manifest = json.loads(
+            s3.get_object(Bucket=BUCKET, Key=f"quicksight/manifests/{spec.name}.json")[
+                "Body"
+            ].read()
+        )
+        (uris,) = [location["URIs"] for location in manifest["fileLocations"]]
+        assert uris == [f"s3://{BUCKET}/quicksight/months/{spec.name}/2025-10.json"]
+        lines = s3.get_object(Bucket=BUCKET, Key=f"quicksight/months/{spec.name}/2025-10.json")
+        records = [json.loads(line) for line in lines["Body"].read().decode().split("\n") if line]
+        assert records and {r["date"] for r in records} == {DAY}
+        metadata = first.asset_materializations_for_node(f"quicksight__{spec.name}")[0].metadata
+        assert metadata["spice_data_set_id"].value == DATASET_IDS[spec.name]
+        assert metadata["spice_ingestion_status"].value == "INITIALIZED"
+        assert metadata["spice_ingestion_id"].value.startswith(f"smartgo-{spec.name}-{DAY}-")
+
+    progress = boto3.client("dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"]).get_item(
+        TableName="smartgo-export-progress-prod", Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}}
+    )["Item"]  # fmt: skip
+    assert progress["status"]["S"] == "COMPLETE" and progress["totalCount"]["N"] == "12"
+
+    snapshot = table.current_snapshot().snapshot_id
+    second = materialize(assets, resources=resources_for_deployment(), partition_key=DAY)
+
+    assert second.success
+    table = glue_table(prod_environment)
+    assert table.current_snapshot().snapshot_id == snapshot
+    assert table.scan().to_arrow().sort_by("product_id").to_pylist() == rows
+
+
+class ConfigRecorder(BaseHTTPRequestHandler):
+    """An Iceberg REST catalog's config endpoint that only records who asked."""
+
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).requests.append((self.path, dict(self.headers)))
+        body = json.dumps({"defaults": {}, "overrides": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_the_s3_tables_settings_sign_the_catalog_requests_for_s3tables_in_the_region(monkeypatch):
+    ConfigRecorder.requests = []
+    server = servers.start(ConfigRecorder)
+    warehouse = "arn:aws:s3tables:eu-west-1:123456789012:bucket/carousel-analytics"
+    # The README's S3 Tables settings, the endpoint moved to a loopback listener.
+    for name, value in {
+        "SMARTGO_DEPLOYMENT": "prod",
+        "S3_BUCKET": "carousel-analytics",
+        "SMARTGO_DATABASE_URL": "postgresql://reader@db.internal/smartgo",
+        "AWS_REGION": "eu-west-1",
+        "ICEBERG_CATALOG_TYPE": "rest",
+        "ICEBERG_CATALOG_URI": f"http://127.0.0.1:{server.server_port}/iceberg",
+        "ICEBERG_WAREHOUSE": warehouse,
+        "ICEBERG_CATALOG_PROPERTIES": json.dumps({"rest.sigv4-enabled": "true", "rest.signing-name": "s3tables",
+                                                  "rest.signing-region": "eu-west-1"}),
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    try:
+        resources_for_deployment()["iceberg"].catalog()
+    finally:
+        settings.cache_clear()
+        server.shutdown()
+        server.server_close()
+
+    path, headers = ConfigRecorder.requests[0]
+    assert urlsplit(path).path == "/iceberg/v1/config"
+    assert parse_qs(urlsplit(path).query) == {"warehouse": [warehouse]}
+    today = datetime.now(UTC)
+    scopes = {
+        f"Credential=testing/{day:%Y%m%d}/eu-west-1/s3tables/aws4_request"
+        for day in (today, today - timedelta(minutes=5))
+    }
+    authorization = headers["Authorization"]
+    assert authorization.startswith("AWS4-HMAC-SHA256 ")
+    assert any(scope in authorization for scope in scopes), authorization
