@@ -196,7 +196,18 @@ def _print_summary(summary: dict[str, dict], info) -> None:
         )
     say("")
     say(f"lake: {info.lake_dir}   Iceberg warehouse: {info.warehouse_uri}")
-    say("look at the table: smartgo-analytics query smartgo_sales --limit 5")
+    say(f"look at the table: {_this_command()} query smartgo_sales --limit 5")
+
+
+def _this_command() -> str:
+    """This command as it can be typed again here: `.venv/bin/smartgo-analytics` under make."""
+    script = Path(sys.argv[0])
+    if script.name != "smartgo-analytics":
+        return f"{os.path.relpath(sys.executable)} -m smartgo_analytics.cli"
+    on_path = shutil.which("smartgo-analytics")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "smartgo-analytics"
+    return os.path.relpath(script)
 
 
 def cmd_seed(args) -> int:

@@ -129,7 +129,12 @@ def prod_resources(config: Settings) -> dict[str, object]:
             max_concurrency=config.bedrock_max_concurrency,
             region_name=region,
         ),
-        "iceberg": IcebergCatalog(properties=config.iceberg_properties),
+        # pyiceberg's Glue client and S3 file IO read the region from here, not from AWS_REGION.
+        "iceberg": IcebergCatalog(
+            properties={"client.region": region, **config.iceberg_properties}
+            if region
+            else config.iceberg_properties
+        ),
         "quicksight": quicksight_export(config, region_name=region),
         "alerter": alerter(config, region_name=region),
     }

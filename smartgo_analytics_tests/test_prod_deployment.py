@@ -49,7 +49,9 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
             TableName="SalesData-prod", Item={k: serializer.serialize(v) for k, v in item.items()}
         )
     db = psycopg.conninfo.conninfo_to_dict(stack.postgres_uri)
-    with psycopg.connect(stack.postgres_uri) as conn:  # the embedded server trusts its socket anyway
+    with psycopg.connect(
+        stack.postgres_uri
+    ) as conn:  # the embedded server trusts its socket anyway
         conn.execute("ALTER USER postgres PASSWORD 'prod-secret'")
     aws.client("ssm", **endpoint).put_parameter(
         Name=SSM_PARAMETER,
@@ -77,15 +79,14 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
         "EXPORT_PROGRESS_TABLE_NAME": "smartgo-export-progress-prod",
         "ICEBERG_CATALOG_TYPE": "glue",
         "ICEBERG_WAREHOUSE": f"s3://{BUCKET}/warehouse",
-        "ICEBERG_CATALOG_PROPERTIES": json.dumps(
-            {"s3.endpoint": stack.aws_endpoint_url, "s3.region": "us-east-1"}
-        ),
+        "ICEBERG_CATALOG_PROPERTIES": json.dumps({"s3.endpoint": stack.aws_endpoint_url}),
         "IMAGE_URL_ALLOWLIST": "localhost",
         "QUICKSIGHT_ACCOUNT_ID": ACCOUNT,
         "QUICKSIGHT_DATASET_IDS": json.dumps(DATASET_IDS),
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")  # AWS_REGION alone, which botocore does not read
     settings.cache_clear()
     yield environment
     settings.cache_clear()
@@ -95,6 +96,7 @@ def glue_table(environment):
     catalog = load_catalog(
         "check",
         type="glue",
+        **{"client.region": "us-east-1"},
         warehouse=environment["ICEBERG_WAREHOUSE"],
         **json.loads(environment["ICEBERG_CATALOG_PROPERTIES"]),
     )
@@ -125,7 +127,9 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         "tenant_id=northwind/year=2025/month=10",
     }
 
-    s3 = boto3.client("s3", endpoint_url=prod_environment["AWS_ENDPOINT_URL"])
+    s3 = boto3.client(
+        "s3", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
+    )
     for spec in DATASETS:
         manifest = json.loads(
             s3.get_object(Bucket=BUCKET, Key=f"quicksight/manifests/{spec.name}.json")[
@@ -142,7 +146,7 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         assert metadata["spice_ingestion_status"].value == "INITIALIZED"
         assert metadata["spice_ingestion_id"].value.startswith(f"smartgo-{spec.name}-{DAY}-")
 
-    progress = boto3.client("dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"]).get_item(
+    progress = boto3.client("dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1").get_item(
         TableName="smartgo-export-progress-prod", Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}}
     )["Item"]  # fmt: skip
     assert progress["status"]["S"] == "COMPLETE" and progress["totalCount"]["N"] == "12"
