@@ -123,6 +123,16 @@ def _taken_port():
             "SMARTGO_DEPLOYMENT='staging' is not one of local, prod",
         ),
         (["demo"], {"SMARTGO_MOTO_PORT": "taken"}, "is already taken"),
+        (
+            ["demo"],
+            {"QUICKSIGHT_DATASET_IDS": '{"sales": "qs-1"}', "QUICKSIGHT_ACCOUNT_ID": "123456789012"},
+            "QUICKSIGHT_DATASET_IDS names unknown datasets ['sales']",
+        ),
+        (
+            ["demo"],
+            {"QUICKSIGHT_DATASET_IDS": '{"trends": "qs-1"}'},
+            "QUICKSIGHT_DATASET_IDS is set but QUICKSIGHT_ACCOUNT_ID is not",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_left(tmp_path, args, env, message):

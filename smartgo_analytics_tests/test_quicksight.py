@@ -2,6 +2,7 @@
 
 import json
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler
 
 import boto3
 import pytest
@@ -14,6 +15,7 @@ from smartgo_analytics.local.stack import create_sales_table
 from smartgo_analytics.resources.dynamodb import SalesDataTable
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
 from smartgo_analytics.resources.quicksight import QuickSightExport
+from smartgo_analytics_tests import servers
 
 ASSETS = [dynamodb_daily_metrics, *quicksight_datasets]
 DATASETS = ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
@@ -285,3 +287,61 @@ def test_a_single_run_backfill_exports_several_days_in_one_run(stack, table, s3_
     assert materialized == {"2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04"}
     for day in days:
         assert len(lines(store, "store_summaries", day.isoformat())) == 11
+
+
+class QuickSightRecorder(BaseHTTPRequestHandler):
+    """QuickSight's API as far as CreateIngestion goes: every request recorded, each answered."""
+
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_PUT(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).requests.append(("PUT", self.path))
+        ingestion = self.path.rsplit("/", 1)[-1]
+        body = json.dumps({"IngestionId": ingestion, "IngestionStatus": "QUEUED", "Status": 201})
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    do_POST = do_GET = do_PUT
+
+
+def test_spice_refresh_is_called_only_for_configured_data_sets_with_one_id_per_partition_and_run(
+    stack, table, s3_bucket
+):
+    from datetime import date
+
+    put_items(stack, table, sales_data_items(date(2025, 2, 16)))
+    QuickSightRecorder.requests = []
+    server = servers.start(QuickSightRecorder)
+    endpoint = {
+        "endpoint_url": f"http://127.0.0.1:{server.server_port}",
+        "region_name": "us-east-1",
+    }
+    store, res = s3_resources(stack, table, s3_bucket)
+    try:
+        res["quicksight"] = QuickSightExport(dataset_ids={"trends": "qs-trends"}, **endpoint)
+        assert materialize(ASSETS, resources=res, partition_key="2025-02-16").success
+        assert QuickSightRecorder.requests == []  # no account id: nothing is called
+
+        res["quicksight"] = QuickSightExport(
+            account_id="123456789012", dataset_ids={"trends": "qs-trends"}, **endpoint
+        )
+        result = materialize(ASSETS, resources=res, partition_key="2025-02-16")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    run_id = result.run_id
+    assert QuickSightRecorder.requests == [
+        ("PUT", f"/accounts/123456789012/data-sets/qs-trends/ingestions/smartgo-trends-2025-02-16-{run_id}")
+    ]  # fmt: skip
+    metadata = result.asset_materializations_for_node("quicksight__trends")[0].metadata
+    assert metadata["spice_ingestion_status"].value == "QUEUED"
+    other = result.asset_materializations_for_node("quicksight__anomalies")[0].metadata
+    assert "spice_ingestion_id" not in other

@@ -159,23 +159,18 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         manifest_uri, files = write_manifest(
             object_store, quicksight.prefix, spec.name, context.partition_keys
         )
-        refresh = quicksight.refresh(
+        # A file that failed its check is not refreshed into SPICE.
+        refresh = None if problems else quicksight.refresh(
             spec.name,
-            ingestion_id(
-                spec.name, context.partition_keys[0], context.partition_keys[-1], context.run.run_id
-            ),
-        )
+            ingestion_id(spec.name, context.partition_keys[0], context.partition_keys[-1], context.run.run_id),
+        )  # fmt: skip
         mismatched = {d: (exported[d], expected[d]) for d in exported if exported[d] != expected[d]}
         last_day = context.partition_keys[-1]
-        refresh_metadata = (
-            {}
-            if refresh is None
-            else {
-                "spice_ingestion_id": refresh["ingestion_id"],
-                "spice_ingestion_status": refresh["status"],
-                "spice_data_set_id": refresh["data_set_id"],
-            }
-        )
+        refresh_metadata = {} if refresh is None else {
+            "spice_ingestion_id": refresh["ingestion_id"],
+            "spice_ingestion_status": refresh["status"],
+            "spice_data_set_id": refresh["data_set_id"],
+        }  # fmt: skip
         return MaterializeResult(
             metadata={
                 "s3_uri": uris.get(last_day, "none (no records)"),
