@@ -1,12 +1,47 @@
-"""Every object-store key the project writes, in one place."""
+"""Every object-store key the project writes, in one place, and what makes a key safe."""
 
 from __future__ import annotations
 
+import re
+
+from smartgo_analytics.core.sales import IDENTIFIER
+
 IMAGE_PREFIX = "images/smartgo"
 STAGING_PREFIX = "staging"
+MAX_KEY_BYTES = 1024  # S3's limit
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EXTENSION = re.compile(r"[a-z0-9]{1,8}")
+
+
+class UnsafeKey(ValueError):
+    """A key that would leave its prefix or change its shape; the store refuses it."""
+
+
+def check_key(key: str) -> str:
+    """The key, if every segment is a plain name: no empty, '.' or '..' segment, no leading '/',
+    no backslash or control character, at most 1,024 bytes. Otherwise UnsafeKey."""
+    segments = key.split("/")
+    if key.endswith("/"):
+        segments = segments[:-1]  # a prefix
+    if (
+        not key
+        or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+        or any(segment in ("", ".", "..") for segment in segments)
+        or any(char == "\\" or ord(char) < 32 or ord(char) == 127 for char in key)
+    ):
+        raise UnsafeKey(f"unsafe object key {key[:120]!r}")
+    return key
 
 
 def image_key(tenant_id: str, product_id: str, sha256: str, extension: str) -> str:
+    """`images/smartgo/<tenant>/<product>/<sha256>.<ext>`; UnsafeKey for a part that is not one."""
+    if not (
+        IDENTIFIER.fullmatch(tenant_id)
+        and IDENTIFIER.fullmatch(product_id)
+        and _SHA256.fullmatch(sha256)
+        and _EXTENSION.fullmatch(extension)
+    ):
+        raise UnsafeKey(f"no image key for tenant {tenant_id[:40]!r}, product {product_id[:40]!r}")
     return f"{IMAGE_PREFIX}/{tenant_id}/{product_id}/{sha256}.{extension}"
 
 

@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +39,7 @@ class BedrockState:
         self.calls = 0
         self.throttle_next = 0
         self.wrong_length_for: set[str] = set()  # sha256 of images answered with 7 values
+        self.hostile: dict[str, str] = {}  # sha256 of an image -> one of HOSTILE_ANSWERS
         self.model_timeouts_next = 0
         self.requests: list[str] = []
         self.latency_s = 0.0
@@ -50,12 +53,45 @@ class BedrockState:
             self.throttle_next = 0
             self.model_timeouts_next = 0
             self.wrong_length_for = set()
+            self.hostile = {}
             self.requests = []
             self.most_in_flight = 0
             self.latency_s = 0.0
 
 
 @functools.cache
+def hostile_answer(kind: str, dimension: int) -> bytes:
+    """A 200 answer no vector should be taken from."""
+    vector = [0.5] * dimension
+    if kind == "not-json":
+        return b"<html>upstream error</html>"
+    if kind == "no-field":
+        return json.dumps({"embeddings": vector}).encode()
+    if kind == "not-a-list":
+        return json.dumps({"embedding": "0.5,0.5"}).encode()
+    if kind == "short":
+        return json.dumps({"embedding": vector[:-1]}).encode()
+    if kind == "strings":
+        return json.dumps({"embedding": ["0.5"] * dimension}).encode()
+    if kind == "booleans":
+        return json.dumps({"embedding": [True] * dimension}).encode()
+    if kind == "nan":
+        return ('{"embedding": [NaN' + ", 0.5" * (dimension - 1) + "]}").encode()
+    if kind == "infinity":
+        return ('{"embedding": [Infinity' + ", 0.5" * (dimension - 1) + "]}").encode()
+    if kind == "beyond-float32":
+        return json.dumps({"embedding": [1e39] + vector[1:]}).encode()
+    if kind == "zeros":
+        return json.dumps({"embedding": [0.0] * dimension}).encode()
+    if kind == "array":
+        return json.dumps([vector]).encode()
+    raise ValueError(kind)
+
+
+HOSTILE_ANSWERS = ("not-json", "no-field", "not-a-list", "short", "strings", "booleans", "nan",
+                   "infinity", "beyond-float32", "zeros", "array", "hang", "reset")  # fmt: skip
+
+
 def cheap_body(seed: int, dimension: int) -> bytes:
     """One of 256 ready-made answers: the benchmarks measure the pipeline, not this server."""
     vector = np.random.default_rng(seed).standard_normal(dimension).round(6).tolist()
@@ -117,7 +153,20 @@ def bedrock_server(state: BedrockState) -> _Server:
             image = base64.b64decode(request["inputImage"])
             dimension = request["embeddingConfig"]["outputEmbeddingLength"]
             digest = hashlib.sha256(image)
-            if state.cheap_vectors:
+            hostile = state.hostile.get(digest.hexdigest())
+            if hostile == "hang":  # accept, read, never answer
+                time.sleep(5)
+                self.close_connection = True
+                return None
+            if hostile == "reset":
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.close_connection = True
+                return None
+            if hostile:
+                body = hostile_answer(hostile, dimension)
+            elif state.cheap_vectors:
                 body = cheap_body(digest.digest()[0], dimension)
             else:
                 vector = visual_features(image, dimension).tolist()

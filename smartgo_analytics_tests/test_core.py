@@ -51,11 +51,58 @@ def good_row(**changes):
         ({"sold_price": Decimal("NaN")}, "non-finite sold_price"),
         ({"image_url": None}, "missing image_url"),
         ({"sold_date": "yesterday"}, "unparseable sold_date"),
+        ({"id": "../../staging/x"}, "product id '../../staging/x' is not an identifier"),
+        ({"id": "P1/../../P2"}, "product id 'P1/../../P2' is not an identifier"),
+        ({"tenant_id": "acme/other"}, "tenant_id 'acme/other' is not an identifier"),
+        ({"tenant_id": ".."}, "tenant_id '..' is not an identifier"),
+        ({"tenant_id": " acme"}, "tenant_id ' acme' is not an identifier"),
+        ({"tenant_id": "acme\n"}, "tenant_id 'acme\\n' is not an identifier"),
+        (
+            {"tenant_id": "ａｃｍｅ"},
+            "tenant_id 'ａｃｍｅ' is not an identifier",
+        ),  # fullwidth look-alike
+        ({"tenant_id": "tenant=x"}, "tenant_id 'tenant=x' is not an identifier"),
+        ({"tenant_id": "a" * 129}, "tenant_id"),
+        ({"id": ["P1"]}, "product id is a list, not an identifier"),
+        ({"id": True}, "product id is a bool, not an identifier"),
     ],
 )
 def test_unusable_source_rows_are_rejected_with_a_reason(changes, reason):
     outcome = validate_sale(good_row(**changes))
     assert isinstance(outcome, Rejected) and outcome.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("raw", "price"),
+    [
+        (Decimal("12.50"), 12.5), (12, 12.0), (12.5, 12.5), ("12.50", 12.5), (" 12.50 ", 12.5),
+        ("12", 12.0), ("12.", 12.0), (".5", 0.5), ("+3.25", 3.25), ("0", 0.0), (Decimal("1000000"), 1e6),
+    ],
+)  # fmt: skip
+def test_prices_accepted_are_plain_decimals_and_database_numbers(raw, price):
+    assert validate_sale(good_row(sold_price=raw))["sold_price"] == price
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("1_000", "unparseable"), ("1,000.00", "unparseable"), ("1e3", "unparseable"),
+        ("$12", "unparseable"), ("0x1F", "unparseable"), ("Infinity", "unparseable"),
+        ("nan", "unparseable"), ("١٢", "unparseable"), ("12.5.1", "unparseable"), ("", "unparseable"),
+        ("- 5", "unparseable"), (float("inf"), "non-finite"), (float("nan"), "non-finite"),
+        (Decimal("sNaN"), "non-finite"), (True, "unparseable"), ([12], "unparseable"),
+        ("-0.01", "negative"), ("1000000.01", "implausible"), (Decimal("1E+30"), "implausible"),
+    ],
+)  # fmt: skip
+def test_anything_else_a_price_could_be_spelled_as_is_quarantined(raw, reason):
+    outcome = validate_sale(good_row(sold_price=raw))
+    assert isinstance(outcome, Rejected) and reason in outcome.reason
+
+
+def test_text_values_are_kept_as_the_source_holds_them():
+    odd = " \u2028Caf\u00e9\u2029 \u05e9\u05dc\u05d5\u05dd\u0085 "
+    sale = validate_sale(good_row(category=odd, brand="   ", description=odd * 10_000))
+    assert sale["category"] == odd and sale["brand"] is None and sale["description"] == odd * 10_000
 
 
 def test_a_valid_row_is_normalised_to_utc_and_float_price():
@@ -113,10 +160,12 @@ def test_ndjson_keeps_field_order_and_utf8_and_refuses_nan():
 
 
 def test_ndjson_ends_a_record_at_newline_only_whatever_a_string_holds():
-    odd = "a\u2028b\u2029c\u0085d\x1ce\x0bf\x0cg\rh\x00i\u200fאבג"
-    data = encode_ndjson([{"s": odd}, {"s": "x"}], ["s"])
-    assert data.count(b"\n") == 2
-    assert decode_ndjson(data) == [{"s": odd}, {"s": "x"}]
+    odd = "a\u2028b\u2029c\u0085d\x1ce\x0bf\x0cg\rh\x00i\u200fאבג\n"
+    lone = "broken \ud83d half of an emoji, and \udc00 the other"
+    records = [{"s": odd}, {"s": "x"}, {"s": lone}, {"s": "é" * 400_000}]
+    data = encode_ndjson(records, ["s"])
+    assert data.count(b"\n") == 4
+    assert decode_ndjson(data) == records
 
 
 def test_values_are_coerced_to_the_declared_type_or_nulled_with_why():

@@ -125,7 +125,10 @@ def _taken_port():
         (["demo"], {"SMARTGO_MOTO_PORT": "taken"}, "is already taken"),
         (
             ["demo"],
-            {"QUICKSIGHT_DATASET_IDS": '{"sales": "qs-1"}', "QUICKSIGHT_ACCOUNT_ID": "123456789012"},
+            {
+                "QUICKSIGHT_DATASET_IDS": '{"sales": "qs-1"}',
+                "QUICKSIGHT_ACCOUNT_ID": "123456789012",
+            },
             "QUICKSIGHT_DATASET_IDS names unknown datasets ['sales']",
         ),
         (

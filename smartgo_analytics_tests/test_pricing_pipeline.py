@@ -293,9 +293,70 @@ def test_bedrock_throttling_is_retried_and_wrong_lengths_are_per_sale_errors(
 
     rows = day_rows(res, day)
     assert bedrock_calls.calls >= 24 + 10
-    assert "returned 7 values, asked for 1024" in rows["T-3"]["embedding_error"]
+    assert "7 values, asked for 1024" in rows["T-3"]["embedding_error"]
     assert all(rows[f"T-{n}"]["embedding_error"] is None for n in range(24) if n != 3)
     assert check(result, "embedding_error_ratio_within_budget").passed  # 1 of 24 is 4.2%
+
+
+UNTRUSTED = {
+    "not-json": "answer is not JSON", "no-field": "answer has no 'embedding'",
+    "not-a-list": "is a str, not a list", "short": "1023 values, asked for 1024",
+    "strings": "holds non-numbers", "booleans": "holds non-numbers", "nan": "NaN, infinity",
+    "infinity": "NaN, infinity", "beyond-float32": "beyond float32", "zeros": "all zeros",
+    "array": "answer has no 'embedding'", "hang": "did not answer: ReadTimeoutError",
+    "reset": "did not answer",
+}  # fmt: skip
+
+
+def test_untrusted_model_answers_are_per_sale_errors_and_no_such_vector_is_stored(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-06-06"
+    assert set(UNTRUSTED) == set(servers.HOSTILE_ANSWERS)
+    images = {
+        kind: servers.png((7 * n, 90, 250 - 7 * n), size=(40 + n, 40))
+        for n, kind in enumerate(UNTRUSTED)
+    }
+    cdn_state.images.update({f"/answer-{kind}.png": data for kind, data in images.items()})
+    bedrock_calls.hostile = {
+        hashlib.sha256(data).hexdigest(): kind for kind, data in images.items()
+    }
+    good = [sale(f"GOOD-{n}", day, f"{cdn}/ok.png") for n in range(20)]
+    hostile = [sale(f"ANSWER-{kind}", day, f"{cdn}/answer-{kind}.png") for kind in UNTRUSTED]
+    insert_products(stack.postgres_uri, good + hostile)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    # A silent endpoint costs at most 2 attempts x (1 + 0.5) s for its sale.
+    res["image_embedder"] = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1",
+                                          read_timeout_s=0.5, connect_timeout_s=1, http_attempts=2)  # fmt: skip
+
+    result = run(res, day, max_error_ratio=0.5)
+
+    assert result.success
+    rows = day_rows(res, day)
+    for kind, reason in UNTRUSTED.items():
+        row = rows[f"ANSWER-{kind}"]
+        assert row["embedding_vector"] is None and reason in row["embedding_error"], (kind, row)
+    assert all(len(rows[s["id"]]["embedding_vector"]) == 1024 for s in good)
+    stored = pa.array([r["embedding_vector"] for r in rows.values() if r["embedding_vector"]])
+    assert np.isfinite(np.asarray(stored.flatten())).all()
+
+
+def test_an_endpoint_that_stops_answering_fails_the_rest_of_the_step_at_once(
+    bedrock, bedrock_calls
+):
+    from smartgo_analytics.resources.embeddings import EmbeddingError
+
+    silent = servers.png((1, 2, 3))
+    bedrock_calls.hostile = {hashlib.sha256(silent).hexdigest(): "hang"}
+    embedder = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1", read_timeout_s=0.2,
+                             http_attempts=1, unanswered_limit=2)  # fmt: skip
+    for _ in range(2):
+        with pytest.raises(EmbeddingError, match="did not answer: ReadTimeoutError"):
+            embedder.embed(silent)
+    calls = bedrock_calls.calls
+    with pytest.raises(EmbeddingError, match="did not answer 2 calls in a row"):
+        embedder.embed(servers.png((9, 9, 9)))
+    assert bedrock_calls.calls == calls  # failed at once, without a call
 
 
 def test_a_crash_during_the_iceberg_write_leaves_the_previous_rows_readable(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from dagster import ConfigurableResource
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
-from smartgo_analytics.layout import image_key
+from smartgo_analytics.layout import UnsafeKey, image_key
 from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
 from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
 from smartgo_analytics.resources.object_store import ObjectStore
@@ -120,6 +120,8 @@ class SaleWork:
             result["embedding_error"] = f"unusable image: {error}"
         except EmbeddingError as error:
             result["embedding_error"] = f"embedding failed: {error}"
+        except UnsafeKey as error:
+            result["embedding_error"] = f"image copy refused: {error}"
         return result
 
     def _embedder(self) -> _EmbedOnce:

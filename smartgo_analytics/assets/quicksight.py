@@ -29,6 +29,7 @@ from smartgo_analytics.core.quicksight import (
     plan_manifest,
     type_problems,
     unknown_kinds,
+    usable_items,
 )
 from smartgo_analytics.layout import (
     daily_metrics_key,
@@ -124,6 +125,7 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         context: AssetExecutionContext, object_store: ObjectStore, quicksight: QuickSightExport
     ) -> MaterializeResult:
         exported, expected, problems, nulls, duplicates = {}, {}, [], Counter(), 0
+        skipped = Counter()
         uris, first_records = {}, []
         for day in context.partition_keys:
             items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
@@ -136,10 +138,9 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 object_store.delete(key_)
             nulls.update(build.nulls)
             duplicates += build.duplicates
+            skipped.update(build.skipped)
             first_records = first_records or build.records
-            distinct = len(
-                {item.get(spec.identity) for item in items if item_kind(item) == spec.source}
-            )
+            distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
             expected[day] = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
             try:
@@ -181,6 +182,8 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 "manifest_files": files,
                 "fields_nulled": MetadataValue.md(checks.examples(nulls, 10)),
                 "duplicates_skipped": duplicates,
+                "items_without_identity": skipped.total(),
+                "items_without_identity_reasons": MetadataValue.md(checks.examples(skipped, 10)),
                 "preview": md_table(first_records, list(spec.field_names)),
                 **refresh_metadata,
             },

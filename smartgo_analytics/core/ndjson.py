@@ -52,20 +52,22 @@ def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
 def encode_ndjson(
     records: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None
 ) -> bytes:
-    """One JSON object per line, UTF-8, no NaN; fields in the given order, or sorted by name."""
+    """One JSON object per line, UTF-8, no NaN; fields in the given order, or sorted by name.
+
+    Text is written as itself, except that a record holding a lone surrogate (which DynamoDB's JSON
+    can carry and UTF-8 cannot) is written with `\\uXXXX` escapes: the same value when read back.
+    JSON escapes every control character, so no value can put a `\\n` inside a record.
+    """
     lines = []
     for record in records:
         ordered = {name: record.get(name) for name in fields} if fields is not None else record
-        lines.append(
-            json.dumps(
-                ordered,
-                ensure_ascii=False,
-                separators=(",", ":"),
-                allow_nan=False,
-                sort_keys=fields is None,
-            )
-        )
-    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+        options = {"separators": (",", ":"), "allow_nan": False, "sort_keys": fields is None}
+        line = json.dumps(ordered, ensure_ascii=False, **options)
+        try:
+            lines.append(line.encode("utf-8"))
+        except UnicodeEncodeError:
+            lines.append(json.dumps(ordered, ensure_ascii=True, **options).encode("ascii"))
+    return b"\n".join(lines) + b"\n" if lines else b""
 
 
 def decode_ndjson(data: bytes) -> list[dict[str, Any]]:

@@ -179,11 +179,40 @@ class DatasetBuild:
     source_items: int
     duplicates: int = 0
     nulls: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # items without a usable identity
+
+
+def identity_problem(value: Any) -> str | None:
+    """Why a record's identity (store, product or insight id) cannot tell records apart, or None:
+    it must be a non-blank string or a whole number."""
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return None if value.strip() else "blank"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    return f"a {type(value).__name__}, not a string or whole number"
+
+
+def usable_items(spec: DatasetSpec, items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The items of the dataset's kind whose identity can be used."""
+    return [
+        item
+        for item in items
+        if item_kind(item) == spec.source and identity_problem(item.get(spec.identity)) is None
+    ]
 
 
 def build_dataset(spec: DatasetSpec, items: Iterable[Mapping[str, Any]], date: str) -> DatasetBuild:
-    """Flat records of one dataset for one day: declared fields, declared types, deterministic order."""
-    candidates = [item for item in items if item_kind(item) == spec.source]
+    """Flat records of one dataset for one day: declared fields, declared types, deterministic order.
+    An item whose identity is unusable is skipped, counted by reason."""
+    items = list(items)
+    candidates = usable_items(spec, items)
+    skipped: Counter[str] = Counter(
+        f"{spec.identity}: {identity_problem(item.get(spec.identity))}"
+        for item in items
+        if item_kind(item) == spec.source and identity_problem(item.get(spec.identity))
+    )
     nulls: Counter[str] = Counter()
     seen: set[Any] = set()
     records = []
@@ -192,7 +221,7 @@ def build_dataset(spec: DatasetSpec, items: Iterable[Mapping[str, Any]], date: s
     for item in sorted(
         candidates, key=lambda i: (str(i.get(spec.identity)), repr(sorted(i.items())))
     ):
-        identity = item.get(spec.identity)
+        identity = str(item.get(spec.identity))
         if identity in seen:
             duplicates += 1
             continue
@@ -216,7 +245,7 @@ def build_dataset(spec: DatasetSpec, items: Iterable[Mapping[str, Any]], date: s
         for rank, record in enumerate(records, start=1):
             record["rank"] = rank
     ordered = [{name: record.get(name) for name in spec.field_names} for record in records]
-    return DatasetBuild(ordered, len(candidates), duplicates, nulls)
+    return DatasetBuild(ordered, len(candidates) + skipped.total(), duplicates, nulls, skipped)
 
 
 def unknown_kinds(items: Iterable[Mapping[str, Any]]) -> Counter[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -23,6 +25,17 @@ SOURCE_COLUMNS = (
 
 # A price above this is a data-entry error (a barcode typed into the price field), not a sale.
 MAX_PLAUSIBLE_PRICE = Decimal("1000000")
+
+# Identifiers become parts of object keys and partition paths, so they are data with a fixed alphabet:
+# ASCII letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters,
+# exactly as the source holds them (no trimming: ' acme' is not 'acme').
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# The prices accepted, in one place: a number from the database (numeric as Decimal, an integer, a
+# finite float), or text holding a plain decimal: digits with at most one '.', an optional sign,
+# surrounding spaces allowed. Nothing else: no digit separators ('1_000', '1,000'), exponents,
+# currency signs, hexadecimal or Python-only spellings ('Infinity', '١٢').
+PRICE_TEXT = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*", re.ASCII)
 
 VALID_SALES_SCHEMA = pa.schema(
     [
@@ -76,34 +89,65 @@ class Rejected:
 
 
 def _text(value: Any) -> str | None:
+    """Text as the source holds it (any Unicode kept as is); None for a missing or blank value."""
     if value is None:
         return None
-    text = str(value).strip()
-    return text or None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def identifier_problem(name: str, value: Any) -> str | None:
+    """Why the value cannot be an identifier (see IDENTIFIER), or None when it can."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"missing {name}"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return f"{name} is a {type(value).__name__}, not an identifier"
+    if not IDENTIFIER.fullmatch(str(value)):
+        return f"{name} {str(value)[:40]!r} is not an identifier (A-Z a-z 0-9 . _ -, at most 128)"
+    return None
+
+
+def parse_price(raw: Any) -> Decimal | str:
+    """The price as a Decimal, or why it is not one (see PRICE_TEXT for what is accepted)."""
+    if raw is None:
+        return "null sold_price"
+    if isinstance(raw, bool):
+        return "unparseable sold_price: a boolean"
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return "non-finite sold_price"
+    if isinstance(raw, str):
+        if not PRICE_TEXT.fullmatch(raw):
+            return f"unparseable sold_price {raw[:40]!r}"
+        raw = raw.strip()
+    elif not isinstance(raw, (int, float, Decimal)):
+        return f"unparseable sold_price: a {type(raw).__name__}"
+    try:
+        price = Decimal(raw) if not isinstance(raw, float) else Decimal(repr(raw))
+    except (InvalidOperation, ValueError):
+        return f"unparseable sold_price {str(raw)[:40]!r}"
+    if not price.is_finite():
+        return "non-finite sold_price"
+    if price < 0:
+        return "negative sold_price"
+    if price > MAX_PLAUSIBLE_PRICE:
+        return f"implausible sold_price above {MAX_PLAUSIBLE_PRICE}"
+    return price
 
 
 def validate_sale(row: dict[str, Any]) -> dict[str, Any] | Rejected:
     """Return the sale as a clean record, or why it cannot be used."""
-    product_id = _text(row.get("id"))
-    if product_id is None:
-        return Rejected(None, "missing product id")
-    tenant_id = _text(row.get("tenant_id"))
-    if tenant_id is None:
-        return Rejected(product_id, "missing tenant_id")
+    raw_id = row.get("id")
+    if problem := identifier_problem("product id", raw_id):
+        # The id is kept in the quarantine record as text, whatever it was: it is data there.
+        return Rejected(None if raw_id is None else str(raw_id)[:200], problem)
+    product_id = str(raw_id)
+    if problem := identifier_problem("tenant_id", row.get("tenant_id")):
+        return Rejected(product_id, problem)
+    tenant_id = str(row["tenant_id"])
 
-    raw_price = row.get("sold_price")
-    if raw_price is None:
-        return Rejected(product_id, "null sold_price")
-    try:
-        price = Decimal(str(raw_price))
-    except (InvalidOperation, ValueError):
-        return Rejected(product_id, f"unparseable sold_price {str(raw_price)[:40]!r}")
-    if not price.is_finite():
-        return Rejected(product_id, "non-finite sold_price")
-    if price < 0:
-        return Rejected(product_id, "negative sold_price")
-    if price > MAX_PLAUSIBLE_PRICE:
-        return Rejected(product_id, f"implausible sold_price above {MAX_PLAUSIBLE_PRICE}")
+    price = parse_price(row.get("sold_price"))
+    if isinstance(price, str):
+        return Rejected(product_id, price)
 
     sold_date = row.get("sold_date")
     if not isinstance(sold_date, datetime):
@@ -111,7 +155,7 @@ def validate_sale(row: dict[str, Any]) -> dict[str, Any] | Rejected:
     if sold_date.tzinfo is None:
         return Rejected(product_id, "sold_date without time zone")
 
-    image_url = _text(row.get("image_url"))
+    image_url = (_text(row.get("image_url")) or "").strip() or None
     if image_url is None:
         return Rejected(product_id, "missing image_url")
 

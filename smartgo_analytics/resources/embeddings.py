@@ -5,20 +5,30 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections import Counter
 
 import numpy as np
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from smartgo_analytics.core.imaging import visual_features
 from smartgo_analytics.core.retry import call_with_retries
+from smartgo_analytics.core.vectors import vector_from_answer
 from smartgo_analytics.resources.aws import AwsResource
 
 TITAN_IMAGE_MODEL = "amazon.titan-embed-image-v1"
 TITAN_DIMENSIONS = (256, 384, 1024)
 # On-demand price of one Titan Multimodal Embeddings image input, USD.
 TITAN_PRICE_PER_IMAGE = 0.00006
+# Errors of an endpoint that does not answer: a connection refused, reset or left silent.
+UNANSWERED = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError)
 
 
 class EmbeddingError(Exception):
@@ -57,16 +67,32 @@ class LocalVisualEmbedder(ImageEmbedder):
 
 class TitanEmbedder(ImageEmbedder, AwsResource):
     """`amazon.titan-embed-image-v1` through one shared bedrock-runtime client with adaptive
-    retries (throttling), a bound on calls in flight, and its own retry of ModelTimeoutException."""
+    retries (throttling), a bound on calls in flight, and its own retry of ModelTimeoutException
+    and of throttling that outlasts botocore's attempts.
+
+    Time per sale is bounded: an endpoint that never answers costs at most `http_attempts` x
+    (`connect_timeout_s` + `read_timeout_s`) (3 x 25 s by default), and once
+    `unanswered_limit` calls in a row went unanswered, the rest of the step's calls fail at once
+    (the day then fails its error budget and is retried later, rather than waiting for hours).
+    """
 
     titan_model_id: str = Field(default=TITAN_IMAGE_MODEL)
     model_timeout_retries: int = 3
     model_timeout_backoff_s: float = 1.0
-    max_attempts: int = Field(
-        default=10, description="botocore attempts per call, throttling included"
+    http_attempts: int = Field(
+        default=3, description="botocore attempts per call (throttling, resets, timeouts)"
+    )
+    throttling_retries: int = Field(
+        default=4, description="further tries, with backoff, of a call still throttled"
+    )
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = Field(default=20.0, description="longest wait for one answer")
+    unanswered_limit: int = Field(
+        default=3, description="calls in a row without an answer before the rest fail at once"
     )
 
     _slots: threading.BoundedSemaphore | None = PrivateAttr(default=None)
+    _unanswered: int = PrivateAttr(default=0)
 
     @property
     def model_id(self) -> str:
@@ -85,9 +111,10 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
     def _client(self):
         client = self.boto3_client(
             "bedrock-runtime",
-            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            retries={"mode": "adaptive", "max_attempts": self.http_attempts},
             max_pool_connections=max(self.max_concurrency, 10),
-            read_timeout=60,
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
         )
         if self._slots is None:
             with self._clients_lock:  # one bound for every thread, however many start at once
@@ -96,6 +123,8 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
         return client
 
     def embed(self, image: bytes) -> np.ndarray:
+        if self._unanswered >= self.unanswered_limit:
+            raise EmbeddingError(f"Bedrock did not answer {self._unanswered} calls in a row")
         client = self._client()
         body = json.dumps(
             {
@@ -104,7 +133,7 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             }
         )
 
-        def invoke() -> dict:
+        def invoke() -> bytes:
             with self._slots:
                 response = client.invoke_model(
                     modelId=self.titan_model_id,
@@ -112,31 +141,34 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
                     contentType="application/json",
                     accept="application/json",
                 )
-            return json.loads(response["body"].read())
+                return response["body"].read()
 
-        def is_model_timeout(error: Exception) -> bool:
-            return (
-                isinstance(error, ClientError)
-                and error.response["Error"]["Code"] == "ModelTimeoutException"
-            )
+        limits = {
+            "ModelTimeoutException": self.model_timeout_retries,
+            "ThrottlingException": self.throttling_retries,
+        }
+        retried: Counter[str] = Counter()
+
+        def retryable(error: Exception) -> bool:
+            code = error.response["Error"]["Code"] if isinstance(error, ClientError) else ""
+            retried[code] += 1
+            return retried[code] <= limits.get(code, 0)
 
         try:
-            payload = call_with_retries(
-                invoke, is_model_timeout, self.model_timeout_retries, self.model_timeout_backoff_s
+            answer = call_with_retries(
+                invoke, retryable, sum(limits.values()), self.model_timeout_backoff_s
             )
         except ClientError as error:
             code = error.response["Error"]["Code"]
             raise EmbeddingError(
                 f"Bedrock {code}: {error.response['Error'].get('Message', '')[:120]}"
             ) from None
-        vector = payload.get("embedding")
-        if not isinstance(vector, list):
-            raise EmbeddingError("Bedrock response has no embedding")
-        if len(vector) != self.dimension:
-            raise EmbeddingError(
-                f"Bedrock returned {len(vector)} values, asked for {self.dimension}"
-            )
+        except UNANSWERED as error:
+            with self._clients_lock:
+                self._unanswered += 1
+            raise EmbeddingError(f"Bedrock did not answer: {type(error).__name__}") from None
+        self._unanswered = 0
         try:
-            return np.asarray(vector, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise EmbeddingError("Bedrock embedding holds non-numbers") from None
+            return vector_from_answer(answer, self.dimension)
+        except ValueError as error:
+            raise EmbeddingError(f"unusable Bedrock answer: {error}") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
 
+from smartgo_analytics.layout import check_key
 from smartgo_analytics.resources.aws import AwsResource
 
 
@@ -59,26 +60,28 @@ class S3ObjectStore(ObjectStore, AwsResource):
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> str:
-        self.client().put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        self.client().put_object(
+            Bucket=self.bucket, Key=check_key(key), Body=data, ContentType=content_type
+        )
         return self.uri(key)
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.client().get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
         except ClientError as error:
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 raise FileNotFoundError(self.uri(key)) from error
             raise
 
     def put_file(self, key: str, path: Path) -> str:
-        self.client().upload_file(str(path), self.bucket, key)
+        self.client().upload_file(str(path), self.bucket, check_key(key))
         return self.uri(key)
 
     def local_path(self, key: str) -> Path:
         fd, name = tempfile.mkstemp(prefix="smartgo-", suffix=Path(key).suffix)
         os.close(fd)
         try:
-            self.client().download_file(self.bucket, key, name)
+            self.client().download_file(self.bucket, check_key(key), name)
         except ClientError as error:
             Path(name).unlink(missing_ok=True)
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
@@ -101,7 +104,7 @@ class S3ObjectStore(ObjectStore, AwsResource):
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
     def delete(self, key: str) -> None:
-        self.client().delete_object(Bucket=self.bucket, Key=key)
+        self.client().delete_object(Bucket=self.bucket, Key=check_key(key))
 
 
 class LocalObjectStore(ObjectStore):
@@ -111,8 +114,10 @@ class LocalObjectStore(ObjectStore):
 
     def _path(self, key: str) -> Path:
         root = (Path(self.lake_dir) / self.bucket).resolve()
-        path = (root / key).resolve()
-        if not path.is_relative_to(root):
+        if not key:
+            return root
+        path = (root / check_key(key)).resolve()
+        if not path.is_relative_to(root):  # a symbolic link in the lake, say
             raise ValueError(f"object key escapes the bucket: {key!r}")
         return path
 
