@@ -298,6 +298,64 @@ def test_bedrock_throttling_is_retried_and_wrong_lengths_are_per_sale_errors(
     assert check(result, "embedding_error_ratio_within_budget").passed  # 1 of 24 is 4.2%
 
 
+ODD_TEXT = (
+    "line\u2028para\u2029next\u0085 \u05e9\u05dc\u05d5\u05dd \u202eevil\u202c \U0001f600 \x1f"
+)
+
+
+def test_identifiers_that_are_not_data_are_quarantined_and_every_key_stays_in_its_prefix(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path
+):
+    day = "2025-06-07"
+    hostile_ids = ["../../staging/evil", "P1/../../../quicksight/x", "..", ".hidden", "P 1", "P1\n",
+                   "P1%2F..%2F..", "Ｐ１", "tenant_id=evil", "P" * 129, "-rf", "P1\\..\\x"]  # fmt: skip
+    hostile_tenants = [
+        "../warehouse",
+        "acme/other",
+        " carousel-labs",
+        "carousel-labs ",
+        "ACME\u200b",
+        "",
+    ]
+    good = [sale(f"OK-{n}", day, f"{cdn}/ok.png", category=ODD_TEXT, brand="\u202b" + "é" * 5_000,
+                 description=ODD_TEXT * 20_000) for n in range(30)]  # fmt: skip
+    bad = [sale(pid, day, f"{cdn}/ok.png") for pid in hostile_ids]
+    bad += [
+        sale(f"TENANT-{n}", day, f"{cdn}/ok.png", tenant_id=t)
+        for n, t in enumerate(hostile_tenants)
+    ]
+    insert_products(stack.postgres_uri, good + bad)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+
+    result = run(res, day)
+
+    assert result.success
+    sales = result.asset_materializations_for_node("smartgo_sales")[0].metadata
+    assert sales["quarantined_rows"].value == len(bad)
+    quarantine = pq.read_table(
+        res["object_store"].local_path(f"staging/quarantine/smartgo_sales/{day}.parquet")
+    ).to_pylist()
+    assert {q["product_id"] for q in quarantine} == {s["id"] for s in bad}
+    assert all(
+        "not an identifier" in q["reason"] or q["reason"] == "missing tenant_id" for q in quarantine
+    )
+    rows = day_rows(res, day)
+    assert set(rows) == {s["id"] for s in good}
+    assert all(
+        r["category"] == ODD_TEXT and r["brand"] == "\u202b" + "é" * 5_000 for r in rows.values()
+    )
+    staged = pq.read_table(
+        res["object_store"].local_path(asset_output_key(["smartgo_sales"], day))
+    ).to_pylist()
+    assert {r["description"] for r in staged} == {ODD_TEXT * 20_000}
+    for key in res["object_store"].list_keys(""):
+        parts = key.split("/")
+        assert parts[0] in ("images", "staging"), key
+        if parts[0] == "images":
+            assert len(parts) == 5 and parts[:3] == ["images", "smartgo", "carousel-labs"], key
+            assert parts[3] in rows, key
+
+
 UNTRUSTED = {
     "not-json": "answer is not JSON", "no-field": "answer has no 'embedding'",
     "not-a-list": "is a str, not a list", "short": "1023 values, asked for 1024",

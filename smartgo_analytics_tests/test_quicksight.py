@@ -345,3 +345,41 @@ def test_spice_refresh_is_called_only_for_configured_data_sets_with_one_id_per_p
     assert metadata["spice_ingestion_status"].value == "QUEUED"
     other = result.asset_materializations_for_node("quicksight__anomalies")[0].metadata
     assert "spice_ingestion_id" not in other
+
+
+def test_records_without_a_usable_identity_are_skipped_and_any_text_survives_the_files(
+    stack, table, s3_bucket
+):
+    d = "2025-02-17"
+
+    def store(store_id, name="x"):
+        return {"PK": f"STORE#{store_id!s:.20}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}",
+                "GSI1SK": f"STORE#{store_id!s:.20}", "store_id": store_id, "store_name": name}  # fmt: skip
+
+    # (A lone surrogate is not valid UTF-8: DynamoDB refuses it; the NDJSON core test covers it.)
+    texts = {
+        "separators": "a\u2028b\u2029c\u0085d\ne\rf",
+        "controls": "nul\x00bell\x07esc\x1b",
+        "right-to-left": "\u202eשלום\u202c مرحبا",
+        "long": "ü" * 200_000,
+        "emoji": "\U0001f6d2 cart",
+    }
+    put_items(stack, table, [store(f"S-{name}", text) for name, text in texts.items()] + [
+        store(["S1"]), store({"id": "S2"}), store(True), store(" "), store(None), store(Decimal("3.5")),
+        store(Decimal("7"), "seven"),
+    ])  # fmt: skip
+    store_, res = s3_resources(stack, table, s3_bucket)
+
+    result = materialize(ASSETS, resources=res, partition_key=d)
+
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    raw = store_.get_bytes(f"quicksight/store_summaries/{d}.json")
+    records = [json.loads(line) for line in raw.decode().split("\n") if line]
+    assert len(records) == raw.count(b"\n") == len(texts) + 1
+    names = {r["store_id"]: r["store_name"] for r in records}
+    assert names == {**{f"S-{name}": text for name, text in texts.items()}, "7": "seven"}
+    metadata = result.asset_materializations_for_node("quicksight__store_summaries")[0].metadata
+    assert metadata["items_without_identity"].value == 6
+    reasons = metadata["items_without_identity_reasons"].value
+    assert "store_id: a list, not a string or whole number: 1" in reasons
+    assert "store_id: a float, not a string or whole number: 1" in reasons
