@@ -211,6 +211,27 @@ def test_secrets_are_redacted_from_alert_text():
     assert "postgresql://smartgo:***@db:5432/x" in text
 
 
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("connect postgresql://smartgo:p@ss:w/rd@db.internal:5432/x failed", "p@ss:w/rd"),
+        ("connect postgresql://smartgo:p@ss@db.internal/x failed", "p@ss"),
+        ("url 'https://admin:a:b@c/d@example.com/path' refused", "a:b@c/d"),
+        ("conninfo host=db user=smartgo password='with space@:/' dbname=x", "with space@:/"),
+        ('{"password": "s3cr:t@/x", "port": 5432}', "s3cr:t@/x"),
+        ("posting to T0123ABCD/B0123ABCD/AbCdEfGhIjKlMnOpQrStUvWx failed", "AbCdEfGhIjKlMnOpQrStUvWx"),
+        ("signature mismatch for key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        ("aws_secret_access_key=abc/DEF+ghi", "abc/DEF+ghi"),
+    ],
+)  # fmt: skip
+def test_secrets_with_awkward_characters_or_no_context_are_redacted_too(text, secret):
+    redacted = redact(text)
+    assert secret not in redacted and "***" in redacted
+    assert redact("image 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b failed") == (
+        "image 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b failed"  # a hex digest is not a secret
+    )
+
+
 def test_a_partition_materialises_against_a_postgres_backed_instance(stack, tmp_path):
     import json
 

@@ -12,18 +12,31 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+# user:password@ in a URL; the password may itself hold '@', ':' or '/': up to the last '@' of the word.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*@", re.IGNORECASE)
 _SLACK_HOOK = re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+")
-_PASSWORD_FIELD = re.compile(r"(password[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE)
+# A Slack webhook's token path on its own: T…/B…/secret.
+_SLACK_TOKEN = re.compile(r"\bT[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}\b")
+# An AWS secret access key: 40 characters of base64 with both cases (a hex digest has one).
+_AWS_SECRET = re.compile(
+    r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+)
+_PASSWORD_FIELD = re.compile(
+    r"([A-Za-z_]*(?:password|passwd|pwd|secret|token)[A-Za-z_]*[\"']?\s*[:=]\s*)(?:'[^']*'|\"[^\"]*\"|[^\s,;}]+)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """The text without passwords in URLs, webhook URLs, password fields or any given secret."""
+    """The text without passwords in URLs or fields, webhook URLs or tokens, AWS secret keys, or any
+    given secret."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     text = _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}***@", text)
     text = _SLACK_HOOK.sub("https://hooks.slack.com/services/***", text)
+    text = _SLACK_TOKEN.sub("***", text)
+    text = _AWS_SECRET.sub("***", text)
     return _PASSWORD_FIELD.sub(lambda m: f"{m.group(1)}***", text)
 
 
