@@ -105,6 +105,32 @@ def test_text_values_are_kept_as_the_source_holds_them():
     assert sale["category"] == odd and sale["brand"] is None and sale["description"] == odd * 10_000
 
 
+def test_a_product_sold_twice_in_a_day_keeps_its_latest_sale_and_quarantines_the_rest():
+    from smartgo_analytics.core.sales import VALID_SALES_SCHEMA, keep_latest_sale
+
+    def row(pid, hour, price):
+        return {
+            **validate_sale(good_row(id=pid, sold_date=datetime(2025, 1, 15, hour, tzinfo=UTC))),
+            "sold_price": price,
+        }
+
+    rows = [
+        row("A", 9, 1.0),
+        row("B", 9, 2.0),
+        row("A", 17, 3.0),
+        row("A", 11, 4.0),
+        row("C", 8, 5.0),
+        row("C", 8, 6.0),
+    ]
+    kept, rejected = keep_latest_sale(pa.Table.from_pylist(rows, schema=VALID_SALES_SCHEMA))
+    assert sorted(zip(kept.column("product_id").to_pylist(), kept.column("sold_price").to_pylist(), strict=True)) == [
+        ("A", 3.0), ("B", 2.0), ("C", 6.0)  # C: a tie, the row read last
+    ]  # fmt: skip
+    assert sorted(r.product_id for r in rejected) == ["A", "A", "C"]
+    unique = pa.Table.from_pylist(rows[1:2], schema=VALID_SALES_SCHEMA)
+    assert keep_latest_sale(unique) == (unique, [])
+
+
 def test_a_valid_row_is_normalised_to_utc_and_float_price():
     paris = timezone(timedelta(hours=1))
     sale = validate_sale(good_row(sold_date=datetime(2025, 1, 15, 0, 30, tzinfo=paris)))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import boto3
 import numpy as np
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -354,6 +355,41 @@ def test_identifiers_that_are_not_data_are_quarantined_and_every_key_stays_in_it
         if parts[0] == "images":
             assert len(parts) == 5 and parts[:3] == ["images", "smartgo", "carousel-labs"], key
             assert parts[3] in rows, key
+
+
+def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tmp_path):
+    """A source without a primary key (a view, a replica table) can repeat an id within a day."""
+    from smartgo_analytics.local.demo_data import PRODUCTS_DDL
+
+    admin = psycopg.conninfo.make_conninfo(stack.postgres_uri, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS smartgo_view")
+        conn.execute("CREATE DATABASE smartgo_view")
+    view = psycopg.conninfo.make_conninfo(stack.postgres_uri, dbname="smartgo_view")
+    with psycopg.connect(view) as conn:
+        conn.execute(PRODUCTS_DDL.replace("id text PRIMARY KEY", "id text"))
+        for hour, price in ((9, "10.00"), (15, "12.00"), (11, "11.00")):
+            conn.execute("INSERT INTO smartgo.products VALUES ('TWICE', 'carousel-labs', 'Books', 'Penguin', "
+                         "'Good', %s, %s, 'https://cdn.example.com/x.png', NULL, 'SOLD')",
+                         (price, datetime(2025, 6, 8, hour, tzinfo=UTC)))  # fmt: skip
+        conn.execute("INSERT INTO smartgo.products VALUES ('ONCE', 'carousel-labs', NULL, NULL, NULL, 5, "
+                     "'2025-06-08T10:00:00Z', 'https://cdn.example.com/y.png', NULL, 'SOLD')")  # fmt: skip
+    store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
+    res = {"smartgo_db": SmartGoDatabase(dsn=view), "object_store": store,
+           "parquet_io_manager": ParquetIOManager(object_store=store), "export_progress": ExportProgressTracker()}  # fmt: skip
+
+    result = materialize([smartgo_sales], resources=res, partition_key="2025-06-08")
+
+    metadata = result.asset_materializations_for_node("smartgo_sales")[0].metadata
+    assert metadata["duplicate_product_ids"].value == 2 and metadata["valid_rows"].value == 2
+    sales = pq.read_table(store.local_path(asset_output_key(["smartgo_sales"], "2025-06-08")))
+    assert sorted(zip(sales.column("product_id").to_pylist(), sales.column("sold_price").to_pylist(), strict=True)) == [
+        ("ONCE", 5.0), ("TWICE", 12.0)
+    ]  # fmt: skip
+    quarantine = pq.read_table(
+        store.local_path("staging/quarantine/smartgo_sales/2025-06-08.parquet")
+    )
+    assert quarantine.column("product_id").to_pylist() == ["TWICE", "TWICE"]
 
 
 UNTRUSTED = {

@@ -38,6 +38,7 @@ from smartgo_analytics.core.sales import (
     QUARANTINE_SCHEMA,
     VALID_SALES_SCHEMA,
     Rejected,
+    keep_latest_sale,
     validate_sale,
 )
 from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
@@ -106,11 +107,14 @@ def smartgo_sales(
             # Arrow per fetched batch: a big day never sits in memory as Python objects.
             batches.append(pa.RecordBatch.from_pylist(valid, schema=VALID_SALES_SCHEMA))
     table = pa.Table.from_batches(batches, schema=VALID_SALES_SCHEMA).combine_chunks()
+    table, duplicates = keep_latest_sale(table)
+    rejected += [{"product_id": d.product_id, "reason": d.reason} for d in duplicates]
     reasons = Counter(r["reason"] for r in rejected)
     metadata = {
         "source_rows": table.num_rows + len(rejected),
         "valid_rows": table.num_rows,
         "quarantined_rows": len(rejected),
+        "duplicate_product_ids": len(duplicates),
         "window": f"[{start.isoformat()}, {end.isoformat()})",
     }
     if rejected:

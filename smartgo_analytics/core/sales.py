@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SOURCE_COLUMNS = (
     "id",
@@ -170,3 +171,25 @@ def validate_sale(row: dict[str, Any]) -> dict[str, Any] | Rejected:
         "image_url": image_url,
         "description": row.get("description"),
     }
+
+
+DUPLICATE_REASON = "duplicate product id: its latest sale of the day is kept"
+
+
+def keep_latest_sale(sales: pa.Table) -> tuple[pa.Table, list[Rejected]]:
+    """One row per product id: the latest `sold_date` wins (on a tie, the row read last). The
+    others are returned as rejected, to be quarantined with the reason."""
+    counts = pc.value_counts(sales.column("product_id"))
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return sales, []
+    is_repeated = pc.is_in(sales.column("product_id"), value_set=repeated).to_pylist()
+    latest: dict[str, tuple[datetime, int]] = {}
+    ids, dates = sales.column("product_id").to_pylist(), sales.column("sold_date").to_pylist()
+    for index in (i for i, flag in enumerate(is_repeated) if flag):
+        if ids[index] not in latest or dates[index] >= latest[ids[index]][0]:
+            latest[ids[index]] = (dates[index], index)
+    winners = {index for _, index in latest.values()}
+    keep = [not flag or i in winners for i, flag in enumerate(is_repeated)]
+    rejected = [Rejected(ids[i], DUPLICATE_REASON) for i, k in enumerate(keep) if not k]
+    return sales.filter(pa.array(keep)), rejected
