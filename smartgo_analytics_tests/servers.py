@@ -203,7 +203,19 @@ class CdnState:
         self.not_modified = 0
 
 
+@functools.cache
+def gzip_bomb(inflated_mb: int = 256) -> bytes:
+    """A gzip body of a few hundred kilobytes that inflates to `inflated_mb` MB of zeros."""
+    import zlib
+
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"\0" * 2**20
+    return b"".join(deflate.compress(zeros) for _ in range(inflated_mb)) + deflate.flush()
+
+
 def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
+    import gzip
+
     bomb = bomb_png()
     good = png()
     corrupt = good[: len(good) // 2]
@@ -240,6 +252,12 @@ def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
                 return self._send(200, state.images[path], headers=[("ETag", etag)])
             if path == "/ok.png":
                 return self._send(200, good)
+            if path == "/gzipped.png":
+                return self._send(200, gzip.compress(good), headers=[("Content-Encoding", "gzip")])
+            if path == "/gzip-bomb.png":
+                return self._send(200, gzip_bomb(), headers=[("Content-Encoding", "gzip")])
+            if path == "/brotli.png":
+                return self._send(200, good, headers=[("Content-Encoding", "br")])
             if path == "/missing.png":
                 return self._send(404, b"not found", "text/plain")
             if path == "/flaky.png":
