@@ -639,6 +639,34 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     assert bedrock_calls.calls == 0 and metadata["embeddings_reused"].value == 24
 
 
+def test_a_day_whose_sales_share_one_url_spreads_them_over_every_worker_and_embeds_it_once(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-06-24"
+    cdn_state.images["/hot.png"] = servers.png((250, 120, 10))
+    for n in range(3):
+        cdn_state.images[f"/cold-{n}.png"] = servers.png((10, 40 * n, 200))
+    hot = [
+        sale(f"H-{n:02d}", day, f"{cdn}/hot.png", tenant_id=("carousel-labs", "northwind")[n % 2])
+        for n in range(30)
+    ]
+    cold = [sale(f"C-{n}", day, f"{cdn}/cold-{n}.png") for n in range(3)]
+    insert_products(stack.postgres_uri, hot + cold)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+
+    result = run(res, day, worker_processes=3, worker_min_sales=1)
+
+    metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    per_worker = metadata["sales_per_worker_process"].value
+    assert sum(per_worker) == 33 and max(per_worker) - min(per_worker) <= 3, per_worker
+    assert bedrock_calls.calls == 4 and metadata["embedding_calls"].value == 4
+    rows = day_rows(res, day)
+    vectors = {tuple(rows[s["id"]]["embedding_vector"]) for s in hot}
+    assert len(vectors) == 1 and len(next(iter(vectors))) == 1024
+    keys = {rows[s["id"]]["image_s3_key"] for s in hot}
+    assert len(keys) == 30  # each sale's own copy, under its own tenant and product
+
+
 def test_known_vectors_keep_one_usable_vector_per_image_out_of_memory_and_give_it_back():
     vector = pa.list_(pa.float32())
     batch = lambda shas, models, vectors: pa.RecordBatch.from_pydict(  # noqa: E731

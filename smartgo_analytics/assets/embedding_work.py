@@ -112,6 +112,8 @@ class SaleWork:
             result["embedding_model"] = model_id
             if sha in self.known:
                 result["embedding_reused"] = True
+            elif sale.get(DEFERRED):  # another sale of this URL, elsewhere, is embedding it
+                result[DEFERRED] = True
             else:
                 result["embedding_vector"] = self._embedder()(sha, prepared.data)
         except ImageFetchError as error:
@@ -219,14 +221,50 @@ class Outcome:
 
     embedding_calls: int = 0
     processes: int = 1
+    sales_per_process: list[int] = field(default_factory=list)
+
+
+# Marks a sale whose image URL an earlier sale of the day has: it is downloaded and copied where it
+# is, and its vector is the earlier sale's, filled in when the results are merged.
+DEFERRED = "embedding_deferred"
+
+
+def assign_workers(urls: list[str], processes: int) -> tuple[list[int], dict[str, int]]:
+    """A worker for each sale, and the index of each URL's first sale. A URL's first sale goes to
+    the worker its URL hashes to, so each image is embedded by one worker once; every later sale of
+    the URL goes to the next worker in turn, so a day whose sales share a few URLs still spreads
+    its downloads and copies over every worker."""
+    owner, first = [], {}
+    turn = 0
+    for index, url in enumerate(urls):
+        if url not in first:
+            first[url] = index
+            owner.append(zlib.crc32(url.encode()) % processes)
+        else:
+            owner.append(turn % processes)
+            turn += 1
+    return owner, first
+
+
+def _from_first_sale(result: dict, first: dict | None) -> dict:
+    """A deferred sale's result completed with the vector (or error) of its URL's first sale."""
+    if first is not None and first["image_sha256"] == result["image_sha256"]:
+        if first["embedding_vector"] is not None or first["embedding_reused"]:
+            return result | {"embedding_vector": first["embedding_vector"],
+                             "embedding_reused": first["embedding_reused"]}  # fmt: skip
+        if first["embedding_error"]:
+            return result | {"embedding_error": first["embedding_error"]}
+    return result | {
+        "embedding_error": "embedding failed: the image's first sale of the day had other bytes "
+        "or none; it is embedded on the next run"
+    }
 
 
 def run_sales(
     work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, outcome: Outcome
 ) -> Iterator[dict]:
     """Every item's result in the items' order: in this process, or split over `processes` worker
-    processes. A sale goes to a worker chosen by its image URL, so an image that several sales share
-    is still embedded once."""
+    processes (see `assign_workers`): an image that several sales share is still embedded once."""
     # Each worker has at least one thread and one Bedrock call in flight.
     processes = min(processes, work.threads, work.image_embedder.max_concurrency)
     if processes <= 1:
@@ -234,10 +272,15 @@ def run_sales(
         outcome.embedding_calls = work.embedding_calls
         return
     context = _context()
-    owner = [zlib.crc32(sale["image_url"].encode()) % processes for sale, _ in items]
-    shares = [
-        [item for item, n in zip(items, owner, strict=True) if n == w] for w in range(processes)
-    ]
+    urls = [sale["image_url"] for sale, _ in items]
+    owner, first = assign_workers(urls, processes)
+    repeated = {urls[index] for index in range(len(urls)) if first[urls[index]] != index}
+    shares: list[list] = [[] for _ in range(processes)]
+    for index, ((sale, before), n) in enumerate(zip(items, owner, strict=True)):
+        deferred = first[sale["image_url"]] != index
+        shares[n].append(({**sale, DEFERRED: True}, before) if deferred else (sale, before))
+    outcome.sales_per_process = [len(share) for share in shares]
+    first_results: dict[str, dict] = {}
     workers, conns, finished = [], [], False
     try:
         for _ in shares:
@@ -254,8 +297,13 @@ def run_sales(
             except OSError:  # it died starting: say how
                 _receive(conn, workers[worker])
                 raise
-        for n in owner:
-            yield _receive(conns[n], workers[n])
+        for url, n in zip(urls, owner, strict=True):
+            result = _receive(conns[n], workers[n])
+            if result.pop(DEFERRED, False):
+                result = _from_first_sale(result, first_results.get(url))
+            elif url in repeated and url not in first_results:
+                first_results[url] = result
+            yield result
         for conn, process in zip(conns, workers, strict=True):
             outcome.embedding_calls += _receive(conn, process)
         outcome.processes = processes

@@ -272,6 +272,7 @@ def product_image_embeddings(
             "error_examples": md_table(error_examples, ["product_id", "embedding_error"]),
             "embedding_calls": outcome.embedding_calls,
             "worker_processes": outcome.processes,
+            "sales_per_worker_process": MetadataValue.json(outcome.sales_per_process),
             "embeddings_reused": reused,
             "embedding_model": model_id,
             "estimated_bedrock_cost_usd": round(
