@@ -97,6 +97,32 @@ def test_a_failed_partition_sends_one_alert_with_job_asset_partition_error_and_l
     assert "secret-token" not in text
 
 
+def test_a_failure_whose_error_quotes_secrets_alerts_without_them(tmp_path, webhook):
+    leaked = [
+        "p@ss:w/rd",
+        "T0123ABCD/B0123ABCD/AbCdEfGhIjKlMnOpQrStUvWx",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ]
+
+    @asset(partitions_def=daily_partitions)
+    def leaky():
+        raise RuntimeError(f"connect postgresql://smartgo:{leaked[0]}@db.internal/smartgo failed; "
+                           f"retrying hook {leaked[1]} with key {leaked[2]}")  # fmt: skip
+
+    job = define_asset_job("leaky_job", selection=[leaky])
+    defs = Definitions(assets=[leaky], jobs=[job], sensors=[failed_partition_alert],
+                       resources={"alerter": alerter(webhook)})  # fmt: skip
+    with instance_for_test() as instance:
+        first = tick(failed_partition_alert, instance, defs, webhook)
+        defs.resolve_job_def("leaky_job").execute_in_process(
+            partition_key="2025-02-22", instance=instance, raise_on_error=False
+        )
+        tick(failed_partition_alert, instance, defs, webhook, cursor=first.cursor)
+    (text,) = webhook.texts()
+    assert "postgresql://smartgo:***@db.internal/smartgo" in text
+    assert not [secret for secret in leaked if secret in text], text
+
+
 def test_a_failed_error_check_alerts_with_its_partition_and_warn_checks_do_not(tmp_path, webhook):
     @asset(
         partitions_def=daily_partitions,

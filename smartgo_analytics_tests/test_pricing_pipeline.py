@@ -358,26 +358,83 @@ def test_identifiers_that_are_not_data_are_quarantined_and_every_key_stays_in_it
             assert parts[3] in rows, key
 
 
-def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tmp_path):
-    """A source without a primary key (a view, a replica table) can repeat an id within a day."""
+def source_database(stack, name: str, ddl_change: tuple[str, str]) -> str:
+    """A database of its own on the embedded server, with the products table changed as a real
+    source might have it (no primary key, a text price)."""
     from smartgo_analytics.local.demo_data import PRODUCTS_DDL
 
     admin = psycopg.conninfo.make_conninfo(stack.postgres_uri, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS smartgo_view")
-        conn.execute("CREATE DATABASE smartgo_view")
-    view = psycopg.conninfo.make_conninfo(stack.postgres_uri, dbname="smartgo_view")
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = psycopg.conninfo.make_conninfo(stack.postgres_uri, dbname=name)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(PRODUCTS_DDL.replace(*ddl_change))
+    return dsn
+
+
+def sales_only(dsn: str, tmp_path):
+    store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
+    return store, {"smartgo_db": SmartGoDatabase(dsn=dsn), "object_store": store,
+                   "parquet_io_manager": ParquetIOManager(object_store=store), "export_progress": ExportProgressTracker()}  # fmt: skip
+
+
+def test_prices_a_source_holds_as_numbers_or_text_are_accepted_or_quarantined_with_the_reason(
+    stack, tmp_path
+):
+    day = "2025-06-09"
+    insert = ("INSERT INTO smartgo.products VALUES (%s, 'carousel-labs', NULL, NULL, NULL, %s, "
+              "'2025-06-09T10:00:00Z', 'https://cdn.example.com/x.png', NULL, 'SOLD')")  # fmt: skip
+    numbers = {"NUM-nan": ("NaN", "non-finite sold_price"), "NUM-inf": ("Infinity", "non-finite sold_price"),
+               "NUM-negative": ("-5", "negative sold_price"),
+               "NUM-huge": ("99999999.99", "implausible sold_price above 1000000"), "NUM-ok": ("12.50", None)}  # fmt: skip
+    texts = {"TXT-separators": "1_000", "TXT-comma": "1,000.00", "TXT-exponent": "1e3", "TXT-currency": "$12",
+             "TXT-hex": "0x1F", "TXT-arabic": "١٢", "TXT-infinity": "Infinity", "TXT-words": "twelve",
+             "TXT-ok": " 12.50 ", "TXT-ok-int": "7"}  # fmt: skip
+    numeric_source = source_database(
+        stack, "smartgo_numeric_prices", ("sold_price numeric(12, 2)", "sold_price numeric")
+    )
+    text_source = source_database(
+        stack, "smartgo_text_prices", ("sold_price numeric(12, 2)", "sold_price text")
+    )
+    with psycopg.connect(numeric_source) as conn:
+        for pid, (price, _) in numbers.items():
+            conn.execute(insert.replace(", %s, '2025", ", %s::numeric, '2025"), (pid, price))
+    with psycopg.connect(text_source) as conn:
+        for pid, price in texts.items():
+            conn.execute(insert, (pid, price))
+
+    outcomes = {}
+    for n, dsn in enumerate((numeric_source, text_source)):
+        store, res = sales_only(dsn, tmp_path / str(n))
+        assert materialize([smartgo_sales], resources=res, partition_key=day).success
+        sales = pq.read_table(
+            store.local_path(asset_output_key(["smartgo_sales"], day))
+        ).to_pylist()
+        quarantine = pq.read_table(
+            store.local_path(f"staging/quarantine/smartgo_sales/{day}.parquet")
+        )
+        outcomes |= {s["product_id"]: s["sold_price"] for s in sales}
+        outcomes |= {q["product_id"]: q["reason"] for q in quarantine.to_pylist()}
+
+    assert outcomes == {
+        **{pid: reason or 12.5 for pid, (_, reason) in numbers.items()},
+        **{pid: f"unparseable sold_price {price!r}" for pid, price in texts.items() if "ok" not in pid},
+        "TXT-ok": 12.5, "TXT-ok-int": 7.0,
+    }  # fmt: skip
+
+
+def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tmp_path):
+    """A source without a primary key (a view, a replica table) can repeat an id within a day."""
+    view = source_database(stack, "smartgo_view", ("id text PRIMARY KEY", "id text"))
     with psycopg.connect(view) as conn:
-        conn.execute(PRODUCTS_DDL.replace("id text PRIMARY KEY", "id text"))
         for hour, price in ((9, "10.00"), (15, "12.00"), (11, "11.00")):
             conn.execute("INSERT INTO smartgo.products VALUES ('TWICE', 'carousel-labs', 'Books', 'Penguin', "
                          "'Good', %s, %s, 'https://cdn.example.com/x.png', NULL, 'SOLD')",
                          (price, datetime(2025, 6, 8, hour, tzinfo=UTC)))  # fmt: skip
         conn.execute("INSERT INTO smartgo.products VALUES ('ONCE', 'carousel-labs', NULL, NULL, NULL, 5, "
                      "'2025-06-08T10:00:00Z', 'https://cdn.example.com/y.png', NULL, 'SOLD')")  # fmt: skip
-    store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
-    res = {"smartgo_db": SmartGoDatabase(dsn=view), "object_store": store,
-           "parquet_io_manager": ParquetIOManager(object_store=store), "export_progress": ExportProgressTracker()}  # fmt: skip
+    store, res = sales_only(view, tmp_path)
 
     result = materialize([smartgo_sales], resources=res, partition_key="2025-06-08")
 
