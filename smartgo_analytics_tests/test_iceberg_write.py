@@ -92,7 +92,8 @@ def test_replacing_a_day_is_one_commit_and_leaves_other_days_alone(catalog):
         6, sales_table.ARROW_SCHEMA.field("sold_date"),
         pa.array([DAY + timedelta(days=1, hours=n) for n in range(3)], pa.timestamp("us", tz="UTC")))  # fmt: skip
     catalog.replace_day([next_day], DAY + timedelta(days=1), DAY + timedelta(days=2))
-    before = catalog.sales_table().metadata.last_sequence_number
+    before = catalog.sales_table().metadata
+    commits = len(before.metadata_log)
 
     table = catalog.replace_day([rows(4, price=99.0), rows(2, first=4, price=99.0)],
                                 DAY, DAY + timedelta(days=1))  # fmt: skip
@@ -100,10 +101,11 @@ def test_replacing_a_day_is_one_commit_and_leaves_other_days_alone(catalog):
     assert {r["sold_price"] >= 99.0 for r in read(catalog).values()} == {True}
     assert len(read(catalog)) == 6
     assert catalog.read_day(DAY + timedelta(days=1), DAY + timedelta(days=2)).num_rows == 3
-    # One delete and one append snapshot, committed together.
+    # A delete and an append per batch, committed together: one new metadata file.
     operations = [s.summary.operation.value for s in table.snapshots()
-                  if s.sequence_number > before]  # fmt: skip
-    assert operations == ["delete", "append"]
+                  if s.sequence_number > before.last_sequence_number]  # fmt: skip
+    assert operations == ["delete", "append", "append"]
+    assert len(table.metadata.metadata_log) == commits + 1
 
 
 def test_a_table_created_without_the_write_properties_gets_them(catalog):

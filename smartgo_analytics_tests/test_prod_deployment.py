@@ -19,6 +19,7 @@ from boto3.dynamodb.types import TypeSerializer
 from dagster import materialize
 from pyiceberg.catalog import load_catalog
 
+from smartgo_analytics.core.alerts import Alert
 from smartgo_analytics.core.quicksight import DATASETS
 from smartgo_analytics.deployment import resources_for_deployment
 from smartgo_analytics.local.demo_data import sales_data_items
@@ -68,8 +69,16 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
              sold_price=f"{20 + n}.50")
         for n in range(12)
     ])  # fmt: skip
+    topic = aws.client("sns", **endpoint).create_topic(Name="smartgo-prod-alerts")["TopicArn"]
+    sqs = aws.client("sqs", **endpoint)
+    queue = sqs.create_queue(QueueName="smartgo-prod-alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    aws.client("sns", **endpoint).subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
     environment = {
         "SMARTGO_DEPLOYMENT": "prod",
+        "ALERT_SNS_TOPIC_ARN": topic,
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": stack.aws_endpoint_url,
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock,
@@ -86,6 +95,7 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+    environment["queue"] = queue
     monkeypatch.delenv("AWS_DEFAULT_REGION")  # AWS_REGION alone, which botocore does not read
     settings.cache_clear()
     yield environment
@@ -150,6 +160,12 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         TableName="smartgo-export-progress-prod", Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}}
     )["Item"]  # fmt: skip
     assert progress["status"]["S"] == "COMPLETE" and progress["totalCount"]["N"] == "12"
+
+    # The prod alerter publishes to SNS in the deployment's region.
+    resources["alerter"].send(Alert(title="SmartGo analytics: test", error="none", partition=DAY))
+    (message,) = boto3.client("sqs", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
+                              ).receive_message(QueueUrl=prod_environment["queue"])["Messages"]  # fmt: skip
+    assert f"partition: {DAY}" in json.loads(message["Body"])["Message"]
 
     snapshot = table.current_snapshot().snapshot_id
     second = materialize(assets, resources=resources_for_deployment(), partition_key=DAY)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
     DoubleType,
@@ -86,15 +87,29 @@ TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "snappy",
     "write.metadata.metrics.column.embedding_vector": "none",
     "write.parquet.dict-size-bytes": str(64 * 1024),
+    # Every commit writes a metadata file: keep the last 20, delete older ones as commits go.
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
 }
 
 # Rows are clustered by partition (then in time order), so each partition's file is a slice of the
-# batch rather than a copy.
+# batch rather than a copy. The table declares the same order, so engines may rely on it.
 ROW_ORDER = [
     *((field.name, "ascending") for field in PARTITION_SPEC.fields),
     ("sold_date", "ascending"),
     ("product_id", "ascending"),
 ]
+SORT_ORDER = SortOrder(
+    *(
+        SortField(
+            source_id=_FIELD_IDS[name],
+            transform=IdentityTransform(),
+            direction=SortDirection.ASC,
+            null_order=NullOrder.NULLS_LAST,  # as pyarrow sorts
+        )
+        for name, _ in ROW_ORDER
+    )
+)
 
 # What re-materialising a day compares with the rows already in the table: every column but the
 # vector (a reused vector is the table's own for the same image and model) and the two that say

@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
+from pyarrow.fs import FileSelector, FileType
 from pydantic import Field, PrivateAttr
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThan
-from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, pyarrow_to_schema, write_file
-from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-from pyiceberg.table import Table, WriteTask
-from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
+from pyiceberg.expressions import (
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThan,
+    LessThanOrEqual,
+)
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import NullOrder
+from pyiceberg.transforms import IdentityTransform
 
 from smartgo_analytics.core import sales_table
+from smartgo_analytics.core.table_care import (
+    DataFileInfo,
+    Retention,
+    compaction_groups,
+    orphans,
+    snapshots_to_expire,
+)
 
 
 class KnownVectors:
@@ -103,24 +123,41 @@ class IcebergCatalog(ConfigurableResource):
         return self._catalog
 
     def sales_table(self) -> Table:
-        """`pricing_intelligence.smartgo_sales`, created with its schema and partition spec if missing."""
+        """`pricing_intelligence.smartgo_sales`, created with its schema, partition spec and sort
+        order if it is missing. Loaded first: nothing is written for a table that exists (creating
+        "if not exists" writes a metadata file before it learns that it does)."""
         catalog = self.catalog()
-        catalog.create_namespace_if_not_exists(sales_table.NAMESPACE)
-        table = catalog.create_table_if_not_exists(
-            sales_table.IDENTIFIER,
-            schema=sales_table.SCHEMA,
-            partition_spec=sales_table.PARTITION_SPEC,
-            properties=sales_table.TABLE_PROPERTIES,
-        )
-        # A table created by an earlier version gets the write properties it lacks.
+        try:
+            table = catalog.load_table(sales_table.IDENTIFIER)
+        except NoSuchTableError:
+            catalog.create_namespace_if_not_exists(sales_table.NAMESPACE)
+            try:
+                return catalog.create_table(
+                    sales_table.IDENTIFIER,
+                    schema=sales_table.SCHEMA,
+                    partition_spec=sales_table.PARTITION_SPEC,
+                    sort_order=sales_table.SORT_ORDER,
+                    properties=sales_table.TABLE_PROPERTIES,
+                )
+            except TableAlreadyExistsError:  # another run created it in the meantime
+                table = catalog.load_table(sales_table.IDENTIFIER)
+        # A table created by an earlier version gets the properties and sort order it lacks.
         changed = {
             key: value
             for key, value in sales_table.TABLE_PROPERTIES.items()
             if table.properties.get(key) != value
         }
-        if changed:
+        unsorted = [f.source_id for f in table.sort_order().fields] != [
+            f.source_id for f in sales_table.SORT_ORDER.fields
+        ]
+        if changed or unsorted:
             with table.transaction() as transaction:
-                transaction.set_properties(changed)
+                if changed:
+                    transaction.set_properties(changed)
+                if unsorted:
+                    with transaction.update_sort_order() as order:
+                        for name, _ in sales_table.ROW_ORDER:
+                            order.asc(name, IdentityTransform(), NullOrder.NULLS_LAST)
         return table
 
     def existing_sales_table(self) -> Table | None:
@@ -170,68 +207,173 @@ class IcebergCatalog(ConfigurableResource):
         columns = ("image_sha256", "embedding_model", "embedding_vector")
         return KnownVectors(self.scan_day_files(start, end, columns), model_id, dimension)
 
-    def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
-        """Delete the day's rows and append the batches, all in one atomic commit.
+    def maintain(self, retention: Retention, now: datetime | None = None, on_group_read=None):
+        """Maintain the sales table (see `maintain_table`); a catalog that maintains its tables
+        itself (S3 Tables) is left alone, and so is a table not created yet."""
+        if maintained_by_catalog(self.properties):
+            return MaintenanceReport(skipped="S3 Tables maintains this table itself")
+        table = self.existing_sales_table()
+        if table is None:
+            return MaintenanceReport(skipped="the table does not exist yet")
+        return maintain_table(table, retention, now, on_group_read)
 
-        The batches go into one append snapshot. Each batch is split by partition with one `take`
-        per partition (a slice when the batch is already clustered by partition, as the pipeline's
-        rows are), and pyiceberg's own file writer writes the partitions in parallel.
-        """
+    def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
+        """Delete the day's rows and append the batches, all in one atomic commit (pyiceberg's
+        public transaction API: a delete and one append per batch, committed together)."""
         table = self.sales_table()
         with warnings.catch_warnings():
             # A day's first write deletes nothing; pyiceberg warns about that, it is expected here.
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             with table.transaction() as transaction:
                 transaction.delete(day_filter(start, end))
-                with transaction.update_snapshot().fast_append() as append:
-                    counter = itertools.count()
-                    for rows in batches:
-                        if not rows.num_rows:
-                            continue
-                        tasks = _write_tasks(
-                            transaction.table_metadata, rows, append.commit_uuid, counter
-                        )
-                        for data_file in write_file(table.io, transaction.table_metadata, tasks):
-                            append.append_data_file(data_file)
+                for rows in batches:
+                    if rows.num_rows:
+                        transaction.append(rows)
         return table.refresh()
 
 
-def _write_tasks(
-    metadata: TableMetadata, rows: pa.Table, write_uuid: uuid.UUID, counter: Iterator[int]
-) -> Iterator[WriteTask]:
-    """One write task per partition of the rows, each with its partition key."""
-    schema, spec = metadata.schema(), metadata.spec()
-    _check_pyarrow_schema_compatible(schema, rows.schema, format_version=metadata.format_version)
-    task_schema = pyarrow_to_schema(
-        rows.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+@dataclass
+class MaintenanceReport:
+    """What a maintenance run did, for the run's metadata and the command's output."""
+
+    skipped: str | None = None
+    partitions_compacted: list[dict] = field(default_factory=list)
+    snapshots_expired: int = 0
+    snapshots_left: int = 0
+    files_removed: int = 0
+    bytes_freed: int = 0
+    unreferenced_in_grace: int = 0
+    commit_retries: int = 0
+
+
+COMMIT_ATTEMPTS = 3
+
+
+def maintained_by_catalog(properties: dict[str, str]) -> bool:
+    """S3 Tables compacts, expires snapshots and removes unreferenced files of its tables itself."""
+    return "s3tables" in (properties.get("rest.signing-name", "") + properties.get("warehouse", ""))
+
+
+def maintain_table(
+    table: Table, retention: Retention, now: datetime | None = None, on_group_read=None
+) -> MaintenanceReport:
+    """Compact small files, expire old snapshots, then remove the files nothing live refers to,
+    each step one commit (per partition, for compaction) on pyiceberg's public API. A commit that
+    meets a concurrent one (a day being materialised) is tried again on the new table, at most
+    COMMIT_ATTEMPTS times; then the run fails, having changed nothing it did not commit. Ages are
+    measured at `now`, or when each step starts."""
+    report = MaintenanceReport()
+    _compact(table, retention, report, on_group_read)
+    table = table.refresh()
+    expiry_time = now or datetime.now(UTC)
+    current = table.current_snapshot()
+    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    if current is not None:
+        protected.add(current.snapshot_id)
+    committed = [
+        (s.snapshot_id, datetime.fromtimestamp(s.timestamp_ms / 1000, UTC))
+        for s in table.snapshots()
+    ]
+    expired = snapshots_to_expire(committed, expiry_time, retention, protected)
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+        table = table.refresh()
+    report.snapshots_expired = len(expired)
+    report.snapshots_left = len(table.snapshots())
+    _remove_unreferenced(table, retention, now or datetime.now(UTC), report)
+    return report
+
+
+def _compact(table: Table, retention: Retention, report: MaintenanceReport, on_group_read) -> None:
+    files = table.inspect.files().to_pylist()
+    by_partition: dict[tuple, list[DataFileInfo]] = {}
+    for f in files:
+        bounds = f["readable_metrics"]["sold_date"]
+        key = tuple(f["partition"][field.name] for field in sales_table.PARTITION_SPEC.fields)
+        by_partition.setdefault(key, []).append(
+            DataFileInfo(f["file_path"], f["file_size_in_bytes"], bounds["lower_bound"], bounds["upper_bound"])
+        )  # fmt: skip
+    for key, infos in sorted(by_partition.items()):
+        if not compaction_groups(infos, retention.target_file_size):
+            continue
+        partition = dict(zip((f.name for f in sales_table.PARTITION_SPEC.fields), key, strict=True))
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            table = table.refresh()
+            current = _partition_files(table, partition)
+            groups = compaction_groups(current, retention.target_file_size)
+            try:
+                with table.transaction() as transaction:
+                    for first, last, _ in groups:
+                        where = _partition_filter(partition, first, last)
+                        rows = (
+                            table.scan(row_filter=where).to_arrow().sort_by(sales_table.ROW_ORDER)
+                        )
+                        if on_group_read is not None:
+                            on_group_read(partition)
+                        transaction.delete(where)
+                        transaction.append(rows)
+                break
+            except (CommitFailedException, ValidationException):  # a concurrent write
+                report.commit_retries += 1
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+        after = len(_partition_files(table.refresh(), partition))
+        report.partitions_compacted.append(
+            {**partition, "files_before": len(current), "files_after": after}
+        )
+
+
+def _partition_files(table: Table, partition: dict) -> list[DataFileInfo]:
+    names = [field.name for field in sales_table.PARTITION_SPEC.fields]
+    return [
+        DataFileInfo(f["file_path"], f["file_size_in_bytes"], f["readable_metrics"]["sold_date"]["lower_bound"],
+                     f["readable_metrics"]["sold_date"]["upper_bound"])
+        for f in table.inspect.files().to_pylist()
+        if all(f["partition"][name] == partition[name] for name in names)
+    ]  # fmt: skip
+
+
+def _partition_filter(partition: dict, first: datetime, last: datetime) -> BooleanExpression:
+    return And(
+        *(EqualTo(name, value) for name, value in partition.items()),
+        GreaterThanOrEqual("sold_date", first.isoformat()),
+        LessThanOrEqual("sold_date", last.isoformat()),
     )
-    names = [f"_partition_{n}" for n in range(len(spec.fields))]
-    keys = pa.table(
-        {
-            name: field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(
-                rows.column(schema.find_column_name(field.source_id))
-            )
-            for name, field in zip(names, spec.fields, strict=True)
-        }
-    ).append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
-    groups = keys.group_by(names, use_threads=False).aggregate([("_row", "list")])
-    for group in groups.to_pylist():
-        indices = group["_row_list"]
-        first, last = indices[0], indices[-1]
-        contiguous = last - first + 1 == len(indices) and indices == sorted(indices)
-        partition = rows.slice(first, len(indices)) if contiguous else rows.take(indices)
-        key = PartitionKey(
-            field_values=[
-                PartitionFieldValue(field=field, value=group[name])
-                for field, name in zip(spec.fields, names, strict=True)
-            ],
-            partition_spec=spec,
-            schema=schema,
+
+
+def _remove_unreferenced(
+    table: Table, retention: Retention, now: datetime, report: MaintenanceReport
+) -> None:
+    """Delete the files under the table's location that no live snapshot or kept metadata file
+    refers to, once they are older than the grace period."""
+    referenced = {_path_of(table.metadata_location)}
+    referenced |= {_path_of(entry.metadata_file) for entry in table.metadata.metadata_log}
+    for snapshot in table.snapshots():
+        referenced.add(_path_of(snapshot.manifest_list))
+        for manifest in snapshot.manifests(table.io):
+            referenced.add(_path_of(manifest.manifest_path))
+            referenced |= {
+                _path_of(entry.data_file.file_path)
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+            }
+    location = urlsplit(table.location())
+    filesystem = table.io.fs_by_scheme(location.scheme, location.netloc)
+    listing = filesystem.get_file_info(FileSelector(_path_of(table.location()), recursive=True))
+    found = {info.path: info for info in listing if info.type == FileType.File}
+    modified = [(path, info.mtime) for path, info in found.items()]
+    removable = orphans(modified, referenced, now, retention.orphan_grace)
+    report.unreferenced_in_grace = len(set(found) - referenced) - len(removable)
+    for path in removable:
+        table.io.delete(
+            f"{location.scheme}://{path}" if location.scheme != "file" else f"file://{path}"
         )
-        yield WriteTask(
-            write_uuid=write_uuid,
-            task_id=next(counter),
-            schema=task_schema,
-            record_batches=partition.to_batches(),
-            partition_key=key,
-        )
+        report.files_removed += 1
+        report.bytes_freed += found[path].size
+
+
+def _path_of(uri: str) -> str:
+    """A file's path as the file system lists it: `bucket/key` on S3, `/absolute/path` on disk."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return parts.path
+    return f"{parts.netloc}{parts.path}"
