@@ -268,11 +268,7 @@ def cmd_stack_info(args) -> int:
 
 
 def cmd_query(args) -> int:
-    import contextlib
-
     from smartgo_analytics.core.sales_table import ARROW_SCHEMA
-    from smartgo_analytics.local.stack import local_stack, running_stack
-    from smartgo_analytics.resources.iceberg import IcebergCatalog
     from smartgo_analytics.settings import settings
 
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
@@ -282,15 +278,52 @@ def cmd_query(args) -> int:
             f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(ARROW_SCHEMA.names)}"
         )
     if settings().deployment == "local":
-        try:
-            context = contextlib.nullcontext(running_stack())
-        except StackError:
-            context = local_stack()  # started just for this query
-        with context as info:
-            return _print_query(IcebergCatalog(properties=info.iceberg_properties), args, columns)
+        with _local_catalog() as catalog:
+            return _print_query(catalog, args, columns)
     from smartgo_analytics.deployment import resources_for_deployment
 
     return _print_query(resources_for_deployment()["iceberg"], args, columns)
+
+
+def _local_catalog():
+    """The local table's catalog, with the stack started for the block if it is not running."""
+    import contextlib
+
+    from smartgo_analytics.local.stack import local_stack, running_stack
+    from smartgo_analytics.resources.iceberg import IcebergCatalog
+
+    @contextlib.contextmanager
+    def catalog():
+        try:
+            context = contextlib.nullcontext(running_stack())
+        except StackError:
+            context = local_stack()  # started just for this command
+        with context as info:
+            yield IcebergCatalog(properties=info.iceberg_properties)
+
+    return catalog()
+
+
+def cmd_maintain(args) -> int:
+    from smartgo_analytics.core.table_care import parse_duration, parse_size
+    from smartgo_analytics.maintenance import MaintenanceConfig, report_metadata
+
+    _local_deployment()
+    for option, value, parse in (("--expire-older-than", args.expire_older_than, parse_duration),
+                                 ("--orphan-grace", args.orphan_grace, parse_duration),
+                                 ("--target-file-size", args.target_file_size, parse_size)):  # fmt: skip
+        try:
+            parse(value)
+        except ValueError as error:
+            raise UsageError(f"{option}: {error}") from None
+    config = MaintenanceConfig(expire_older_than=args.expire_older_than, keep_last=args.keep_last,
+                               orphan_grace=args.orphan_grace, target_file_size=args.target_file_size)  # fmt: skip
+    with _local_catalog() as catalog:
+        report = catalog.maintain(config.retention())
+    for key, value in report_metadata(report).items():
+        if key != "compaction":
+            say(f"{key}: {value}")
+    return 0
 
 
 def _print_query(catalog, args, columns) -> int:
@@ -383,6 +416,32 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=_positive, default=20)
     query.add_argument("--format", choices=["table", "json", "csv"], default="table")
     query.set_defaults(run=cmd_query)
+    maintain = commands.add_parser(
+        "maintain",
+        help="compact small files, expire snapshots and remove unreferenced files of the local table",
+    )
+    maintain.add_argument(
+        "--expire-older-than",
+        default="7d",
+        help="expire snapshots older than this (s, m, h, d; default: %(default)s)",
+    )
+    maintain.add_argument(
+        "--keep-last",
+        type=_positive,
+        default=10,
+        help="always keep this many snapshots (default: %(default)s)",
+    )
+    maintain.add_argument(
+        "--orphan-grace",
+        default="3d",
+        help="keep unreferenced files younger than this (default: %(default)s)",
+    )
+    maintain.add_argument(
+        "--target-file-size",
+        default="128MB",
+        help="compact files below this size (B, KB, MB, GB; default: %(default)s)",
+    )
+    maintain.set_defaults(run=cmd_maintain)
     return root
 
 

@@ -4,6 +4,7 @@ from dagster import Definitions, load_assets_from_modules
 
 from smartgo_analytics.assets import pricing_intelligence, quicksight
 from smartgo_analytics.deployment import resources_for_deployment
+from smartgo_analytics.maintenance import iceberg_maintenance_job, iceberg_maintenance_schedule
 from smartgo_analytics.schedules import daily_analytics_job, daily_analytics_schedule
 from smartgo_analytics.sensors import (
     build_freshness_alert,
@@ -25,8 +26,8 @@ assets = [
 
 defs = Definitions(
     assets=assets,
-    jobs=[daily_analytics_job],
-    schedules=[daily_analytics_schedule],
+    jobs=[daily_analytics_job, iceberg_maintenance_job],
+    schedules=[daily_analytics_schedule, iceberg_maintenance_schedule],
     sensors=[
         failed_partition_alert,
         failed_check_alert,

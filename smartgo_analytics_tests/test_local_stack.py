@@ -182,6 +182,36 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     )
     assert processes_under(home) == []
 
+    # A second day in the same month, then the table's care: one file a partition, the same rows.
+    assert (
+        cli(
+            "demo", "--days", "1", "--end-date", "2025-01-16", "--sales-per-day", "100", home=home
+        ).returncode
+        == 0
+    )
+    everything = ("query", "smartgo_sales", "--limit", "1000", "--format", "json", "--columns",
+                  "product_id,tenant_id,sold_price,sold_date,embedding_vector,embedding_error")  # fmt: skip
+    before = sorted(cli(*everything, home=home).stdout.splitlines())
+    table_dir = lake / "warehouse" / "pricing_intelligence" / "smartgo_sales"
+    data_before = list(table_dir.rglob("*.parquet"))
+    maintain = cli(
+        "maintain",
+        "--expire-older-than",
+        "0s",
+        "--keep-last",
+        "1",
+        "--orphan-grace",
+        "0s",
+        home=home,
+    )
+    assert maintain.returncode == 0, maintain.stderr
+    report = dict(line.split(": ", 1) for line in maintain.stdout.splitlines() if ": " in line)
+    data_after = list((table_dir / "data").rglob("*.parquet"))
+    partitions = {p.parent for p in data_before if "/data/" in str(p)}
+    assert len(data_after) == len(partitions) < len(data_before), report
+    assert report["snapshots_left"] == "1" and int(report["files_removed"]) > 0
+    assert sorted(cli(*everything, home=home).stdout.splitlines()) == before and len(before) == 198
+
 
 def test_ctrl_c_on_dev_stops_dagster_and_the_stack(tmp_path):
     home = tmp_path / "home"

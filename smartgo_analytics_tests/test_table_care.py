@@ -165,3 +165,33 @@ def test_a_table_that_s3_tables_maintains_is_left_alone():
     )
     report = catalog.maintain(Retention())
     assert report.skipped == "S3 Tables maintains this table itself"
+
+
+def test_the_weekly_job_runs_the_maintenance_and_reports_it(tmp_path):
+    from smartgo_analytics.definitions import defs
+    from smartgo_analytics.maintenance import iceberg_maintenance_job
+
+    schedule = defs.resolve_schedule_def("iceberg_maintenance_schedule")
+    assert schedule.cron_schedule == "0 5 * * 0" and schedule.execution_timezone == "UTC"
+    assert schedule.default_status.value == "RUNNING"
+    catalog = IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
+                                         "warehouse": (tmp_path / "warehouse").as_uri()})  # fmt: skip
+    fill(catalog, days=4)
+    config = {
+        "expire_older_than": "0s",
+        "keep_last": 1,
+        "orphan_grace": "0s",
+        "target_file_size": "1MB",
+    }
+
+    result = iceberg_maintenance_job.execute_in_process(
+        resources={"iceberg": catalog},
+        run_config={"ops": {"maintain_sales_table": {"config": config}}},
+    )
+
+    output = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
+    metadata = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+    assert metadata["partitions_compacted"] == len(TENANTS) and metadata["snapshots_left"] == 1
+    # Four days and the re-written one: five files a partition, then one.
+    assert metadata["files_before_compaction"] == 5 * len(TENANTS)
+    assert metadata["files_after_compaction"] == len(TENANTS)
