@@ -282,26 +282,60 @@ def cmd_query(args) -> int:
             return _print_query(catalog, args, columns)
     from smartgo_analytics.deployment import resources_for_deployment
 
-    return _print_query(resources_for_deployment()["iceberg"], args, columns)
+    return _print_query(resources_for_deployment()["iceberg"].catalog(), args, columns)
 
 
 def _local_catalog():
-    """The local table's catalog, with the stack started for the block if it is not running."""
+    """The local table's catalog for the block: the running stack's, or its Postgres alone. Plain
+    pyiceberg, without Dagster's import: reading the table answers in well under two seconds."""
     import contextlib
 
-    from smartgo_analytics.local.stack import local_stack, running_stack
-    from smartgo_analytics.resources.iceberg import IcebergCatalog
+    from pyiceberg.catalog import load_catalog
+
+    from smartgo_analytics.local.stack import local_catalog_properties
 
     @contextlib.contextmanager
     def catalog():
-        try:
-            context = contextlib.nullcontext(running_stack())
-        except StackError:
-            context = local_stack()  # started just for this command
-        with context as info:
-            yield IcebergCatalog(properties=info.iceberg_properties)
+        with local_catalog_properties() as properties:
+            yield load_catalog("smartgo", **properties)
 
     return catalog()
+
+
+def _sales_table(catalog):
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    from smartgo_analytics.core.sales_table import IDENTIFIER
+
+    try:
+        return catalog.load_table(IDENTIFIER)
+    except (NoSuchTableError, NoSuchNamespaceError):
+        raise UsageError(
+            f"the table {IDENTIFIER} does not exist yet: run `make demo` first"
+        ) from None
+
+
+def cmd_sql(args) -> int:
+    """SQL over the table's current snapshot with DuckDB: it reads only the files and columns the
+    query needs."""
+    import duckdb
+
+    from smartgo_analytics.core.lake_sql import connect_to_snapshot
+
+    _local_deployment()
+    with _local_catalog() as catalog:
+        table = _sales_table(catalog)
+        with connect_to_snapshot(table.metadata_location) as connection:
+            try:
+                result = connection.sql(args.query)
+            except duckdb.Error as error:
+                raise UsageError(f"the query failed: {str(error).splitlines()[0]}") from None
+            if result is None:
+                raise UsageError("the query returns no rows (use SELECT)")
+            rows = result.to_arrow_table().to_pylist()
+            names = result.columns
+    _print_rows(rows, names, args.format)
+    return 0
 
 
 def cmd_maintain(args) -> int:
@@ -318,8 +352,11 @@ def cmd_maintain(args) -> int:
             raise UsageError(f"{option}: {error}") from None
     config = MaintenanceConfig(expire_older_than=args.expire_older_than, keep_last=args.keep_last,
                                orphan_grace=args.orphan_grace, target_file_size=args.target_file_size)  # fmt: skip
-    with _local_catalog() as catalog:
-        report = catalog.maintain(config.retention())
+    from smartgo_analytics.local.stack import local_catalog_properties
+    from smartgo_analytics.resources.iceberg import IcebergCatalog
+
+    with local_catalog_properties() as properties:
+        report = IcebergCatalog(properties=properties).maintain(config.retention())
     for key, value in report_metadata(report).items():
         if key != "compaction":
             say(f"{key}: {value}")
@@ -329,11 +366,7 @@ def cmd_maintain(args) -> int:
 def _print_query(catalog, args, columns) -> int:
     from pyiceberg.expressions.parser import parse
 
-    table = catalog.existing_sales_table()
-    if table is None:
-        raise UsageError(
-            "the table pricing_intelligence.smartgo_sales does not exist yet: run `make demo` first"
-        )
+    table = _sales_table(catalog)
     try:
         row_filter = parse(args.where) if args.where else None
     except Exception as error:  # pyiceberg raises ParseException from pyparsing
@@ -342,10 +375,15 @@ def _print_query(catalog, args, columns) -> int:
                       selected_fields=columns or ("*",), limit=args.limit)  # fmt: skip
     rows = scan.to_arrow().to_pylist()
     names = list(columns) if columns else [f.name for f in table.schema().fields]
-    if args.format == "json":
+    _print_rows(rows, names, args.format)
+    return 0
+
+
+def _print_rows(rows: list[dict], names: list[str], form: str) -> None:
+    if form == "json":
         for row in rows:
             say(json.dumps(row, default=str, ensure_ascii=False))
-    elif args.format == "csv":
+    elif form == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=names)
         writer.writeheader()
         writer.writerows(rows)
@@ -356,7 +394,6 @@ def _print_query(catalog, args, columns) -> int:
         for row in shown:
             say("  ".join(row[n].ljust(widths[n]) for n in names))
         say(f"({len(rows)} rows)")
-    return 0
 
 
 def _short(value) -> str:
@@ -416,6 +453,13 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=_positive, default=20)
     query.add_argument("--format", choices=["table", "json", "csv"], default="table")
     query.set_defaults(run=cmd_query)
+    sql = commands.add_parser(
+        "sql", help="SQL over the local table's current snapshot, with DuckDB (table smartgo_sales)"
+    )
+    sql.add_argument("query", help='e.g. "SELECT category, count(*) FROM smartgo_sales GROUP BY 1"')
+    sql.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                     help="output format (default: %(default)s)")  # fmt: skip
+    sql.set_defaults(run=cmd_sql)
     maintain = commands.add_parser(
         "maintain",
         help="compact small files, expire snapshots and remove unreferenced files of the local table",

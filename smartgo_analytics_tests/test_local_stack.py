@@ -212,6 +212,16 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     assert report["snapshots_left"] == "1" and int(report["files_removed"]) > 0
     assert sorted(cli(*everything, home=home).stdout.splitlines()) == before and len(before) == 198
 
+    sql = cli("sql", "SELECT tenant_id, count(*) AS sales, sum(sold_price) AS revenue FROM smartgo_sales "
+              "GROUP BY 1 ORDER BY 1", "--format", "json", home=home)  # fmt: skip
+    assert sql.returncode == 0, sql.stderr
+    by_tenant = {}
+    for row in map(json.loads, before):
+        by_tenant.setdefault(row["tenant_id"], []).append(row["sold_price"])
+    assert [(r["tenant_id"], r["sales"]) for r in map(json.loads, sql.stdout.splitlines())] == [
+        (tenant, len(prices)) for tenant, prices in sorted(by_tenant.items())
+    ]  # fmt: skip
+
 
 def test_ctrl_c_on_dev_stops_dagster_and_the_stack(tmp_path):
     home = tmp_path / "home"

@@ -213,6 +213,33 @@ def local_stack(home: Path | None = None):
         yield info
 
 
+@contextlib.contextmanager
+def local_catalog_properties(home: Path | None = None):
+    """The local Iceberg catalog's properties, for the block: from the running stack, or with only
+    its PostgreSQL started (a fraction of a second) when the stack is not running and a demo has
+    left data behind. Reading the table needs nothing else."""
+    home = home or smartgo_home()
+    try:
+        yield running_stack(home).iceberg_properties
+        return
+    except StackError:
+        if not (home / "postgres").is_dir():
+            raise StackError(
+                f"no local data under {home}: run `smartgo-analytics demo` first"
+            ) from None
+    postgres = _start_postgres(home)
+    try:
+        yield {
+            "type": "sql",
+            "uri": postgres.get_uri(CATALOG_DATABASE).replace(
+                "postgresql://", "postgresql+psycopg://", 1
+            ),
+            "warehouse": (home / "lake" / LOCAL_BUCKET / "warehouse").as_uri(),
+        }
+    finally:
+        postgres.cleanup()
+
+
 def _start_postgres(home: Path):
     import warnings
 
