@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
+
+from smartgo_analytics.metadata import reasons as reason_list
 
 SALES = AssetKey("smartgo_sales")
 EMBEDDINGS = AssetKey("product_image_embeddings")
@@ -33,12 +35,6 @@ iceberg_reconciles = AssetCheckSpec(
 )
 
 
-def examples(reasons: Counter[str], limit: int = 5) -> str:
-    return (
-        "\n".join(f"- {reason}: {count}" for reason, count in reasons.most_common(limit)) or "none"
-    )
-
-
 def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=no_quarantined_rows.name,
@@ -47,7 +43,7 @@ def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> As
         metadata={
             "quarantined": quarantined,
             "source_rows": total,
-            "reasons": MetadataValue.md(examples(reasons)),
+            "reasons": reason_list(reasons),
         },
     )
 
@@ -62,7 +58,7 @@ def error_ratio_result(
         severity=AssetCheckSeverity.ERROR,
         description=f"{errors} of {total} sales have no vector ({ratio:.1%}, budget {budget:.1%})",
         metadata={"errors": errors, "sales": total, "error_ratio": ratio, "budget": budget,
-                  "reasons": MetadataValue.md(examples(reasons))},
+                  "reasons": reason_list(reasons)},
     )  # fmt: skip
 
 

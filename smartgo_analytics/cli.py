@@ -38,6 +38,26 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
+def _free_port(port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"--port {port}: port {port} on 127.0.0.1 is already taken") from None
+
+
 def _day(raw: str) -> date:
     try:
         return date.fromisoformat(raw)
@@ -149,11 +169,20 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _failure(result) -> str:
+    """Why the day failed, in one line: a failed blocking check's own description, or the error of
+    the asset's own code (not Dagster's wrapper around it)."""
+    from dagster import AssetCheckSeverity
+
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR:
+            why = evaluation.description or "failed"
+            return f"{evaluation.asset_key.to_user_string()} check {evaluation.check_name}: {why}"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            return (
-                f"{event.step_key}: {event.step_failure_data.error.message.strip().splitlines()[0]}"
-            )
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
     return "run failed"
 
 
@@ -224,6 +253,7 @@ def cmd_dev(args) -> int:
 
     _local_deployment()
     days = _demo_days(args)
+    _free_port(args.port)
     home = smartgo_home()
     with local_stack(home) as info:
         _seed(info, days, args.sales_per_day)
@@ -403,6 +433,10 @@ def _short(value) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         """One line, exit code 2: what was wrong, not a page of usage."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -436,29 +470,30 @@ def parser() -> argparse.ArgumentParser:
         "dev", help="start the local stack, seed, and run `dagster dev` on 127.0.0.1"
     )
     days_options(dev, 3)
-    dev.add_argument("--port", type=_positive, default=3000)
+    dev.add_argument("--port", type=_port, default=3000, help="the Dagster UI's port on 127.0.0.1")
     dev.set_defaults(run=cmd_dev)
     seed = commands.add_parser("seed", help="seed the local stack's demo data only")
     days_options(seed, 2)
     seed.set_defaults(run=cmd_seed)
     info = commands.add_parser("stack-info", help="where the local data lives")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="print JSON instead of lines")
     info.set_defaults(run=cmd_stack_info)
     query = commands.add_parser("query", help="read the Iceberg table")
-    query.add_argument("table", choices=["smartgo_sales"])
+    query.add_argument("table", choices=["smartgo_sales"], help="the table to read")
     query.add_argument(
         "--where", help="pyiceberg filter, e.g. \"tenant_id == 'carousel-labs' and month == 1\""
     )
-    query.add_argument("--columns", help="comma-separated column names")
-    query.add_argument("--limit", type=_positive, default=20)
-    query.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    query.add_argument("--columns", help="comma-separated column names (default: all)")
+    query.add_argument("--limit", type=_positive, default=20, help="at most this many rows")
+    query.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                       help="output format")  # fmt: skip
     query.set_defaults(run=cmd_query)
     sql = commands.add_parser(
         "sql", help="SQL over the local table's current snapshot, with DuckDB (table smartgo_sales)"
     )
     sql.add_argument("query", help='e.g. "SELECT category, count(*) FROM smartgo_sales GROUP BY 1"')
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table",
-                     help="output format (default: %(default)s)")  # fmt: skip
+                     help="output format")  # fmt: skip
     sql.set_defaults(run=cmd_sql)
     maintain = commands.add_parser(
         "maintain",
@@ -497,8 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     from smartgo_analytics.settings import ConfigurationError, settings
 
     args = parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so everything the stack started is stopped.
+    # SIGTERM unwinds like Ctrl-C, so everything the stack started is stopped. SIGINT is handled
+    # even when a shell started this in the background with it ignored: children then get it back.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         settings()
         return args.run(args)

@@ -93,6 +93,8 @@ def iceberg_maintenance_job():
 # Sundays at 05:00 UTC, after the 03:00 daily run; on from the deployment's first start.
 iceberg_maintenance_schedule = ScheduleDefinition(
     name="iceberg_maintenance_schedule",
+    description="Sundays at 05:00 UTC: compaction, snapshot expiry and removal of unreferenced "
+    "files of pricing_intelligence.smartgo_sales",
     job=iceberg_maintenance_job,
     cron_schedule="0 5 * * 0",
     execution_timezone="UTC",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 
 DEPLOYMENTS = ("local", "prod")
+TITAN_DIMENSIONS = (256, 384, 1024)
+CATALOG_TYPES = ("sql", "rest", "glue")
 
 
 class ConfigurationError(Exception):
@@ -70,6 +73,7 @@ class Settings:
     freshness_deadline_hour: int = 6
     quicksight_account_id: str | None = None
     quicksight_dataset_ids: dict[str, str] = field(default_factory=dict)
+    asset_owners: list[str] = field(default_factory=lambda: ["team:data-engineering"])
 
 
 def _iceberg_properties() -> dict[str, str]:
@@ -87,6 +91,10 @@ def _iceberg_properties() -> dict[str, str]:
     ):
         if os.environ.get(name):
             properties[key] = os.environ[name]
+    if properties.get("type") and properties["type"] not in CATALOG_TYPES:
+        raise ConfigurationError(
+            f"ICEBERG_CATALOG_TYPE={properties['type']!r} is not one of {', '.join(CATALOG_TYPES)}"
+        )
     return properties
 
 
@@ -113,6 +121,19 @@ def _quicksight_dataset_ids() -> dict[str, str]:
     if not os.environ.get("QUICKSIGHT_ACCOUNT_ID"):
         raise ConfigurationError("QUICKSIGHT_DATASET_IDS is set but QUICKSIGHT_ACCOUNT_ID is not")
     return ids
+
+
+_OWNER = re.compile(r"team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def _owners() -> list[str]:
+    owners = _list("ASSET_OWNERS") or ["team:data-engineering"]
+    bad = [owner for owner in owners if not _OWNER.fullmatch(owner)]
+    if bad:
+        raise ConfigurationError(
+            f"ASSET_OWNERS has {bad}: each owner is team:<name> or an email address"
+        )
+    return owners
 
 
 @cache
@@ -142,6 +163,11 @@ def settings() -> Settings:
     if deadline > 23:
         raise ConfigurationError(f"FRESHNESS_DEADLINE_HOUR_UTC={deadline} must be 0..23")
     stage = os.environ.get("STAGE", "dev")
+    dimension = _int("TITAN_EMBEDDING_DIMENSION", 1024)
+    if dimension not in TITAN_DIMENSIONS:
+        raise ConfigurationError(
+            f"TITAN_EMBEDDING_DIMENSION={dimension} is not one of {', '.join(map(str, TITAN_DIMENSIONS))}"
+        )
     return Settings(
         deployment=deployment,
         smartgo_home=os.environ.get("SMARTGO_HOME", ".smartgo"),
@@ -156,7 +182,7 @@ def settings() -> Settings:
         database_url_set=bool(os.environ.get("SMARTGO_DATABASE_URL")),
         db_ssm_parameter=os.environ.get("SMARTGO_DB_SSM_PARAMETER") or None,
         bedrock_max_concurrency=_int("BEDROCK_MAX_CONCURRENCY", 16),
-        embedding_dimension=_int("TITAN_EMBEDDING_DIMENSION", 1024),
+        embedding_dimension=dimension,
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
         # A worker's threads mostly wait on the network, and only one of them runs Python at a time:
@@ -173,4 +199,5 @@ def settings() -> Settings:
         freshness_deadline_hour=deadline,
         quicksight_account_id=os.environ.get("QUICKSIGHT_ACCOUNT_ID") or None,
         quicksight_dataset_ids=_quicksight_dataset_ids(),
+        asset_owners=_owners(),
     )

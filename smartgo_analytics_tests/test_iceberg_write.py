@@ -140,3 +140,19 @@ def test_a_days_files_are_read_a_few_rows_at_a_time_and_only_that_days_rows(cata
     assert list(catalog.scan_day_files(DAY - timedelta(days=1), DAY, columns)) == []
     dated = catalog.scan_day_files(DAY, DAY + timedelta(days=1), ("sold_date", "product_id"))
     assert sum(batch.num_rows for batch in dated) == 40
+
+
+def test_loading_the_table_writes_nothing_and_it_declares_the_order_rows_are_written_in(catalog):
+    table = catalog.replace_day([rows(9)], DAY, DAY + timedelta(days=1))
+    metadata_dir = table.location().removeprefix("file://") + "/metadata"
+    import os
+
+    before = sorted(os.listdir(metadata_dir))
+    for _ in range(3):  # as every materialisation does, also one that writes nothing
+        catalog.sales_table()
+    assert sorted(os.listdir(metadata_dir)) == before
+    declared = [
+        (table.schema().find_column_name(f.source_id), f.direction.value)
+        for f in table.sort_order().fields
+    ]
+    assert declared == [(name, "asc") for name, _ in sales_table.ROW_ORDER]

@@ -123,6 +123,25 @@ def _taken_port():
             "SMARTGO_DEPLOYMENT='staging' is not one of local, prod",
         ),
         (["demo"], {"SMARTGO_MOTO_PORT": "taken"}, "is already taken"),
+        (["dev", "--port", "99999"], {}, "--port: 99999 is not a port (1-65535)"),
+        (["dev", "--port", "0"], {}, "--port: 0 is not a port (1-65535)"),
+        (["dev", "--port", "taken"], {}, "is already taken"),
+        (
+            ["demo"],
+            {"TITAN_EMBEDDING_DIMENSION": "512"},
+            "TITAN_EMBEDDING_DIMENSION=512 is not one of 256, 384, 1024",
+        ),
+        (
+            ["demo"],
+            {"SEASON_HEMISPHERE": "eastern"},
+            "SEASON_HEMISPHERE='eastern' must be northern or southern",
+        ),
+        (
+            ["demo"],
+            {"ICEBERG_CATALOG_TYPE": "hive"},
+            "ICEBERG_CATALOG_TYPE='hive' is not one of sql, rest, glue",
+        ),
+        (["maintain", "--target-file-size", "big"], {}, "--target-file-size: 'big' is not a size"),
         (
             ["demo"],
             {
@@ -142,6 +161,7 @@ def test_bad_input_is_one_clear_line_exit_2_and_nothing_left(tmp_path, args, env
     port = _taken_port()
     if env.get("SMARTGO_MOTO_PORT") == "taken":
         env = {"SMARTGO_MOTO_PORT": str(port.getsockname()[1])}
+    args = [str(port.getsockname()[1]) if a == "taken" else a for a in args]
     home = tmp_path / "home"
     if "SMARTGO_HOME" in env:
         home = Path(env.pop("SMARTGO_HOME"))
@@ -223,7 +243,14 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     ]  # fmt: skip
 
 
-def test_ctrl_c_on_dev_stops_dagster_and_the_stack(tmp_path):
+@pytest.mark.parametrize(
+    ("stop", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c", "sigterm-in-the-background"],
+)
+def test_stopping_dev_stops_dagster_and_the_stack(tmp_path, stop, sigint_ignored):
+    """Ctrl-C in a terminal, or SIGTERM to a `dev` a shell started in the background (which starts
+    it with SIGINT ignored)."""
     home = tmp_path / "home"
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
@@ -232,8 +259,10 @@ def test_ctrl_c_on_dev_stops_dagster_and_the_stack(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen([*CLI, "dev", "--days", "1", "--end-date", "2025-01-15", "--sales-per-day", "10",
-                             "--port", str(port)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                             "--port", str(port)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=ignore)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -245,8 +274,10 @@ def test_ctrl_c_on_dev_stops_dagster_and_the_stack(tmp_path):
         else:
             pytest.fail("dagster dev did not answer")
         assert (home / "stack.json").exists()
-        proc.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        proc.send_signal(stop)
         proc.wait(timeout=60)
+        assert time.monotonic() - stopped < 20
     finally:
         if proc.poll() is None:
             proc.kill()

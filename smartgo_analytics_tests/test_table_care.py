@@ -140,8 +140,9 @@ def test_maintenance_on_the_glue_catalog_with_the_warehouse_on_s3(stack, monkeyp
     boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1").create_bucket(
         Bucket="care"
     )
+    # A region of its own: the prod deployment's test has its table in us-east-1's Glue catalog.
     catalog = IcebergCatalog(properties={
-        "type": "glue", "warehouse": "s3://care/warehouse", "client.region": "us-east-1",
+        "type": "glue", "warehouse": "s3://care/warehouse", "client.region": "eu-central-1",
         "glue.endpoint": stack.aws_endpoint_url, "s3.endpoint": stack.aws_endpoint_url,
     })  # fmt: skip
     fill(catalog, days=12)

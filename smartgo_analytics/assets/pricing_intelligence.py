@@ -42,7 +42,8 @@ from smartgo_analytics.core.sales import (
     validate_sale,
 )
 from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
-from smartgo_analytics.metadata import md_table
+from smartgo_analytics.metadata import location, md_table
+from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
 from smartgo_analytics.resources.embeddings import ImageEmbedder
@@ -75,6 +76,7 @@ PREVIEW_COLUMNS = ["product_id", "tenant_id", "category", "sold_price", "season"
 
 
 @asset(
+    owners=settings().asset_owners,
     partitions_def=daily_partitions,
     group_name=GROUP,
     kinds={"postgres"},
@@ -121,7 +123,7 @@ def smartgo_sales(
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rejected, schema=QUARANTINE_SCHEMA), buffer)
         key = f"{STAGING_PREFIX}/quarantine/smartgo_sales/{context.partition_key}.parquet"
-        metadata["quarantine_uri"] = object_store.put_bytes(key, buffer.getvalue())
+        metadata["quarantine_uri"] = location(object_store.put_bytes(key, buffer.getvalue()))
         metadata["quarantined_examples"] = md_table(rejected, ["product_id", "reason"])
     context.log.info(
         f"{context.partition_key}: {table.num_rows} valid sales, {len(rejected)} quarantined"
@@ -190,6 +192,7 @@ def _previous_downloads(
 
 
 @asset(
+    owners=settings().asset_owners,
     partitions_def=daily_partitions,
     group_name=GROUP,
     kinds={"bedrock", "s3"},
@@ -268,7 +271,7 @@ def product_image_embeddings(
             "sales": total,
             "embedded": embedded,
             "errors": errors,
-            "error_reasons": MetadataValue.md(checks.examples(reasons, 10)),
+            "error_reasons": reason_list(reasons, 10),
             "error_examples": md_table(error_examples, ["product_id", "embedding_error"]),
             "embedding_calls": outcome.embedding_calls,
             "worker_processes": outcome.processes,
@@ -318,11 +321,13 @@ def _rows_if_unchanged(
 
 
 def _reason_class(error: str) -> str:
-    """A reason without the per-sale detail, for the histogram."""
-    return error.split(" (after")[0].split(": ", 2)[-1] if error.count(": ") >= 2 else error
+    """A reason without the per-sale detail, for the histogram: "image download failed: too large"
+    for every "image download failed: too large: 11534336 bytes declared"."""
+    return ": ".join(error.split(" (after")[0].split(": ")[:2])
 
 
 @asset(
+    owners=settings().asset_owners,
     partitions_def=daily_partitions,
     group_name=GROUP,
     kinds={"iceberg"},
@@ -418,7 +423,7 @@ def smartgo_sales_iceberg(
             "rows_with_vector": rows_in_day - with_error,
             "rows_with_error": with_error,
             "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
-            "table_location": table.location(),
+            "table_location": location(table.location()),
             "preview": md_table(preview, PREVIEW_COLUMNS),
         },
         check_results=[checks.reconciliation_result(read_back_rows, smartgo_sales.num_rows)],

@@ -39,11 +39,13 @@ from smartgo_analytics.layout import (
     quicksight_month_key,
     quicksight_month_prefix,
 )
-from smartgo_analytics.metadata import md_table
+from smartgo_analytics.metadata import location, md_table
+from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import DynamoDBError, SalesDataTable
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.quicksight import QuickSightExport, ingestion_id
+from smartgo_analytics.settings import settings
 
 GROUP = "quicksight"
 SINGLE_RUN = BackfillPolicy.single_run()
@@ -55,6 +57,7 @@ MONTH_FILE = re.compile(r"(\d{4}-\d{2})\.json")
 
 
 @asset(
+    owners=settings().asset_owners,
     partitions_def=daily_partitions,
     group_name=GROUP,
     kinds={"dynamodb"},
@@ -111,6 +114,7 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     records_match = checks.records_match_spec(key)
 
     @asset(
+        owners=settings().asset_owners,
         key=key,
         deps=[dynamodb_daily_metrics],
         partitions_def=daily_partitions,
@@ -174,16 +178,16 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         }  # fmt: skip
         return MaterializeResult(
             metadata={
-                "s3_uri": uris.get(last_day, "none (no records)"),
+                "s3_uri": location(uris[last_day]) if last_day in uris else "none (no records)",
                 "records_exported": exported[last_day],
                 "records_exported_all_days": sum(exported.values()),
                 "days": len(context.partition_keys),
-                "manifest_uri": manifest_uri or "none (no records yet)",
+                "manifest_uri": location(manifest_uri) if manifest_uri else "none (no records yet)",
                 "manifest_files": files,
-                "fields_nulled": MetadataValue.md(checks.examples(nulls, 10)),
+                "fields_nulled": reason_list(nulls, 10),
                 "duplicates_skipped": duplicates,
                 "items_without_identity": skipped.total(),
-                "items_without_identity_reasons": MetadataValue.md(checks.examples(skipped, 10)),
+                "items_without_identity_reasons": reason_list(skipped, 10),
                 "preview": md_table(first_records, list(spec.field_names)),
                 **refresh_metadata,
             },
@@ -191,7 +195,11 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 AssetCheckResult(
                     check_name=valid_ndjson.name,
                     passed=not problems,
-                    metadata={"problems": MetadataValue.md("\n".join(problems[:10]) or "none")},
+                    metadata={
+                        "problems": MetadataValue.md("\n".join(problems[:10]))
+                        if problems
+                        else "none"
+                    },
                 ),
                 AssetCheckResult(
                     check_name=records_match.name,

@@ -87,6 +87,9 @@ def image_path(category: str, brand: str, variant: int) -> str:
     return f"products/{slug}-{variant}.jpg"
 
 
+DEMO_ERROR_BUDGET = 0.05  # MAX_EMBEDDING_ERROR_RATIO's default
+
+
 def products_for_day(
     day: date, cdn_url: str, sales_per_day: int = DEFAULT_SALES_PER_DAY, seed: int = DEFAULT_SEED
 ) -> list[Sale]:
@@ -115,16 +118,17 @@ def products_for_day(
                 status="SOLD" if sold else rng.choice(("AVAILABLE", "RESERVED")),
             )
         )
-    if sales_per_day >= 4:
-        # One of each failure the pipeline must survive, in the first sold rows of the day.
-        bad = {
-            0: {"image_url": f"{cdn_url}/products/missing-{day:%Y%m%d}.jpg"},
-            1: {"image_url": f"{cdn_url}/bad/not-an-image.jpg"},
-            2: {"image_url": f"{cdn_url}/bad/oversized.jpg"},
-            3: {"sold_price": None},
-        }
-        for index, change in bad.items():
-            sales[index] = Sale(**{**sales[index].__dict__, **change})
+    # The failures the pipeline must survive, in the first sold rows of the day: a null price
+    # (quarantined), and as many of the three image failures as the day's 5% error budget allows,
+    # so a small demo day succeeds and a normal one (60 sales or more) shows all three.
+    image_failures = [
+        {"image_url": f"{cdn_url}/products/missing-{day:%Y%m%d}.jpg"},
+        {"image_url": f"{cdn_url}/bad/not-an-image.jpg"},
+        {"image_url": f"{cdn_url}/bad/oversized.jpg"},
+    ][: int((sales_per_day - 1) * DEMO_ERROR_BUDGET)]
+    bad = [*image_failures, {"sold_price": None}] if sales_per_day >= 2 else []
+    for index, change in enumerate(bad):
+        sales[index] = Sale(**{**sales[index].__dict__, **change})
     return sales
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
 
 from smartgo_analytics.layout import asset_output_key
+from smartgo_analytics.metadata import location
 from smartgo_analytics.resources.object_store import ObjectStore
 
 
@@ -39,7 +40,7 @@ class ParquetIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} must return a pyarrow Table or a Parquet file Path, got {type(obj)}"
             )
         context.add_output_metadata(
-            {"parquet_uri": uri, "parquet_bytes": size, "parquet_rows": rows}
+            {"parquet_uri": location(uri), "parquet_bytes": size, "parquet_rows": rows}
         )
 
     def load_input(self, context: InputContext) -> pa.Table | pq.ParquetFile:
