@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
 
 from smartgo_analytics.metadata import reasons as reason_list
+from smartgo_analytics.partitions import daily_partitions
 
+# Every check is partitioned like its asset: each result names its day (a Dagster preview feature,
+# which says so at each spec).
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 SALES = AssetKey("smartgo_sales")
 EMBEDDINGS = AssetKey("product_image_embeddings")
 ICEBERG = AssetKey("smartgo_sales_iceberg")
@@ -15,22 +20,26 @@ ICEBERG = AssetKey("smartgo_sales_iceberg")
 no_quarantined_rows = AssetCheckSpec(
     "no_quarantined_rows",
     asset=SALES,
+    partitions_def=daily_partitions,
     description="Source rows that could not be used (WARN when any)",
 )
 embedding_error_ratio = AssetCheckSpec(
     "embedding_error_ratio_within_budget",
     asset=EMBEDDINGS,
+    partitions_def=daily_partitions,
     blocking=True,
     description="Share of sales without a vector stays within MAX_EMBEDDING_ERROR_RATIO; blocks the Iceberg write",
 )
 vector_length = AssetCheckSpec(
     "vectors_have_configured_length",
     asset=EMBEDDINGS,
+    partitions_def=daily_partitions,
     description="Every non-null vector has the configured length",
 )
 iceberg_reconciles = AssetCheckSpec(
     "iceberg_rows_match_source",
     asset=ICEBERG,
+    partitions_def=daily_partitions,
     description="The day's Iceberg rows equal the day's valid source rows",
 )
 
@@ -89,7 +98,8 @@ def valid_ndjson_spec(asset: AssetKey) -> AssetCheckSpec:
     return AssetCheckSpec(
         "valid_ndjson",
         asset=asset,
-        description="Every line parses, with the declared fields in order",
+        partitions_def=daily_partitions,
+        description="Every line of the day's file parses, with the declared fields, in order, of the declared JSON types",
     )
 
 
@@ -97,5 +107,6 @@ def records_match_spec(asset: AssetKey) -> AssetCheckSpec:
     return AssetCheckSpec(
         "records_match_source",
         asset=asset,
+        partitions_def=daily_partitions,
         description="Records exported equal the distinct source items of that type",
     )

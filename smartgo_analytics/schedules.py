@@ -1,8 +1,12 @@
+from datetime import timedelta
+
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
-    build_schedule_from_partitioned_job,
+    RunRequest,
+    ScheduleEvaluationContext,
     define_asset_job,
+    schedule,
 )
 
 SCHEDULE_HOUR_UTC = 3
@@ -13,14 +17,16 @@ daily_analytics_job = define_asset_job(
     description="Every asset for one day: pricing intelligence and the QuickSight exports",
 )
 
-# At 03:00 UTC, the run for the day that has just ended (the previous partition). Running from the
-# deployment's first start: nobody has to switch it on.
-daily_analytics_schedule = build_schedule_from_partitioned_job(
-    daily_analytics_job,
+
+@schedule(
     name="daily_analytics_schedule",
+    job=daily_analytics_job,
+    cron_schedule=f"0 {SCHEDULE_HOUR_UTC} * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,  # on from the deployment's first start
     description="At 03:00 UTC, every asset (pricing intelligence and the QuickSight exports) for "
     "the day that has just ended",
-    hour_of_day=SCHEDULE_HOUR_UTC,
-    minute_of_hour=0,
-    default_status=DefaultScheduleStatus.RUNNING,
 )
+def daily_analytics_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+    return RunRequest(run_key=day, partition_key=day)

@@ -49,7 +49,8 @@ def test_prod_without_a_bucket_fails_naming_the_setting():
 
 def test_the_schedule_runs_every_asset_for_the_previous_day_at_three_utc():
     context = build_schedule_context(
-        scheduled_execution_time=datetime(2025, 1, 16, 3, 0, tzinfo=UTC)
+        scheduled_execution_time=datetime(2025, 1, 16, 3, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
     )
     schedule = defs.resolve_schedule_def("daily_analytics_schedule")
     requests = schedule.evaluate_tick(context).run_requests

@@ -146,6 +146,9 @@ def test_hostile_images_become_per_sale_errors_and_the_day_completes(
     assert all(len(rows[f"OK-{n}"]["embedding_vector"]) == 1024 for n in range(60))
     ratio = check(result, "embedding_error_ratio_within_budget")
     assert ratio.passed and ratio.metadata["errors"].value == 15
+    assert {e.partition for e in result.get_asset_check_evaluations()} == {
+        day
+    }  # each names its day
 
 
 def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(

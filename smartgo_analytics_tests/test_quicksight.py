@@ -7,7 +7,14 @@ from http.server import BaseHTTPRequestHandler
 import boto3
 import pytest
 from boto3.dynamodb.types import TypeSerializer
-from dagster import AssetKey, Definitions, define_asset_job, instance_for_test, materialize
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    Definitions,
+    define_asset_job,
+    instance_for_test,
+    materialize,
+)
 
 from smartgo_analytics.assets.quicksight import dynamodb_daily_metrics, quicksight_datasets
 from smartgo_analytics.local.demo_data import sales_data_items
@@ -284,7 +291,19 @@ def test_a_single_run_backfill_exports_several_days_in_one_run(stack, table, s3_
             == 4
         )
         materialized = instance.get_materialized_partitions(AssetKey(["quicksight", "trends"]))
+        # One result per day and check, each naming its day; none unpartitioned or skipped.
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey(["quicksight", "trends"]), "valid_ndjson"), limit=20
+        )
     assert materialized == {"2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04"}
+    assert sorted((r.partition, r.status.value) for r in history) == [
+        (day, "SUCCEEDED") for day in ("2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04")
+    ]
+    evaluations = result.get_asset_check_evaluations()
+    assert {
+        (e.asset_key.path[-1], e.check_name) for e in evaluations if e.partition is None
+    } == set()
+    assert len(evaluations) == 5 * 2 * 4  # five datasets, two checks, four days
     for day in days:
         assert len(lines(store, "store_summaries", day.isoformat())) == 11
 

@@ -7,14 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from dagster import (
-    AssetCheckResult,
+    AssetCheckEvaluation,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
+    multi_asset,
 )
 
 from smartgo_analytics import checks
@@ -113,24 +115,32 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     valid_ndjson = checks.valid_ndjson_spec(key)
     records_match = checks.records_match_spec(key)
 
-    @asset(
-        owners=settings().asset_owners,
-        key=key,
-        deps=[dynamodb_daily_metrics],
+    # A multi-asset only so that its checks may be reported day by day: a run of many days records
+    # one result per day and check, each naming its day.
+    @multi_asset(
+        specs=[
+            AssetSpec(
+                key,
+                deps=[dynamodb_daily_metrics],
+                partitions_def=daily_partitions,
+                group_name=GROUP,
+                kinds={"s3"},
+                owners=settings().asset_owners,
+                description=f"{spec.description}: NDJSON, one file a day, plus its QuickSight manifest",
+            )
+        ],
+        name=f"quicksight__{spec.name}",
         partitions_def=daily_partitions,
-        group_name=GROUP,
-        kinds={"s3"},
+        check_specs=[valid_ndjson, records_match],
+        can_subset=True,
         backfill_policy=SINGLE_RUN,
         retry_policy=IO_RETRY,
-        description=f"{spec.description}: NDJSON, one file a day, plus its QuickSight manifest",
-        check_specs=[valid_ndjson, records_match],
     )
     def _dataset(
         context: AssetExecutionContext, object_store: ObjectStore, quicksight: QuickSightExport
-    ) -> MaterializeResult:
-        exported, expected, problems, nulls, duplicates = {}, {}, [], Counter(), 0
-        skipped = Counter()
-        uris, first_records = {}, []
+    ):
+        exported, nulls, duplicates, skipped = {}, Counter(), 0, Counter()
+        uris, first_records, all_passed = {}, [], True
         for day in context.partition_keys:
             items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
             build = build_dataset(spec, items, day)
@@ -145,38 +155,48 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             skipped.update(build.skipped)
             first_records = first_records or build.records
             distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
-            expected[day] = min(distinct, spec.limit) if spec.limit is not None else distinct
+            expected = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
+            problems = []
             try:
                 written = decode_ndjson(object_store.get_bytes(key_)) if build.records else []
             except ValueError as error:
-                problems.append(f"{day}: {error}")
+                problems.append(str(error))
                 written = []
             bad_fields = [r for r in written if list(r) != list(spec.field_names)]
             if bad_fields:
-                problems.append(
-                    f"{day}: {len(bad_fields)} lines without the declared fields in order"
-                )
-            problems.extend(
-                f"{day}: {p} ({n} lines)" for p, n in type_problems(spec, written).items()
-            )
+                problems.append(f"{len(bad_fields)} lines without the declared fields in order")
+            problems += [f"{p} ({n} lines)" for p, n in type_problems(spec, written).items()]
             exported[day] = len(written)
+            all_passed = all_passed and not problems
+            for check_name, passed, description, metadata in (
+                (valid_ndjson.name, not problems,
+                 "; ".join(problems[:3]) or f"{len(written)} lines as declared",
+                 {"problems": MetadataValue.md("\n".join(problems[:10])) if problems else "none"}),
+                (records_match.name, len(written) == expected,
+                 f"{len(written)} records exported, {expected} expected",
+                 {"exported": len(written), "expected": expected}),
+            ):  # fmt: skip
+                context.log_event(
+                    AssetCheckEvaluation(asset_key=key, check_name=check_name, passed=passed,
+                                         metadata=metadata, description=description, partition=day)
+                )  # fmt: skip
         manifest_uri, files = write_manifest(
             object_store, quicksight.prefix, spec.name, context.partition_keys
         )
         # A file that failed its check is not refreshed into SPICE.
-        refresh = None if problems else quicksight.refresh(
+        refresh = None if not all_passed else quicksight.refresh(
             spec.name,
             ingestion_id(spec.name, context.partition_keys[0], context.partition_keys[-1], context.run.run_id),
         )  # fmt: skip
-        mismatched = {d: (exported[d], expected[d]) for d in exported if exported[d] != expected[d]}
         last_day = context.partition_keys[-1]
         refresh_metadata = {} if refresh is None else {
             "spice_ingestion_id": refresh["ingestion_id"],
             "spice_ingestion_status": refresh["status"],
             "spice_data_set_id": refresh["data_set_id"],
         }  # fmt: skip
-        return MaterializeResult(
+        yield MaterializeResult(
+            asset_key=key,
             metadata={
                 "s3_uri": location(uris[last_day]) if last_day in uris else "none (no records)",
                 "records_exported": exported[last_day],
@@ -191,28 +211,6 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 "preview": md_table(first_records, list(spec.field_names)),
                 **refresh_metadata,
             },
-            check_results=[
-                AssetCheckResult(
-                    check_name=valid_ndjson.name,
-                    passed=not problems,
-                    metadata={
-                        "problems": MetadataValue.md("\n".join(problems[:10]))
-                        if problems
-                        else "none"
-                    },
-                ),
-                AssetCheckResult(
-                    check_name=records_match.name,
-                    passed=not mismatched,
-                    metadata={
-                        "exported": sum(exported.values()),
-                        "expected": sum(expected.values()),
-                        "mismatched_days": MetadataValue.json(
-                            {d: list(v) for d, v in mismatched.items()}
-                        ),
-                    },
-                ),  # fmt: skip
-            ],
         )
 
     return _dataset
