@@ -17,6 +17,7 @@ from benchmarks.iceberg_write import iceberg_write
 from benchmarks.memory import day_of_100k_sales
 from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
 from benchmarks.quicksight_backfill import quicksight_backfill
+from benchmarks.ui_run import ui_day_run
 
 BENCHMARKS = [
     embedding_throughput,
@@ -24,6 +25,7 @@ BENCHMARKS = [
     day_of_100k_sales,
     quicksight_backfill,
     unchanged_rematerialisation,
+    ui_day_run,
 ]
 RESULTS = Path(__file__).with_name("results.json")
 

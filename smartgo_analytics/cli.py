@@ -259,10 +259,16 @@ def cmd_dev(args) -> int:
         _seed(info, days, args.sales_per_day)
         dagster_home = _dagster_home(home)
         env = {**os.environ, **stack_environment(info), "DAGSTER_HOME": str(dagster_home)}
+        # Warnings and errors only: run events are in the UI, not the terminal; `dagster dev` is the
+        # command this Dagster release runs a local deployment with (`dg dev` needs a dg project).
         command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port),
-                   "-m", "smartgo_analytics.definitions"]  # fmt: skip
-        say(f"starting Dagster on http://127.0.0.1:{args.port} (Ctrl-C stops it and the stack)")
-        child = subprocess.Popen(command, env=env, start_new_session=True)
+                   "--log-level", "warning", "-m", "smartgo_analytics.definitions"]  # fmt: skip
+        env["PYTHONWARNINGS"] = "ignore:Function `dev_command` is superseded"
+        say(
+            f"Dagster UI: http://127.0.0.1:{args.port}   data: {home}   (Ctrl-C stops it and the stack)"
+        )
+        # Started in the Dagster home, where its instance configuration is, and nowhere else.
+        child = subprocess.Popen(command, env=env, cwd=dagster_home, start_new_session=True)
         try:
             return child.wait()
         except KeyboardInterrupt:

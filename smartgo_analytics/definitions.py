@@ -1,6 +1,11 @@
 import warnings
 
-from dagster import Definitions, load_assets_from_modules
+from dagster import (
+    Definitions,
+    colored_console_logger,
+    in_process_executor,
+    load_assets_from_modules,
+)
 
 from smartgo_analytics.assets import pricing_intelligence, quicksight
 from smartgo_analytics.deployment import resources_for_deployment
@@ -34,4 +39,9 @@ defs = Definitions(
         build_freshness_alert([a.key for a in assets if a.is_executable]),
     ],
     resources=resources_for_deployment(),
+    # Runs print INFO and above (the assets' own progress lines); step events stay in the UI.
+    loggers={"console": colored_console_logger.configured({"log_level": "INFO"})},
+    # A run's steps share its process: a process per step cost more than the steps' own work (a
+    # 200-sale day: 17 s for 4 s of work). The embedding step still splits big days over workers.
+    executor=in_process_executor,
 )
