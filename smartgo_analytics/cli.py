@@ -190,7 +190,7 @@ SUMMARY_FIELDS = {
     "smartgo_sales": ("valid_rows", "quarantined_rows"),
     "product_image_embeddings": ("embedded", "errors"),
     "smartgo_sales_iceberg": ("rows", "rows_with_error"),
-    "dynamodb_daily_metrics": ("items", "non_finite_numbers_nulled"),
+    "dynamodb_daily_metrics": ("items", "non_finite_numbers_nulled_in_run"),
 }
 OUTPUT_FIELDS = ("table_location", "s3_uri", "parquet_uri")
 

@@ -285,11 +285,16 @@ def test_a_single_run_backfill_exports_several_days_in_one_run(stack, table, s3_
             },
         )
         assert result.success
-        # One step saw all four days: the single-run backfill policy at work.
-        assert (
-            result.asset_materializations_for_node("quicksight__trends")[0].metadata["days"].value
-            == 4
-        )
+        # One step saw all four days (the single-run backfill policy at work), and each day's
+        # materialisation has that day's own figures.
+        trends = result.asset_materializations_for_node("quicksight__trends")
+        assert {m.metadata["days_in_run"].value for m in trends} == {4}
+        assert sorted(m.partition for m in trends) == [d.isoformat() for d in days]
+        for m in trends:
+            assert m.metadata["records_exported"].value == len(lines(store, "trends", m.partition))
+            assert m.metadata["s3_uri"].value.endswith(f"/trends/{m.partition}.json")
+        daily = result.asset_materializations_for_node("dynamodb_daily_metrics")[0].metadata
+        assert daily["items_in_run"].value == sum(len(sales_data_items(d)) for d in days)
         materialized = instance.get_materialized_partitions(AssetKey(["quicksight", "trends"]))
         # One result per day and check, each naming its day; none unpartitioned or skipped.
         history = instance.event_log_storage.get_asset_check_execution_history(

@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
@@ -71,7 +72,9 @@ def dynamodb_daily_metrics(
 ) -> MaterializeResult:
     """Every SalesData item of the day (one paginated GSI1 query), numbers made JSON-safe.
 
-    In a single-run backfill the days are queried concurrently: each is its own GSI1 query.
+    In a single-run backfill the days are queried concurrently: each is its own GSI1 query. Such a
+    run's figures are the run's (`*_in_run`), with each day's own in `per_day`: the QuickSight
+    datasets downstream need this asset's output, so it cannot be split into a record per day.
     """
 
     def export_day(day: str) -> dict:
@@ -94,12 +97,18 @@ def dynamodb_daily_metrics(
         per_day = list(pool.map(export_day, context.partition_keys))
     total = sum(d["items"] for d in per_day)
     context.log.info(f"read {total} SalesData items for {len(per_day)} day(s)")
+    day_figures = (
+        {"items": per_day[0]["items"], "pages_read": per_day[0]["pages"]}
+        if len(per_day) == 1
+        else {}
+    )
     return MaterializeResult(
         metadata={
-            "days": len(per_day),
-            "items": total,
-            "pages_read": sum(d["pages"] for d in per_day),
-            "non_finite_numbers_nulled": sum(d["non_finite_numbers"] for d in per_day),
+            **day_figures,
+            "days_in_run": len(per_day),
+            "items_in_run": total,
+            "pages_read_in_run": sum(d["pages"] for d in per_day),
+            "non_finite_numbers_nulled_in_run": sum(d["non_finite_numbers"] for d in per_day),
             "table": sales_data.table_name,
             "per_day": md_table(
                 per_day,
@@ -138,8 +147,8 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     def _dataset(
         context: AssetExecutionContext, object_store: ObjectStore, quicksight: QuickSightExport
     ):
-        exported, nulls, duplicates, skipped = {}, Counter(), 0, Counter()
-        uris, first_records, all_passed = {}, [], True
+        exported, uris, all_passed = {}, {}, True
+        per_day_nulls, per_day_duplicates, per_day_skipped, previews = {}, {}, {}, {}
         for day in context.partition_keys:
             items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
             build = build_dataset(spec, items, day)
@@ -149,10 +158,8 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 uris[day] = object_store.put_bytes(key_, data, NDJSON)
             else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
                 object_store.delete(key_)
-            nulls.update(build.nulls)
-            duplicates += build.duplicates
-            skipped.update(build.skipped)
-            first_records = first_records or build.records
+            per_day_nulls[day], per_day_duplicates[day] = build.nulls, build.duplicates
+            per_day_skipped[day], previews[day] = build.skipped, build.records
             distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
             expected = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
@@ -186,29 +193,36 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             spec.name,
             ingestion_id(spec.name, context.partition_keys[0], context.partition_keys[-1], context.run.run_id),
         )  # fmt: skip
-        last_day = context.partition_keys[-1]
         refresh_metadata = {} if refresh is None else {
             "spice_ingestion_id": refresh["ingestion_id"],
             "spice_ingestion_status": refresh["status"],
             "spice_data_set_id": refresh["data_set_id"],
         }  # fmt: skip
-        yield MaterializeResult(
-            asset_key=key,
-            metadata={
-                "s3_uri": location(uris[last_day]) if last_day in uris else "none (no records)",
-                "records_exported": exported[last_day],
-                "records_exported_all_days": sum(exported.values()),
-                "days": len(context.partition_keys),
-                "manifest_uri": location(manifest_uri) if manifest_uri else "none (no records yet)",
-                "manifest_files": files,
-                "fields_nulled": reason_list(nulls, 10),
-                "duplicates_skipped": duplicates,
-                "items_without_identity": skipped.total(),
-                "items_without_identity_reasons": reason_list(skipped, 10),
-                "preview": md_table(first_records, list(spec.field_names)),
-                **refresh_metadata,
-            },
-        )
+        run_metadata = {
+            "days_in_run": len(context.partition_keys),
+            "records_exported_in_run": sum(exported.values()),
+            "manifest_uri": location(manifest_uri) if manifest_uri else "none (no records yet)",
+            "manifest_files": files,
+            **refresh_metadata,
+        }
+        for day in context.partition_keys:
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=key,
+                    partition=day,
+                    metadata={
+                        "s3_uri": location(uris[day]) if day in uris else "none (no records)",
+                        "records_exported": exported[day],
+                        "fields_nulled": reason_list(per_day_nulls[day], 10),
+                        "duplicates_skipped": per_day_duplicates[day],
+                        "items_without_identity": per_day_skipped[day].total(),
+                        "items_without_identity_reasons": reason_list(per_day_skipped[day], 10),
+                        "preview": md_table(previews[day], list(spec.field_names)),
+                        **run_metadata,
+                    },
+                )
+            )
+        yield from ()  # each day's materialisation is the event above
 
     return _dataset
 
