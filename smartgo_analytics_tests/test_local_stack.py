@@ -82,6 +82,19 @@ def test_the_stack_serves_sql_dynamodb_and_images(stack):
     assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
 
 
+def test_the_demos_deliberate_bad_images_fit_the_days_error_budget():
+    from datetime import date
+
+    from smartgo_analytics.local.demo_data import products_for_day
+
+    def bad_images(sales_per_day: int) -> int:
+        sold = products_for_day(date(2025, 1, 15), "http://cdn", sales_per_day)[:sales_per_day]
+        return sum("/bad/" in s.image_url or "/missing-" in s.image_url for s in sold)
+
+    # Within 5% of the valid sales (one row has a null price), and all three kinds on a normal day.
+    assert [bad_images(n) for n in (1, 20, 40, 60, 61, 200)] == [0, 0, 1, 2, 3, 3]
+
+
 def test_the_demo_generator_is_deterministic():
     day = date(2025, 1, 15)
     assert demo_data.products_for_day(day, "http://cdn") == demo_data.products_for_day(

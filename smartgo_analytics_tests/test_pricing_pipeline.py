@@ -167,6 +167,11 @@ def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(
     ratio = check(result, "embedding_error_ratio_within_budget")
     assert not ratio.passed and ratio.metadata["error_ratio"].value == 0.5
     assert day_rows(res, day) == {}
+    # What the demo's last line says of such a day: the check's own description, whole.
+    from smartgo_analytics.cli import _failure
+
+    assert _failure(result) == ("product_image_embeddings check embedding_error_ratio_within_budget: "
+                                "1 of 2 sales have no vector (50.0%, budget 5.0%)")  # fmt: skip
 
 
 def test_a_day_within_budget_writes_vectors_images_and_progress(
@@ -466,7 +471,7 @@ UNTRUSTED = {
 def test_untrusted_model_answers_are_per_sale_errors_and_no_such_vector_is_stored(
     stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):
-    day = "2025-06-06"
+    day = "2025-06-16"
     assert set(UNTRUSTED) == set(servers.HOSTILE_ANSWERS)
     images = {
         kind: servers.png((7 * n, 90, 250 - 7 * n), size=(40 + n, 40))
