@@ -5,15 +5,11 @@ A real `smartgo-analytics dev` (webserver, daemon, code server) on the local sta
 launched through the webserver's GraphQL API, and the figures are the run's own timestamps.
 """
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from smartgo_analytics_tests.servers import dagster_dev, graphql
 
 DAY = "2025-01-15"
 ASSETS = [["smartgo_sales"], ["product_image_embeddings"], ["smartgo_sales_iceberg"], ["dynamodb_daily_metrics"],
@@ -35,54 +31,17 @@ query Runs($id: String!) {
 }"""
 
 
-def _graphql(url: str, query: str, **variables) -> dict:
-    response = httpx.post(
-        f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60
-    )
-    response.raise_for_status()
-    return response.json()["data"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def ui_day_run() -> dict:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     home = Path(tempfile.mkdtemp(prefix="smartgo-bench-ui-"))
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
-    }
-    environment["SMARTGO_HOME"] = str(home)
-    log = (home / "dev.log").open("w")
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "smartgo_analytics.cli", "dev", "--days", "1", "--end-date", DAY,
-         "--sales-per-day", "200", "--port", str(port)],
-        env=environment, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or dev.poll() is not None:
-                raise RuntimeError(
-                    "dagster dev did not start: " + (home / "dev.log").read_text()[-2000:]
-                )
-            time.sleep(1)
+    args = ["--days", "1", "--end-date", DAY, "--sales-per-day", "200"]
+    with dagster_dev(home, args) as url:
         params = {"assetSelection": [{"path": a} for a in ASSETS], "partitionNames": [DAY]}
-        launched = _graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
+        launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
         if launched["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(str(launched))
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            backfill = _graphql(url, RUNS, id=launched["backfillId"])["partitionBackfillOrError"]
+            backfill = graphql(url, RUNS, id=launched["backfillId"])["partitionBackfillOrError"]
             if backfill["status"] in (
                 "COMPLETED",
                 "COMPLETED_SUCCESS",
@@ -93,13 +52,6 @@ def ui_day_run() -> dict:
             time.sleep(2)
         else:
             raise RuntimeError("the backfill did not finish")
-    finally:
-        dev.send_signal(2)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            dev.kill()
-        log.close()
     runs = backfill["runs"]
     if not runs or any(r["status"] != "SUCCESS" for r in runs):
         raise RuntimeError(f"runs did not all succeed: {[r['status'] for r in runs]}")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
+import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -329,3 +333,63 @@ class WebhookReceiver:
 
     def texts(self) -> list[str]:
         return [m["text"] for m in self.messages]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def graphql(url: str, query: str, **variables) -> dict:
+    """A query to a Dagster webserver's GraphQL API; its data, or AssertionError with the errors."""
+    import httpx
+
+    response = httpx.post(
+        f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60
+    )
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+@contextlib.contextmanager
+def dagster_dev(home, args: list[str], **env: str):
+    """`smartgo-analytics dev` on a free port with SMARTGO_HOME=home (and alerts linking to it), until
+    it answers; its URL for the block, then Ctrl-C for it and its stack."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
+    environment.update(SMARTGO_HOME=str(home), DAGSTER_WEBSERVER_URL=url, **env)
+    home.mkdir(parents=True, exist_ok=True)
+    log = (home / "dev.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smartgo_analytics.cli", "dev", *args, "--port", str(port)],
+        env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(
+                    "dagster dev did not start:\n" + (home / "dev.log").read_text()[-3000:]
+                )
+            time.sleep(1)
+        yield url
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

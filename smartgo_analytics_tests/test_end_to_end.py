@@ -1,19 +1,15 @@
 """A real `dagster dev` (webserver and daemon) on the local stack, driven through its GraphQL API."""
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import psycopg
 import pytest
 
 from smartgo_analytics.local.stack import running_stack
 from smartgo_analytics.resources.iceberg import IcebergCatalog
-from smartgo_analytics_tests.servers import WebhookReceiver
+from smartgo_analytics_tests import servers
+from smartgo_analytics_tests.servers import WebhookReceiver, graphql
 
 DAYS = ["2025-01-13", "2025-01-14", "2025-01-15"]
 ALL_ASSETS = [["smartgo_sales"], ["product_image_embeddings"], ["smartgo_sales_iceberg"], ["dynamodb_daily_metrics"],
@@ -33,22 +29,6 @@ query Status($id: String!) {
   partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } ... on PythonError { message } }
 }"""
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def graphql(url: str, query: str, **variables) -> dict:
-    response = httpx.post(
-        f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60
-    )
-    response.raise_for_status()
-    body = response.json()
-    assert "errors" not in body, body["errors"]
-    return body["data"]
 
 
 def backfill(
@@ -71,43 +51,13 @@ def backfill(
 @pytest.fixture
 def dagster_dev(tmp_path):
     receiver = WebhookReceiver()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     home = tmp_path / "home"
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
-    }
-    environment.update(
-        SMARTGO_HOME=str(home), ALERT_SLACK_WEBHOOK_URL=receiver.url, DAGSTER_WEBSERVER_URL=url
-    )
-    log = (tmp_path / "dev.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smartgo_analytics.cli", "dev", "--days", "3", "--end-date", DAYS[-1],
-         "--sales-per-day", "100", "--port", str(port)],
-        env=environment, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    args = ["--days", "3", "--end-date", DAYS[-1], "--sales-per-day", "100"]
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail(
-                    "dagster dev did not start:\n" + (tmp_path / "dev.log").read_text()[-3000:]
-                )
-            time.sleep(1)
-        yield url, home, receiver
+        with servers.dagster_dev(home, args, ALERT_SLACK_WEBHOOK_URL=receiver.url) as url:
+            yield url, home, receiver
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         receiver.server.shutdown()
-        log.close()
 
 
 def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partition_that_fails(
