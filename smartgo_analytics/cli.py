@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -14,7 +15,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from smartgo_analytics.local.stack import StackError, smartgo_home
+from smartgo_analytics.local.stack import StackError, check_port_free, smartgo_home
 
 EXIT_USAGE = 2
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
@@ -48,14 +49,17 @@ def _port(raw: str) -> int:
     return port
 
 
-def _free_port(port: int) -> None:
-    import socket
+def _checked(parse):
+    """An argparse type that checks the text with `parse` and keeps it as written."""
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    def check(raw: str) -> str:
         try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise UsageError(f"--port {port}: port {port} on 127.0.0.1 is already taken") from None
+            parse(raw)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return raw
+
+    return check
 
 
 def _day(raw: str) -> date:
@@ -173,16 +177,16 @@ def _failure(result) -> str:
     the asset's own code (not Dagster's wrapper around it)."""
     from dagster import AssetCheckSeverity
 
+    from smartgo_analytics.core.alerts import root_cause
+
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR:
             why = evaluation.description or "failed"
             return f"{evaluation.asset_key.to_user_string()} check {evaluation.check_name}: {why}"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+            message = root_cause(event.step_failure_data.error)
+            return f"{event.step_key}: {message.strip().splitlines()[0]}"
     return "run failed"
 
 
@@ -253,7 +257,7 @@ def cmd_dev(args) -> int:
 
     _local_deployment()
     days = _demo_days(args)
-    _free_port(args.port)
+    check_port_free(args.port, f"--port {args.port}")
     home = smartgo_home()
     with local_stack(home) as info:
         _seed(info, days, args.sales_per_day)
@@ -321,21 +325,16 @@ def cmd_query(args) -> int:
     return _print_query(resources_for_deployment()["iceberg"].catalog(), args, columns)
 
 
+@contextlib.contextmanager
 def _local_catalog():
     """The local table's catalog for the block: the running stack's, or its Postgres alone. Plain
     pyiceberg, without Dagster's import: reading the table answers in well under two seconds."""
-    import contextlib
-
     from pyiceberg.catalog import load_catalog
 
     from smartgo_analytics.local.stack import local_catalog_properties
 
-    @contextlib.contextmanager
-    def catalog():
-        with local_catalog_properties() as properties:
-            yield load_catalog("smartgo", **properties)
-
-    return catalog()
+    with local_catalog_properties() as properties:
+        yield load_catalog("smartgo", **properties)
 
 
 def _sales_table(catalog):
@@ -375,22 +374,13 @@ def cmd_sql(args) -> int:
 
 
 def cmd_maintain(args) -> int:
-    from smartgo_analytics.core.table_care import parse_duration, parse_size
-    from smartgo_analytics.maintenance import MaintenanceConfig, report_metadata
-
-    _local_deployment()
-    for option, value, parse in (("--expire-older-than", args.expire_older_than, parse_duration),
-                                 ("--orphan-grace", args.orphan_grace, parse_duration),
-                                 ("--target-file-size", args.target_file_size, parse_size)):  # fmt: skip
-        try:
-            parse(value)
-        except ValueError as error:
-            raise UsageError(f"{option}: {error}") from None
-    config = MaintenanceConfig(expire_older_than=args.expire_older_than, keep_last=args.keep_last,
-                               orphan_grace=args.orphan_grace, target_file_size=args.target_file_size)  # fmt: skip
     from smartgo_analytics.local.stack import local_catalog_properties
+    from smartgo_analytics.maintenance import MaintenanceConfig, report_metadata
     from smartgo_analytics.resources.iceberg import IcebergCatalog
 
+    _local_deployment()
+    config = MaintenanceConfig(expire_older_than=args.expire_older_than, keep_last=args.keep_last,
+                               orphan_grace=args.orphan_grace, target_file_size=args.target_file_size)  # fmt: skip
     with local_catalog_properties() as properties:
         report = IcebergCatalog(properties=properties).maintain(config.retention())
     for key, value in report_metadata(report).items():
@@ -449,6 +439,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+    from smartgo_analytics.core.table_care import parse_duration, parse_size
+
     root = _Parser(prog="smartgo-analytics", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -508,24 +500,20 @@ def parser() -> argparse.ArgumentParser:
     maintain.add_argument(
         "--expire-older-than",
         default="7d",
-        help="expire snapshots older than this (s, m, h, d; default: %(default)s)",
+        type=_checked(parse_duration),
+        help="expire snapshots older than this (s, m, h, d)",
     )
     maintain.add_argument(
-        "--keep-last",
-        type=_positive,
-        default=10,
-        help="always keep this many snapshots (default: %(default)s)",
+        "--keep-last", type=_positive, default=10, help="always keep this many snapshots"
     )
     maintain.add_argument(
         "--orphan-grace",
         default="3d",
-        help="keep unreferenced files younger than this (default: %(default)s)",
+        type=_checked(parse_duration),
+        help="keep unreferenced files younger than this",
     )
-    maintain.add_argument(
-        "--target-file-size",
-        default="128MB",
-        help="compact files below this size (B, KB, MB, GB; default: %(default)s)",
-    )
+    maintain.add_argument("--target-file-size", default="128MB", type=_checked(parse_size),
+                          help="compact files below this size (B, KB, MB, GB)")  # fmt: skip
     maintain.set_defaults(run=cmd_maintain)
     return root
 

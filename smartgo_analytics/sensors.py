@@ -30,6 +30,7 @@ from smartgo_analytics.core.alerts import (
     due_day,
     partition_of,
     redact,
+    root_cause,
     short_error,
 )
 from smartgo_analytics.resources.alerts import Alerter
@@ -61,19 +62,11 @@ def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter):
     if failed_checks:  # a blocking check stopped the day: say which, with its figures
         error = "failed checks: " + "; ".join(_describe(e) for e in failed_checks)
     elif failures and failures[0].event_specific_data.error:
-        error = _root_cause(failures[0].event_specific_data.error)
+        error = root_cause(failures[0].event_specific_data.error)
     else:
         error = context.failure_event.message or "run failed"
     alerter.send(_run_alert(alerter, run, "SmartGo analytics: a partition failed", assets, error))
     return None
-
-
-def _root_cause(error) -> str:
-    """What went wrong in the asset's own code, not Dagster's wrapper around it ("Error occurred
-    while executing op ...")."""
-    while error.cause is not None:
-        error = error.cause
-    return error.message
 
 
 def _run_alert(alerter: Alerter, run, title: str, assets, error: str) -> Alert:

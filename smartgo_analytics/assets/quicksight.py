@@ -123,8 +123,8 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     key = AssetKey(["quicksight", spec.name])
     file_check = checks.file_matches_source_spec(key)
 
-    # A multi-asset only so that its checks may be reported day by day: a run of many days records
-    # one result per day and check, each naming its day.
+    # A multi-asset only so that a run of many days can record each day's own materialisation and
+    # check result: an asset's output would give every day of the run the same figures.
     @multi_asset(
         specs=[
             AssetSpec(
@@ -147,19 +147,17 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     def _dataset(
         context: AssetExecutionContext, object_store: ObjectStore, quicksight: QuickSightExport
     ):
-        exported, uris, all_passed = {}, {}, True
-        per_day_nulls, per_day_duplicates, per_day_skipped, previews = {}, {}, {}, {}
+        per_day, all_passed = {}, True
         for day in context.partition_keys:
             items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
             build = build_dataset(spec, items, day)
             key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
             if build.records:
                 data = encode_ndjson(build.records, spec.field_names)
-                uris[day] = object_store.put_bytes(key_, data, NDJSON)
+                uri = location(object_store.put_bytes(key_, data, NDJSON))
             else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
                 object_store.delete(key_)
-            per_day_nulls[day], per_day_duplicates[day] = build.nulls, build.duplicates
-            per_day_skipped[day], previews[day] = build.skipped, build.records
+                uri = "none (no records)"
             distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
             expected = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
@@ -173,7 +171,6 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             if bad_fields:
                 problems.append(f"{len(bad_fields)} lines without the declared fields in order")
             problems += [f"{p} ({n} lines)" for p, n in type_problems(spec, written).items()]
-            exported[day] = len(written)
             if len(written) != expected:
                 problems.append(f"{len(written)} records exported, {expected} expected")
             all_passed = all_passed and not problems
@@ -185,6 +182,15 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                               "problems": MetadataValue.md("\n".join(problems[:10])) if problems else "none"},
                 )
             )  # fmt: skip
+            per_day[day] = {
+                "s3_uri": uri,
+                "records_exported": len(written),
+                "fields_nulled": reason_list(build.nulls, 10),
+                "duplicates_skipped": build.duplicates,
+                "items_without_identity": build.skipped.total(),
+                "items_without_identity_reasons": reason_list(build.skipped, 10),
+                "preview": md_table(build.records, list(spec.field_names)),
+            }
         manifest_uri, files = write_manifest(
             object_store, quicksight.prefix, spec.name, context.partition_keys
         )
@@ -200,26 +206,15 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         }  # fmt: skip
         run_metadata = {
             "days_in_run": len(context.partition_keys),
-            "records_exported_in_run": sum(exported.values()),
+            "records_exported_in_run": sum(d["records_exported"] for d in per_day.values()),
             "manifest_uri": location(manifest_uri) if manifest_uri else "none (no records yet)",
             "manifest_files": files,
             **refresh_metadata,
         }
-        for day in context.partition_keys:
+        for day, metadata in per_day.items():
             context.log_event(
                 AssetMaterialization(
-                    asset_key=key,
-                    partition=day,
-                    metadata={
-                        "s3_uri": location(uris[day]) if day in uris else "none (no records)",
-                        "records_exported": exported[day],
-                        "fields_nulled": reason_list(per_day_nulls[day], 10),
-                        "duplicates_skipped": per_day_duplicates[day],
-                        "items_without_identity": per_day_skipped[day].total(),
-                        "items_without_identity_reasons": reason_list(per_day_skipped[day], 10),
-                        "preview": md_table(previews[day], list(spec.field_names)),
-                        **run_metadata,
-                    },
+                    asset_key=key, partition=day, metadata={**metadata, **run_metadata}
                 )
             )
         yield from ()  # each day's materialisation is the event above

@@ -77,6 +77,14 @@ class Alert:
         return "\n".join(lines)
 
 
+def root_cause(error) -> str:
+    """The message of what went wrong in the asset's own code, from a Dagster error (its
+    SerializableErrorInfo), not Dagster's wrapper around it ("Error occurred while executing op")."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message
+
+
 def short_error(message: str, limit: int = 300) -> str:
     first = next((line.strip() for line in message.splitlines() if line.strip()), "unknown error")
     return first if len(first) <= limit else first[: limit - 1] + "…"

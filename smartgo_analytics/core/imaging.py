@@ -8,7 +8,6 @@ import functools
 import io
 import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +47,7 @@ class DecodeBudget:
         self._changed = threading.Condition()
         self.most_held = 0
 
-    @contextmanager
+    @contextlib.contextmanager
     def hold(self, cost: int):
         if cost > self.total:
             raise BadImage(
@@ -82,8 +81,8 @@ def return_freed_pixels_to_the_os() -> None:
 _M_MMAP_THRESHOLD = -3
 
 
-@contextmanager
-def decoded(data: bytes, max_side: int | None = None, budget: DecodeBudget | None = None):
+@contextlib.contextmanager
+def decoded(data: bytes, max_side: int | None = None):
     """The image fully decoded, for the duration of the block, its memory held in the budget.
     Refuses non-images, corrupt files and decompression bombs before they expand. With `max_side`,
     a JPEG larger than that is decoded at the smallest reduced scale that still covers it."""
@@ -107,7 +106,7 @@ def decoded(data: bytes, max_side: int | None = None, budget: DecodeBudget | Non
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImage(f"corrupt image: {str(error)[:80]}") from None
-    with (budget or PROCESS_DECODE_BUDGET).hold(cost):
+    with PROCESS_DECODE_BUDGET.hold(cost):
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as error:
@@ -115,9 +114,9 @@ def decoded(data: bytes, max_side: int | None = None, budget: DecodeBudget | Non
         yield image
 
 
-def prepare_for_titan(data: bytes, budget: DecodeBudget | None = None) -> PreparedImage:
+def prepare_for_titan(data: bytes) -> PreparedImage:
     """The image as Titan accepts it: PNG or JPEG within 2048 px a side, else re-encoded."""
-    with decoded(data, TITAN_MAX_SIDE, budget) as image:
+    with decoded(data, TITAN_MAX_SIDE) as image:
         fmt = image.format or ""
         width, height = image.info["original_size"]
         if fmt in TITAN_FORMATS and max(width, height) <= TITAN_MAX_SIDE:

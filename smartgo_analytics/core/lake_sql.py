@@ -29,11 +29,9 @@ def connect_to_snapshot(metadata_location: str):
         connection.execute("LOAD iceberg")
         location = metadata_location.removeprefix("file://").replace("'", "''")
         connection.execute("ATTACH ':memory:' AS s3")
+        connection.execute("CREATE SCHEMA pricing_intelligence")
+        connection.execute("CREATE SCHEMA s3.pricing_intelligence")
         for name in NAMES:
-            if name.count(".") == 2:
-                connection.execute(f"CREATE SCHEMA IF NOT EXISTS {name.rsplit('.', 1)[0]}")
-            elif "." in name:
-                connection.execute(f"CREATE SCHEMA IF NOT EXISTS {name.split('.')[0]}")
             connection.execute(f"CREATE VIEW {name} AS SELECT * FROM iceberg_scan('{location}')")
         yield connection
     finally:

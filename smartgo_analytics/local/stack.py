@@ -46,7 +46,7 @@ class StackInfo:
 
     @property
     def warehouse_uri(self) -> str:
-        return (Path(self.lake_dir) / self.bucket / "warehouse").as_uri()
+        return sql_catalog_properties(self.catalog_uri, self.lake_dir)["warehouse"]
 
     @property
     def aws_options(self) -> dict[str, str]:
@@ -60,15 +60,13 @@ class StackInfo:
 
     @property
     def iceberg_properties(self) -> dict[str, str]:
-        """pyiceberg's SQL catalog on the stack's Postgres, its warehouse in the lake directory."""
-        return {"type": "sql", "uri": self.catalog_uri, "warehouse": self.warehouse_uri}
+        return sql_catalog_properties(self.catalog_uri, self.lake_dir)
 
 
-def running_stack_or_none(home: str | Path | None = None) -> StackInfo | None:
-    try:
-        return running_stack(home)
-    except StackError:
-        return None
+def sql_catalog_properties(catalog_uri: str, lake_dir: str | Path) -> dict[str, str]:
+    """pyiceberg's SQL catalog on the stack's Postgres, its warehouse in the lake directory."""
+    warehouse = (Path(lake_dir) / LOCAL_BUCKET / "warehouse").as_uri()
+    return {"type": "sql", "uri": catalog_uri, "warehouse": warehouse}
 
 
 def running_stack(home: str | Path | None = None) -> StackInfo:
@@ -98,16 +96,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _bind_check(port: int, setting: str) -> None:
+def check_port_free(port: int, setting: str) -> None:
+    """StackError naming the setting (`SMARTGO_MOTO_PORT=5000`, `--port 3000`) when another process
+    holds the port on 127.0.0.1; 0 means any free port."""
     if port == 0:
         return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            raise StackError(
-                f"{setting}={port}: port {port} on 127.0.0.1 is already taken"
-            ) from None
+            raise StackError(f"{setting}: port {port} on 127.0.0.1 is already taken") from None
 
 
 def _port_setting(name: str) -> int:
@@ -177,8 +175,8 @@ def local_stack(home: Path | None = None):
     moto_port = _port_setting("SMARTGO_MOTO_PORT")
     cdn_port = _port_setting("SMARTGO_CDN_PORT")
     check_writable(home)
-    _bind_check(moto_port, "SMARTGO_MOTO_PORT")
-    _bind_check(cdn_port, "SMARTGO_CDN_PORT")
+    check_port_free(moto_port, f"SMARTGO_MOTO_PORT={moto_port}")
+    check_port_free(cdn_port, f"SMARTGO_CDN_PORT={cdn_port}")
     with contextlib.ExitStack() as stack:
         postgres = _start_postgres(home)
         stack.callback(postgres.cleanup)
@@ -199,9 +197,7 @@ def local_stack(home: Path | None = None):
             home=str(home),
             pid=os.getpid(),
             postgres_uri=postgres.get_uri(SMARTGO_DATABASE),
-            catalog_uri=postgres.get_uri(CATALOG_DATABASE).replace(
-                "postgresql://", "postgresql+psycopg://", 1
-            ),
+            catalog_uri=_catalog_uri(postgres),
             aws_endpoint_url=aws_endpoint,
             cdn_url=f"http://127.0.0.1:{cdn.server_port}",
             lake_dir=str(lake_dir),
@@ -220,24 +216,26 @@ def local_catalog_properties(home: Path | None = None):
     left data behind. Reading the table needs nothing else."""
     home = home or smartgo_home()
     try:
-        yield running_stack(home).iceberg_properties
-        return
+        info = running_stack(home)
     except StackError:
         if not (home / "postgres").is_dir():
             raise StackError(
                 f"no local data under {home}: run `smartgo-analytics demo` first"
             ) from None
+        info = None
+    if info is not None:
+        yield info.iceberg_properties
+        return
     postgres = _start_postgres(home)
     try:
-        yield {
-            "type": "sql",
-            "uri": postgres.get_uri(CATALOG_DATABASE).replace(
-                "postgresql://", "postgresql+psycopg://", 1
-            ),
-            "warehouse": (home / "lake" / LOCAL_BUCKET / "warehouse").as_uri(),
-        }
+        yield sql_catalog_properties(_catalog_uri(postgres), home / "lake")
     finally:
         postgres.cleanup()
+
+
+def _catalog_uri(postgres) -> str:
+    """The Iceberg SQL catalog's database as an SQLAlchemy URL (psycopg 3)."""
+    return postgres.get_uri(CATALOG_DATABASE).replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def _start_postgres(home: Path):

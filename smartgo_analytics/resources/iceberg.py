@@ -285,22 +285,16 @@ def maintain_table(
 
 
 def _compact(table: Table, retention: Retention, report: MaintenanceReport, on_group_read) -> None:
-    files = table.inspect.files().to_pylist()
-    by_partition: dict[tuple, list[DataFileInfo]] = {}
-    for f in files:
-        bounds = f["readable_metrics"]["sold_date"]
-        key = tuple(f["partition"][field.name] for field in sales_table.PARTITION_SPEC.fields)
-        by_partition.setdefault(key, []).append(
-            DataFileInfo(f["file_path"], f["file_size_in_bytes"], bounds["lower_bound"], bounds["upper_bound"])
-        )  # fmt: skip
-    for key, infos in sorted(by_partition.items()):
-        if not compaction_groups(infos, retention.target_file_size):
+    names = [field.name for field in sales_table.PARTITION_SPEC.fields]
+    for key, files in sorted(_files_by_partition(table).items()):
+        if not compaction_groups(files, retention.target_file_size):
             continue
-        partition = dict(zip((f.name for f in sales_table.PARTITION_SPEC.fields), key, strict=True))
+        partition = dict(zip(names, key, strict=True))
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             table = table.refresh()
-            current = _partition_files(table, partition)
-            groups = compaction_groups(current, retention.target_file_size)
+            if attempt > 1:  # a concurrent commit may have changed this partition's files
+                files = _files_by_partition(table).get(key, [])
+            groups = compaction_groups(files, retention.target_file_size)
             try:
                 with table.transaction() as transaction:
                     for first, last, _ in groups:
@@ -317,20 +311,24 @@ def _compact(table: Table, retention: Retention, report: MaintenanceReport, on_g
                 report.commit_retries += 1
                 if attempt == COMMIT_ATTEMPTS:
                     raise
-        after = len(_partition_files(table.refresh(), partition))
-        report.partitions_compacted.append(
-            {**partition, "files_before": len(current), "files_after": after}
-        )
+        report.partitions_compacted.append({**partition, "files_before": len(files)})
+    if report.partitions_compacted:
+        after = _files_by_partition(table.refresh())
+        for compacted in report.partitions_compacted:
+            compacted["files_after"] = len(after.get(tuple(compacted[n] for n in names), []))
 
 
-def _partition_files(table: Table, partition: dict) -> list[DataFileInfo]:
-    names = [field.name for field in sales_table.PARTITION_SPEC.fields]
-    return [
-        DataFileInfo(f["file_path"], f["file_size_in_bytes"], f["readable_metrics"]["sold_date"]["lower_bound"],
-                     f["readable_metrics"]["sold_date"]["upper_bound"])
-        for f in table.inspect.files().to_pylist()
-        if all(f["partition"][name] == partition[name] for name in names)
-    ]  # fmt: skip
+def _files_by_partition(table: Table) -> dict[tuple, list[DataFileInfo]]:
+    """The table's live data files by partition (tenant_id, year, month), with their sold_date
+    bounds."""
+    by_partition: dict[tuple, list[DataFileInfo]] = {}
+    for f in table.inspect.files().to_pylist():
+        bounds = f["readable_metrics"]["sold_date"]
+        key = tuple(f["partition"][field.name] for field in sales_table.PARTITION_SPEC.fields)
+        by_partition.setdefault(key, []).append(
+            DataFileInfo(f["file_path"], f["file_size_in_bytes"], bounds["lower_bound"], bounds["upper_bound"])
+        )  # fmt: skip
+    return by_partition
 
 
 def _partition_filter(partition: dict, first: datetime, last: datetime) -> BooleanExpression:
@@ -364,9 +362,7 @@ def _remove_unreferenced(
     removable = orphans(modified, referenced, now, retention.orphan_grace)
     report.unreferenced_in_grace = len(set(found) - referenced) - len(removable)
     for path in removable:
-        table.io.delete(
-            f"{location.scheme}://{path}" if location.scheme != "file" else f"file://{path}"
-        )
+        table.io.delete(f"{location.scheme}://{path}")
         report.files_removed += 1
         report.bytes_freed += found[path].size
 
