@@ -1,6 +1,6 @@
 """Run every benchmark, print a table, write benchmarks/results.json.
 
-python -m benchmarks            # all five
+python -m benchmarks            # all of them
 python -m benchmarks iceberg    # the ones whose name contains a word
 """
 
@@ -13,6 +13,7 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.bedrock_scale import embedded_once, paced_to_quota
 from benchmarks.iceberg_write import iceberg_write
 from benchmarks.memory import day_of_100k_sales
 from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
@@ -26,6 +27,8 @@ BENCHMARKS = [
     quicksight_backfill,
     unchanged_rematerialisation,
     ui_day_run,
+    paced_to_quota,
+    embedded_once,
 ]
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -43,12 +43,14 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 
 
-def sales_table(cdn_url: str, count: int) -> pa.Table:
-    start = datetime.fromisoformat(DAY).replace(tzinfo=UTC)
+def sales_table(cdn_url: str, count: int, day: str = DAY, images: list[int] | None = None) -> pa.Table:
+    """`count` sales of the day, sale n showing image `images[n]` (n by default)."""
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    images = images or list(range(count))
     rows = [
-        {"product_id": f"B-{n:06d}", "tenant_id": ("carousel-labs", "northwind-resale")[n % 2],
+        {"product_id": f"B-{day}-{n:06d}", "tenant_id": ("carousel-labs", "northwind-resale")[n % 2],
          "category": "Electronics", "brand": "Sony", "condition": "Good", "sold_price": 10.0 + n % 90,
-         "sold_date": start + timedelta(seconds=n * 86_400 // count), "image_url": f"{cdn_url}/img/{n}.jpg",
+         "sold_date": start + timedelta(seconds=n * 86_400 // count), "image_url": f"{cdn_url}/img/{images[n]}.jpg",
          "description": "bench"}
         for n in range(count)
     ]  # fmt: skip
@@ -59,12 +61,10 @@ class PricingRig:
     """An S3 object server, a CDN and a Bedrock-compatible server, each in its own process; the CDN
     and Bedrock with the given latencies."""
 
-    def __init__(self, cdn_latency_s: float, bedrock_latency_s: float, sales: int = SALES):
-        self.cdn_latency_s, self.bedrock_latency_s, self.sales = (
-            cdn_latency_s,
-            bedrock_latency_s,
-            sales,
-        )
+    def __init__(self, cdn_latency_s: float, bedrock_latency_s: float, sales: int = SALES,
+                 images: int | None = None, **bedrock_options):  # fmt: skip
+        self.cdn_latency_s, self.bedrock_latency_s = cdn_latency_s, bedrock_latency_s
+        self.sales, self.images, self.bedrock_options = sales, images or sales, bedrock_options
         self._stack = ExitStack()
         self.workdir = Path(tempfile.mkdtemp(prefix="smartgo-bench-"))
 
@@ -72,18 +72,16 @@ class PricingRig:
         self.servers = {
             "s3": self._stack.enter_context(loopback("s3")),
             "cdn": self._stack.enter_context(
-                loopback("cdn", latency=self.cdn_latency_s, images=self.sales)
+                loopback("cdn", latency=self.cdn_latency_s, images=self.images)
             ),
             "bedrock": self._stack.enter_context(
-                loopback("bedrock", latency=self.bedrock_latency_s)
+                loopback("bedrock", latency=self.bedrock_latency_s, **self.bedrock_options)
             ),
         }
-        store = S3ObjectStore(
+        self.store = store = S3ObjectStore(
             bucket="bench", endpoint_url=self.servers["s3"].url, region_name="us-east-1"
         )
-        buffer = io.BytesIO()
-        pq.write_table(sales_table(self.servers["cdn"].url, self.sales), buffer)
-        store.put_bytes(asset_output_key(["smartgo_sales"], DAY), buffer.getvalue())
+        self.add_day(DAY, sales_table(self.servers["cdn"].url, self.sales))
         self.resources = {
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
@@ -97,14 +95,21 @@ class PricingRig:
         }  # fmt: skip
         return self
 
+    def add_day(self, day: str, sales: pa.Table) -> None:
+        """The day's valid sales, where `smartgo_sales` would have written them."""
+        buffer = io.BytesIO()
+        pq.write_table(sales, buffer)
+        self.store.put_bytes(asset_output_key(["smartgo_sales"], day), buffer.getvalue())
+
     def __exit__(self, *exc):
         self._stack.close()
 
-    def materialize(self, *assets) -> tuple[float, dict]:
+    def materialize(self, *assets, day: str = DAY, **embedding_config) -> tuple[float, dict]:
         """Seconds to materialise the given assets for the day, and the embeddings' metadata with
         the CPU seconds each process spent (`cpu_s`: the pipeline's own and each server's)."""
+        embedding_config = {"download_concurrency": DOWNLOADS} | embedding_config
         config = {
-            "ops": {"product_image_embeddings": {"config": {"download_concurrency": DOWNLOADS}}},
+            "ops": {"product_image_embeddings": {"config": embedding_config}},
             # The table is the output; the run's own event log would bury it.
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         }
@@ -114,7 +119,7 @@ class PricingRig:
             [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg],
             selection=[AssetKey(a) for a in assets],
             resources=self.resources,
-            partition_key=DAY,
+            partition_key=day,
             run_config=config,
         )
         elapsed = time.perf_counter() - started

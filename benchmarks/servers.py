@@ -127,15 +127,25 @@ def s3_app():
     return app
 
 
-def bedrock_app():
+def bedrock_app(quota_per_minute: float = 0.0):
     """POST /model/<id>/invoke as Bedrock runtime answers it for Titan image embeddings, with one
     of 256 ready-made vectors picked by a checksum of the request: the benchmark measures the
-    pipeline, not this server, so the request is not decoded."""
-    from smartgo_analytics_tests.servers import cheap_body
+    pipeline, not this server, so the request is not decoded. With a quota, a request beyond it is
+    refused with 429 ThrottlingException; GET /quota says how many were admitted and refused."""
+    import json
+
+    from smartgo_analytics_tests.servers import RequestQuota, cheap_body
 
     length = re.compile(rb'"outputEmbeddingLength":\s*(\d+)')
+    quota = RequestQuota(quota_per_minute) if quota_per_minute else None
 
     def app(method: str, target: str, headers: dict, body: bytes) -> Reply:
+        if quota is not None and method == "GET" and target == "/quota":
+            figures = {"admitted": len(quota.admitted), "refused": quota.refused,
+                       "admitted_per_minute": quota.admitted_per_minute()}  # fmt: skip
+            return 200, {"Content-Type": "application/json"}, json.dumps(figures).encode()
+        if quota is not None and not quota.admit():
+            return 429, {"x-amzn-ErrorType": "ThrottlingException"}, b'{"message":"Too many requests"}'
         wanted = length.search(body[-200:])
         if method != "POST" or not re.fullmatch(r"/model/[^/]+/invoke", target) or not wanted:
             return 404, {"x-amzn-ErrorType": "ResourceNotFoundException"}, b"{}"
@@ -188,6 +198,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["cdn", "bedrock", "s3", "moto"])
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--quota", type=float, default=0.0, help="Bedrock requests per minute")
     args = parser.parse_args()
     # Serve until the parent closes our standard input.
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
@@ -199,7 +210,7 @@ def main() -> None:
     app = {
         "cdn": lambda: cdn_app(distinct_images(args.images)),
         "s3": s3_app,
-        "bedrock": bedrock_app,
+        "bedrock": lambda: bedrock_app(args.quota),
     }
     asyncio.run(serve(app[args.kind](), args.latency))
 

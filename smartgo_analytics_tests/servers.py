@@ -37,8 +37,42 @@ def start(handler_class) -> _Server:
     return server
 
 
+class RequestQuota:
+    """An on-demand quota as Bedrock enforces it per account and model, modelled as a token bucket:
+    `per_minute` requests a minute, at most one second's worth (and at least 2) at once; a request
+    beyond it is refused (429 ThrottlingException)."""
+
+    def __init__(self, per_minute: float, clock=time.monotonic):
+        self.per_minute = per_minute
+        self.rate = per_minute / 60
+        self.capacity = max(2.0, self.rate)
+        self._clock = clock
+        self._tokens, self._at = self.capacity, clock()
+        self._lock = threading.Lock()
+        self.admitted: list[float] = []  # when each admitted request arrived
+        self.refused = 0
+
+    def admit(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                self.admitted.append(now)
+                return True
+            self.refused += 1
+            return False
+
+    def admitted_per_minute(self) -> float:
+        """The rate at which requests were admitted, from the first to the last."""
+        times = self.admitted
+        return (len(times) - 1) * 60 / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+
 class BedrockState:
     def __init__(self):
+        self.quota: RequestQuota | None = None
         self.lock = threading.Lock()
         self.calls = 0
         self.throttle_next = 0
@@ -61,6 +95,7 @@ class BedrockState:
             self.requests = []
             self.most_in_flight = 0
             self.latency_s = 0.0
+            self.quota = None
 
 
 @functools.cache
@@ -131,6 +166,8 @@ def bedrock_server(state: BedrockState) -> _Server:
             request = json.loads(self.rfile.read(length))
             if not re.fullmatch(r"/model/[^/]+/invoke", self.path):
                 return self._error(404, "ResourceNotFoundException", "no such route")
+            if state.quota is not None and not state.quota.admit():
+                return self._error(429, "ThrottlingException", "Too many requests, please wait")
             with state.lock:
                 state.calls += 1
                 state.requests.append(

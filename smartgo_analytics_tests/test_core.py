@@ -10,6 +10,7 @@ import pytest
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
 from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode_ndjson, plain_value
+from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.quicksight import (
     DATASETS_BY_NAME,
     MANIFEST_FILE_LIMIT,
@@ -349,3 +350,47 @@ def test_reused_rows_get_the_tables_vector_and_a_vector_gone_since_is_an_error()
         "HTTP 404",
     ]
     assert filled.schema == batch.schema
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+def test_a_pace_gives_calls_slots_a_quota_apart_and_widens_them_while_throttled():
+    clock = FakeClock()
+    pace = Pace(requests_per_minute=60 / Pace.HEADROOM)  # one call a second
+    for _ in range(3):
+        pace.wait(clock, clock.sleep)
+    assert clock.slept == [1.0, 1.0]  # the first call goes at once
+
+    pace.answered(throttled=True, clock=clock)
+    pace.wait(clock, clock.sleep)
+    assert clock.slept[-1] == pytest.approx(1.25)  # the next slot pushed back a wider interval
+    for _ in range(200):
+        pace.answered(throttled=False, clock=clock)
+    clock.slept.clear()
+    pace.wait(clock, clock.sleep)
+    pace.wait(clock, clock.sleep)
+    assert clock.slept[-1] == pytest.approx(1.0)  # back to the quota, not beyond it
+    report = pace.report()
+    assert (report.calls, report.throttled) == (6, 1)
+
+
+def test_a_pace_without_a_quota_only_counts():
+    clock = FakeClock()
+    pace = Pace()
+    for _ in range(5):
+        pace.wait(clock, clock.sleep)
+    pace.answered(throttled=True, clock=clock)
+    assert clock.slept == [] and pace.report().calls == 5 and pace.report().throttled == 1
+    with pytest.raises(ValueError, match="positive"):
+        Pace(requests_per_minute=0)

@@ -20,12 +20,14 @@ from smartgo_analytics.assets.embedding_work import (
     SaleWork,
     WorkerFailed,
     run_sales,
+    worker_context,
 )
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
     smartgo_sales,
     smartgo_sales_iceberg,
 )
+from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.local.stack import create_progress_table
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker
@@ -360,7 +362,9 @@ def test_identifiers_that_are_not_data_are_quarantined_and_every_key_stays_in_it
     assert {r["description"] for r in staged} == {ODD_TEXT * 20_000}
     for key in res["object_store"].list_keys(""):
         parts = key.split("/")
-        assert parts[0] in ("images", "staging"), key
+        assert parts[0] in ("images", "staging", "vectors"), key
+        if parts[0] == "vectors":  # by content alone: vectors/<model>/<length>/<ab>/<ab...>.f32
+            assert len(parts) == 5 and parts[4].startswith(parts[3]) and len(parts[4]) == 68, key
         if parts[0] == "images":
             assert len(parts) == 5 and parts[:3] == ["images", "smartgo", "carousel-labs"], key
             assert parts[3] in rows, key
@@ -681,7 +685,11 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     assert bedrock_calls.calls == 12
     bedrock_calls.reset()
 
-    split = resources(stack, s3_bucket, bedrock, cdn, tmp_path / "split")
+    # A bucket of its own: the first run's vectors are not in its store.
+    boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1").create_bucket(
+        Bucket=f"{s3_bucket[:50]}-split"
+    )
+    split = resources(stack, f"{s3_bucket[:50]}-split", bedrock, cdn, tmp_path / "split")
     result = run(split, day, worker_processes=3, worker_min_sales=1, max_error_ratio=0.5)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
@@ -694,6 +702,9 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     assert stored_ids(split, "product_image_embeddings", day) == stored_ids(
         split, "smartgo_sales", day
     )
+    for rows in (rows_alone, rows_split):  # the same key, in each run's bucket
+        for row in rows.values():
+            row["image_s3_key"] = row["image_s3_key"] and row["image_s3_key"].split("/", 3)[3]
     assert {k: {c: v for c, v in r.items() if c not in ignore} for k, r in rows_alone.items()} == {
         k: {c: v for c, v in r.items() if c not in ignore} for k, r in rows_split.items()
     }
@@ -767,9 +778,98 @@ class DyingEmbedder(LocalVisualEmbedder):
 
 def test_a_worker_process_that_dies_fails_the_work_naming_its_exit_code(cdn, tmp_path):
     work = SaleWork(ImageFetcher(allowlist=["localhost"]), LocalObjectStore(bucket="b", lake_dir=str(tmp_path)),
-                    DyingEmbedder(), frozenset(), threads=2)  # fmt: skip
+                    DyingEmbedder(), threads=2)  # fmt: skip
     items = [({"product_id": f"D-{n}", "tenant_id": "t", "image_url": f"{cdn}/ok.png"}, None)
              for n in range(4)]  # fmt: skip
 
-    with pytest.raises(WorkerFailed, match="exited with code 3"):
-        list(run_sales(work, items, 2, Outcome()))
+    with pytest.raises(WorkerFailed, match=r"embedding worker process \d+ exited with code 3"):
+        list(run_sales(work, items, 2, Outcome(), Pace(context=worker_context())))
+
+
+def paced_day(stack, cdn, cdn_state, day: str, sales: int, tag: str) -> None:
+    for n in range(sales):
+        cdn_state.images[f"/{tag}-{n}.png"] = servers.png((n * 7 % 256, 200 - n, 33))
+    insert_products(
+        stack.postgres_uri,
+        [sale(f"{tag.upper()}-{n:02d}", day, f"{cdn}/{tag}-{n}.png") for n in range(sales)],
+    )
+
+
+def test_worker_processes_pace_their_calls_together_to_the_quota(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-07-01"
+    paced_day(stack, cdn, cdn_state, day, 36, "paced")
+    bedrock_calls.quota = servers.RequestQuota(per_minute=600)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    res["image_embedder"] = TitanEmbedder(
+        endpoint_url=bedrock, region_name="us-east-1", requests_per_minute=600, max_concurrency=12
+    )
+
+    result = run(res, day, worker_processes=3, worker_min_sales=1)
+
+    metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert metadata["worker_processes"].value == 3
+    assert metadata["embedded"].value == 36 and bedrock_calls.calls == 36
+    # Twelve calls in flight over three processes, one quota: nearly nothing refused.
+    assert bedrock_calls.quota.refused <= 1
+    assert metadata["throttled_responses"].value == bedrock_calls.quota.refused
+    assert metadata["bedrock_requests"].value == 36 + bedrock_calls.quota.refused
+    assert bedrock_calls.quota.admitted_per_minute() <= 600
+    assert 0.85 <= metadata["ratio_to_quota"].value <= 1.0
+
+
+def test_a_quota_lower_than_configured_slows_the_calls_down_and_loses_no_vector(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-07-02"
+    paced_day(stack, cdn, cdn_state, day, 24, "slowed")
+    bedrock_calls.quota = servers.RequestQuota(per_minute=240)  # other runs share the account
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    res["image_embedder"] = TitanEmbedder(
+        endpoint_url=bedrock, region_name="us-east-1", requests_per_minute=480,
+        max_concurrency=8, model_timeout_backoff_s=0.05,
+    )  # fmt: skip
+
+    result = run(res, day, worker_processes=2, worker_min_sales=1)
+
+    metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert metadata["embedded"].value == 24 and bedrock_calls.calls == 24
+    refused = bedrock_calls.quota.refused
+    assert 0 < refused == metadata["throttled_responses"].value
+    # Slowed to what the server admits, not retried at the configured rate.
+    assert refused <= 12, refused
+    assert metadata["requests_per_minute"].value < 480
+
+
+def test_an_image_embedded_on_an_earlier_day_is_not_embedded_again_for_the_same_model_and_length(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    first, second = "2025-07-03", "2025-07-04"
+    for n in range(9):
+        cdn_state.images[f"/seen-{n}.png"] = servers.png((n * 25, 90, 255 - n * 20))
+    insert_products(stack.postgres_uri, [sale(f"E-{n}", first, f"{cdn}/seen-{n}.png") for n in range(6)]
+                    + [sale(f"F-{n}", second, f"{cdn}/seen-{n}.png") for n in range(3, 9)])  # fmt: skip
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    run(res, first)
+    assert bedrock_calls.calls == 6
+    bedrock_calls.reset()
+
+    result = run(res, second)
+
+    metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert bedrock_calls.calls == 3 and metadata["embedding_calls"].value == 3
+    assert metadata["embeddings_reused"].value == 3
+    assert metadata["estimated_cost_saved_usd"].value == pytest.approx(3 * 0.00006)
+    before, after = day_rows(res, first), day_rows(res, second)
+    for n in range(3, 6):  # the earlier day's vector, in the later day's row
+        assert after[f"F-{n}"]["embedding_vector"] == before[f"E-{n}"]["embedding_vector"]
+    assert all(len(after[f"F-{n}"]["embedding_vector"]) == 1024 for n in range(3, 9))
+
+    for other in ({"dimension": 256}, {"titan_model_id": "amazon.titan-embed-image-v2"}):
+        bedrock_calls.reset()
+        res["image_embedder"] = TitanEmbedder(
+            endpoint_url=bedrock, region_name="us-east-1", **other
+        )
+        run(res, second)
+        assert bedrock_calls.calls == 6, other  # another model or length: every image once more

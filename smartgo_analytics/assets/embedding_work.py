@@ -3,30 +3,38 @@
 Each sale costs a few milliseconds of client CPU (TLS, HTTP, request signing) while it waits a few
 hundred on the network. The waiting is hidden by threads, but a process's threads share one
 interpreter lock, so on a big day the lock, not the network, sets the pace. A day of many sales is
-therefore split over worker processes, each with its own threads and clients, and their results
-come back in the sales' order.
+therefore split into chunks run by a `ProcessPoolExecutor`, whose workers build their own clients
+from the resources' settings; results come back in the sales' order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing
 import multiprocessing.forkserver
+import os
+import signal
 import threading
-import traceback
-import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 
 from dagster import ConfigurableResource
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import UnsafeKey, image_key
 from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
 from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
 from smartgo_analytics.resources.object_store import ObjectStore
+from smartgo_analytics.resources.vector_store import VectorStore
+
+# Marks a sale whose image URL an earlier sale of the day has: it is downloaded and copied where it
+# is, and its vector is the earlier sale's, filled in when the results are merged.
+DEFERRED = "embedding_deferred"
 
 
 def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
@@ -41,48 +49,20 @@ def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> I
         yield pending.popleft().result()
 
 
-class _EmbedOnce:
-    """Within one process, each distinct image (by sha256) is embedded once, whoever asks first."""
-
-    def __init__(self, embedder: ImageEmbedder):
-        self._embedder = embedder
-        self._futures: dict[str, Future] = {}
-        self._lock = threading.Lock()
-        self.calls = 0
-
-    def __call__(self, sha: str, image: bytes):
-        with self._lock:
-            future = self._futures.get(sha)
-            owner = future is None
-            if owner:
-                future = self._futures[sha] = Future()
-                self.calls += 1
-        if owner:
-            try:
-                future.set_result(self._embedder.embed(image))
-            except Exception as error:
-                future.set_exception(error)
-        return future.result()
-
-
 @dataclass
 class SaleWork:
-    """What one sale needs, in a form that can be sent to a worker process.
-
-    `known` are the images (sha256) whose vectors the table already holds for the day: their
-    results come back with `embedding_reused` set and no vector (the table's stays).
-    """
+    """Download, check, copy and embed one sale's image, `threads` sales at a time. Each distinct
+    image (sha256) is embedded once per process whoever asks first, and not at all when the vector
+    store has it from any earlier day (the result is then `embedding_reused`, without a vector)."""
 
     image_fetcher: ImageFetcher
     object_store: ObjectStore
     image_embedder: ImageEmbedder
-    known: frozenset[str]
     threads: int
-    _embed_once: _EmbedOnce | None = field(default=None, init=False, repr=False)
-
-    @property
-    def embedding_calls(self) -> int:
-        return self._embed_once.calls if self._embed_once else 0
+    embedding_calls: int = 0
+    _vectors: dict[str, Future] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def __call__(self, item: tuple[dict, dict | None]) -> dict:
         """One sale and its previous download (or None): the result row, or a per-sale error."""
@@ -110,12 +90,12 @@ class SaleWork:
                 key, raw, f"image/{prepared.extension}"
             )
             result["embedding_model"] = model_id
-            if sha in self.known:
-                result["embedding_reused"] = True
-            elif sale.get(DEFERRED):  # another sale of this URL, elsewhere, is embedding it
+            if sale.get(DEFERRED):  # another sale of this URL, elsewhere, is embedding it
                 result[DEFERRED] = True
             else:
-                result["embedding_vector"] = self._embedder()(sha, prepared.data)
+                vector = self._vector(sha, prepared.data)
+                result["embedding_vector"] = vector
+                result["embedding_reused"] = vector is None
         except ImageFetchError as error:
             result["embedding_error"] = f"image download failed: {error}"
         except BadImage as error:
@@ -126,58 +106,80 @@ class SaleWork:
             result["embedding_error"] = f"image copy refused: {error}"
         return result
 
-    def _embedder(self) -> _EmbedOnce:
-        if self._embed_once is None:
-            self._embed_once = _EmbedOnce(self.image_embedder)
-        return self._embed_once
+    def _vector(self, sha: str, image: bytes):
+        """A new image's vector, now in the store too; None if the store had it already."""
+        with self._lock:
+            future = self._vectors.get(sha)
+            owner = future is None
+            if owner:
+                future = self._vectors[sha] = Future()
+        if owner:
+            try:
+                store = VectorStore(
+                    self.object_store, self.image_embedder.model_id, self.image_embedder.dimension
+                )
+                vector = None
+                if not store.has(sha):
+                    with self._lock:
+                        self.embedding_calls += 1
+                    vector = self.image_embedder.embed(image)
+                    store.put(sha, vector)
+                future.set_result(vector)
+            except Exception as error:
+                future.set_exception(error)
+        return future.result()
 
     def run(self, items: Iterable[tuple[dict, dict | None]]) -> Iterator[dict]:
         """Every item's result, in the items' order, `threads` at a time in this process."""
-        self._embedder()
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image") as pool:
-            yield from ordered_map(pool, self, items, self.threads * 4)
-
-    def share(self, worker: int, processes: int) -> SaleWork:
-        """This work for worker number `worker` of `processes`: the workers' thread and Bedrock
-        bounds add up to this work's."""
-
-        def part(total: int) -> int:
-            return total // processes + (worker < total % processes)
-
-        embedder = self.image_embedder
-        return replace(
-            self,
-            image_embedder=_rebuilt(embedder, max_concurrency=part(embedder.max_concurrency)),
-            threads=part(self.threads),
-        )
-
-    # A worker gets the resources' settings and builds its own: clients, pools and locks stay here.
-    def __getstate__(self) -> dict:
-        state = self.__dict__ | {"_embed_once": None}
-        for name in _RESOURCES:
-            state[name] = _settings_of(state[name])
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        for name in _RESOURCES:
-            kind, fields = state[name]
-            state[name] = kind(**fields)
-        self.__dict__.update(state)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image")
+        yield from ordered_map(self._pool, self, items, self.threads * 4)
 
 
-_RESOURCES = ("image_fetcher", "object_store", "image_embedder")
+@dataclass
+class Outcome:
+    """What a run of the work did besides its results."""
+
+    embedding_calls: int = 0
+    processes: int = 1
+    sales_per_process: list[int] = field(default_factory=list)
 
 
-def _settings_of(resource: ConfigurableResource) -> tuple[type, dict]:
-    return type(resource), {name: getattr(resource, name) for name in type(resource).model_fields}
+class WorkerFailed(Exception):
+    """A worker process crashed or raised; the message says how."""
 
 
-def _rebuilt(resource: ConfigurableResource, **changes) -> ConfigurableResource:
-    kind, fields = _settings_of(resource)
-    return kind(**(fields | changes))
+def _settings_of(resource: ConfigurableResource, **changes) -> tuple[type, dict]:
+    """What a worker builds its own copy of a resource from: clients, pools and locks stay here."""
+    return type(resource), {n: getattr(resource, n) for n in type(resource).model_fields} | changes
 
 
-def _context():
+_work: SaleWork | None = None  # in a worker process: its share of the work
+_setup_error: BaseException | None = None
+
+
+def _start_worker(settings: list[tuple[type, dict]], threads: int, pace: Pace) -> None:
+    """ProcessPoolExecutor's initializer: the worker's resources, built from their settings. A
+    failure is kept and raised by the worker's first chunk, with its traceback, not lost in a log."""
+    global _work, _setup_error
+    try:
+        fetcher, store, embedder = (kind(**fields) for kind, fields in settings)
+        embedder.use_pace(pace)
+        _work = SaleWork(fetcher, store, embedder, threads)
+    except BaseException as error:
+        _setup_error = error
+
+
+def _run_chunk(items: list[tuple[dict, dict | None]]) -> tuple[int, list[dict], int]:
+    """This worker's process id, the chunk's results in order and the embedding calls they cost."""
+    if _setup_error is not None:
+        raise _setup_error
+    calls = _work.embedding_calls
+    results = list(_work.run(items))
+    return os.getpid(), results, _work.embedding_calls - calls
+
+
+def worker_context():
     """Workers are forked from a server process that imported their code once (not from the step
     process, whose other threads may hold locks at fork time); spawned where there is no such server."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -190,60 +192,25 @@ def _context():
 def start_worker_server() -> None:
     """Start the server that workers are forked from now rather than at the first worker; it takes
     about as long as importing Dagster, once per process."""
-    if _context().get_start_method() == "forkserver":
+    if worker_context().get_start_method() == "forkserver":
         multiprocessing.forkserver.ensure_running()
 
 
-class WorkerFailed(Exception):
-    """A worker process crashed or raised; the message says how."""
-
-
-def _worker(conn) -> None:
-    """A worker process: its work and items arrive over `conn`; every item's result goes back in
-    order, then the number of embedding calls made."""
-    work = None
-    try:
-        work, items = conn.recv()  # building its resources can fail too: reported the same way
-        for result in work.run(items):
-            conn.send(result)
-        conn.send(("done", work.embedding_calls))
-    except BaseException:
-        conn.send(("failed", traceback.format_exc(limit=8)))
-    finally:
-        if work is not None:
-            work.image_fetcher.teardown_after_execution(None)
-        conn.close()
-
-
-@dataclass
-class Outcome:
-    """What a run of the work did besides its results."""
-
-    embedding_calls: int = 0
-    processes: int = 1
-    sales_per_process: list[int] = field(default_factory=list)
-
-
-# Marks a sale whose image URL an earlier sale of the day has: it is downloaded and copied where it
-# is, and its vector is the earlier sale's, filled in when the results are merged.
-DEFERRED = "embedding_deferred"
-
-
-def assign_workers(urls: list[str], processes: int) -> tuple[list[int], dict[str, int]]:
-    """A worker for each sale, and the index of each URL's first sale. A URL's first sale goes to
-    the worker its URL hashes to, so each image is embedded by one worker once; every later sale of
-    the URL goes to the next worker in turn, so a day whose sales share a few URLs still spreads
-    its downloads and copies over every worker."""
-    owner, first = [], {}
-    turn = 0
-    for index, url in enumerate(urls):
-        if url not in first:
-            first[url] = index
-            owner.append(zlib.crc32(url.encode()) % processes)
-        else:
-            owner.append(turn % processes)
-            turn += 1
-    return owner, first
+def mark_deferred(items: list[tuple[dict, dict | None]]) -> tuple[list, set[str]]:
+    """The items with every sale but the first of each image URL marked DEFERRED, and the URLs
+    that have such followers: a URL's picture is embedded once, by its first sale, and the later
+    sales, in whatever worker, only download and copy it."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    marked = []
+    for sale, before in items:
+        url = sale["image_url"]
+        if url in seen:
+            repeated.add(url)
+            sale = {**sale, DEFERRED: True}
+        seen.add(url)
+        marked.append((sale, before))
+    return marked, repeated
 
 
 def _from_first_sale(result: dict, first: dict | None) -> dict:
@@ -261,75 +228,85 @@ def _from_first_sale(result: dict, first: dict | None) -> dict:
 
 
 def run_sales(
-    work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, outcome: Outcome
-) -> Iterator[dict]:
-    """Every item's result in the items' order: in this process, or split over `processes` worker
-    processes (see `assign_workers`): an image that several sales share is still embedded once."""
+    work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, outcome: Outcome,
+    pace: Pace,
+) -> Iterator[dict]:  # fmt: skip
+    """Every item's result in the items' order: in this process, or in chunks over `processes`
+    worker processes that divide the work's download and Bedrock bounds and share one `pace`."""
     # Each worker has at least one thread and one Bedrock call in flight.
     processes = min(processes, work.threads, work.image_embedder.max_concurrency)
     if processes <= 1:
         yield from work.run(items)
         outcome.embedding_calls = work.embedding_calls
         return
-    context = _context()
-    urls = [sale["image_url"] for sale, _ in items]
-    owner, first = assign_workers(urls, processes)
-    repeated = {urls[index] for index in range(len(urls)) if first[urls[index]] != index}
-    shares: list[list] = [[] for _ in range(processes)]
-    for index, ((sale, before), n) in enumerate(zip(items, owner, strict=True)):
-        deferred = first[sale["image_url"]] != index
-        shares[n].append(({**sale, DEFERRED: True}, before) if deferred else (sale, before))
-    outcome.sales_per_process = [len(share) for share in shares]
+    marked, repeated = mark_deferred(items)
+    threads = max(1, work.threads // processes)
+    settings = [
+        _settings_of(work.image_fetcher),
+        _settings_of(work.object_store),
+        _settings_of(work.image_embedder,
+                     max_concurrency=max(1, work.image_embedder.max_concurrency // processes)),
+    ]  # fmt: skip
+    # Chunks small enough that every worker gets several (a chunk's slowest sale holds its
+    # worker's other threads), large enough to keep a worker's threads busy.
+    size = max(1, min(threads * 4, math.ceil(len(marked) / (processes * 4))))
+    chunks = (marked[n : n + size] for n in range(0, len(marked), size))
+    per_process: Counter[int] = Counter()
     first_results: dict[str, dict] = {}
-    workers, conns, finished = [], [], False
+    before = set(multiprocessing.active_children())
+    workers: set = set()
+    pool = ProcessPoolExecutor(processes, mp_context=worker_context(), initializer=_start_worker,
+                               initargs=(settings, threads, pace))  # fmt: skip
+    finished = False
     try:
-        for _ in shares:
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs,), daemon=True)
-            process.start()
-            theirs.close()  # the worker holds the only other end: its exit ends our recv
-            workers.append(process)
-            conns.append(ours)
-        # Sent once every worker is starting: they start side by side, not one after another.
-        for worker, (conn, share) in enumerate(zip(conns, shares, strict=True)):
-            try:
-                conn.send((work.share(worker, processes), share))
-            except OSError:  # it died starting: say how
-                _receive(conn, workers[worker])
-                raise
-        for url, n in zip(urls, owner, strict=True):
-            result = _receive(conns[n], workers[n])
-            if result.pop(DEFERRED, False):
-                result = _from_first_sale(result, first_results.get(url))
-            elif url in repeated and url not in first_results:
-                first_results[url] = result
-            yield result
-        for conn, process in zip(conns, workers, strict=True):
-            outcome.embedding_calls += _receive(conn, process)
-        outcome.processes = processes
+        pending: deque[Future] = deque()
+
+        def results_of(future: Future) -> Iterator[dict]:
+            pid, results, calls = future.result()
+            per_process[pid] += len(results)
+            outcome.embedding_calls += calls
+            for result in results:
+                url = result["image_url"]
+                if result.pop(DEFERRED, False):
+                    result = _from_first_sale(result, first_results.get(url))
+                elif url in repeated and url not in first_results:
+                    first_results[url] = result
+                yield result
+
+        for chunk in chunks:
+            pending.append(pool.submit(_run_chunk, chunk))
+            workers |= set(multiprocessing.active_children()) - before
+            if len(pending) >= 2 * processes:
+                yield from results_of(pending.popleft())
+        while pending:
+            yield from results_of(pending.popleft())
         finished = True
+    except BrokenProcessPool:
+        pool.shutdown(wait=True)  # every worker has ended: their exit codes are known
+        raise WorkerFailed(_how_workers_ended(workers, processes)) from None
+    except Exception as error:
+        raise WorkerFailed(f"an embedding worker process failed: {error!r}") from error
     finally:
-        for process in workers:
-            process.join(timeout=5 if finished else 0)  # a step that failed does not wait for them
-            if process.is_alive():
+        if not finished:  # a step that failed does not wait for its workers' other chunks
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
                 process.kill()
-                process.join()
-        for conn in conns:
-            conn.close()
+        pool.shutdown(wait=True)
+    outcome.processes = processes
+    outcome.sales_per_process = sorted(per_process.values(), reverse=True)
 
 
-def _receive(conn, process):
-    try:
-        message = conn.recv()
-    except EOFError:
-        process.join(timeout=5)
-        raise WorkerFailed(
-            f"embedding worker process {process.pid} exited with code {process.exitcode} "
-            "before sending every result"
-        ) from None
-    if isinstance(message, tuple):
-        kind, detail = message
-        if kind == "failed":
-            raise WorkerFailed(f"embedding worker process {process.pid} failed:\n{detail}")
-        return detail
-    return message
+def _how_workers_ended(workers: set, processes: int) -> str:
+    """Which worker ended on its own (the pool stops the others with SIGTERM), and how."""
+    ended = [p for p in workers if p.exitcode not in (None, -signal.SIGTERM)] or list(workers)
+    said = []
+    for process in ended:
+        code = process.exitcode
+        how = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code and code < 0
+               else f"exited with code {code}")  # fmt: skip
+        said.append(f"embedding worker process {process.pid} {how}")
+    return (
+        "; ".join(said)
+        + f" before sending every result ({len(ended)} of {processes} workers; the others "
+        "were stopped). A worker killed by signal 9 is usually the kernel's out-of-memory killer."
+    )

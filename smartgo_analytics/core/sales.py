@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -193,3 +194,22 @@ def keep_latest_sale(sales: pa.Table) -> tuple[pa.Table, list[Rejected]]:
     keep = [not flag or i in winners for i, flag in enumerate(is_repeated)]
     rejected = [Rejected(ids[i], DUPLICATE_REASON) for i, k in enumerate(keep) if not k]
     return sales.filter(pa.array(keep)), rejected
+
+
+def validated_day(row_batches: Iterable[list[dict[str, Any]]]) -> tuple[pa.Table, list[Rejected]]:
+    """A day's source rows, batch by batch, as one table of valid sales (the latest per product
+    id) and the rejected rows with their reasons. Each batch becomes Arrow as it comes: a big day
+    never sits in memory as Python objects."""
+    batches, rejected = [], []
+    for rows in row_batches:
+        valid = []
+        for row in rows:
+            outcome = validate_sale(row)
+            if isinstance(outcome, Rejected):
+                rejected.append(outcome)
+            else:
+                valid.append(outcome)
+        batches.append(pa.RecordBatch.from_pylist(valid, schema=VALID_SALES_SCHEMA))
+    table = pa.Table.from_batches(batches, schema=VALID_SALES_SCHEMA).combine_chunks()
+    table, duplicates = keep_latest_sale(table)
+    return table, rejected + duplicates

@@ -19,6 +19,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from smartgo_analytics.core.imaging import visual_features
+from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.retry import call_with_retries
 from smartgo_analytics.core.vectors import vector_from_answer
 from smartgo_analytics.resources.aws import AwsResource
@@ -40,6 +41,16 @@ class ImageEmbedder(ConfigurableResource):
 
     dimension: int = Field(default=1024, description="vector length")
     max_concurrency: int = Field(default=16, description="embedding calls in flight at once")
+    requests_per_minute: float | None = Field(
+        default=None,
+        description="the service's quota for this run: calls are paced to it (None: not paced)",
+    )
+
+    _pace: Pace | None = PrivateAttr(default=None)
+
+    def use_pace(self, pace: Pace) -> None:
+        """Pace (and count) this embedder's calls with `pace`, which other processes may share."""
+        self._pace = pace
 
     @property
     def model_id(self) -> str:
@@ -109,9 +120,11 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             )
 
     def _client(self):
+        # Paced, every attempt waits for its slot instead, and botocore's own limiter stays out.
+        mode = "standard" if self.requests_per_minute else "adaptive"
         client = self.boto3_client(
             "bedrock-runtime",
-            retries={"mode": "adaptive", "max_attempts": self.http_attempts},
+            retries={"mode": mode, "max_attempts": self.http_attempts},
             max_pool_connections=max(self.max_concurrency, 10),
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
@@ -120,7 +133,22 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             with self._clients_lock:  # one bound for every thread, however many start at once
                 if self._slots is None:
                     self._slots = threading.BoundedSemaphore(self.max_concurrency)
+                    # Every HTTP attempt, botocore's retries included, is paced and counted.
+                    events = client.meta.events
+                    events.register("before-send.bedrock-runtime.InvokeModel", self._before_send)
+                    events.register("needs-retry.bedrock-runtime.InvokeModel", self._answered)
         return client
+
+    def _before_send(self, **_) -> None:
+        if self._pace is None:
+            self.use_pace(Pace(self.requests_per_minute))
+        self._pace.wait()
+
+    def _answered(self, response=None, **_) -> None:
+        if response is not None:  # None: no answer (a reset, a timeout)
+            http, parsed = response
+            code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+            self._pace.answered(http.status_code == 429 or code == "ThrottlingException")
 
     def embed(self, image: bytes) -> np.ndarray:
         if self._unanswered >= self.unanswered_limit:

@@ -1,0 +1,174 @@
+"""A day of embedding results: what can be reused, how the results are counted, and the rows they
+become in the Iceberg table. Plain data in, plain data out; the assets read and write."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from smartgo_analytics.core import sales_table
+
+PREVIEW_COLUMNS = ["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"]
+
+
+def usable_images(day: pa.Table | None, model_id: str, dimension: int) -> frozenset[str]:
+    """The images (sha256) the day's rows hold a vector of, from this model and of this length:
+    a row has its vector exactly when it has no error, so the vectors need not be read."""
+    if day is None:
+        return frozenset()
+    usable = pc.and_(
+        pc.and_(
+            pc.equal(day.column("embedding_model"), model_id),
+            pc.equal(day.column("embedding_dimension"), dimension),
+        ),
+        pc.is_null(day.column("embedding_error")),
+    )
+    return frozenset(day.column("image_sha256").filter(usable).drop_null().to_pylist())
+
+
+def previous_downloads(rows: Iterable[dict], usable: frozenset[str]) -> dict[tuple, dict]:
+    """The last run's downloads of the day whose vectors the table holds, by (product, URL): asked
+    for again with their ETag, an unchanged image is neither downloaded nor embedded again."""
+    return {
+        (r["product_id"], r["image_url"]): r
+        for r in rows
+        if r["image_etag"] and r["image_sha256"] in usable
+    }
+
+
+def reason_class(error: str) -> str:
+    """A reason without the per-sale detail, for the histogram: "image download failed: too large"
+    for every "image download failed: too large: 11534336 bytes declared"."""
+    return ": ".join(error.split(" (after")[0].split(": ")[:2])
+
+
+@dataclass
+class EmbeddingTally:
+    """What a day's embedding results add up to, counted as they stream past."""
+
+    dimension: int
+    sales: int = 0
+    embedded: int = 0
+    reused: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    lengths: Counter[int] = field(default_factory=Counter)
+    error_examples: list[dict] = field(default_factory=list)
+
+    def add(self, result: dict) -> None:
+        self.sales += 1
+        if result["embedding_error"]:
+            self.reasons[reason_class(result["embedding_error"])] += 1
+            if len(self.error_examples) < 5:
+                self.error_examples.append(result)
+        elif result["embedding_reused"]:  # a stored vector, of the configured length
+            self.embedded += 1
+            self.reused += 1
+            self.lengths[self.dimension] += 1
+        else:
+            self.embedded += 1
+            self.lengths[len(result["embedding_vector"])] += 1
+
+    @property
+    def errors(self) -> int:
+        return self.sales - self.embedded
+
+
+@dataclass
+class DayRows:
+    """The Iceberg rows of a day, batch by batch, counted for the run's metadata and the export
+    progress record."""
+
+    sales: pa.Table
+    dimension: int
+    ingested_at: datetime
+    hemisphere: str
+    rows: int = 0
+    with_error: int = 0
+    first_errors: list[str] = field(default_factory=list)
+    preview: list[dict] = field(default_factory=list)
+
+    def rows_of(self, sales: pa.Table, embeddings: pa.Table) -> pa.Table:
+        return sales_table.sales_rows(
+            sales, embeddings, self.dimension, self.ingested_at, self.hemisphere
+        )
+
+    def counted(self, rows: pa.Table) -> pa.Table:
+        errors = [e for e in rows.column("embedding_error").to_pylist() if e]
+        self.rows += rows.num_rows
+        self.with_error += len(errors)
+        self.first_errors.extend(errors[: 10 - len(self.first_errors)])
+        if not self.preview:
+            self.preview.extend(rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist())
+        return rows
+
+    def batches(
+        self,
+        embeddings: Iterable[pa.RecordBatch],
+        reused_vectors: Callable[[list[str]], dict],
+    ) -> Iterator[pa.Table]:
+        """The rows, one batch of embeddings at a time (they are in the sales' order): each joined
+        with its slice of the sales, its reused images' vectors filled in by `reused_vectors`."""
+        offset = 0
+        for batch in embeddings:
+            results = pa.Table.from_batches([batch])
+            wanted = results.filter(results.column("embedding_reused")).column("image_sha256")
+            known = reused_vectors(wanted.drop_null().to_pylist()) if len(wanted) else {}
+            results = sales_table.with_reused_vectors(results, known)
+            yield self.counted(self.rows_of(self.sales.slice(offset, batch.num_rows), results))
+            offset += batch.num_rows
+        if offset < self.sales.num_rows:  # sales without embeddings are still written
+            empty = sales_table.EMBEDDINGS_SCHEMA.empty_table()
+            yield self.counted(self.rows_of(self.sales.slice(offset), empty))
+
+    def if_unchanged(
+        self, results: pa.Table, existing: Callable[[], pa.Table | None]
+    ) -> pa.Table | None:
+        """The day's rows if the table holds them already (read by `existing`, without vectors, only
+        when needed): no
+        vector among `results` (read without theirs) computed afresh, a reused one being the
+        stored one for the same image and model, and every other column equal. None otherwise."""
+        vector = sales_table.EMBEDDINGS_SCHEMA.field("embedding_vector")
+        afresh = pc.and_(
+            pc.is_null(results.column("embedding_error")),
+            pc.invert(results.column("embedding_reused")),
+        )
+        if results.num_rows != self.sales.num_rows or pc.any(afresh).as_py():
+            return None
+        held = existing()
+        if held is None:
+            return None
+        results = results.add_column(
+            sales_table.EMBEDDINGS_SCHEMA.get_field_index(vector.name),
+            vector,
+            pa.nulls(results.num_rows, vector.type),
+        )
+        rows = self.rows_of(self.sales, results)
+        return rows if sales_table.same_rows(rows, held) else None
+
+
+def write_results(
+    results: Iterable[dict], path: str, batch_rows: int, tally: EmbeddingTally,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> None:  # fmt: skip
+    """Stream the results to a Parquet file, `batch_rows` at a time, counting them in `tally`:
+    a day of any size is never held in memory at once."""
+    pending: list[dict] = []
+    with pq.ParquetWriter(
+        path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS
+    ) as writer:
+        for result in results:
+            tally.add(result)
+            pending.append(result)
+            if len(pending) == batch_rows:
+                writer.write_batch(sales_table.embeddings_batch(pending))
+                pending = []
+            if tally.sales % 1000 == 0:
+                on_progress(tally.sales)
+        if pending:
+            writer.write_batch(sales_table.embeddings_batch(pending))
