@@ -40,7 +40,9 @@ def paced_to_quota() -> dict:
             "worker_processes": metadata["worker_processes"],
         })  # fmt: skip
     met = all(
-        r["ratio_to_quota"] >= 0.95 and r["throttled_share"] <= 0.01 and not r["sales_without_vector"]
+        r["ratio_to_quota"] >= 0.95
+        and r["throttled_share"] <= 0.01
+        and not r["sales_without_vector"]
         for r in runs
     )
     figure = "; ".join(

@@ -43,7 +43,9 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 
 
-def sales_table(cdn_url: str, count: int, day: str = DAY, images: list[int] | None = None) -> pa.Table:
+def sales_table(
+    cdn_url: str, count: int, day: str = DAY, images: list[int] | None = None
+) -> pa.Table:
     """`count` sales of the day, sale n showing image `images[n]` (n by default)."""
     start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     images = images or list(range(count))

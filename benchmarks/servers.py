@@ -145,7 +145,11 @@ def bedrock_app(quota_per_minute: float = 0.0):
                        "admitted_per_minute": quota.admitted_per_minute()}  # fmt: skip
             return 200, {"Content-Type": "application/json"}, json.dumps(figures).encode()
         if quota is not None and not quota.admit():
-            return 429, {"x-amzn-ErrorType": "ThrottlingException"}, b'{"message":"Too many requests"}'
+            return (
+                429,
+                {"x-amzn-ErrorType": "ThrottlingException"},
+                b'{"message":"Too many requests"}',
+            )
         wanted = length.search(body[-200:])
         if method != "POST" or not re.fullmatch(r"/model/[^/]+/invoke", target) or not wanted:
             return 404, {"x-amzn-ErrorType": "ResourceNotFoundException"}, b"{}"
