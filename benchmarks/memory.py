@@ -89,7 +89,7 @@ def materialise_demo_day(home: str, sales: int, **settings: str) -> Run:
 
 def day_of_100k_sales(sales: int = SALES) -> dict:
     """The day materialised, then again with the other hemisphere's seasons: every row changes, so
-    the day is written again, with every vector reused from the table (the local CDN sends no
+    the day is written again, with every vector reused from the image vectors (the local CDN sends no
     ETags, so every image is downloaded again too)."""
     home = tempfile.mkdtemp(prefix="smartgo-bench-memory-")
     first = materialise_demo_day(home, sales)

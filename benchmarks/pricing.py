@@ -25,7 +25,11 @@ from smartgo_analytics.assets.pricing_intelligence import (
 from smartgo_analytics.core.imaging import prepare_for_titan
 from smartgo_analytics.core.sales import VALID_SALES_SCHEMA
 from smartgo_analytics.layout import asset_output_key
-from smartgo_analytics.resources.dynamodb import ExportProgressTracker
+from smartgo_analytics.resources.dynamodb import (
+    ExportProgressTracker,
+    ImageVectors,
+    create_image_vectors_table,
+)
 from smartgo_analytics.resources.embeddings import TitanEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
@@ -79,7 +83,11 @@ class PricingRig:
             "bedrock": self._stack.enter_context(
                 loopback("bedrock", latency=self.bedrock_latency_s, **self.bedrock_options)
             ),
+            "dynamodb": self._stack.enter_context(loopback("moto")),
         }
+        vectors = ImageVectors(table_name="image-vectors", endpoint_url=self.servers["dynamodb"].url,
+                               region_name="us-east-1")  # fmt: skip
+        create_image_vectors_table(vectors.boto3_client("dynamodb"), vectors.table_name)
         self.store = store = S3ObjectStore(
             bucket="bench", endpoint_url=self.servers["s3"].url, region_name="us-east-1"
         )
@@ -93,6 +101,7 @@ class PricingRig:
             "iceberg": IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{self.workdir}/catalog.db",
                                                   "warehouse": (self.workdir / "warehouse").as_uri()}),
             "export_progress": ExportProgressTracker(),
+            "image_vectors": vectors,
             "smartgo_db": SmartGoDatabase(dsn="postgresql://not-read-in-this-benchmark"),
         }  # fmt: skip
         return self

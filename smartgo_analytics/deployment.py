@@ -6,13 +6,14 @@ from dagster import EnvVar, ResourceDefinition
 
 from smartgo_analytics.local.stack import (
     EXPORT_PROGRESS_TABLE,
+    IMAGE_VECTORS_TABLE,
     LOCAL_BUCKET,
     StackError,
     running_stack,
     smartgo_home,
 )
 from smartgo_analytics.resources.alerts import Alerter
-from smartgo_analytics.resources.dynamodb import ExportProgressTracker, SalesDataTable
+from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors, SalesDataTable
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
@@ -76,6 +77,7 @@ def local_resources(config: Settings) -> dict[str, object]:
             "smartgo_db": needs_stack,
             "sales_data": needs_stack,
             "export_progress": needs_stack,
+            "image_vectors": needs_stack,
             "iceberg": needs_stack,
             "alerter": alerter(config),
         }
@@ -85,6 +87,9 @@ def local_resources(config: Settings) -> dict[str, object]:
         "sales_data": SalesDataTable(table_name=config.dynamodb_table, **aws),
         "export_progress": ExportProgressTracker(
             table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, **aws
+        ),
+        "image_vectors": ImageVectors(
+            table_name=config.image_vectors_table or IMAGE_VECTORS_TABLE, **aws
         ),
         "iceberg": IcebergCatalog(properties=stack.iceberg_properties),
         "alerter": alerter(config, **aws),
@@ -121,12 +126,14 @@ def prod_resources(config: Settings) -> dict[str, object]:
         "export_progress": ExportProgressTracker(
             table_name=config.export_progress_table, region_name=region
         ),
+        "image_vectors": ImageVectors(table_name=config.image_vectors_table, region_name=region),
         "object_store": object_store,
         "parquet_io_manager": ParquetIOManager(object_store=object_store),
         "image_fetcher": ImageFetcher(allowlist=config.image_url_allowlist),
         "image_embedder": TitanEmbedder(
             dimension=config.embedding_dimension,
             max_concurrency=config.bedrock_max_concurrency,
+            requests_per_minute=config.bedrock_requests_per_minute,
             region_name=region,
         ),
         # pyiceberg's Glue client and S3 file IO read the region from here, not from AWS_REGION.

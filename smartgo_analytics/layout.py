@@ -8,7 +8,6 @@ from smartgo_analytics.core.sales import IDENTIFIER
 
 IMAGE_PREFIX = "images/smartgo"
 STAGING_PREFIX = "staging"
-VECTOR_PREFIX = "vectors"
 MAX_KEY_BYTES = 1024  # S3's limit
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXTENSION = re.compile(r"[a-z0-9]{1,8}")
@@ -44,16 +43,6 @@ def image_key(tenant_id: str, product_id: str, sha256: str, extension: str) -> s
     ):
         raise UnsafeKey(f"no image key for tenant {tenant_id[:40]!r}, product {product_id[:40]!r}")
     return f"{IMAGE_PREFIX}/{tenant_id}/{product_id}/{sha256}.{extension}"
-
-
-def vector_key(model_id: str, dimension: int, sha256: str) -> str:
-    """`vectors/<model>/<dimension>/<sha256[:2]>/<sha256>.f32`: an image's vector, by its content,
-    as float32 bytes. The model id's slashes become dashes; UnsafeKey for a sha256 that is not one."""
-    if not _SHA256.fullmatch(sha256):
-        raise UnsafeKey(f"no vector key for image {sha256[:80]!r}")
-    return check_key(
-        f"{VECTOR_PREFIX}/{model_id.replace('/', '-')}/{dimension}/{sha256[:2]}/{sha256}.f32"
-    )
 
 
 def quicksight_dataset_prefix(quicksight_prefix: str, dataset: str) -> str:

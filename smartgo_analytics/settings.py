@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -54,12 +55,14 @@ class Settings:
     s3_bucket: str | None
     quicksight_prefix: str
     export_progress_table: str | None
+    image_vectors_table: str | None
     stage: str
     tenant: str | None
     aws_region: str | None
     database_url_set: bool
     db_ssm_parameter: str | None
     bedrock_max_concurrency: int
+    bedrock_requests_per_minute: float | None
     embedding_dimension: int
     image_url_allowlist: list[str]
     download_concurrency: int
@@ -162,6 +165,9 @@ def settings() -> Settings:
     deadline = _int("FRESHNESS_DEADLINE_HOUR_UTC", 6, minimum=0)
     if deadline > 23:
         raise ConfigurationError(f"FRESHNESS_DEADLINE_HOUR_UTC={deadline} must be 0..23")
+    quota = _float("BEDROCK_REQUESTS_PER_MINUTE", 0.0) or None
+    if quota is not None and not (math.isfinite(quota) and quota > 0):
+        raise ConfigurationError(f"BEDROCK_REQUESTS_PER_MINUTE={quota} must be a positive number")
     stage = os.environ.get("STAGE", "dev")
     dimension = _int("TITAN_EMBEDDING_DIMENSION", 1024)
     if dimension not in TITAN_DIMENSIONS:
@@ -176,12 +182,14 @@ def settings() -> Settings:
         s3_bucket=os.environ.get("S3_BUCKET") or None,
         quicksight_prefix=prefix,
         export_progress_table=os.environ.get("EXPORT_PROGRESS_TABLE_NAME") or None,
+        image_vectors_table=os.environ.get("IMAGE_VECTORS_TABLE") or None,
         stage=stage,
         tenant=os.environ.get("TENANT") or None,
         aws_region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
         database_url_set=bool(os.environ.get("SMARTGO_DATABASE_URL")),
         db_ssm_parameter=os.environ.get("SMARTGO_DB_SSM_PARAMETER") or None,
         bedrock_max_concurrency=_int("BEDROCK_MAX_CONCURRENCY", 16),
+        bedrock_requests_per_minute=quota,
         embedding_dimension=dimension,
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),

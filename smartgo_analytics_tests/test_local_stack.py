@@ -157,6 +157,13 @@ def _taken_port():
         (["maintain", "--target-file-size", "big"], {}, "--target-file-size: 'big' is not a size"),
         (
             ["demo"],
+            {"BEDROCK_REQUESTS_PER_MINUTE": "-60"},
+            "BEDROCK_REQUESTS_PER_MINUTE=-60.0 must be a positive number",
+        ),
+        (["demo"], {"BEDROCK_REQUESTS_PER_MINUTE": "nan"}, "must be a positive number"),
+        (["demo"], {"BEDROCK_REQUESTS_PER_MINUTE": "lots"}, "'lots' is not a number"),
+        (
+            ["demo"],
             {
                 "QUICKSIGHT_DATASET_IDS": '{"sales": "qs-1"}',
                 "QUICKSIGHT_ACCOUNT_ID": "123456789012",

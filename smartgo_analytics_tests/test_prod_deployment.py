@@ -24,6 +24,7 @@ from smartgo_analytics.core.quicksight import DATASETS
 from smartgo_analytics.deployment import resources_for_deployment
 from smartgo_analytics.local.demo_data import sales_data_items
 from smartgo_analytics.local.stack import create_progress_table, create_sales_table
+from smartgo_analytics.resources.dynamodb import create_image_vectors_table
 from smartgo_analytics.settings import settings
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.conftest import insert_products, sale
@@ -44,6 +45,7 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
     dynamodb = aws.client("dynamodb", **endpoint)
     create_sales_table(dynamodb, "SalesData-prod")
     create_progress_table(dynamodb, "smartgo-export-progress-prod")
+    create_image_vectors_table(dynamodb, "smartgo-image-vectors-prod")
     serializer = TypeSerializer()
     for item in sales_data_items(date.fromisoformat(DAY)):
         dynamodb.put_item(
@@ -86,6 +88,8 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
         "SMARTGO_DB_SSM_PARAMETER": SSM_PARAMETER,
         "DYNAMODB_TABLE": "SalesData-prod",
         "EXPORT_PROGRESS_TABLE_NAME": "smartgo-export-progress-prod",
+        "IMAGE_VECTORS_TABLE": "smartgo-image-vectors-prod",
+        "BEDROCK_REQUESTS_PER_MINUTE": "3000",
         "ICEBERG_CATALOG_TYPE": "glue",
         "ICEBERG_WAREHOUSE": f"s3://{BUCKET}/warehouse",
         "ICEBERG_CATALOG_PROPERTIES": json.dumps({"s3.endpoint": stack.aws_endpoint_url}),

@@ -22,15 +22,17 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
+import numpy as np
 from dagster import ConfigurableResource
 
+from smartgo_analytics.core.batching import Batched
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import UnsafeKey, image_key
+from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
 from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.resources.vector_store import VectorStore
 
 # Marks a sale whose image URL an earlier sale of the day has: it is downloaded and copied where it
 # is, and its vector is the earlier sale's, filled in when the results are merged.
@@ -51,18 +53,28 @@ def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> I
 
 @dataclass
 class SaleWork:
-    """Download, check, copy and embed one sale's image, `threads` sales at a time. Each distinct
-    image (sha256) is embedded once per process whoever asks first, and not at all when the vector
-    store has it from any earlier day (the result is then `embedding_reused`, without a vector)."""
+    """Download, check, copy and embed one sale's image, `threads` sales at a time. An image whose
+    vector the image vectors hold (asked for a batch of images at a time) is not embedded: its
+    result is `embedding_reused`, without a vector (the table's row gets the stored one). A new
+    one is embedded once however many sales show it at the same time, then stored."""
 
     image_fetcher: ImageFetcher
     object_store: ObjectStore
     image_embedder: ImageEmbedder
+    image_vectors: ImageVectors
     threads: int
     embedding_calls: int = 0
-    _vectors: dict[str, Future] = field(default_factory=dict, repr=False)
+    _in_flight: dict[str, Future] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        model_id, dimension = self.image_embedder.model_id, self.image_embedder.dimension
+        vectors = self.image_vectors
+        self._stored = Batched(
+            lambda shas: dict.fromkeys(vectors.known(model_id, dimension, shas), True)
+        )
+        self._store = Batched(lambda new: vectors.store(model_id, dimension, new) or {})
 
     def __call__(self, item: tuple[dict, dict | None]) -> dict:
         """One sale and its previous download (or None): the result row, or a per-sale error."""
@@ -81,21 +93,18 @@ class SaleWork:
                 result.update(image_sha256=before["image_sha256"], image_s3_key=before["image_s3_key"],
                               embedding_model=model_id, embedding_reused=True)  # fmt: skip
                 return result
-            raw = fetched.data
-            prepared = prepare_for_titan(raw)
-            sha = hashlib.sha256(raw).hexdigest()
-            result["image_sha256"] = sha
+            prepared = prepare_for_titan(fetched.data)
+            sha = hashlib.sha256(fetched.data).hexdigest()
             key = image_key(sale["tenant_id"], sale["product_id"], sha, prepared.extension)
             result["image_s3_key"] = self.object_store.put_bytes(
-                key, raw, f"image/{prepared.extension}"
+                key, fetched.data, f"image/{prepared.extension}"
             )
-            result["embedding_model"] = model_id
+            result.update(image_sha256=sha, embedding_model=model_id)
             if sale.get(DEFERRED):  # another sale of this URL, elsewhere, is embedding it
                 result[DEFERRED] = True
             else:
                 vector = self._vector(sha, prepared.data)
-                result["embedding_vector"] = vector
-                result["embedding_reused"] = vector is None
+                result.update(embedding_vector=vector, embedding_reused=vector is None)
         except ImageFetchError as error:
             result["embedding_error"] = f"image download failed: {error}"
         except BadImage as error:
@@ -106,27 +115,27 @@ class SaleWork:
             result["embedding_error"] = f"image copy refused: {error}"
         return result
 
-    def _vector(self, sha: str, image: bytes):
-        """A new image's vector, now in the store too; None if the store had it already."""
+    def _vector(self, sha: str, image: bytes) -> np.ndarray | None:
+        """A new image's vector, stored; None if the image vectors had it already."""
         with self._lock:
-            future = self._vectors.get(sha)
+            future = self._in_flight.get(sha)
             owner = future is None
             if owner:
-                future = self._vectors[sha] = Future()
+                future = self._in_flight[sha] = Future()
         if owner:
             try:
-                store = VectorStore(
-                    self.object_store, self.image_embedder.model_id, self.image_embedder.dimension
-                )
                 vector = None
-                if not store.has(sha):
+                if not self._stored(sha):
                     with self._lock:
                         self.embedding_calls += 1
                     vector = self.image_embedder.embed(image)
-                    store.put(sha, vector)
+                    self._store(sha, vector)
                 future.set_result(vector)
-            except Exception as error:
+            except BaseException as error:
                 future.set_exception(error)
+            finally:
+                with self._lock:  # from now on the image vectors answer for it
+                    del self._in_flight[sha]
         return future.result()
 
     def run(self, items: Iterable[tuple[dict, dict | None]]) -> Iterator[dict]:
@@ -163,9 +172,9 @@ def _start_worker(settings: list[tuple[type, dict]], threads: int, pace: Pace) -
     failure is kept and raised by the worker's first chunk, with its traceback, not lost in a log."""
     global _work, _setup_error
     try:
-        fetcher, store, embedder = (kind(**fields) for kind, fields in settings)
+        fetcher, store, embedder, vectors = (kind(**fields) for kind, fields in settings)
         embedder.use_pace(pace)
-        _work = SaleWork(fetcher, store, embedder, threads)
+        _work = SaleWork(fetcher, store, embedder, vectors, threads)
     except BaseException as error:
         _setup_error = error
 
@@ -246,6 +255,7 @@ def run_sales(
         _settings_of(work.object_store),
         _settings_of(work.image_embedder,
                      max_concurrency=max(1, work.image_embedder.max_concurrency // processes)),
+        _settings_of(work.image_vectors),
     ]  # fmt: skip
     # Chunks small enough that every worker gets several (a chunk's slowest sale holds its
     # worker's other threads), large enough to keep a worker's threads busy.

@@ -8,7 +8,7 @@ from smartgo_analytics.assets import embedding_work  # noqa: F401 - what the wor
 from smartgo_analytics.resources.aws import load_service_models
 from smartgo_analytics.resources.images import tls_context
 
-load_service_models("s3", "bedrock-runtime")
+load_service_models("s3", "bedrock-runtime", "dynamodb")
 tls_context()
 
 # Workers share this process's memory until they write to it, and the garbage collector writes to

@@ -6,6 +6,7 @@ import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,6 +39,7 @@ from smartgo_analytics.core.embedding_day import (
     PREVIEW_COLUMNS,
     DayRows,
     EmbeddingTally,
+    ReusedVectors,
     previous_downloads,
     usable_images,
     write_results,
@@ -48,13 +50,12 @@ from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
 from smartgo_analytics.metadata import location, md_table
 from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.partitions import daily_partitions
-from smartgo_analytics.resources.dynamodb import ExportProgressTracker
+from smartgo_analytics.resources.dynamodb import DynamoDBError, ExportProgressTracker, ImageVectors
 from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
-from smartgo_analytics.resources.vector_store import ReusedVectors, VectorStore
 from smartgo_analytics.settings import settings
 
 GROUP = "pricing_intelligence"
@@ -176,17 +177,20 @@ def product_image_embeddings(
     smartgo_sales: pa.Table,
     image_fetcher: ImageFetcher,
     image_embedder: ImageEmbedder,
+    image_vectors: ImageVectors,
     object_store: ObjectStore,
     iceberg: IcebergCatalog,
 ):
     """Every valid sale's image: downloaded safely, copied to object storage, embedded.
 
     An image is embedded once, ever: one whose vector (same sha256, model and length) is in the
-    vector store from any earlier day is not sent to Bedrock, and the result has no vector of its
+    image vectors (IMAGE_VECTORS_TABLE) from any earlier day is not sent to Bedrock, and the result has no vector of its
     own (the table's row gets the stored one). An image unchanged since the day's last run (same
     ETag) is not even downloaded. Calls are paced to BEDROCK_REQUESTS_PER_MINUTE when it is set.
     """
     start, end = context.partition_time_window
+    with permanent_errors(DynamoDBError):
+        image_vectors.check()
     processes = config.worker_processes if smartgo_sales.num_rows >= config.worker_min_sales else 1
     if processes > 1:
         start_worker_server()  # it starts while the table and the last run's downloads are read
@@ -197,7 +201,8 @@ def product_image_embeddings(
     items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
     pace = Pace(image_embedder.requests_per_minute, context=worker_context())
     image_embedder.use_pace(pace)
-    work = SaleWork(image_fetcher, object_store, image_embedder, config.download_concurrency)
+    work = SaleWork(image_fetcher, object_store, image_embedder, image_vectors,
+                    config.download_concurrency)  # fmt: skip
     outcome, tally = Outcome(), EmbeddingTally(image_embedder.dimension)
     fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
     os.close(fd)
@@ -260,7 +265,7 @@ def smartgo_sales_iceberg(
     product_image_embeddings: pq.ParquetFile,
     iceberg: IcebergCatalog,
     image_embedder: ImageEmbedder,
-    object_store: ObjectStore,
+    image_vectors: ImageVectors,
     export_progress: ExportProgressTracker,
 ) -> MaterializeResult:
     """`pricing_intelligence.smartgo_sales`: the day's rows replaced in one atomic commit.
@@ -277,11 +282,13 @@ def smartgo_sales_iceberg(
         results, lambda: iceberg.read_day(start, end, tuple(sales_table.COMPARED_COLUMNS))
     )
     if unchanged is None:
-        store = VectorStore(object_store, model_id, dimension)
-        older = lambda: iceberg.day_vectors(start, end, model_id, dimension)  # noqa: E731
-        with ReusedVectors(store, fallback=older) as reused:
+        with ReusedVectors(
+            stored=partial(image_vectors.vectors, model_id, dimension),
+            older=partial(iceberg.day_vectors, start, end, model_id, dimension),
+            store=partial(image_vectors.store, model_id, dimension),
+        ) as reused:
             batches = product_image_embeddings.iter_batches(batch_size=ICEBERG_BATCH_ROWS)
-            table = iceberg.replace_day(day.batches(batches, reused.for_images), start, end)
+            table = iceberg.replace_day(day.batches(batches, reused), start, end)
         written = day.rows
     else:
         day.counted(unchanged)

@@ -4,10 +4,11 @@ become in the Iceberg table. Plain data in, plain data out; the assets read and 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -172,3 +173,35 @@ def write_results(
                 on_progress(tally.sales)
         if pending:
             writer.write_batch(sales_table.embeddings_batch(pending))
+
+
+@dataclass
+class ReusedVectors:
+    """The vectors of a day's reused images: `stored` (the image vectors' lookup) or, for an image
+    embedded before that store existed, `older` (the day's rows in the table, read once if need
+    be), which are then handed to `store` so the next lookup finds them."""
+
+    stored: Callable[[set[str]], dict]
+    older: Callable[[], Mapping[str, np.ndarray]]
+    store: Callable[[dict], None]
+    _older: Mapping[str, np.ndarray] | None = field(default=None, init=False)
+
+    def __call__(self, shas: list[str]) -> dict[str, np.ndarray]:
+        wanted = set(shas)
+        found = self.stored(wanted)
+        missing = wanted - found.keys()
+        if missing:
+            if self._older is None:
+                self._older = self.older()
+            recovered = {sha: self._older[sha] for sha in missing if sha in self._older}
+            self.store(recovered)
+            found |= recovered
+        return found
+
+    def __enter__(self) -> ReusedVectors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        close = getattr(self._older, "__exit__", None)
+        if close is not None:
+            close(*exc)

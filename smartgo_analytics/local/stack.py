@@ -14,10 +14,13 @@ from dataclasses import asdict, dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from smartgo_analytics.resources.dynamodb import create_image_vectors_table
+
 LOCAL_REGION = "us-east-1"
 LOCAL_BUCKET = "smartgo-analytics-local"
 SALES_TABLE = "SalesData"
 EXPORT_PROGRESS_TABLE = "smartgo-export-progress"
+IMAGE_VECTORS_TABLE = "smartgo-image-vectors"
 SMARTGO_DATABASE = "smartgo"
 CATALOG_DATABASE = "iceberg_catalog"
 STACK_FILE = "stack.json"
@@ -312,6 +315,7 @@ def _create_aws_resources(info: StackInfo) -> None:
     dynamodb = aws_client(info, "dynamodb")
     create_sales_table(dynamodb)
     create_progress_table(dynamodb)
+    create_image_vectors_table(dynamodb, IMAGE_VECTORS_TABLE)
     aws_client(info, "sns").create_topic(Name="smartgo-analytics-alerts")
 
 

@@ -1,4 +1,4 @@
-"""DynamoDB: the SalesData analytics table and the export-progress tracker."""
+"""DynamoDB: the SalesData analytics table, the export-progress tracker and the image vectors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import Field
@@ -87,3 +88,91 @@ class ExportProgressTracker(AwsResource):
                 key: serializer.serialize(value) for key, value in item.items() if value is not None
             },
         )
+
+
+class ImageVectors(AwsResource):
+    """Every image's vector, once, by content: the item `image = <model>#<dimension>#<sha256>`
+    holds its float32 bytes in `vector`. What lets an image be embedded once, ever: a day asks for
+    its images a hundred at a time (BatchGetItem), so a lookup costs the day, not the years behind
+    it. Without `table_name` nothing is stored and nothing is found."""
+
+    table_name: str | None = Field(default=None, description="IMAGE_VECTORS_TABLE")
+
+    def check(self) -> None:
+        """DynamoDBError, naming the setting, when the table cannot be used."""
+        if not self.table_name:
+            return
+        try:
+            self.boto3_client("dynamodb").describe_table(TableName=self.table_name)
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code == "ResourceNotFoundException":
+                raise DynamoDBError(
+                    f"DynamoDB table {self.table_name!r} does not exist (IMAGE_VECTORS_TABLE): "
+                    "create it with the hash key `image` (string)"
+                ) from None
+            raise DynamoDBError(f"DynamoDB table {self.table_name!r}: {code}") from None
+
+    def _key(self, model_id: str, dimension: int, sha: str) -> dict:
+        return {"image": {"S": f"{model_id}#{dimension}#{sha}"}}
+
+    def _items(self, model_id: str, dimension: int, shas, projection: str) -> Iterator[dict]:
+        client = self.boto3_client("dynamodb")
+        wanted = sorted(set(shas))
+        for start in range(0, len(wanted), 100):
+            keys = [self._key(model_id, dimension, sha) for sha in wanted[start : start + 100]]
+            for attempt in range(1, 100):
+                answer = client.batch_get_item(RequestItems={self.table_name: {
+                    "Keys": keys, "ProjectionExpression": projection}})  # fmt: skip
+                yield from answer["Responses"].get(self.table_name, [])
+                keys = answer.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
+                if not keys:
+                    break
+                time.sleep(min(1.0, 0.05 * attempt))  # the table is throttling: back off
+
+    def known(self, model_id: str, dimension: int, shas) -> set[str]:
+        """Which of these images have a vector from this model, of this length."""
+        if not self.table_name:
+            return set()
+        items = self._items(model_id, dimension, shas, "image")
+        return {item["image"]["S"].rsplit("#", 1)[1] for item in items}
+
+    def vectors(self, model_id: str, dimension: int, shas) -> dict[str, np.ndarray]:
+        """The stored vectors of these images; one that is missing or unusable is left out."""
+        if not self.table_name:
+            return {}
+        found = {}
+        for item in self._items(model_id, dimension, shas, "image, vector"):
+            data = item["vector"]["B"]
+            vector = np.frombuffer(data, np.float32) if len(data) == 4 * dimension else None
+            if vector is not None and np.isfinite(vector).all() and vector.any():
+                found[item["image"]["S"].rsplit("#", 1)[1]] = vector
+        return found
+
+    def store(self, model_id: str, dimension: int, vectors: dict[str, np.ndarray]) -> None:
+        if not self.table_name or not vectors:
+            return
+        client = self.boto3_client("dynamodb")
+        now = datetime.now(UTC).isoformat()
+        requests = [
+            {"PutRequest": {"Item": self._key(model_id, dimension, sha) | {
+                "vector": {"B": np.asarray(vector, np.float32).tobytes()}, "embeddedAt": {"S": now}}}}
+            for sha, vector in vectors.items()
+        ]  # fmt: skip
+        for start in range(0, len(requests), 25):
+            batch = requests[start : start + 25]
+            for attempt in range(1, 100):
+                answer = client.batch_write_item(RequestItems={self.table_name: batch})
+                batch = answer.get("UnprocessedItems", {}).get(self.table_name, [])
+                if not batch:
+                    break
+                time.sleep(min(1.0, 0.05 * attempt))
+
+
+def create_image_vectors_table(dynamodb, table_name: str) -> None:
+    dynamodb.create_table(
+        TableName=table_name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "image", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "image", "KeyType": "HASH"}],
+    )

@@ -28,9 +28,6 @@ class ObjectStore(ConfigurableResource):
         """The object's bytes; FileNotFoundError when there is none."""
         raise NotImplementedError
 
-    def exists(self, key: str) -> bool:
-        raise NotImplementedError
-
     def put_file(self, key: str, path: Path) -> str:
         """Upload a local file (streamed, multipart when large)."""
         raise NotImplementedError
@@ -75,15 +72,6 @@ class S3ObjectStore(ObjectStore, AwsResource):
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 raise FileNotFoundError(self.uri(key)) from error
             raise
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.client().head_object(Bucket=self.bucket, Key=check_key(key))
-        except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return False
-            raise
-        return True
 
     def put_file(self, key: str, path: Path) -> str:
         self.client().upload_file(str(path), self.bucket, check_key(key))
@@ -151,9 +139,6 @@ class LocalObjectStore(ObjectStore):
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
 
     def put_file(self, key: str, path: Path) -> str:
         target = self._path(key)
