@@ -83,7 +83,7 @@ class PricingRig:
             "bedrock": self._stack.enter_context(
                 loopback("bedrock", latency=self.bedrock_latency_s, **self.bedrock_options)
             ),
-            "dynamodb": self._stack.enter_context(loopback("moto")),
+            "dynamodb": self._stack.enter_context(loopback("dynamodb")),
         }
         vectors = ImageVectors(table_name="image-vectors", endpoint_url=self.servers["dynamodb"].url,
                                region_name="us-east-1")  # fmt: skip

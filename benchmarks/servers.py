@@ -127,6 +127,60 @@ def s3_app():
     return app
 
 
+def dynamodb_app():
+    """The DynamoDB calls the image vectors make (CreateTable, DescribeTable, BatchGetItem,
+    BatchWriteItem), in memory, for tables whose hash key is `image`: moto's server spends
+    several milliseconds of the shared cores on each."""
+    import json
+
+    tables: dict[str, dict[str, dict]] = {}
+
+    def app(method: str, target: str, headers: dict, body: bytes) -> Reply:
+        operation = headers.get("x-amz-target", "").rpartition(".")[2]
+        request = json.loads(body or b"{}")
+        answer: dict = {}
+        if operation == "CreateTable":
+            tables.setdefault(request["TableName"], {})
+            answer = {
+                "TableDescription": {"TableName": request["TableName"], "TableStatus": "ACTIVE"}
+            }
+        elif operation == "DescribeTable":
+            if request["TableName"] not in tables:
+                return (
+                    400,
+                    {"Content-Type": "application/x-amz-json-1.0"},
+                    json.dumps(
+                        {"__type": "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException"}
+                    ).encode(),
+                )
+            answer = {"Table": {"TableName": request["TableName"], "TableStatus": "ACTIVE"}}
+        elif operation == "BatchGetItem":
+            answer = {"Responses": {}, "UnprocessedKeys": {}}
+            for name, wanted in request["RequestItems"].items():
+                names = [
+                    n.strip()
+                    for n in wanted.get("ProjectionExpression", "").split(",")
+                    if n.strip()
+                ]
+                found = (tables[name].get(key["image"]["S"]) for key in wanted["Keys"])
+                answer["Responses"][name] = [
+                    {k: v for k, v in item.items() if not names or k in names}
+                    for item in found
+                    if item
+                ]
+        elif operation == "BatchWriteItem":
+            for name, writes in request["RequestItems"].items():
+                for write in writes:
+                    item = write["PutRequest"]["Item"]
+                    tables[name][item["image"]["S"]] = item
+            answer = {"UnprocessedItems": {}}
+        else:
+            return 400, {}, b'{"__type": "UnknownOperationException"}'
+        return 200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(answer).encode()
+
+    return app
+
+
 def bedrock_app(quota_per_minute: float = 0.0):
     """POST /model/<id>/invoke as Bedrock runtime answers it for Titan image embeddings, with one
     of 256 ready-made vectors picked by a checksum of the request: the benchmark measures the
@@ -199,7 +253,7 @@ async def serve(app, latency_s: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["cdn", "bedrock", "s3", "moto"])
+    parser.add_argument("kind", choices=["cdn", "bedrock", "s3", "dynamodb", "moto"])
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--quota", type=float, default=0.0, help="Bedrock requests per minute")
@@ -214,6 +268,7 @@ def main() -> None:
     app = {
         "cdn": lambda: cdn_app(distinct_images(args.images)),
         "s3": s3_app,
+        "dynamodb": dynamodb_app,
         "bedrock": lambda: bedrock_app(args.quota),
     }
     asyncio.run(serve(app[args.kind](), args.latency))

@@ -1,6 +1,8 @@
 """The functional core, without any server."""
 
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -8,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from smartgo_analytics.core.batching import Batched, WriteBehind
+from smartgo_analytics.core.embedding_day import ReusedVectors
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
 from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.pacing import Pace
@@ -394,3 +398,67 @@ def test_a_pace_without_a_quota_only_counts():
     assert clock.slept == [] and pace.report().calls == 5 and pace.report().throttled == 1
     with pytest.raises(ValueError, match="positive"):
         Pace(requests_per_minute=0)
+
+
+def test_batched_calls_from_many_threads_are_answered_together_each_with_its_own_answer():
+    asked: list[dict] = []
+
+    def answer(batch: dict) -> dict:
+        asked.append(batch)
+        return {key: f"{key}:{item}" for key, item in batch.items() if key != "absent"}
+
+    batched = Batched(answer, wait_s=0.05)
+    start = threading.Barrier(20)
+
+    def call(n: int):
+        start.wait()
+        return batched(f"k{n % 10}", n % 10)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(call, range(20)))
+    assert answers == [f"k{n % 10}:{n % 10}" for n in range(20)]
+    assert sum(len(batch) for batch in asked) == 10 and len(asked) < 10  # each key asked once
+    assert batched("absent") is None
+
+
+def test_a_batch_whose_answer_fails_fails_every_caller_in_it():
+    def answer(batch: dict) -> dict:
+        raise ConnectionError("table unreachable")
+
+    batched = Batched(answer, wait_s=0.05)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(batched, n) for n in range(4)]
+    for future in futures:
+        with pytest.raises(ConnectionError, match="unreachable"):
+            future.result()
+
+
+def test_reused_vectors_come_from_the_store_or_else_from_the_older_rows_which_are_then_stored():
+    store = {"a": np.ones(3, np.float32)}
+    older_reads = []
+
+    def older():
+        older_reads.append(1)
+        return {"b": np.full(3, 2, np.float32)}
+
+    with ReusedVectors(
+        stored=lambda shas: {s: store[s] for s in shas if s in store},
+        older=older,
+        store=store.update,
+    ) as reused:
+        found = reused(["a", "b", "c"])
+        assert sorted(found) == ["a", "b"] and found["b"].tolist() == [2, 2, 2]
+        assert "b" in store  # the next lookup finds it in the store
+        reused(["c"])
+    assert older_reads == [1]  # the older rows are read once
+
+
+def test_write_behind_writes_full_batches_as_they_fill_and_the_rest_on_flush():
+    written: list[dict] = []
+    behind = WriteBehind(written.append, most=3)
+    for n in range(7):
+        behind.add(f"k{n}", n)
+    assert [sorted(batch) for batch in written] == [["k0", "k1", "k2"], ["k3", "k4", "k5"]]
+    assert behind.pending("k6") == 6 and behind.pending("k0") is None  # written: not pending
+    behind.flush()
+    assert written[-1] == {"k6": 6} and behind.pending("k6") is None

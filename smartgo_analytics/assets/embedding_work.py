@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from dagster import ConfigurableResource
 
-from smartgo_analytics.core.batching import Batched
+from smartgo_analytics.core.batching import Batched, WriteBehind
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import UnsafeKey, image_key
@@ -74,7 +74,7 @@ class SaleWork:
         self._stored = Batched(
             lambda shas: dict.fromkeys(vectors.known(model_id, dimension, shas), True)
         )
-        self._store = Batched(lambda new: vectors.store(model_id, dimension, new) or {})
+        self._new = WriteBehind(lambda new: vectors.store(model_id, dimension, new))
 
     def __call__(self, item: tuple[dict, dict | None]) -> dict:
         """One sale and its previous download (or None): the result row, or a per-sale error."""
@@ -116,7 +116,7 @@ class SaleWork:
         return result
 
     def _vector(self, sha: str, image: bytes) -> np.ndarray | None:
-        """A new image's vector, stored; None if the image vectors had it already."""
+        """A new image's vector, to be stored; None if the image vectors had it already."""
         with self._lock:
             future = self._in_flight.get(sha)
             owner = future is None
@@ -124,12 +124,12 @@ class SaleWork:
                 future = self._in_flight[sha] = Future()
         if owner:
             try:
-                vector = None
-                if not self._stored(sha):
+                vector = self._new.pending(sha)
+                if vector is None and not self._stored(sha):
                     with self._lock:
                         self.embedding_calls += 1
                     vector = self.image_embedder.embed(image)
-                    self._store(sha, vector)
+                    self._new.add(sha, vector)
                 future.set_result(vector)
             except BaseException as error:
                 future.set_exception(error)
@@ -143,6 +143,7 @@ class SaleWork:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image")
         yield from ordered_map(self._pool, self, items, self.threads * 4)
+        self._new.flush()
 
 
 @dataclass
@@ -257,9 +258,9 @@ def run_sales(
                      max_concurrency=max(1, work.image_embedder.max_concurrency // processes)),
         _settings_of(work.image_vectors),
     ]  # fmt: skip
-    # Chunks small enough that every worker gets several (a chunk's slowest sale holds its
-    # worker's other threads), large enough to keep a worker's threads busy.
-    size = max(1, min(threads * 4, math.ceil(len(marked) / (processes * 4))))
+    # Each worker waits for a chunk's slowest sale before it starts the next: chunks as large as
+    # its threads' window, at least two per worker so that they end about together.
+    size = max(1, min(threads * 4, math.ceil(len(marked) / (processes * 2))))
     chunks = (marked[n : n + size] for n in range(0, len(marked), size))
     per_process: Counter[int] = Counter()
     first_results: dict[str, dict] = {}
