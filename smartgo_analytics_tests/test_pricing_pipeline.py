@@ -726,7 +726,7 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     assert bedrock_calls.calls == 0 and metadata["embeddings_reused"].value == 24
 
 
-def test_a_day_whose_sales_share_one_url_spreads_them_over_every_worker_and_embeds_it_once(
+def test_a_day_whose_sales_share_one_url_in_several_workers_embeds_it_once(
     stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):
     day = "2025-06-24"
@@ -744,8 +744,8 @@ def test_a_day_whose_sales_share_one_url_spreads_them_over_every_worker_and_embe
     result = run(res, day, worker_processes=3, worker_min_sales=1)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
-    per_worker = metadata["sales_per_worker_process"].value
-    assert sum(per_worker) == 33 and max(per_worker) - min(per_worker) <= 3, per_worker
+    # Chunks go to whichever worker is free: the URL's later sales only download and copy it.
+    assert sum(metadata["sales_per_worker_process"].value) == 33
     assert bedrock_calls.calls == 4 and metadata["embedding_calls"].value == 4
     rows = day_rows(res, day)
     vectors = {tuple(rows[s["id"]]["embedding_vector"]) for s in hot}
