@@ -287,7 +287,7 @@ def run_sales(
         for chunk in chunks:
             pending.append(pool.submit(_run_chunk, chunk))
             workers |= set(multiprocessing.active_children()) - before
-            if len(pending) >= 2 * processes:
+            if len(pending) >= 4 * processes:  # done chunks wait while an earlier one is slow
                 yield from results_of(pending.popleft())
         while pending:
             yield from results_of(pending.popleft())

@@ -16,7 +16,7 @@ class Batched:
     caller of the batch."""
 
     def __init__(
-        self, answer: Callable[[dict[Hashable, Any]], dict], wait_s: float = 0.05, most: int = 100
+        self, answer: Callable[[dict[Hashable, Any]], dict], wait_s: float = 0.15, most: int = 100
     ):
         self._answer = answer
         self._wait_s = wait_s
