@@ -11,7 +11,12 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.core.batching import Batched, WriteBehind
-from smartgo_analytics.core.embedding_day import ReusedVectors
+from smartgo_analytics.core.embedding_day import (
+    DEFERRED,
+    ReusedVectors,
+    from_first_sale,
+    mark_deferred,
+)
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
 from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.pacing import Pace
@@ -462,3 +467,22 @@ def test_write_behind_writes_full_batches_as_they_fill_and_the_rest_on_flush():
     assert behind.pending("k6") == 6 and behind.pending("k0") is None  # written: not pending
     behind.flush()
     assert written[-1] == {"k6": 6} and behind.pending("k6") is None
+
+
+def test_a_urls_later_sales_are_deferred_and_take_the_first_sales_vector_or_error():
+    sales = [("A", "x"), ("B", "y"), ("C", "x"), ("D", "x")]
+    marked, repeated = mark_deferred([({"product_id": p, "image_url": u}, None) for p, u in sales])
+    assert [bool(sale.get(DEFERRED)) for sale, _ in marked] == [False, False, True, True]
+    assert repeated == {"x"}
+
+    vector = np.ones(3, np.float32)
+    first = {"image_sha256": "s", "embedding_vector": vector, "embedding_reused": False,
+             "embedding_error": None}  # fmt: skip
+    later = {"image_sha256": "s", "embedding_vector": None, "embedding_reused": False,
+             "embedding_error": None}  # fmt: skip
+    assert from_first_sale(later, first)["embedding_vector"] is vector
+    failed = {**first, "embedding_vector": None, "embedding_error": "embedding failed: x"}
+    assert from_first_sale(later, failed)["embedding_error"] == "embedding failed: x"
+    # Other bytes at the same URL by the time the later sale downloaded it: not the first's vector.
+    changed = from_first_sale({**later, "image_sha256": "t"}, first)
+    assert changed["embedding_vector"] is None and "other bytes" in changed["embedding_error"]

@@ -26,6 +26,7 @@ import numpy as np
 from dagster import ConfigurableResource
 
 from smartgo_analytics.core.batching import Batched, WriteBehind
+from smartgo_analytics.core.embedding_day import DEFERRED, from_first_sale, mark_deferred
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import UnsafeKey, image_key
@@ -33,10 +34,6 @@ from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import EmbeddingError, ImageEmbedder
 from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
 from smartgo_analytics.resources.object_store import ObjectStore
-
-# Marks a sale whose image URL an earlier sale of the day has: it is downloaded and copied where it
-# is, and its vector is the earlier sale's, filled in when the results are merged.
-DEFERRED = "embedding_deferred"
 
 
 def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
@@ -206,37 +203,6 @@ def start_worker_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def mark_deferred(items: list[tuple[dict, dict | None]]) -> tuple[list, set[str]]:
-    """The items with every sale but the first of each image URL marked DEFERRED, and the URLs
-    that have such followers: a URL's picture is embedded once, by its first sale, and the later
-    sales, in whatever worker, only download and copy it."""
-    seen: set[str] = set()
-    repeated: set[str] = set()
-    marked = []
-    for sale, before in items:
-        url = sale["image_url"]
-        if url in seen:
-            repeated.add(url)
-            sale = {**sale, DEFERRED: True}
-        seen.add(url)
-        marked.append((sale, before))
-    return marked, repeated
-
-
-def _from_first_sale(result: dict, first: dict | None) -> dict:
-    """A deferred sale's result completed with the vector (or error) of its URL's first sale."""
-    if first is not None and first["image_sha256"] == result["image_sha256"]:
-        if first["embedding_vector"] is not None or first["embedding_reused"]:
-            return result | {"embedding_vector": first["embedding_vector"],
-                             "embedding_reused": first["embedding_reused"]}  # fmt: skip
-        if first["embedding_error"]:
-            return result | {"embedding_error": first["embedding_error"]}
-    return result | {
-        "embedding_error": "embedding failed: the image's first sale of the day had other bytes "
-        "or none; it is embedded on the next run"
-    }
-
-
 def run_sales(
     work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, outcome: Outcome,
     pace: Pace,
@@ -279,7 +245,7 @@ def run_sales(
             for result in results:
                 url = result["image_url"]
                 if result.pop(DEFERRED, False):
-                    result = _from_first_sale(result, first_results.get(url))
+                    result = from_first_sale(result, first_results.get(url))
                 elif url in repeated and url not in first_results:
                     first_results[url] = result
                 yield result

@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 
 from smartgo_analytics.core import sales_table
 
+# Marks a sale whose image URL an earlier sale of the day has: it is downloaded and copied where it
+# is, and its vector is the earlier sale's, filled in when the results are merged.
+DEFERRED = "embedding_deferred"
 PREVIEW_COLUMNS = ["product_id", "tenant_id", "category", "sold_price", "season", "embedding_error"]
 
 
@@ -205,3 +208,34 @@ class ReusedVectors:
         close = getattr(self._older, "__exit__", None)
         if close is not None:
             close(*exc)
+
+
+def mark_deferred(items: list[tuple[dict, dict | None]]) -> tuple[list, set[str]]:
+    """The items with every sale but the first of each image URL marked DEFERRED, and the URLs
+    that have such followers: a URL's picture is embedded once, by its first sale, and the later
+    sales, in whatever worker, only download and copy it."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    marked = []
+    for sale, before in items:
+        url = sale["image_url"]
+        if url in seen:
+            repeated.add(url)
+            sale = {**sale, DEFERRED: True}
+        seen.add(url)
+        marked.append((sale, before))
+    return marked, repeated
+
+
+def from_first_sale(result: dict, first: dict | None) -> dict:
+    """A deferred sale's result completed with the vector (or error) of its URL's first sale."""
+    if first is not None and first["image_sha256"] == result["image_sha256"]:
+        if first["embedding_vector"] is not None or first["embedding_reused"]:
+            return result | {"embedding_vector": first["embedding_vector"],
+                             "embedding_reused": first["embedding_reused"]}  # fmt: skip
+        if first["embedding_error"]:
+            return result | {"embedding_error": first["embedding_error"]}
+    return result | {
+        "embedding_error": "embedding failed: the image's first sale of the day had other bytes "
+        "or none; it is embedded on the next run"
+    }
