@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
 
 from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.partitions import daily_partitions
@@ -42,6 +42,25 @@ iceberg_reconciles = AssetCheckSpec(
     partitions_def=daily_partitions,
     description="The day's Iceberg rows equal the day's valid source rows",
 )
+
+
+price_bands_hold = AssetCheckSpec(
+    "bands_hold_together",
+    asset="price_bands",
+    partitions_def=daily_partitions,
+    description="Every price band has at least one sale and p10 <= median <= p90",
+)
+
+
+def price_bands_result(problems: list[str], bands: int) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=price_bands_hold.name,
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{len(problems)} of {bands} bands break their rules",
+        metadata={"bands": bands, "broken": len(problems),
+                  "examples": MetadataValue.md("\n".join(f"- {p}" for p in problems[:5]) or "none")},
+    )  # fmt: skip
 
 
 def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> AssetCheckResult:

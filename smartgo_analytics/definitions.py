@@ -7,7 +7,7 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from smartgo_analytics.assets import pricing_intelligence, quicksight
+from smartgo_analytics.assets import price_bands, pricing_intelligence, quicksight
 from smartgo_analytics.deployment import resources_for_deployment
 from smartgo_analytics.maintenance import iceberg_maintenance_job, iceberg_maintenance_schedule
 from smartgo_analytics.schedules import daily_analytics_job, daily_analytics_schedule
@@ -25,6 +25,7 @@ warnings.filterwarnings(
 
 assets = [
     *load_assets_from_modules([pricing_intelligence]),
+    price_bands.price_bands,
     quicksight.dynamodb_daily_metrics,
     *quicksight.quicksight_datasets,
 ]

@@ -25,6 +25,7 @@ from smartgo_analytics.assets.embedding_work import (
     run_sales,
     worker_context,
 )
+from smartgo_analytics.assets.price_bands import price_bands
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
     smartgo_sales,
@@ -892,3 +893,39 @@ def test_an_image_embedded_on_an_earlier_day_is_not_embedded_again_for_the_same_
         )
         run(res, second)
         assert bedrock_calls.calls == 6, other  # another model or length: every image once more
+
+
+def test_price_bands_give_each_kind_and_its_roll_ups_their_quantiles_over_90_days_once_per_day(
+    stack, s3_bucket, bedrock, cdn, tmp_path
+):
+    days = ("2025-04-10", "2025-07-10", "2025-07-12")  # the first is outside the last's 90 days
+    prices = {days[0]: [999, 999], days[1]: [10, 20, 30, 40], days[2]: [50, 60, 70, 80]}
+    insert_products(stack.postgres_uri, [
+        sale(f"PB-{day}-{n}", day, f"{cdn}/ok.png", sold_price=str(price),
+             brand=("Sony", "Bose")[n % 2], condition=("Good", "New")[n < 2])
+        for day, day_prices in prices.items() for n, price in enumerate(day_prices)
+    ])  # fmt: skip
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    for day in days:
+        run(res, day)
+
+    for _ in range(2):  # materialised again: the day's bands are replaced, not added
+        result = materialize([price_bands], resources=res, partition_key=days[2])
+    assert result.success
+    check = result.get_asset_check_evaluations()[0]
+    assert check.passed and check.metadata["bands"].value == 1 + 2 + 4
+
+    table = res["iceberg"].catalog().load_table("pricing_intelligence.price_bands")
+    rows = table.scan().to_arrow().to_pylist()
+    assert len(rows) == 7 and {r["band_date"].isoformat() for r in rows} == {days[2]}
+    (whole,) = [r for r in rows if r["level"] == "category"]
+    window = [10, 20, 30, 40, 50, 60, 70, 80]  # not the 999s of April
+    assert whole["sales_count"] == 8 and whole["brand"] is None and whole["condition"] is None
+    assert [whole[q] for q in ("p10", "p25", "median", "p75", "p90")] == pytest.approx(
+        list(np.percentile(window, [10, 25, 50, 75, 90]))
+    )
+    assert whole["mean"] == pytest.approx(45.0)
+    assert whole["window_start"].isoformat() == "2025-04-14"
+    sony_good = [r for r in rows if r["level"] == "category_brand_condition"
+                 and (r["brand"], r["condition"]) == ("Sony", "Good")]  # fmt: skip
+    assert [(r["sales_count"], r["median"]) for r in sony_good] == [(2, 50.0)]  # 30 and 70

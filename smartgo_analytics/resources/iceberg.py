@@ -122,25 +122,29 @@ class IcebergCatalog(ConfigurableResource):
             self._catalog = load_catalog(self.catalog_name, **self.properties)
         return self._catalog
 
-    def sales_table(self) -> Table:
-        """`pricing_intelligence.smartgo_sales`, created with its schema, partition spec and sort
-        order if it is missing. Loaded first: nothing is written for a table that exists (creating
-        "if not exists" writes a metadata file before it learns that it does)."""
+    def table(self, identifier: str, schema, **creation) -> Table:
+        """The table, created with `schema` and pyiceberg's `creation` options if it is missing.
+        Loaded first: nothing is written for a table that exists (creating "if not exists" writes
+        a metadata file before it learns that it does)."""
         catalog = self.catalog()
         try:
-            table = catalog.load_table(sales_table.IDENTIFIER)
+            return catalog.load_table(identifier)
         except NoSuchTableError:
-            catalog.create_namespace_if_not_exists(sales_table.NAMESPACE)
+            catalog.create_namespace_if_not_exists(identifier.rsplit(".", 1)[0])
             try:
-                return catalog.create_table(
-                    sales_table.IDENTIFIER,
-                    schema=sales_table.SCHEMA,
-                    partition_spec=sales_table.PARTITION_SPEC,
-                    sort_order=sales_table.SORT_ORDER,
-                    properties=sales_table.TABLE_PROPERTIES,
-                )
+                return catalog.create_table(identifier, schema=schema, **creation)
             except TableAlreadyExistsError:  # another run created it in the meantime
-                table = catalog.load_table(sales_table.IDENTIFIER)
+                return catalog.load_table(identifier)
+
+    def sales_table(self) -> Table:
+        """`pricing_intelligence.smartgo_sales`, with its schema, partition spec and sort order."""
+        table = self.table(
+            sales_table.IDENTIFIER,
+            sales_table.SCHEMA,
+            partition_spec=sales_table.PARTITION_SPEC,
+            sort_order=sales_table.SORT_ORDER,
+            properties=sales_table.TABLE_PROPERTIES,
+        )
         # A table created by an earlier version gets the properties and sort order it lacks.
         changed = {
             key: value
@@ -218,18 +222,22 @@ class IcebergCatalog(ConfigurableResource):
         return maintain_table(table, retention, now, on_group_read)
 
     def replace_day(self, batches: Iterable[pa.Table], start: datetime, end: datetime) -> Table:
-        """Delete the day's rows and append the batches, all in one atomic commit (pyiceberg's
-        public transaction API: a delete and one append per batch, committed together)."""
-        table = self.sales_table()
-        with warnings.catch_warnings():
-            # A day's first write deletes nothing; pyiceberg warns about that, it is expected here.
-            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            with table.transaction() as transaction:
-                transaction.delete(day_filter(start, end))
-                for rows in batches:
-                    if rows.num_rows:
-                        transaction.append(rows)
-        return table.refresh()
+        """The sales table with the day's rows replaced by the batches (see `replace`)."""
+        return replace(self.sales_table(), day_filter(start, end), batches)
+
+
+def replace(table: Table, where: BooleanExpression, batches: Iterable[pa.Table]) -> Table:
+    """Delete the rows `where` holds and append the batches, all in one atomic commit (pyiceberg's
+    public transaction API: a delete and one append per batch, committed together)."""
+    with warnings.catch_warnings():
+        # A day's first write deletes nothing; pyiceberg warns about that, it is expected here.
+        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+        with table.transaction() as transaction:
+            transaction.delete(where)
+            for rows in batches:
+                if rows.num_rows:
+                    transaction.append(rows)
+    return table.refresh()
 
 
 @dataclass

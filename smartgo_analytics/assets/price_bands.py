@@ -1,0 +1,62 @@
+"""Price bands: what sold items of a kind went for, from the Iceberg table, for pricing guidance."""
+
+from datetime import UTC, datetime, time
+
+from dagster import AssetExecutionContext, MaterializeResult, asset
+from pyiceberg.expressions import EqualTo
+
+from smartgo_analytics import checks
+from smartgo_analytics.assets.pricing_intelligence import (
+    GROUP,
+    IO_RETRY,
+    ONE_DAY_PER_RUN,
+    smartgo_sales_iceberg,
+)
+from smartgo_analytics.core import price_bands as bands_core
+from smartgo_analytics.metadata import md_table
+from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.iceberg import IcebergCatalog, replace
+from smartgo_analytics.settings import settings
+
+PREVIEW = ["level", "tenant_id", "category", "brand", "condition", "sales_count", "median"]
+
+
+@asset(
+    owners=settings().asset_owners,
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    kinds={"iceberg", "duckdb"},
+    deps=[smartgo_sales_iceberg],
+    retry_policy=IO_RETRY,
+    backfill_policy=ONE_DAY_PER_RUN,
+    check_specs=[checks.price_bands_hold],
+)
+def price_bands(context: AssetExecutionContext, iceberg: IcebergCatalog) -> MaterializeResult:
+    """`pricing_intelligence.price_bands`: for each tenant x category x brand x condition, and the
+    roll-ups tenant x category x condition and tenant x category, the count, p10, p25, median,
+    p75, p90 and mean of the sold prices over the 90 days ending with the day. The day's bands are
+    replaced in one commit."""
+    day = context.partition_time_window.start.date()
+    first, _ = bands_core.window(day)
+    sales = iceberg.read_day(
+        datetime.combine(first, time(), UTC), context.partition_time_window.end,
+        bands_core.SALES_COLUMNS,
+    )  # fmt: skip
+    bands = bands_core.price_bands(sales if sales is not None else bands_core.empty_sales(), day)
+    table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
+    table = replace(table, EqualTo("band_date", day.isoformat()), [bands])
+    problems = bands_core.band_problems(bands)
+    levels = bands.column("level").to_pylist()
+    context.log.info(f"{context.partition_key}: {bands.num_rows} price bands")
+    return MaterializeResult(
+        metadata={
+            "table": bands_core.IDENTIFIER,
+            "bands": bands.num_rows,
+            **{f"bands_{level}": levels.count(level) for level in bands_core.LEVELS},
+            "sales_in_window": sales.num_rows if sales is not None else 0,
+            "window": f"{first.isoformat()} .. {day.isoformat()}",
+            "snapshot_id": str(table.current_snapshot().snapshot_id),
+            "preview": md_table(bands.to_pylist(), PREVIEW),
+        },
+        check_results=[checks.price_bands_result(problems, bands.num_rows)],
+    )

@@ -1,0 +1,101 @@
+"""Price bands: what sold items of a kind went for over the 90 days ending with a day."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.schema import Schema
+from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
+
+NAMESPACE = "pricing_intelligence"
+IDENTIFIER = f"{NAMESPACE}.price_bands"
+WINDOW_DAYS = 90
+# The finest grouping first; each coarser one is a roll-up of it.
+LEVELS = {
+    "category_brand_condition": ("tenant_id", "category", "brand", "condition"),
+    "category_condition": ("tenant_id", "category", "condition"),
+    "category": ("tenant_id", "category"),
+}
+PERCENTILES = {"p10": 0.10, "p25": 0.25, "median": 0.50, "p75": 0.75, "p90": 0.90}
+
+_COLUMNS = (
+    ("band_date", DateType(), True),
+    ("level", StringType(), True),
+    ("tenant_id", StringType(), True),
+    ("category", StringType(), False),
+    ("brand", StringType(), False),
+    ("condition", StringType(), False),
+    ("sales_count", LongType(), True),
+    *((name, DoubleType(), True) for name in PERCENTILES),
+    ("mean", DoubleType(), True),
+    ("window_start", DateType(), True),
+    ("window_end", DateType(), True),
+)
+SCHEMA = Schema(
+    *(
+        NestedField(field_id=n, name=name, field_type=kind, required=required)
+        for n, (name, kind, required) in enumerate(_COLUMNS, start=1)
+    )
+)
+ARROW_SCHEMA = SCHEMA.as_arrow()
+# The columns of the sales table the bands are made from.
+SALES_COLUMNS = ("tenant_id", "category", "brand", "condition", "sold_price", "sold_date")
+
+
+def empty_sales() -> pa.Table:
+    schema = pa.schema([("tenant_id", pa.string()), ("category", pa.string()), ("brand", pa.string()),
+                        ("condition", pa.string()), ("sold_price", pa.float64()),
+                        ("sold_date", pa.timestamp("us", "UTC"))])  # fmt: skip
+    return schema.empty_table()
+
+
+def window(day: date) -> tuple[date, date]:
+    """The first and last day of the window that ends with `day`."""
+    return day - timedelta(days=WINDOW_DAYS - 1), day
+
+
+def price_bands(sales: pa.Table, day: date) -> pa.Table:
+    """One row per tenant x category x brand x condition, and per coarser roll-up (`level`), of
+    the sales in the window ending with `day`: the count, p10, p25, median, p75, p90 (linear
+    interpolation between the sold prices) and mean. A rolled-up column is null; so is a
+    column the source left empty, which `level` tells apart."""
+    first, last = window(day)
+    selects = []
+    for level, keys in LEVELS.items():
+        columns = [
+            f"{c}" if c in keys else f"NULL AS {c}" for c in ("category", "brand", "condition")
+        ]
+        quantiles = ", ".join(
+            f"quantile_cont(sold_price, {q}) AS {name}" for name, q in PERCENTILES.items()
+        )
+        selects.append(
+            f"SELECT DATE '{day.isoformat()}' AS band_date, '{level}' AS level, tenant_id, "
+            f"{', '.join(columns)}, COUNT(*) AS sales_count, {quantiles}, AVG(sold_price) AS mean, "
+            f"DATE '{first.isoformat()}' AS window_start, DATE '{last.isoformat()}' AS window_end "
+            f"FROM sales WHERE sold_price IS NOT NULL "
+            f"AND CAST(sold_date AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{first.isoformat()}' "
+            f"AND DATE '{last.isoformat()}' GROUP BY {', '.join(keys)}"
+        )  # fmt: skip
+    order = "level, tenant_id, category, brand, condition"
+    with duckdb.connect() as connection:
+        connection.register("sales", sales.select(list(SALES_COLUMNS)))
+        bands = connection.execute(
+            f"{' UNION ALL '.join(selects)} ORDER BY {order}"
+        ).fetch_arrow_table()
+    return bands.cast(ARROW_SCHEMA) if bands.num_rows else ARROW_SCHEMA.empty_table()
+
+
+def band_problems(bands: pa.Table) -> list[str]:
+    """Bands that break their own rules: a count under 1, or p10 > median or median > p90."""
+    problems = []
+    for band in bands.to_pylist():
+        name = " / ".join(str(band[c]) for c in ("tenant_id", "category", "brand", "condition"))
+        if band["sales_count"] < 1:
+            problems.append(f"{name}: {band['sales_count']} sales")
+        if not band["p10"] <= band["median"] <= band["p90"]:
+            problems.append(
+                f"{name}: p10 {band['p10']}, median {band['median']}, p90 {band['p90']}"
+            )
+    return problems
