@@ -41,7 +41,7 @@ LAST_MODIFIED = "Wed, 15 Jan 2025 00:00:00 GMT"
 
 def distinct_images(count: int) -> list[bytes]:
     """`count` different product pictures: the demo's drawings, each stamped with its own number."""
-    kinds = [(c, b) for c, (_, _, brands) in sorted(CATEGORIES.items()) for b in brands]
+    kinds = [(c, b) for c, (_, brands) in sorted(CATEGORIES.items()) for b in brands]
     images = []
     for n in range(count):
         category, brand = kinds[n % len(kinds)]

@@ -1,9 +1,11 @@
 """The functional core, without any server."""
 
+import math
+import statistics
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import numpy as np
@@ -37,7 +39,7 @@ from smartgo_analytics.core.sales_table import (
     with_reused_vectors,
 )
 from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
-from smartgo_analytics.local.demo_data import draw_product_image
+from smartgo_analytics.local.demo_data import demo_price, draw_product_image, products_for_day
 from smartgo_analytics_tests.servers import bomb_png, png
 
 
@@ -486,3 +488,20 @@ def test_a_urls_later_sales_are_deferred_and_take_the_first_sales_vector_or_erro
     # Other bytes at the same URL by the time the later sale downloaded it: not the first's vector.
     changed = from_first_sale({**later, "image_sha256": "t"}, first)
     assert changed["embedding_vector"] is None and "other bytes" in changed["embedding_error"]
+
+
+def test_demo_prices_follow_brand_condition_and_the_model_only_the_picture_shows():
+    sales = [s for s in products_for_day(date(2025, 1, 15), "http://cdn", 5_000) if s.sold_price]
+    ratios: list[float] = []
+    for s in sales:
+        if "/products/" not in s.image_url or "/missing-" in s.image_url:
+            continue
+        variant = int(s.image_url.rsplit("-", 1)[1].removesuffix(".jpg"))
+        expected = demo_price(s.category, s.brand, s.condition, variant, noise=1.0)
+        ratios.append(float(s.sold_price / expected))
+    # The price is the model's, up to noise of 15% (log scale): a median ratio of 1.
+    assert statistics.median(ratios) == pytest.approx(1.0, abs=0.03)
+    assert 0.1 < statistics.stdev(math.log(r) for r in ratios) < 0.2
+    new, fair = (demo_price("Toys", "LEGO", c, 1, 1.0) for c in ("New", "Fair"))
+    cheap, dear = (demo_price("Toys", "LEGO", "Good", v, 1.0) for v in (0, 2))
+    assert new / fair == 2 and float(dear / cheap) == pytest.approx(1.5 / 0.7, rel=0.01)

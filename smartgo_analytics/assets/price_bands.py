@@ -1,7 +1,9 @@
 """Price bands: what sold items of a kind went for, from the Iceberg table, for pricing guidance."""
 
+from collections import Counter
 from datetime import UTC, datetime, time
 
+import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult, asset
 from pyiceberg.expressions import EqualTo
 
@@ -17,6 +19,12 @@ from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.iceberg import IcebergCatalog, replace
 from smartgo_analytics.settings import settings
+
+
+def _counted(batch: pa.RecordBatch, counted: Counter) -> pa.RecordBatch:
+    counted["rows"] += batch.num_rows
+    return batch.cast(bands_core.SALES_SCHEMA)
+
 
 PREVIEW = ["level", "tenant_id", "category", "brand", "condition", "sales_count", "median"]
 
@@ -38,11 +46,17 @@ def price_bands(context: AssetExecutionContext, iceberg: IcebergCatalog) -> Mate
     replaced in one commit."""
     day = context.partition_time_window.start.date()
     first, _ = bands_core.window(day)
-    sales = iceberg.read_day(
+    # A batch at a time from the data files, the price columns only (not the vectors), and
+    # aggregated as they come: a 90-day window is never held whole.
+    batches = iceberg.scan_day_files(
         datetime.combine(first, time(), UTC), context.partition_time_window.end,
         bands_core.SALES_COLUMNS,
     )  # fmt: skip
-    bands = bands_core.price_bands(sales if sales is not None else bands_core.empty_sales(), day)
+    counted = Counter()
+    sales = pa.RecordBatchReader.from_batches(
+        bands_core.SALES_SCHEMA, (_counted(batch, counted) for batch in batches)
+    )
+    bands = bands_core.price_bands(sales, day)
     table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
     table = replace(table, EqualTo("band_date", day.isoformat()), [bands])
     problems = bands_core.band_problems(bands)
@@ -53,7 +67,7 @@ def price_bands(context: AssetExecutionContext, iceberg: IcebergCatalog) -> Mate
             "table": bands_core.IDENTIFIER,
             "bands": bands.num_rows,
             **{f"bands_{level}": levels.count(level) for level in bands_core.LEVELS},
-            "sales_in_window": sales.num_rows if sales is not None else 0,
+            "sales_in_window": counted["rows"],
             "window": f"{first.isoformat()} .. {day.isoformat()}",
             "snapshot_id": str(table.current_snapshot().snapshot_id),
             "preview": md_table(bands.to_pylist(), PREVIEW),

@@ -44,11 +44,9 @@ ARROW_SCHEMA = SCHEMA.as_arrow()
 SALES_COLUMNS = ("tenant_id", "category", "brand", "condition", "sold_price", "sold_date")
 
 
-def empty_sales() -> pa.Table:
-    schema = pa.schema([("tenant_id", pa.string()), ("category", pa.string()), ("brand", pa.string()),
-                        ("condition", pa.string()), ("sold_price", pa.float64()),
-                        ("sold_date", pa.timestamp("us", "UTC"))])  # fmt: skip
-    return schema.empty_table()
+SALES_SCHEMA = pa.schema([("tenant_id", pa.string()), ("category", pa.string()), ("brand", pa.string()),
+                          ("condition", pa.string()), ("sold_price", pa.float64()),
+                          ("sold_date", pa.timestamp("us", "UTC"))])  # fmt: skip
 
 
 def window(day: date) -> tuple[date, date]:
@@ -56,34 +54,34 @@ def window(day: date) -> tuple[date, date]:
     return day - timedelta(days=WINDOW_DAYS - 1), day
 
 
-def price_bands(sales: pa.Table, day: date) -> pa.Table:
+def price_bands(sales: pa.Table | pa.RecordBatchReader, day: date) -> pa.Table:
     """One row per tenant x category x brand x condition, and per coarser roll-up (`level`), of
     the sales in the window ending with `day`: the count, p10, p25, median, p75, p90 (linear
     interpolation between the sold prices) and mean. A rolled-up column is null; so is a
-    column the source left empty, which `level` tells apart."""
+    column the source left empty, which `level` tells apart. `sales` holds SALES_COLUMNS."""
     first, last = window(day)
-    selects = []
-    for level, keys in LEVELS.items():
-        columns = [
-            f"{c}" if c in keys else f"NULL AS {c}" for c in ("category", "brand", "condition")
-        ]
-        quantiles = ", ".join(
-            f"quantile_cont(sold_price, {q}) AS {name}" for name, q in PERCENTILES.items()
-        )
-        selects.append(
-            f"SELECT DATE '{day.isoformat()}' AS band_date, '{level}' AS level, tenant_id, "
-            f"{', '.join(columns)}, COUNT(*) AS sales_count, {quantiles}, AVG(sold_price) AS mean, "
-            f"DATE '{first.isoformat()}' AS window_start, DATE '{last.isoformat()}' AS window_end "
-            f"FROM sales WHERE sold_price IS NOT NULL "
-            f"AND CAST(sold_date AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{first.isoformat()}' "
-            f"AND DATE '{last.isoformat()}' GROUP BY {', '.join(keys)}"
-        )  # fmt: skip
-    order = "level, tenant_id, category, brand, condition"
+    sets = ", ".join(f"({', '.join(keys)})" for keys in LEVELS.values())
+    quantiles = ", ".join(
+        f"quantile_cont(sold_price, {q}) AS {name}" for name, q in PERCENTILES.items()
+    )
+    query = f"""
+        SELECT DATE '{day}' AS band_date,
+               CASE GROUPING(brand, condition) WHEN 0 THEN 'category_brand_condition'
+                    WHEN 2 THEN 'category_condition' ELSE 'category' END AS level,
+               tenant_id, category, brand, condition, COUNT(*) AS sales_count, {quantiles},
+               AVG(sold_price) AS mean, DATE '{first}' AS window_start, DATE '{last}' AS window_end
+        FROM sales
+        WHERE sold_price IS NOT NULL
+          AND CAST(sold_date AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{first}' AND DATE '{last}'
+        GROUP BY GROUPING SETS ({sets})
+        ORDER BY level, tenant_id, category, brand, condition"""  # noqa: S608 - dates, not input
     with duckdb.connect() as connection:
-        connection.register("sales", sales.select(list(SALES_COLUMNS)))
-        bands = connection.execute(
-            f"{' UNION ALL '.join(selects)} ORDER BY {order}"
-        ).fetch_arrow_table()
+        # One scan, in one thread: a stream of batches is read once, and aggregated as it comes
+        # (only each group's prices are held).
+        connection.execute("SET threads TO 1")
+        source = sales.select(list(SALES_COLUMNS)) if isinstance(sales, pa.Table) else sales
+        connection.register("sales", source)
+        bands = connection.execute(query).fetch_arrow_table()
     return bands.cast(ARROW_SCHEMA) if bands.num_rows else ARROW_SCHEMA.empty_table()
 
 

@@ -20,17 +20,25 @@ DEFAULT_SALES_PER_DAY = 200
 
 TENANTS = (("carousel-labs", 0.6), ("northwind-resale", 0.25), ("tokyo-vintage", 0.15))
 
-# category -> (median price, spread of log-price, brands)
-CATEGORIES: dict[str, tuple[float, float, tuple[str, ...]]] = {
-    "Electronics": (320.0, 0.7, ("Apple", "Samsung", "Sony", "Bose", "Nintendo")),
-    "Clothing": (45.0, 0.6, ("Patagonia", "Levi's", "Uniqlo", "Zara", "Arc'teryx")),
-    "Furniture": (180.0, 0.8, ("IKEA", "Herman Miller", "Muji", "Vitra", "HAY")),
-    "Books": (12.0, 0.5, ("Penguin", "Gallimard", "Kodansha", "Suhrkamp", "Vintage")),
-    "Jewelry": (260.0, 1.0, ("Pandora", "Tiffany", "Swarovski", "Cartier", "Mejuri")),
-    "Toys": (30.0, 0.6, ("LEGO", "Hasbro", "Mattel", "Playmobil", "Bandai")),
-    "Sports": (75.0, 0.7, ("Nike", "Adidas", "Wilson", "Yeti", "Salomon")),
+# category -> (median price, brands from the cheapest to the dearest)
+CATEGORIES: dict[str, tuple[float, tuple[str, ...]]] = {
+    "Electronics": (320.0, ("Nintendo", "Samsung", "Sony", "Bose", "Apple")),
+    "Clothing": (45.0, ("Uniqlo", "Zara", "Levi's", "Patagonia", "Arc'teryx")),
+    "Furniture": (180.0, ("IKEA", "Muji", "HAY", "Herman Miller", "Vitra")),
+    "Books": (12.0, ("Penguin", "Vintage", "Kodansha", "Suhrkamp", "Gallimard")),
+    "Jewelry": (260.0, ("Pandora", "Swarovski", "Mejuri", "Tiffany", "Cartier")),
+    "Toys": (30.0, ("Playmobil", "Mattel", "Hasbro", "Bandai", "LEGO")),
+    "Sports": (75.0, ("Wilson", "Adidas", "Nike", "Salomon", "Yeti")),
 }
 CONDITIONS = (("New", 0.15), ("Like New", 0.3), ("Good", 0.35), ("Fair", 0.2))
+# The demo's price model, so that prices mean something: a sale's price is its category's median
+# x its brand's factor (0.6 for a category's first brand up to 1.4 for its last) x its
+# condition's factor x its picture's model factor, with log-normal noise of PRICE_NOISE. The model
+# (IMAGE_VARIANTS of them per category and brand) is drawn in the picture — its shape's size,
+# rotation and colours — and is in no column: only the picture tells a cheap model from a dear one.
+CONDITION_FACTORS = {"New": 1.0, "Like New": 0.85, "Good": 0.7, "Fair": 0.5}
+MODEL_FACTORS = (0.7, 1.0, 1.5)
+PRICE_NOISE = 0.15
 DESCRIPTIONS = (
     "Très bon état, légères traces d'usage",
     "Neuwertig – kaum benutzt, Größe M",
@@ -90,6 +98,14 @@ def image_path(category: str, brand: str, variant: int) -> str:
 DEMO_ERROR_BUDGET = 0.05  # MAX_EMBEDDING_ERROR_RATIO's default
 
 
+def demo_price(category: str, brand: str, condition: str, variant: int, noise: float) -> Decimal:
+    """The demo's price model (see CONDITION_FACTORS): `noise` is the log-normal draw."""
+    median, brands = CATEGORIES[category]
+    brand_factor = 0.6 + 0.8 * brands.index(brand) / (len(brands) - 1)
+    factor = brand_factor * CONDITION_FACTORS[condition] * MODEL_FACTORS[variant]
+    return Decimal(str(round(median * factor * noise, 2)))
+
+
 def products_for_day(
     day: date, cdn_url: str, sales_per_day: int = DEFAULT_SALES_PER_DAY, seed: int = DEFAULT_SEED
 ) -> list[Sale]:
@@ -100,20 +116,21 @@ def products_for_day(
     total = sales_per_day + max(1, sales_per_day // 5)
     for n in range(total):
         category = rng.choice(sorted(CATEGORIES))
-        median, spread, brands = CATEGORIES[category]
-        brand = rng.choice(brands)
-        price = Decimal(str(round(rng.lognormvariate(0, spread) * median, 2)))
+        brand = rng.choice(CATEGORIES[category][1])
+        tenant, condition = _weighted(rng, TENANTS), _weighted(rng, CONDITIONS)
+        variant = rng.randrange(IMAGE_VARIANTS)
+        price = demo_price(category, brand, condition, variant, rng.lognormvariate(0, PRICE_NOISE))
         sold = n < sales_per_day
         sales.append(
             Sale(
                 id=f"SG-{day:%Y%m%d}-{n:05d}",
-                tenant_id=_weighted(rng, TENANTS),
+                tenant_id=tenant,
                 category=category,
                 brand=brand,
-                condition=_weighted(rng, CONDITIONS),
+                condition=condition,
                 sold_price=price,
                 sold_date=start + timedelta(seconds=rng.randrange(86_400)) if sold else None,
-                image_url=f"{cdn_url}/{image_path(category, brand, rng.randrange(IMAGE_VARIANTS))}",
+                image_url=f"{cdn_url}/{image_path(category, brand, variant)}",
                 description=rng.choice(DESCRIPTIONS),
                 status="SOLD" if sold else rng.choice(("AVAILABLE", "RESERVED")),
             )
@@ -182,7 +199,7 @@ def _hsv(hue: int, saturation: float, value: float) -> tuple[int, int, int]:
 def write_cdn_files(cdn_dir: Path) -> int:
     """Every image the demo rows point at, plus the deliberately broken files. Returns files written."""
     written = 0
-    for category, (_, _, brands) in CATEGORIES.items():
+    for category, (_, brands) in CATEGORIES.items():
         for brand in brands:
             for variant in range(IMAGE_VARIANTS):
                 path = cdn_dir / image_path(category, brand, variant)
@@ -225,7 +242,7 @@ def sales_data_items(day: date, seed: int = DEFAULT_SEED) -> list[dict[str, Any]
         })  # fmt: skip
     for n in range(1, DEMO_PRODUCTS + 1):
         category = sorted(CATEGORIES)[n % len(CATEGORIES)]
-        brand = CATEGORIES[category][2][n % 5]
+        brand = CATEGORIES[category][1][n % 5]
         units = rng.randint(1, 60)
         avg_price = money(CATEGORIES[category][0] * rng.uniform(0.5, 1.5))
         items.append({
