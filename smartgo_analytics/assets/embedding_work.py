@@ -142,6 +142,12 @@ class SaleWork:
         yield from ordered_map(self._pool, self, items, self.threads * 4)
         self._new.flush()
 
+    def close(self) -> None:
+        """Stop its threads (a worker process's stop with the process)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
 
 @dataclass
 class Outcome:
@@ -212,7 +218,10 @@ def run_sales(
     # Each worker has at least one thread and one Bedrock call in flight.
     processes = min(processes, work.threads, work.image_embedder.max_concurrency)
     if processes <= 1:
-        yield from work.run(items)
+        try:
+            yield from work.run(items)
+        finally:
+            work.close()
         outcome.embedding_calls = work.embedding_calls
         return
     marked, repeated = mark_deferred(items)
