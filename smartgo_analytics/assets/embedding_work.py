@@ -122,7 +122,8 @@ class SaleWork:
         if owner:
             try:
                 vector = self._new.pending(sha)
-                if vector is None and not self._stored(sha):
+                stored = bool(self.image_vectors.table_name) and self._stored(sha)
+                if vector is None and not stored:
                     with self._lock:
                         self.embedding_calls += 1
                     vector = self.image_embedder.embed(image)
