@@ -9,6 +9,8 @@ import pyarrow as pa
 from pyiceberg.schema import Schema
 from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
 
+from smartgo_analytics.core import sales_table
+
 NAMESPACE = "pricing_intelligence"
 IDENTIFIER = f"{NAMESPACE}.price_bands"
 WINDOW_DAYS = 90
@@ -40,13 +42,9 @@ SCHEMA = Schema(
     )
 )
 ARROW_SCHEMA = SCHEMA.as_arrow()
-# The columns of the sales table the bands are made from.
+# The columns of the sales table the bands are made from, typed as the table declares them.
 SALES_COLUMNS = ("tenant_id", "category", "brand", "condition", "sold_price", "sold_date")
-
-
-SALES_SCHEMA = pa.schema([("tenant_id", pa.string()), ("category", pa.string()), ("brand", pa.string()),
-                          ("condition", pa.string()), ("sold_price", pa.float64()),
-                          ("sold_date", pa.timestamp("us", "UTC"))])  # fmt: skip
+SALES_SCHEMA = pa.schema([sales_table.ARROW_SCHEMA.field(name) for name in SALES_COLUMNS])
 
 
 def window(day: date) -> tuple[date, date]:
