@@ -63,6 +63,47 @@ def price_bands_result(problems: list[str], bands: int) -> AssetCheckResult:
     )  # fmt: skip
 
 
+index_matches_table = AssetCheckSpec(
+    "index_matches_table",
+    asset="similarity_index",
+    partitions_def=daily_partitions,
+    description="For every tenant and day, the index holds as many vectors as the table's rows with one",
+)
+embeddings_look_right = AssetCheckSpec(
+    "embeddings_look_right",
+    asset="embedding_quality",
+    partitions_def=daily_partitions,
+    description="Neighbour agreement, drift and duplicate vectors within their thresholds (WARN)",
+)
+
+
+def index_result(differences: list[str], indexed: int) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=index_matches_table.name,
+        asset_key=index_matches_table.asset_key,
+        passed=not differences,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{len(differences)} tenant-day(s) differ from the table" if differences
+        else f"all {indexed} vectors match the table",
+        metadata={"index_vectors": indexed, "tenant_days_differing": len(differences),
+                  "differences": MetadataValue.md("\n".join(f"- {d}" for d in differences[:10]) or "none")},
+    )  # fmt: skip
+
+
+def quality_result(problems: list[str], figures: dict, thresholds) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=embeddings_look_right.name,
+        asset_key=embeddings_look_right.asset_key,
+        passed=not problems,
+        severity=AssetCheckSeverity.WARN,
+        description="; ".join(problems) or "within thresholds",
+        metadata={**figures,
+                  "min_neighbour_agreement": thresholds.min_neighbour_agreement,
+                  "max_drift": thresholds.max_drift,
+                  "max_duplicate_share": thresholds.max_duplicate_share},
+    )  # fmt: skip
+
+
 def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=no_quarantined_rows.name,

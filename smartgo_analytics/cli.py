@@ -195,8 +195,11 @@ SUMMARY_FIELDS = {
     "product_image_embeddings": ("embedded", "errors"),
     "smartgo_sales_iceberg": ("rows", "rows_with_error"),
     "dynamodb_daily_metrics": ("items", "non_finite_numbers_nulled_in_run"),
+    "price_bands": ("bands", "broken"),
+    "similarity_index": ("day_vectors", "vectors_of_another_length"),
+    "embedding_quality": ("vectors", "problems"),
 }
-OUTPUT_FIELDS = ("table_location", "s3_uri", "parquet_uri")
+OUTPUT_FIELDS = ("table_location", "s3_uri", "parquet_uri", "location", "table")
 
 
 def _collect(result, summary: dict[str, dict]) -> None:

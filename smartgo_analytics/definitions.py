@@ -7,7 +7,7 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from smartgo_analytics.assets import price_bands, pricing_intelligence, quicksight
+from smartgo_analytics.assets import price_bands, pricing_intelligence, quicksight, similarity
 from smartgo_analytics.deployment import resources_for_deployment
 from smartgo_analytics.maintenance import iceberg_maintenance_job, iceberg_maintenance_schedule
 from smartgo_analytics.schedules import daily_analytics_job, daily_analytics_schedule
@@ -26,6 +26,7 @@ warnings.filterwarnings(
 assets = [
     *load_assets_from_modules([pricing_intelligence]),
     price_bands.price_bands,
+    similarity.similarity_index,
     quicksight.dynamodb_daily_metrics,
     *quicksight.quicksight_datasets,
 ]
@@ -37,7 +38,7 @@ defs = Definitions(
     sensors=[
         failed_partition_alert,
         failed_check_alert,
-        build_freshness_alert([a.key for a in assets if a.is_executable]),
+        build_freshness_alert([key for a in assets if a.is_executable for key in a.keys]),
     ],
     resources=resources_for_deployment(),
     # Runs print INFO and above (the assets' own progress lines); step events stay in the UI.

@@ -47,6 +47,22 @@ def _list(name: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class QualityThresholds:
+    """Below or above these the embedding-quality check warns (README, "Embedding quality")."""
+
+    min_neighbour_agreement: float = 0.5
+    max_drift: float = 0.2
+    max_duplicate_share: float = 0.01
+
+
+def _share(name: str, default: float) -> float:
+    value = _float(name, default)
+    if not 0 <= value <= 1:
+        raise ConfigurationError(f"{name}={value} must be between 0 and 1")
+    return value
+
+
+@dataclass(frozen=True)
 class Settings:
     deployment: str
     smartgo_home: str
@@ -77,6 +93,7 @@ class Settings:
     quicksight_account_id: str | None = None
     quicksight_dataset_ids: dict[str, str] = field(default_factory=dict)
     asset_owners: list[str] = field(default_factory=lambda: ["team:data-engineering"])
+    embedding_quality: QualityThresholds = QualityThresholds()
 
 
 def _iceberg_properties() -> dict[str, str]:
@@ -208,4 +225,9 @@ def settings() -> Settings:
         quicksight_account_id=os.environ.get("QUICKSIGHT_ACCOUNT_ID") or None,
         quicksight_dataset_ids=_quicksight_dataset_ids(),
         asset_owners=_owners(),
+        embedding_quality=QualityThresholds(
+            min_neighbour_agreement=_share("EMBEDDING_MIN_NEIGHBOUR_AGREEMENT", 0.5),
+            max_drift=_share("EMBEDDING_MAX_DRIFT", 0.2),
+            max_duplicate_share=_share("EMBEDDING_MAX_DUPLICATE_SHARE", 0.01),
+        ),
     )

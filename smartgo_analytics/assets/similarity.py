@@ -1,0 +1,256 @@
+"""The similarity index over the sales' vectors, and how good the day's vectors look."""
+
+import tempfile
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_asset
+
+from smartgo_analytics import checks
+from smartgo_analytics.assets.pricing_intelligence import (
+    GROUP,
+    IO_RETRY,
+    ONE_DAY_PER_RUN,
+    smartgo_sales_iceberg,
+)
+from smartgo_analytics.core import similarity as sim
+from smartgo_analytics.core.embedding_quality import DayQuality, measure_day
+from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.object_store import ObjectStore
+from smartgo_analytics.settings import settings
+
+READ_COLUMNS = ("tenant_id", *sim.ITEM_COLUMNS, "embedding_vector")
+THREADS = 2
+
+
+def spool_day(
+    batches, dimension: int, directory: Path, counted: Counter
+) -> dict[str, sim.DaySpool]:
+    """The day's rows with a vector of the index's length, by tenant, spooled to disk."""
+    spools: dict[str, sim.DaySpool] = {}
+    for batch in batches:
+        vectors = batch.column("embedding_vector")
+        has = pc.invert(pc.is_null(vectors))
+        counted["rows"] += batch.num_rows
+        counted["without_vector"] += batch.num_rows - pc.sum(has).as_py() if batch.num_rows else 0
+        right_length = pc.and_(has, pc.equal(pc.list_value_length(vectors), dimension))
+        counted["vectors_of_another_length"] += pc.sum(pc.xor(has, right_length)).as_py() or 0
+        batch = batch.filter(right_length)
+        for tenant in pc.unique(batch.column("tenant_id")).to_pylist():
+            rows = batch.filter(pc.equal(batch.column("tenant_id"), tenant))
+            flat = rows.column("embedding_vector").flatten().to_numpy(zero_copy_only=False)
+            spool = spools.get(tenant) or spools.setdefault(
+                tenant, sim.DaySpool(directory, tenant, dimension)
+            )
+            spool.add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
+    return spools
+
+
+def indexed_tenants(store: ObjectStore) -> list[str]:
+    suffix = "/manifest.json"
+    keys = store.list_keys(f"{sim.PREFIX}/")
+    return [key[len(sim.PREFIX) + 1 : -len(suffix)] for key in keys if key.endswith(suffix)]
+
+
+def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> sim.Manifest:
+    try:
+        return sim.Manifest.from_json(store.get_bytes(sim.manifest_key(tenant)))
+    except FileNotFoundError:
+        return sim.Manifest(tenant, dimension)
+
+
+def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
+                  work: Path) -> list[str]:  # fmt: skip
+    """Put the day's vectors (none when `spool` is None) into the tenant's index; the keys of the
+    files it no longer uses, to delete once the new manifest is written."""
+    rows = spool.rows if spool else 0
+    target = sim.target_segment(manifest, day, rows)
+    if target is None and not rows:
+        return []
+    tenant = manifest.tenant
+    if target is None:
+        index, items, old = sim.new_index(manifest.dimension), sim.ITEM_SCHEMA.empty_table(), []
+    else:
+        index_file = store.local_path(sim.segment_key(tenant, target.name, ".usearch"))
+        items_file = store.local_path(sim.segment_key(tenant, target.name, ".parquet"))
+        try:
+            index, items = sim.open_index(index_file, view=False), sim.read_items(items_file)
+        finally:
+            store.release(index_file)
+            store.release(items_file)
+        old = [sim.segment_key(tenant, target.name, s) for s in (".usearch", ".parquet")]
+    day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
+    vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
+    index, items = sim.updated_segment(index, items, day, day_items, vectors, THREADS)
+    days = dict(target.days) if target else {}
+    days.pop(day.isoformat(), None)
+    if rows:
+        days[day.isoformat()] = rows
+    segments = [s for s in manifest.segments if s is not target]
+    if days:
+        name = sim.new_segment_name(day)
+        index_path, items_path = work / f"{name}.usearch", work / f"{name}.parquet"
+        index.save(str(index_path))
+        sim.write_items(items, items_path)
+        store.put_file(sim.segment_key(tenant, name, ".usearch"), index_path)
+        store.put_file(sim.segment_key(tenant, name, ".parquet"), items_path)
+        index_path.unlink()
+        items_path.unlink()
+        segments.append(sim.Segment(name, days))
+    manifest.segments = sorted(segments, key=lambda s: min(s.days))
+    sums_key = sim.category_means_key(tenant, day)
+    if spool:
+        categories = day_items.column("category").to_pylist()
+        sums = sim.category_sums(categories, vectors)
+        sums_path = work / "sums.parquet"
+        sim.write_parquet(sums, sums_path)
+        store.put_file(sums_key, sums_path)
+    else:
+        store.delete(sums_key)
+    store.put_bytes(sim.manifest_key(tenant), manifest.to_json(), "application/json")
+    return old
+
+
+def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) -> sim.TenantIndex:
+    paths = {}
+    for segment in manifest.segments:
+        pair = tuple(store.local_path(sim.segment_key(manifest.tenant, segment.name, s))
+                     for s in (".usearch", ".parquet"))  # fmt: skip
+        opened.extend(pair)
+        paths[segment.name] = pair
+    return sim.TenantIndex(manifest, paths)
+
+
+def table_vector_counts(iceberg: IcebergCatalog) -> Counter:
+    """(tenant, ISO day) -> the table's rows with a vector of any length, read a batch at a time."""
+    counts: Counter = Counter()
+    table = iceberg.existing_sales_table()
+    if table is None:
+        return counts
+    first, last = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+    columns = ("tenant_id", "sold_date", "embedding_vector")
+    for batch in iceberg.scan_day_files(first, last, columns):
+        batch = batch.filter(pc.invert(pc.is_null(batch.column("embedding_vector"))))
+        days = pc.strftime(batch.column("sold_date"), "%Y-%m-%d").to_pylist()
+        counts.update(zip(batch.column("tenant_id").to_pylist(), days, strict=True))
+    return counts
+
+
+def index_differences(store: ObjectStore, iceberg: IcebergCatalog, dimension: int) -> list[str]:
+    table = table_vector_counts(iceberg)
+    index: Counter = Counter()
+    for tenant in indexed_tenants(store):
+        for day, count in load_manifest(store, tenant, dimension).days().items():
+            index[(tenant, day)] = count
+    return [f"{tenant} {day}: index {index[(tenant, day)]}, table {table[(tenant, day)]}"
+            for tenant, day in sorted(set(table) | set(index))
+            if index[(tenant, day)] != table[(tenant, day)]]  # fmt: skip
+
+
+INDEX = "similarity_index"
+QUALITY = "embedding_quality"
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            INDEX,
+            deps=[smartgo_sales_iceberg],
+            group_name=GROUP,
+            kinds={"usearch", "s3"},
+            owners=settings().asset_owners,
+            description="Per tenant, an HNSW index (cosine) of the sold items' vectors, in "
+            "segments next to the table: each day's current rows, once",
+        ),
+        AssetSpec(
+            QUALITY,
+            deps=[smartgo_sales_iceberg],
+            group_name=GROUP,
+            kinds={"numpy"},
+            owners=settings().asset_owners,
+            description="The day's vectors: norms, duplicates from different images, "
+            "neighbours that share a category, and drift of the per-category means",
+        ),
+    ],  # fmt: skip
+    partitions_def=daily_partitions,
+    retry_policy=IO_RETRY,
+    backfill_policy=ONE_DAY_PER_RUN,
+    check_specs=[checks.index_matches_table, checks.embeddings_look_right],
+)
+def similarity_index(
+    context: AssetExecutionContext, iceberg: IcebergCatalog, object_store: ObjectStore
+):
+    """Put the day's vectors in each tenant's index in place of those it held for the day, then
+    measure them against the trailing 30 days."""
+    config = settings()
+    day = context.partition_time_window.start.date()
+    start, end = context.partition_time_window.start, context.partition_time_window.end
+    counted: Counter = Counter()
+    quality = DayQuality()
+    with tempfile.TemporaryDirectory(prefix="smartgo-index-") as work:
+        work = Path(work)
+        batches = iceberg.scan_day_files(start, end, READ_COLUMNS)
+        spools = spool_day(batches, config.embedding_dimension, work, counted)
+        tenants = sorted(set(spools) | set(indexed_tenants(object_store)))
+        indexed = 0
+        for tenant in tenants:
+            manifest = load_manifest(object_store, tenant, config.embedding_dimension)
+            spool = spools.get(tenant)
+            old = update_tenant(object_store, manifest, day, spool, work)
+            for key in old:
+                object_store.delete(key)
+            indexed += manifest.count
+            if spool:
+                opened: list[Path] = []
+                try:
+                    tenant_index = open_tenant(object_store, manifest, opened)
+                    trailing = trailing_sums(object_store, tenant, day, manifest)
+                    measure_day(quality, tenant_index, day, spool, trailing)
+                finally:
+                    for path in opened:
+                        object_store.release(path)
+        differences = index_differences(object_store, iceberg, config.embedding_dimension)
+    context.log.info(
+        f"{context.partition_key}: {sum(s.rows for s in spools.values())} vectors of "
+        f"{len(spools)} tenant(s) indexed; the index holds {indexed} in all"
+    )
+    yield MaterializeResult(
+        asset_key=INDEX,
+        metadata={
+            "day_vectors": sum(s.rows for s in spools.values()),
+            "index_vectors": indexed,
+            "tenants": len(tenants),
+            "rows_without_vector": counted["without_vector"],
+            "vectors_of_another_length": counted["vectors_of_another_length"],
+            "location": object_store.uri(f"{sim.PREFIX}/"),
+        },
+    )
+    yield checks.index_result(differences, indexed)
+    thresholds = config.embedding_quality
+    yield MaterializeResult(asset_key=QUALITY, metadata=quality.metadata())
+    yield checks.quality_result(quality.problems(thresholds), quality.metadata(), thresholds)
+
+
+def trailing_sums(
+    store: ObjectStore, tenant: str, day: date, manifest: sim.Manifest
+) -> list[pa.Table]:
+    """The per-category sums of the 30 days before the day that the tenant's index holds."""
+    days = set(manifest.days())
+    tables = []
+    for back in range(1, 31):
+        earlier = day - timedelta(days=back)
+        if earlier.isoformat() in days:
+            try:
+                path = store.local_path(sim.category_means_key(tenant, earlier))
+            except FileNotFoundError:
+                continue
+            try:
+                tables.append(sim.read_items(path))
+            finally:
+                store.release(path)
+    return tables

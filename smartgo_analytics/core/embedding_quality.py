@@ -1,0 +1,141 @@
+"""How good a day's vectors look: norms, duplicates, neighbours and drift, with plain data."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from smartgo_analytics.core import similarity as sim
+from smartgo_analytics.settings import QualityThresholds
+
+NEIGHBOURS = 10
+TRAILING_DAYS = 30
+SAMPLE = 300  # sales of a tenant's day whose neighbours are looked up
+SEARCHED = 50  # candidates asked of the index, before those outside the 30 days are left out
+MIN_DRIFT_SALES = 5  # a category's sales on each side before its drift is measured
+
+
+@dataclass
+class DayQuality:
+    vectors: int = 0
+    norm_sum: float = 0.0
+    norm_squares: float = 0.0
+    norm_min: float = float("inf")
+    norm_max: float = 0.0
+    images_by_vector: dict[bytes, set[str]] = field(default_factory=dict)
+    rows_by_vector: dict[bytes, int] = field(default_factory=dict)
+    agreement_sum: float = 0.0
+    agreement_sales: int = 0
+    drifts: dict[str, float] = field(default_factory=dict)  # "tenant/category" -> distance
+
+    def add_norms(self, vectors: np.ndarray) -> None:
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        self.vectors += len(norms)
+        self.norm_sum += float(norms.sum())
+        self.norm_squares += float((norms**2).sum())
+        self.norm_min = min(self.norm_min, float(norms.min()))
+        self.norm_max = max(self.norm_max, float(norms.max()))
+
+    def add_fingerprints(self, vectors: np.ndarray, images: list[str | None]) -> None:
+        for row, image in zip(vectors, images, strict=True):
+            print_ = hashlib.blake2b(row.tobytes(), digest_size=12).digest()
+            self.images_by_vector.setdefault(print_, set()).add(image or "")
+            self.rows_by_vector[print_] = self.rows_by_vector.get(print_, 0) + 1
+
+    @property
+    def duplicate_share(self) -> float:
+        """Share of the vectors equal to a vector of another image."""
+        shared = sum(self.rows_by_vector[p] for p, images in self.images_by_vector.items()
+                     if len(images) > 1)  # fmt: skip
+        return shared / self.vectors if self.vectors else 0.0
+
+    @property
+    def neighbour_agreement(self) -> float | None:
+        return self.agreement_sum / self.agreement_sales if self.agreement_sales else None
+
+    def metadata(self) -> dict[str, object]:
+        mean = self.norm_sum / self.vectors if self.vectors else 0.0
+        spread = (
+            max(self.norm_squares / self.vectors - mean**2, 0.0) ** 0.5 if self.vectors else 0.0
+        )
+        worst = max(self.drifts.items(), key=lambda item: item[1], default=("", 0.0))
+        agreement = self.neighbour_agreement
+        return {
+            "vectors": self.vectors,
+            "norm_mean": round(mean, 6),
+            "norm_std": round(spread, 6),
+            "norm_min": round(self.norm_min if self.vectors else 0.0, 6),
+            "norm_max": round(self.norm_max, 6),
+            "duplicate_vector_share": round(self.duplicate_share, 6),
+            "neighbour_agreement": round(agreement, 4) if agreement is not None else float("nan"),
+            "neighbour_sales_sampled": self.agreement_sales,
+            "drift_max": round(worst[1], 6),
+            "drift_max_category": worst[0] or "none",
+            "drift_mean": round(float(np.mean(list(self.drifts.values()))), 6)
+            if self.drifts
+            else 0.0,
+            "drift_categories": len(self.drifts),
+        }
+
+    def problems(self, limits: QualityThresholds) -> list[str]:
+        found = []
+        agreement = self.neighbour_agreement
+        if agreement is not None and agreement < limits.min_neighbour_agreement:
+            found.append(f"neighbour agreement {agreement:.3f} < {limits.min_neighbour_agreement}")
+        worst = max(self.drifts.items(), key=lambda item: item[1], default=None)
+        if worst and worst[1] > limits.max_drift:
+            found.append(f"drift {worst[1]:.3f} of {worst[0]} > {limits.max_drift}")
+        if self.duplicate_share > limits.max_duplicate_share:
+            found.append(f"{self.duplicate_share:.1%} of the vectors equal another image's "
+                         f"(> {limits.max_duplicate_share:.1%})")  # fmt: skip
+        return found
+
+
+def neighbour_agreement(index: sim.TenantIndex, day: date, keys: np.ndarray, queries: np.ndarray,
+                        categories: list[str | None]) -> list[float]:  # fmt: skip
+    """For each query, the share of its nearest NEIGHBOURS sold in the TRAILING_DAYS ending with the
+    day (itself left out) whose category is its own."""
+    found, _ = index.search(queries, SEARCHED)
+    first = (day - timedelta(days=TRAILING_DAYS - 1)).toordinal()
+    days = sim.key_days(found)
+    usable = (found != 0) & (found != keys[:, None]) & (days >= first) & (days <= day.toordinal())
+    chosen = [row[keep][:NEIGHBOURS] for row, keep in zip(found, usable, strict=True)]
+    wanted = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.uint64)
+    items = index.items(wanted)
+    category_of = dict(zip(items.column("key").to_pylist(), items.column("category").to_pylist(),
+                           strict=True))  # fmt: skip
+    shares = []
+    for row, category in zip(chosen, categories, strict=True):
+        if len(row):
+            shares.append(sum(category_of.get(int(k)) == category for k in row) / len(row))
+    return shares
+
+
+def measure_day(quality: DayQuality, index: sim.TenantIndex, day: date, spool: sim.DaySpool,
+                trailing: list[pa.Table]) -> None:  # fmt: skip
+    """Add one tenant's day to the day's quality figures."""
+    items = spool.item_table(day)
+    vectors = spool.vectors()
+    images = items.column("image_sha256").to_pylist()
+    categories = items.column("category").to_pylist()
+    for start, chunk in sim.batches(vectors):
+        quality.add_norms(chunk)
+        quality.add_fingerprints(chunk, images[start : start + len(chunk)])
+    rng = np.random.default_rng(day.toordinal())
+    sample = np.sort(rng.choice(len(vectors), min(SAMPLE, len(vectors)), replace=False))
+    keys = items.column("key").to_numpy()[sample]
+    shares = neighbour_agreement(index, day, keys, np.asarray(vectors[sample]),
+                                 [categories[i] for i in sample])  # fmt: skip
+    quality.agreement_sum += sum(shares)
+    quality.agreement_sales += len(shares)
+    before = sim.combined_means(trailing)
+    now = sim.combined_means([sim.category_sums(categories, vectors)])
+    for category, (count, total) in now.items():
+        earlier = before.get(category)
+        if count >= MIN_DRIFT_SALES and earlier and earlier[0] >= MIN_DRIFT_SALES:
+            distance = sim.cosine_distance(total, earlier[1])
+            quality.drifts[f"{spool.tenant}/{category}"] = distance
