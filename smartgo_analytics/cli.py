@@ -392,6 +392,40 @@ def cmd_maintain(args) -> int:
     return 0
 
 
+def cmd_comparables(args) -> int:
+    from smartgo_analytics.comparables import SHOWN, ComparablesError, comparables
+
+    try:
+        found = comparables(product_id=args.product_id, image=args.image, tenant=args.tenant,
+                            category=args.category, k=args.k, why_no_vector=_why_no_vector)  # fmt: skip
+    except ComparablesError as error:
+        raise UsageError(str(error)) from None
+    band = found.suggested
+    if args.format == "json":
+        say(json.dumps({"tenant": found.tenant, "query": found.query,
+                        "suggested_price": band.__dict__, "comparables": found.rows()}))  # fmt: skip
+        return 0
+    if args.format == "table":
+        say(f"{len(found.items)} sold items of {found.tenant} most like {found.query}:")
+    _print_rows(found.rows(), list(SHOWN), args.format)
+    summary = (f"suggested price {band.median:.2f} (p25 {band.p25:.2f}, p75 {band.p75:.2f}; "
+               f"similarity-weighted, from {band.comparables} comparables)")  # fmt: skip
+    print(summary, file=sys.stderr if args.format == "csv" else sys.stdout, flush=True)
+    return 0
+
+
+def _why_no_vector(product_id: str) -> str | None:
+    from smartgo_analytics.comparables import no_vector_reason
+    from smartgo_analytics.settings import settings
+
+    if settings().deployment == "local":
+        with _local_catalog() as catalog:
+            return no_vector_reason(catalog, product_id)
+    from smartgo_analytics.deployment import resources_for_deployment
+
+    return no_vector_reason(resources_for_deployment()["iceberg"].catalog(), product_id)
+
+
 def _print_query(catalog, args, columns) -> int:
     from pyiceberg.expressions.parser import parse
 
@@ -496,6 +530,19 @@ def parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table",
                      help="output format")  # fmt: skip
     sql.set_defaults(run=cmd_sql)
+    similar = commands.add_parser(
+        "comparables",
+        help="the sold items most like a product or a picture, and the price band they suggest",
+    )
+    which = similar.add_mutually_exclusive_group(required=True)
+    which.add_argument("--product-id", help="a sold product: its own vector is the query")
+    which.add_argument("--image", help="a picture's file path or http(s) URL, embedded now")
+    similar.add_argument("--tenant", help="the tenant (needed when the answer is not unique)")
+    similar.add_argument("--category", help="only comparables of this category")
+    similar.add_argument("--k", type=_positive, default=10, help="how many comparables")
+    similar.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                         help="output format")  # fmt: skip
+    similar.set_defaults(run=cmd_comparables)
     maintain = commands.add_parser(
         "maintain",
         help="compact small files, expire snapshots and remove unreferenced files of the local table",

@@ -82,6 +82,7 @@ class BedrockState:
         self.requests: list[str] = []
         self.latency_s = 0.0
         self.cheap_vectors = False  # a seeded random vector instead of visual features (benchmarks)
+        self.broken: str | None = None  # "constant" or "random": a model that has stopped seeing
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -96,6 +97,7 @@ class BedrockState:
             self.most_in_flight = 0
             self.latency_s = 0.0
             self.quota = None
+            self.broken = None
 
 
 @functools.cache
@@ -134,6 +136,15 @@ HOSTILE_ANSWERS = ("not-json", "no-field", "not-a-list", "short", "strings", "bo
 def cheap_body(seed: int, dimension: int) -> bytes:
     """One of 256 ready-made answers: the benchmarks measure the pipeline, not this server."""
     vector = np.random.default_rng(seed).standard_normal(dimension).round(6).tolist()
+    return json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()
+
+
+def broken_body(kind: str, digest: bytes, dimension: int) -> bytes:
+    """What a broken model answers: one vector for every image, or noise."""
+    if kind == "constant":
+        vector = [0.25] * dimension
+    else:
+        vector = np.random.default_rng(list(digest)).standard_normal(dimension).round(6).tolist()
     return json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()
 
 
@@ -209,6 +220,8 @@ def bedrock_server(state: BedrockState) -> _Server:
                 body = hostile_answer(hostile, dimension)
             elif state.cheap_vectors:
                 body = cheap_body(digest.digest()[0], dimension)
+            elif state.broken:
+                body = broken_body(state.broken, digest.digest(), dimension)
             else:
                 vector = visual_features(image, dimension).tolist()
                 if digest.hexdigest() in state.wrong_length_for:

@@ -214,7 +214,9 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     query = cli("query", "smartgo_sales", "--where", "embedding_error is not null", "--columns",
                 "product_id,embedding_error", "--format", "json", home=home)  # fmt: skip
     assert query.returncode == 0, query.stderr
-    errors = sorted(json.loads(line)["embedding_error"] for line in query.stdout.splitlines())
+    failed = {json.loads(line)["product_id"]: json.loads(line)["embedding_error"]
+              for line in query.stdout.splitlines()}  # fmt: skip
+    errors = sorted(failed.values())
     assert (
         len(errors) == 3
         and any("HTTP 404" in e for e in errors)
@@ -261,6 +263,36 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     assert [(r["tenant_id"], r["sales"]) for r in map(json.loads, sql.stdout.splitlines())] == [
         (tenant, len(prices)) for tenant, prices in sorted(by_tenant.items())
     ]  # fmt: skip
+
+    # Comparables from the demo's index: the command a newcomer types, and its clear errors.
+    sold = {row["product_id"]: row for row in map(json.loads, before)}
+    asked = next(p for p, row in sorted(sold.items()) if row["embedding_vector"] is not None)
+    answer = cli("comparables", "--product-id", asked, "--k", "5", "--format", "json", home=home)
+    assert answer.returncode == 0, answer.stderr
+    found = json.loads(answer.stdout)
+    tenant = sold[asked]["tenant_id"]
+    assert found["tenant"] == tenant and len(found["comparables"]) == 5
+    assert all(sold[c["product_id"]]["tenant_id"] == tenant and c["product_id"] != asked
+               for c in found["comparables"])  # fmt: skip
+    assert [c["sold_price"] for c in found["comparables"]] == [
+        sold[c["product_id"]]["sold_price"] for c in found["comparables"]
+    ]
+    band = found["suggested_price"]
+    assert band["p25"] <= band["median"] <= band["p75"] and band["comparables"] == 5
+    table = cli("comparables", "--product-id", asked, home=home)
+    assert (
+        table.returncode == 0 and "suggested price" in table.stdout and "(10 rows)" in table.stdout
+    )
+    no_vector = next(iter(failed))
+    for args, message in [
+        (("--product-id", "SG-NOPE"), "unknown product 'SG-NOPE'"),
+        (("--product-id", no_vector), f"product '{no_vector}' has no vector: "),
+        (("--product-id", asked, "--tenant", "nobody"), "tenant 'nobody' has no sold items"),
+        (("--product-id", asked, "--image", "x.png"), "not allowed with argument"),
+        (("--product-id", asked, "--k", "0"), "must be at least 1"),
+    ]:
+        wrong = cli("comparables", *args, home=home)
+        assert wrong.returncode == 2 and message in wrong.stderr, wrong.stderr
 
 
 @pytest.mark.parametrize(

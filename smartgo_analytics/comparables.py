@@ -1,0 +1,285 @@
+"""What similar sold items went for: the k nearest items of a tenant by picture, and the price band
+they suggest. `comparables()` is for notebooks; `smartgo-analytics comparables` prints it.
+
+    from smartgo_analytics.comparables import comparables
+    found = comparables(product_id="SG-2025-06-01-0042", k=10)
+    found.suggested, found.items[0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from smartgo_analytics.core import similarity as sim
+from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+
+SHOWN = ("product_id", "category", "brand", "condition", "sold_price", "sold_date", "similarity")
+SEARCHED_PER_WANTED = 20  # candidates asked for each item wanted when a category narrows them
+MOST_SEARCHED = 4_000
+
+
+class ComparablesError(Exception):
+    """The question cannot be answered; the message says why (unknown product, no vector, ...)."""
+
+
+@dataclass(frozen=True)
+class Comparable:
+    product_id: str
+    category: str | None
+    brand: str | None
+    condition: str | None
+    sold_price: float
+    sold_date: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class PriceBand:
+    """A similarity-weighted median of the comparables' prices, with their weighted p25 and p75."""
+
+    median: float
+    p25: float
+    p75: float
+    comparables: int
+
+
+@dataclass(frozen=True)
+class Comparables:
+    tenant: str
+    query: str
+    items: list[Comparable]
+    suggested: PriceBand | None
+
+    def rows(self) -> list[dict]:
+        return [asdict(item) for item in self.items]
+
+
+def suggested_band(items: list[Comparable]) -> PriceBand | None:
+    if not items:
+        return None
+    prices = np.array([item.sold_price for item in items])
+    weights = np.array([max(item.similarity, 0.0) for item in items])
+    p25, median, p75 = sim.weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    return PriceBand(
+        sim.round_price(median), sim.round_price(p25), sim.round_price(p75), len(items)
+    )
+
+
+class IndexFiles:
+    """The index's files as local paths: the lake's own files locally; from S3, copies kept in a
+    cache directory (segments are written once under new names, so a cached copy stays right)."""
+
+    def __init__(self, store, cache_dir: Path | None = None):
+        self.store = store
+        self.cache_dir = cache_dir
+        self._released: list[Path] = []
+
+    def manifest(self, tenant: str) -> sim.Manifest | None:
+        try:
+            return sim.Manifest.from_json(self.store.get_bytes(sim.manifest_key(tenant)))
+        except FileNotFoundError:
+            return None
+
+    def tenants(self) -> list[str]:
+        suffix = "/manifest.json"
+        keys = self.store.list_keys(f"{sim.PREFIX}/")
+        return [k[len(sim.PREFIX) + 1 : -len(suffix)] for k in keys if k.endswith(suffix)]
+
+    def path(self, key: str) -> Path:
+        if self.cache_dir is None:
+            path = self.store.local_path(key)
+            self._released.append(path)
+            return path
+        cached = self.cache_dir / hashlib.sha256(self.store.uri(key).encode()).hexdigest()
+        if not cached.exists():
+            downloaded = self.store.local_path(key)
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(downloaded, f"{cached}.part")
+                os.replace(f"{cached}.part", cached)
+            finally:
+                self.store.release(downloaded)
+        return cached
+
+    def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
+        paths = {s.name: (self.path(sim.segment_key(manifest.tenant, s.name, ".usearch")),
+                          self.path(sim.segment_key(manifest.tenant, s.name, ".parquet")))
+                 for s in manifest.segments}  # fmt: skip
+        return sim.TenantIndex(manifest, paths)
+
+    def close(self) -> None:
+        for path in self._released:
+            self.store.release(path)
+
+
+def comparables(
+    product_id: str | None = None,
+    image: str | bytes | None = None,
+    tenant: str | None = None,
+    category: str | None = None,
+    k: int = 10,
+    *,
+    resources: dict | None = None,
+    why_no_vector: Callable[[str], str | None] | None = None,
+) -> Comparables:
+    """The k sold items of the tenant most like a sold product (`product_id`) or a picture (`image`:
+    bytes, a file path or an http(s) URL, embedded with the deployment's embedder; a URL is fetched
+    through the SSRF-safe fetcher), optionally of one category, best first, and the price band
+    they suggest. `resources` defaults to the deployment's. Why a product has no vector is read
+    from the table (`why_no_vector(product_id)`, by default through the `iceberg` resource)."""
+    if (product_id is None) == (image is None):
+        raise ComparablesError("give exactly one of a product id or an image")
+    if k < 1:
+        raise ComparablesError(f"k must be at least 1, got {k}")
+    if resources is None:
+        from smartgo_analytics.deployment import resources_for_deployment
+
+        resources = resources_for_deployment()
+    store = resources["object_store"]
+    cache = None if type(store).__name__ == "LocalObjectStore" else _cache_dir()
+    files = IndexFiles(store, cache)
+    try:
+        if product_id is not None:
+            why = why_no_vector or (
+                lambda pid: no_vector_reason(resources["iceberg"].catalog(), pid)
+            )
+            manifest, index, key = _find_product(files, product_id, tenant, why)
+            vector = index.vector(key)
+            query = f"product {product_id}"
+        else:
+            manifest = _tenant_manifest(files, tenant)
+            index = files.open(manifest)
+            vector = _embed(image, resources, manifest.dimension)
+            key, query = None, f"image {image if isinstance(image, str) else '(bytes)'}"
+        items = _nearest(index, vector, key, product_id, category, k)
+        if not items:
+            kind = f" of category {category!r}" if category else ""
+            raise ComparablesError(
+                f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector"
+            )
+        return Comparables(manifest.tenant, query, items, suggested_band(items))
+    finally:
+        files.close()
+
+
+def _cache_dir() -> Path:
+    from smartgo_analytics.local.stack import smartgo_home
+
+    return smartgo_home() / "cache" / "similarity_index"
+
+
+def _tenant_manifest(files: IndexFiles, tenant: str | None) -> sim.Manifest:
+    if tenant is None:
+        tenants = files.tenants()
+        if len(tenants) != 1:
+            known = ", ".join(tenants) or "none yet"
+            raise ComparablesError(f"say which tenant with --tenant (indexed: {known})")
+        tenant = tenants[0]
+    manifest = files.manifest(tenant)
+    if manifest is None or manifest.count == 0:
+        raise ComparablesError(f"tenant {tenant!r} has no sold items with a vector in the index")
+    return manifest
+
+
+def no_vector_reason(catalog, product_id: str) -> str | None:
+    """Why a sold product has no vector, from the table; None when the table has no such sale."""
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import EqualTo
+
+    from smartgo_analytics.core.sales_table import IDENTIFIER
+
+    try:
+        table = catalog.load_table(IDENTIFIER)
+    except NoSuchTableError:
+        return None
+    scan = table.scan(
+        row_filter=EqualTo("product_id", product_id), selected_fields=("embedding_error",)
+    )
+    errors = scan.to_arrow().column("embedding_error").to_pylist()
+    if not errors:
+        return None
+    return errors[-1] or "its sale is not in the index yet (materialise similarity_index)"
+
+
+def _find_product(files: IndexFiles, product_id: str, tenant: str | None, why_no_vector):
+    found = []
+    for name in [tenant] if tenant else files.tenants():
+        manifest = files.manifest(name)
+        if manifest is None:
+            continue
+        index = files.open(manifest)
+        key = index.find_product(product_id)
+        if key is not None:
+            found.append((manifest, index, key))
+    if len(found) > 1:
+        tenants = ", ".join(manifest.tenant for manifest, _, _ in found)
+        raise ComparablesError(
+            f"product {product_id!r} sold in several tenants ({tenants}): say --tenant"
+        )
+    if found:
+        return found[0]
+    if tenant and files.manifest(tenant) is None:
+        raise ComparablesError(f"tenant {tenant!r} has no sold items with a vector in the index")
+    reason = why_no_vector(product_id)
+    if reason is not None:
+        raise ComparablesError(f"product {product_id!r} has no vector: {reason}")
+    where = f" of tenant {tenant!r}" if tenant else ""
+    raise ComparablesError(f"unknown product {product_id!r}: no sold item{where} has that id")
+
+
+def _embed(image: str | bytes, resources: dict, dimension: int) -> np.ndarray:
+    if isinstance(image, bytes):
+        data = image
+    elif image.startswith(("http://", "https://")):
+        from smartgo_analytics.resources.images import ImageFetchError
+
+        try:
+            data = resources["image_fetcher"].fetch(image).data
+        except ImageFetchError as error:
+            raise ComparablesError(f"cannot fetch {image}: {error}") from None
+    else:
+        try:
+            data = Path(image).read_bytes()
+        except OSError as error:
+            raise ComparablesError(f"cannot read {image}: {error.strerror}") from None
+    try:
+        prepared = prepare_for_titan(data)
+    except BadImage as error:
+        raise ComparablesError(f"not a usable image: {error}") from None
+    embedder = resources["image_embedder"]
+    if embedder.dimension != dimension:
+        raise ComparablesError(
+            f"the index holds {dimension}-d vectors; the embedder makes {embedder.dimension}-d ones"
+        )
+    return embedder.embed(prepared.data)
+
+
+def _nearest(index: sim.TenantIndex, vector, key, product_id, category, k) -> list[Comparable]:
+    """The k nearest items other than the query's own sales, of the category when one is given."""
+    wanted = k if category is None else k * SEARCHED_PER_WANTED
+    while True:
+        searched = min(wanted + 1, len(index))
+        keys, similarities = index.search(vector, searched)
+        keys, similarities = keys[0], similarities[0]
+        items = index.items(keys[keys != 0]).to_pylist()
+        similarity = dict(zip(keys.tolist(), similarities.tolist(), strict=True))
+        chosen = [item for item in items if item["key"] != key and item["product_id"] != product_id
+                  and (category is None or item["category"] == category)][:k]  # fmt: skip
+        if len(chosen) >= k or searched >= len(index) or wanted >= MOST_SEARCHED:
+            break
+        wanted *= 4
+    return [_comparable(item, similarity[item["key"]]) for item in chosen]
+
+
+def _comparable(item: dict, similarity: float) -> Comparable:
+    sold: datetime = item["sold_date"]
+    return Comparable(item["product_id"], item["category"], item["brand"], item["condition"],
+                      float(item["sold_price"]), sold.date().isoformat(), round(similarity, 4))  # fmt: skip

@@ -1,0 +1,203 @@
+"""The similarity index, comparables and the embedding-quality check, through real materialisations
+against the loopback servers."""
+
+import json
+
+import numpy as np
+import psycopg
+import pytest
+from dagster import materialize
+
+from smartgo_analytics.assets.pricing_intelligence import (
+    product_image_embeddings,
+    smartgo_sales,
+    smartgo_sales_iceberg,
+)
+from smartgo_analytics.assets.similarity import index_differences, load_manifest
+from smartgo_analytics.assets.similarity import similarity_index as similarity_assets
+from smartgo_analytics.comparables import ComparablesError, comparables
+from smartgo_analytics.core import similarity as sim
+from smartgo_analytics.local.demo_data import draw_product_image
+from smartgo_analytics_tests.conftest import insert_products, sale
+from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources
+
+ASSETS = [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg, similarity_assets]
+RUN_CONFIG = {"ops": {"product_image_embeddings": {"config": {"max_error_ratio": 0.2}}}}
+KINDS = [("Electronics", "Sony"), ("Clothing", "Zara"), ("Toys", "Lego")]
+
+
+def pictures(cdn_state, cdn, tag: str, brand_of=lambda brand: brand) -> dict:
+    """A picture for each kind and model drawn, served by the CDN: (category, brand, variant) -> URL."""
+    urls = {}
+    for category, brand in KINDS:
+        for variant in range(3):
+            path = f"/{tag}/{category}-{variant}.png"
+            cdn_state.images[path] = draw_product_image(category, brand_of(brand), variant)
+            urls[(category, brand, variant)] = f"{cdn}{path}"
+    return urls
+
+
+def day_sales(tenant, day, urls, count, prefix):
+    kinds = list(urls)
+    return [sale(f"{prefix}-{day}-{n}", day, urls[kinds[n % len(kinds)]], tenant_id=tenant,
+                 category=kinds[n % len(kinds)][0], brand=kinds[n % len(kinds)][1],
+                 sold_price=str(10 + n))
+            for n in range(count)]  # fmt: skip
+
+
+def indexed_products(res, tenant) -> list[str]:
+    store = res["object_store"]
+    manifest = load_manifest(store, tenant, 1024)
+    ids = []
+    for segment in manifest.segments:
+        path = store.local_path(sim.segment_key(tenant, segment.name, ".parquet"))
+        try:
+            ids += sim.read_items(path).column("product_id").to_pylist()
+        finally:
+            store.release(path)
+    return ids
+
+
+def table_products(res, days, tenant) -> list[str]:
+    return [pid for day in days for pid, row in day_rows(res, day).items()
+            if row["tenant_id"] == tenant and row["embedding_vector"] is not None]  # fmt: skip
+
+
+def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_answers_comparables(
+    stack, s3_bucket, bedrock, cdn, cdn_state, tmp_path
+):
+    tenant, other = "index-a", "index-b"
+    days = ("2025-08-04", "2025-08-05", "2025-08-06")
+    urls = pictures(cdn_state, cdn, "index")
+    insert_products(stack.postgres_uri, [
+        *day_sales(tenant, days[1], urls, 12, "IX"), *day_sales(tenant, days[2], urls, 9, "IX"),
+        *day_sales(other, days[2], urls, 4, "IY"),
+        sale(f"IX-{days[2]}-gone", days[2], f"{cdn}/missing.png", tenant_id=tenant),
+    ])  # fmt: skip
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    for day in days[1:]:
+        assert materialize(ASSETS, resources=res, partition_key=day, run_config=RUN_CONFIG).success
+    # A backfill of an earlier day, then the first day again after the source changed: two sales
+    # are no longer sold and one is new; and the second day again, unchanged.
+    insert_products(stack.postgres_uri, day_sales(tenant, days[0], urls, 5, "IX"))
+    with psycopg.connect(stack.postgres_uri) as conn:
+        conn.execute("UPDATE smartgo.products SET status = 'AVAILABLE' WHERE id IN (%s, %s)",
+                     (f"IX-{days[1]}-0", f"IX-{days[1]}-1"))  # fmt: skip
+    insert_products(stack.postgres_uri, [sale(f"IX-{days[1]}-new", days[1], urls[KINDS[0] + (0,)],
+                                              tenant_id=tenant, sold_price="99")])  # fmt: skip
+    for day in (days[0], days[1], days[1]):
+        result = materialize(ASSETS, resources=res, partition_key=day, run_config=RUN_CONFIG)
+        assert result.success
+    (index_check,) = [e for e in result.get_asset_check_evaluations()
+                      if e.check_name == "index_matches_table"]  # fmt: skip
+    assert index_check.passed, index_check.description
+
+    indexed = indexed_products(res, tenant)
+    assert sorted(indexed) == sorted(table_products(res, days, tenant))
+    assert len(indexed) == len(set(indexed)) == 5 + 11 + 9  # no duplicates, the gone two left out
+    manifest = load_manifest(res["object_store"], tenant, 1024)
+    assert manifest.days() == {days[0]: 5, days[1]: 11, days[2]: 9}
+    assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
+
+    # The check fails when the index and the table part: a day counted twice.
+    manifest.segments[0].days[days[0]] += 5
+    res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
+    assert index_differences(res["object_store"], res["iceberg"], 1024) == [
+        f"{tenant} {days[0]}: index 10, table 5"
+    ]
+    manifest.segments[0].days[days[0]] -= 5
+    res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
+
+    # Comparables of a sold product: its tenant's, not itself, best first, the same picture first.
+    asked = f"IX-{days[2]}-4"  # Clothing, Zara, the second model
+    found = comparables(product_id=asked, k=6, resources=res)
+    assert found.tenant == tenant and len(found.items) == 6
+    assert asked not in [item.product_id for item in found.items]
+    assert set(item.product_id for item in found.items) <= set(indexed)
+    similarities = [item.similarity for item in found.items]
+    assert similarities == sorted(similarities, reverse=True)
+    rows = {pid: row for day in days for pid, row in day_rows(res, day).items()}
+    same_picture = {pid for pid, row in rows.items() if pid != asked and row["tenant_id"] == tenant
+                    and row["image_sha256"] == rows[asked]["image_sha256"]}  # fmt: skip
+    assert 0 < len(same_picture) < 6
+    assert {i.product_id for i in found.items[: len(same_picture)]} == same_picture
+    assert found.items[0].similarity == pytest.approx(1.0, abs=1e-3)
+    prices = np.array([i.sold_price for i in found.items])
+    weights = np.array([i.similarity for i in found.items])
+    p25, median, p75 = sim.weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    assert (found.suggested.median, found.suggested.p25, found.suggested.p75) == (
+        pytest.approx(median, abs=0.006),
+        pytest.approx(p25, abs=0.006),
+        pytest.approx(p75, abs=0.006),
+    )
+    assert found.suggested.p25 <= found.suggested.median <= found.suggested.p75
+    assert found.suggested.comparables == 6
+
+    toys = comparables(product_id=asked, k=3, category="Toys", resources=res)
+    assert [i.category for i in toys.items] == ["Toys"] * 3
+    picture = draw_product_image("Electronics", "Sony", 1)  # sold by both tenants
+    by_image = comparables(image=picture, tenant=other, k=2, resources=res)
+    assert by_image.tenant == other and by_image.items[0].similarity == pytest.approx(1.0, abs=1e-3)
+    assert (by_image.items[0].category, by_image.items[0].brand) == ("Electronics", "Sony")
+
+    # Clear errors.
+    def error(**kwargs) -> str:
+        with pytest.raises(ComparablesError) as raised:
+            comparables(resources=res, **kwargs)
+        return str(raised.value)
+
+    assert (
+        error(product_id="IX-nothing") == "unknown product 'IX-nothing': no sold item has that id"
+    )
+    assert error(product_id=f"IX-{days[2]}-gone").startswith(
+        f"product 'IX-{days[2]}-gone' has no vector: image download failed"
+    )
+    assert error(product_id=asked, tenant="index-empty") == (
+        "tenant 'index-empty' has no sold items with a vector in the index"
+    )
+    assert error(image=picture, tenant="index-empty") == (
+        "tenant 'index-empty' has no sold items with a vector in the index"
+    )
+    assert error(image=picture).startswith("say which tenant with --tenant")
+    assert error(image=b"not a picture", tenant=tenant).startswith("not a usable image")
+    assert error(product_id=asked, image=picture) == "give exactly one of a product id or an image"
+
+
+@pytest.mark.parametrize("broken", ["random", "constant"])
+def test_a_day_embedded_by_a_broken_model_fails_the_quality_check(
+    stack, s3_bucket, bedrock, bedrock_state, cdn, cdn_state, tmp_path, broken
+):
+    tenant = f"quality-{broken}"
+    good_day, bad_day = {"random": ("2025-08-11", "2025-08-12"),
+                         "constant": ("2025-08-13", "2025-08-14")}[broken]  # fmt: skip
+    # Other brands on the second day: new pictures, so nothing is reused from the first.
+    good = pictures(cdn_state, cdn, f"{broken}-good")
+    bad = pictures(cdn_state, cdn, f"{broken}-bad", brand_of=lambda brand: f"{brand} {broken}")
+    insert_products(stack.postgres_uri, [*day_sales(tenant, good_day, good, 36, "Q" + broken),
+                                         *day_sales(tenant, bad_day, bad, 36, "Q" + broken)])  # fmt: skip
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+
+    def quality(day):
+        result = materialize(ASSETS, resources=res, partition_key=day, run_config=RUN_CONFIG)
+        assert result.success  # a WARN check: the day is written, and flagged
+        (evaluation,) = [e for e in result.get_asset_check_evaluations()
+                         if e.check_name == "embeddings_look_right"]  # fmt: skip
+        return evaluation
+
+    healthy = quality(good_day)
+    assert healthy.passed, healthy.description
+    assert healthy.metadata["neighbour_agreement"].value >= 0.5
+    bedrock_state.broken = broken
+    try:
+        sick = quality(bad_day)
+    finally:
+        bedrock_state.broken = None
+    assert not sick.passed and sick.severity.value == "WARN"
+    figures = {key: value.value for key, value in sick.metadata.items()}
+    if broken == "random":
+        assert figures["neighbour_agreement"] < 0.5 and figures["drift_max"] > 0.2
+        assert "neighbour agreement" in sick.description and "drift" in sick.description
+    else:
+        assert figures["duplicate_vector_share"] == 1.0
+        assert "equal another image's" in sick.description
+    json.dumps(figures)  # the UI can plot every figure
