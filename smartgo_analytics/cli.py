@@ -397,7 +397,8 @@ def cmd_comparables(args) -> int:
 
     try:
         found = comparables(product_id=args.product_id, image=args.image, tenant=args.tenant,
-                            category=args.category, k=args.k, why_no_vector=_why_no_vector)  # fmt: skip
+                            category=args.category, k=args.k, why_no_vector=_why_no_vector,
+                            cache_dir=smartgo_home() / "cache" / "similarity_index")  # fmt: skip
     except ComparablesError as error:
         raise UsageError(str(error)) from None
     band = found.suggested

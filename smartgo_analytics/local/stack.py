@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from smartgo_analytics.resources.dynamodb import create_image_vectors_table
-
 LOCAL_REGION = "us-east-1"
 LOCAL_BUCKET = "smartgo-analytics-local"
 SALES_TABLE = "SalesData"
@@ -315,6 +313,8 @@ def _create_aws_resources(info: StackInfo) -> None:
     dynamodb = aws_client(info, "dynamodb")
     create_sales_table(dynamodb)
     create_progress_table(dynamodb)
+    from smartgo_analytics.resources.dynamodb import create_image_vectors_table
+
     create_image_vectors_table(dynamodb, IMAGE_VECTORS_TABLE)
     aws_client(info, "sns").create_topic(Name="smartgo-analytics-alerts")
 
