@@ -397,7 +397,7 @@ def cmd_comparables(args) -> int:
 
     try:
         found = comparables(product_id=args.product_id, image=args.image, tenant=args.tenant,
-                            category=args.category, k=args.k, why_no_vector=_why_no_vector,
+                            category=args.category, condition=args.condition, k=args.k, why_no_vector=_why_no_vector,
                             cache_dir=smartgo_home() / "cache" / "similarity_index")  # fmt: skip
     except ComparablesError as error:
         raise UsageError(str(error)) from None
@@ -540,6 +540,7 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--image", help="a picture's file path or http(s) URL, embedded now")
     similar.add_argument("--tenant", help="the tenant (needed when the answer is not unique)")
     similar.add_argument("--category", help="only comparables of this category")
+    similar.add_argument("--condition", help="only comparables in this condition (New, Good, ...)")
     similar.add_argument("--k", type=_positive, default=10, help="how many comparables")
     similar.add_argument("--format", choices=["table", "json", "csv"], default="table",
                          help="output format")  # fmt: skip

@@ -82,6 +82,7 @@ class IndexFiles:
         self.store = store
         self.cache_dir = cache_dir
         self._released: list[Path] = []
+        self._opened: list[sim.TenantIndex] = []
 
     def manifest(self, tenant: str) -> sim.Manifest | None:
         try:
@@ -114,9 +115,12 @@ class IndexFiles:
         paths = {s.name: (self.path(sim.segment_key(manifest.tenant, s.name, ".usearch")),
                           self.path(sim.segment_key(manifest.tenant, s.name, ".parquet")))
                  for s in manifest.segments}  # fmt: skip
-        return sim.TenantIndex(manifest, paths)
+        self._opened.append(sim.TenantIndex(manifest, paths))
+        return self._opened[-1]
 
     def close(self) -> None:
+        for index in self._opened:
+            index.close()
         for path in self._released:
             self.store.release(path)
 
@@ -126,6 +130,7 @@ def comparables(
     image: str | bytes | None = None,
     tenant: str | None = None,
     category: str | None = None,
+    condition: str | None = None,
     k: int = 10,
     *,
     resources: dict | None = None,
@@ -134,7 +139,7 @@ def comparables(
 ) -> Comparables:
     """The k sold items of the tenant most like a sold product (`product_id`) or a picture (`image`:
     bytes, a file path or an http(s) URL, embedded with the deployment's embedder; a URL is fetched
-    through the SSRF-safe fetcher), optionally of one category, best first, and the price band
+    through the SSRF-safe fetcher), optionally of one category and condition, best first, and the price band
     they suggest. `resources` defaults to the deployment's. Why a product has no vector is read
     from the table (`why_no_vector(product_id)`, by default through the `iceberg` resource).
     Segments read from S3 are kept in `cache_dir` when given (they never change), else fetched
@@ -162,9 +167,10 @@ def comparables(
             index = files.open(manifest)
             vector = _embed(image, resources, manifest.dimension)
             key, query = None, f"image {image if isinstance(image, str) else '(bytes)'}"
-        items = _nearest(index, vector, key, product_id, category, k)
+        wanted = {"category": category, "condition": condition}
+        items = _nearest(index, vector, key, product_id, wanted, k)
         if not items:
-            kind = f" of category {category!r}" if category else ""
+            kind = "".join(f" of {name} {value!r}" for name, value in wanted.items() if value)
             raise ComparablesError(
                 f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector"
             )
@@ -313,9 +319,10 @@ def _embed(image: str | bytes, resources: dict, dimension: int) -> np.ndarray:
     return embedder.embed(prepared.data)
 
 
-def _nearest(index: sim.TenantIndex, vector, key, product_id, category, k) -> list[Comparable]:
-    """The k nearest items other than the query's own sales, of the category when one is given."""
-    wanted = k if category is None else k * SEARCHED_PER_WANTED
+def _nearest(index: sim.TenantIndex, vector, key, product_id, kind: dict, k) -> list[Comparable]:
+    """The k nearest items other than the query's own sales, of the kind (category, condition) asked."""
+    kind = {name: value for name, value in kind.items() if value is not None}
+    wanted = k * SEARCHED_PER_WANTED if kind else k
     while True:
         searched = min(wanted + 1, len(index))
         keys, similarities = index.search(vector, searched)
@@ -323,7 +330,7 @@ def _nearest(index: sim.TenantIndex, vector, key, product_id, category, k) -> li
         items = index.items(keys[keys != 0]).to_pylist()
         similarity = dict(zip(keys.tolist(), similarities.tolist(), strict=True))
         chosen = [item for item in items if item["key"] != key and item["product_id"] != product_id
-                  and (category is None or item["category"] == category)][:k]  # fmt: skip
+                  and all(item[name] == value for name, value in kind.items())][:k]  # fmt: skip
         if len(chosen) >= k or searched >= len(index) or wanted >= MOST_SEARCHED:
             break
         wanted *= 4

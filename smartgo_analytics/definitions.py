@@ -29,6 +29,7 @@ assets = [
     similarity.similarity_index,
     quicksight.dynamodb_daily_metrics,
     *quicksight.quicksight_datasets,
+    quicksight.price_bands_dataset,
 ]
 
 defs = Definitions(

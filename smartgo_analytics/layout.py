@@ -66,8 +66,13 @@ def quicksight_manifest_key(quicksight_prefix: str, dataset: str) -> str:
     return f"{quicksight_prefix}manifests/{dataset}.json"
 
 
+def staged_records_key(asset: str, date: str) -> str:
+    """A day's records as an asset stages them for the QuickSight datasets, as NDJSON."""
+    return f"{STAGING_PREFIX}/{asset}/{date}.ndjson"
+
+
 def daily_metrics_key(date: str) -> str:
-    return f"{STAGING_PREFIX}/dynamodb_daily_metrics/{date}.ndjson"
+    return staged_records_key("dynamodb_daily_metrics", date)
 
 
 def asset_output_key(asset_path: list[str], partition_key: str | None) -> str:

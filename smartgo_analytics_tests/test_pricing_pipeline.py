@@ -3,6 +3,7 @@ a Bedrock-compatible server and a hostile image CDN, all on 127.0.0.1."""
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -31,6 +32,7 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales,
     smartgo_sales_iceberg,
 )
+from smartgo_analytics.assets.quicksight import price_bands_dataset
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.local.stack import create_progress_table
@@ -45,6 +47,7 @@ from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics.resources.quicksight import QuickSightExport
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.conftest import insert_products, sale
 
@@ -909,8 +912,11 @@ def test_price_bands_give_each_kind_and_its_roll_ups_their_quantiles_over_90_day
     for day in days:
         run(res, day)
 
+    res["quicksight"] = QuickSightExport()
     for _ in range(2):  # materialised again: the day's bands are replaced, not added
-        result = materialize([price_bands], resources=res, partition_key=days[2])
+        result = materialize(
+            [price_bands, price_bands_dataset], resources=res, partition_key=days[2]
+        )
     assert result.success
     check = result.get_asset_check_evaluations()[0]
     assert check.passed and check.metadata["bands"].value == 1 + 2 + 4
@@ -929,3 +935,20 @@ def test_price_bands_give_each_kind_and_its_roll_ups_their_quantiles_over_90_day
     sony_good = [r for r in rows if r["level"] == "category_brand_condition"
                  and (r["brand"], r["condition"]) == ("Sony", "Good")]  # fmt: skip
     assert [(r["sales_count"], r["median"]) for r in sony_good] == [(2, 50.0)]  # 30 and 70
+
+    # The sixth QuickSight dataset: the same bands, one JSON type per field on every line.
+    lines = res["object_store"].get_bytes(f"quicksight/price_bands/{days[2]}.json").split(b"\n")
+    records = [json.loads(line) for line in lines if line]
+    assert len(records) == 7 and len({r["band_id"] for r in records}) == 7
+    assert all(
+        type(r[q]) is float for r in records for q in ("p10", "p25", "median", "p75", "p90", "mean")
+    )
+    assert all(type(r["sales_count"]) is int and r["date"] == days[2] for r in records)
+    (category_line,) = [r for r in records if r["level"] == "category"]
+    assert (
+        category_line["median"] == whole["median"] and category_line["window_start"] == "2025-04-14"
+    )
+    manifest = json.loads(res["object_store"].get_bytes("quicksight/manifests/price_bands.json"))
+    assert manifest["fileLocations"][0]["URIs"] == [
+        f"s3://{s3_bucket}/quicksight/price_bands/{days[2]}.json"
+    ]

@@ -15,9 +15,12 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales_iceberg,
 )
 from smartgo_analytics.core import price_bands as bands_core
+from smartgo_analytics.core.ndjson import encode_ndjson
+from smartgo_analytics.layout import staged_records_key
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.iceberg import IcebergCatalog, replace
+from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.settings import settings
 
 
@@ -39,11 +42,13 @@ PREVIEW = ["level", "tenant_id", "category", "brand", "condition", "sales_count"
     backfill_policy=ONE_DAY_PER_RUN,
     check_specs=[checks.price_bands_hold],
 )
-def price_bands(context: AssetExecutionContext, iceberg: IcebergCatalog) -> MaterializeResult:
+def price_bands(
+    context: AssetExecutionContext, iceberg: IcebergCatalog, object_store: ObjectStore
+) -> MaterializeResult:
     """`pricing_intelligence.price_bands`: for each tenant x category x brand x condition, and the
     roll-ups tenant x category x condition and tenant x category, the count, p10, p25, median,
     p75, p90 and mean of the sold prices over the 90 days ending with the day. The day's bands are
-    replaced in one commit."""
+    replaced in one commit, and staged for the QuickSight dataset `price_bands`."""
     day = context.partition_time_window.start.date()
     first, _ = bands_core.window(day)
     # A batch at a time from the data files, the price columns only (not the vectors), and
@@ -59,6 +64,9 @@ def price_bands(context: AssetExecutionContext, iceberg: IcebergCatalog) -> Mate
     bands = bands_core.price_bands(sales, day)
     table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
     table = replace(table, EqualTo("band_date", day.isoformat()), [bands])
+    records = bands_core.quicksight_records(bands)
+    object_store.put_bytes(staged_records_key("price_bands", day.isoformat()), encode_ndjson(records),
+                           "application/x-ndjson")  # fmt: skip
     problems = bands_core.band_problems(bands)
     levels = bands.column("level").to_pylist()
     context.log.info(f"{context.partition_key}: {bands.num_rows} price bands")

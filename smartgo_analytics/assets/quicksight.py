@@ -1,4 +1,5 @@
-"""DynamoDB daily metrics -> five NDJSON datasets and their QuickSight manifests."""
+"""DynamoDB daily metrics -> five NDJSON datasets, the price bands -> a sixth, and their QuickSight
+manifests."""
 
 import json
 import re
@@ -24,7 +25,9 @@ from smartgo_analytics import checks
 from smartgo_analytics.assets.pricing_intelligence import IO_RETRY, permanent_errors
 from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.quicksight import (
+    DAILY_METRICS,
     DATASETS,
+    DATASETS_BY_NAME,
     DatasetSpec,
     build_dataset,
     item_kind,
@@ -41,6 +44,7 @@ from smartgo_analytics.layout import (
     quicksight_manifest_key,
     quicksight_month_key,
     quicksight_month_prefix,
+    staged_records_key,
 )
 from smartgo_analytics.metadata import location, md_table
 from smartgo_analytics.metadata import reasons as reason_list
@@ -129,7 +133,7 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         specs=[
             AssetSpec(
                 key,
-                deps=[dynamodb_daily_metrics],
+                deps=[AssetKey(spec.staged_by)],
                 partitions_def=daily_partitions,
                 group_name=GROUP,
                 kinds={"s3"},
@@ -149,7 +153,7 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     ):
         per_day, all_passed = {}, True
         for day in context.partition_keys:
-            items = decode_ndjson(object_store.get_bytes(daily_metrics_key(day)))
+            items = decode_ndjson(object_store.get_bytes(staged_records_key(spec.staged_by, day)))
             build = build_dataset(spec, items, day)
             key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
             if build.records:
@@ -263,4 +267,7 @@ def _dated(keys: list[str], prefix: str, name: re.Pattern) -> set[str]:
     return {m.group(1) for key in keys if (m := name.fullmatch(key.removeprefix(prefix)))}
 
 
-quicksight_datasets = [quicksight_dataset_asset(spec) for spec in DATASETS]
+quicksight_datasets = [
+    quicksight_dataset_asset(s) for s in DATASETS if s.staged_by == DAILY_METRICS
+]
+price_bands_dataset = quicksight_dataset_asset(DATASETS_BY_NAME["price_bands"])

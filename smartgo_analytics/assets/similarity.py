@@ -211,6 +211,7 @@ def similarity_index(
                     tenant_index = open_tenant(object_store, manifest, opened)
                     trailing = trailing_sums(object_store, tenant, day, manifest)
                     measure_day(quality, tenant_index, day, spool, trailing)
+                    tenant_index.close()
                 finally:
                     for path in opened:
                         object_store.release(path)

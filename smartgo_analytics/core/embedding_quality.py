@@ -128,7 +128,7 @@ def measure_day(quality: DayQuality, index: sim.TenantIndex, day: date, spool: s
     rng = np.random.default_rng(day.toordinal())
     sample = np.sort(rng.choice(len(vectors), min(SAMPLE, len(vectors)), replace=False))
     keys = items.column("key").to_numpy()[sample]
-    shares = neighbour_agreement(index, day, keys, np.asarray(vectors[sample]),
+    shares = neighbour_agreement(index, day, keys, vectors.take(sample),
                                  [categories[i] for i in sample])  # fmt: skip
     quality.agreement_sum += sum(shares)
     quality.agreement_sales += len(shares)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import duckdb
@@ -95,3 +96,24 @@ def band_problems(bands: pa.Table) -> list[str]:
                 f"{name}: p10 {band['p10']}, median {band['median']}, p90 {band['p90']}"
             )
     return problems
+
+
+def quicksight_records(bands: pa.Table) -> list[dict]:
+    """The bands as the QuickSight dataset's records: each named by its tenant, level and kind, dates
+    as ISO text."""
+    records = []
+    for band in bands.to_pylist():
+        kind = [
+            band["tenant_id"],
+            band["level"],
+            band["category"],
+            band["brand"],
+            band["condition"],
+        ]
+        band["band_id"] = json.dumps(
+            kind, ensure_ascii=False
+        )  # unambiguous, whatever the names hold
+        for name in ("band_date", "window_start", "window_end"):
+            band[name] = band[name].isoformat()
+        records.append(band)
+    return records

@@ -1,4 +1,4 @@
-"""The five QuickSight datasets: one spec table, one builder, one manifest format.
+"""The six QuickSight datasets: one spec table, one builder, one manifest format.
 
 QuickSight gives each field one type and skips a row whose value does not fit it, so every field
 has one JSON type on every line: a `number` is always a JSON float (`23187.0`), an `integer` always
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 INSIGHT_TYPES = ("ANOMALY", "TREND", "RECOMMENDATION")
+DAILY_METRICS = "dynamodb_daily_metrics"  # the asset whose records five of the datasets are made of
 MANIFEST_FILE_LIMIT = 1_000  # QuickSight's limit of files per manifest
 JSON_TYPES = {"string": (str,), "integer": (int,), "number": (float,)}
 
@@ -22,12 +23,15 @@ JSON_TYPES = {"string": (str,), "integer": (int,), "number": (float,)}
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    source: str  # the item kind it is built from, see `item_kind`
+    source: str | None  # the item kind it is built from (see `item_kind`); None: every record
     identity: str  # the field that makes a record unique within a day
     fields: tuple[tuple[str, str], ...]  # (name, JSON type), `date` excluded
     order_by: str | None = None  # a numeric field, descending
     limit: int | None = None
     description: str = ""
+    staged_by: str = (
+        DAILY_METRICS  # the asset that stages the day's records (layout.staged_records_key)
+    )
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -116,6 +120,30 @@ DATASETS: tuple[DatasetSpec, ...] = (
             ("description", "string"),
         ),
     ),
+    DatasetSpec(
+        name="price_bands",
+        source=None,
+        identity="band_id",
+        staged_by="price_bands",
+        description="What sold items of a kind went for over the 90 days ending with the day",
+        fields=(
+            ("band_id", "string"),
+            ("level", "string"),
+            ("tenant_id", "string"),
+            ("category", "string"),
+            ("brand", "string"),
+            ("condition", "string"),
+            ("sales_count", "integer"),
+            ("p10", "number"),
+            ("p25", "number"),
+            ("median", "number"),
+            ("p75", "number"),
+            ("p90", "number"),
+            ("mean", "number"),
+            ("window_start", "string"),
+            ("window_end", "string"),
+        ),
+    ),
 )
 
 DATASETS_BY_NAME = {spec.name: spec for spec in DATASETS}
@@ -194,12 +222,16 @@ def identity_problem(value: Any) -> str | None:
     return f"a {type(value).__name__}, not a string or whole number"
 
 
+def of_kind(spec: DatasetSpec, item: Mapping[str, Any]) -> bool:
+    return spec.source is None or item_kind(item) == spec.source
+
+
 def usable_items(spec: DatasetSpec, items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The items of the dataset's kind whose identity can be used."""
     return [
         item
         for item in items
-        if item_kind(item) == spec.source and identity_problem(item.get(spec.identity)) is None
+        if of_kind(spec, item) and identity_problem(item.get(spec.identity)) is None
     ]
 
 
@@ -211,7 +243,7 @@ def build_dataset(spec: DatasetSpec, items: Iterable[Mapping[str, Any]], date: s
     skipped: Counter[str] = Counter(
         f"{spec.identity}: {identity_problem(item.get(spec.identity))}"
         for item in items
-        if item_kind(item) == spec.source and identity_problem(item.get(spec.identity))
+        if of_kind(spec, item) and identity_problem(item.get(spec.identity))
     )
     nulls: Counter[str] = Counter()
     seen: set[Any] = set()
