@@ -18,6 +18,7 @@ from benchmarks.iceberg_write import iceberg_write
 from benchmarks.memory import day_of_100k_sales
 from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
 from benchmarks.quicksight_backfill import quicksight_backfill
+from benchmarks.similarity import comparables_price_error, similarity_index_at_1m
 from benchmarks.ui_run import ui_day_run
 
 BENCHMARKS = [
@@ -29,6 +30,8 @@ BENCHMARKS = [
     ui_day_run,
     paced_to_quota,
     embedded_once,
+    comparables_price_error,
+    similarity_index_at_1m,
 ]
 RESULTS = Path(__file__).with_name("results.json")
 

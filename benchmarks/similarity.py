@@ -47,8 +47,9 @@ class ClusteredVectors:
         shared = rng.standard_normal(DIMENSION, dtype=np.float32)
         group = shared + GROUP_SPREAD * rng.standard_normal((groups, DIMENSION), dtype=np.float32)
         of_group = rng.integers(0, groups, CLUSTERS)
-        noise = rng.standard_normal((CLUSTERS, DIMENSION), dtype=np.float32)
-        self.centres = group[of_group] + CLUSTER_SPREAD * noise
+        self.centres = rng.standard_normal((CLUSTERS, DIMENSION), dtype=np.float32)
+        self.centres *= CLUSTER_SPREAD
+        self.centres += group[of_group]
         self.seed = seed
 
     def draw(self, stream: int, rows: int) -> np.ndarray:
@@ -59,7 +60,7 @@ class ClusteredVectors:
         )
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    def day(self, n: int, chunk: int = 10_000):
+    def day(self, n: int, chunk: int = 2_000):
         for start in range(0, PER_DAY, chunk):
             yield self.draw(n * 1000 + start // chunk, min(chunk, PER_DAY - start))
 
@@ -133,19 +134,24 @@ def similarity_index_at_1m() -> dict:
     # The update of one more day when the index already holds a million: its memory, against the
     # first day's on an empty index.
     extra = in_child("add-day", str(lake), str(DAYS))
-    files = list((lake / LOCAL_BUCKET / sim.PREFIX / TENANT).glob("*.usearch"))
+    files = [f for f in (lake / LOCAL_BUCKET / sim.PREFIX / TENANT).glob("segment-*")]
     size = sum(f.stat().st_size for f in files)
     store = LocalObjectStore(lake_dir=str(lake), bucket=LOCAL_BUCKET)
     manifest = load_manifest(store, TENANT, DIMENSION)
     manifest.segments = [
         s for s in manifest.segments if max(s.days) < (FIRST_DAY + timedelta(days=DAYS)).isoformat()
     ]
-    paths = {s.name: (lake / LOCAL_BUCKET / sim.segment_key(TENANT, s.name, ".usearch"),
-                      lake / LOCAL_BUCKET / sim.segment_key(TENANT, s.name, ".parquet"))
+    paths = {s.name: tuple(lake / LOCAL_BUCKET / sim.segment_key(TENANT, s.name, suffix)
+                           for suffix in (".usearch", ".parquet", ".f16"))
              for s in manifest.segments}  # fmt: skip
     index = sim.TenantIndex(manifest, paths)
     vectors = ClusteredVectors()
     queries = vectors.draw(999_999, QUERIES)  # new items of the same clusters
+    cold = []
+    for query in vectors.draw(888_888, QUERIES):  # the first queries fault the index's pages in
+        started = time.perf_counter()
+        index.search(query, 10)
+        cold.append(time.perf_counter() - started)
     latencies, found = [], []
     for query in queries:
         started = time.perf_counter()
@@ -177,15 +183,17 @@ def similarity_index_at_1m() -> dict:
     first_peak, extra_peak = days[0]["peak_rss"], extra["peak_rss"]
     met = (recall >= 0.95 and p95 <= 5 and command_s <= 2 and max(build) <= 60
            and extra_peak <= MEMORY_LIMIT)  # fmt: skip
+    cold_p95 = float(np.percentile(cold, 95)) * 1000
     return {
         "name": "similarity index, 1,000,000 clustered 1024-d vectors",
-        "figure": f"recall@10 {recall:.3f}, query p95 {p95:.2f} ms, `comparables` {command_s:.2f} s; "
+        "figure": f"recall@10 {recall:.3f}, query p95 {p95:.2f} ms ({cold_p95:.2f} ms for the first {QUERIES}), "
+                  f"`comparables` {command_s:.2f} s; "
                   f"a 100,000-vector day built in {max(build):.0f} s at most ({sum(build):.0f} s in all), "
                   f"{size / (total / 100_000) / 1024**2:.0f} MiB per 100,000; a day's update "
                   f"{extra_peak / 1024**2:.0f} MiB at 1M (first day {first_peak / 1024**2:.0f} MiB)",
         "target": "recall >= 0.95, p95 <= 5 ms, command <= 2 s, build <= 60 s a day, update <= 1 GiB",
         "met": met,
-        "values": {"recall_at_10": recall, "query_p95_ms": p95, "query_p50_ms": float(np.percentile(latencies, 50)) * 1000,
+        "values": {"recall_at_10": recall, "query_p95_ms": p95, "query_p50_ms": float(np.percentile(latencies, 50)) * 1000, "first_queries_p95_ms": cold_p95,
                    "command_seconds": runs, "day_build_seconds": build, "index_bytes": size,
                    "segments": days[-1]["segments"], "day_update_peak_rss": [d["peak_rss"] for d in days],
                    "update_at_1m_peak_rss": extra_peak, "update_at_1m_seconds": extra["seconds"]},

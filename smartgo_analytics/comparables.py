@@ -112,8 +112,8 @@ class IndexFiles:
         return cached
 
     def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
-        paths = {s.name: (self.path(sim.segment_key(manifest.tenant, s.name, ".usearch")),
-                          self.path(sim.segment_key(manifest.tenant, s.name, ".parquet")))
+        paths = {s.name: tuple(self.path(sim.segment_key(manifest.tenant, s.name, suffix))
+                               for suffix in (".usearch", ".parquet", ".f16"))
                  for s in manifest.segments}  # fmt: skip
         self._opened.append(sim.TenantIndex(manifest, paths))
         return self._opened[-1]

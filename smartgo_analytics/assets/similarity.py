@@ -73,20 +73,27 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
     if target is None and not rows:
         return []
     tenant = manifest.tenant
-    if target is None:
-        index, items, old = sim.new_index(manifest.dimension), sim.ITEM_SCHEMA.empty_table(), []
-    else:
-        index_file = store.local_path(sim.segment_key(tenant, target.name, ".usearch"))
-        items_file = store.local_path(sim.segment_key(tenant, target.name, ".parquet"))
-        try:
-            index, items = sim.open_index(index_file, view=False), sim.read_items(items_file)
-        finally:
-            store.release(index_file)
-            store.release(items_file)
-        old = [sim.segment_key(tenant, target.name, s) for s in (".usearch", ".parquet")]
+    suffixes = (".usearch", ".parquet", ".f16")
+    old = [sim.segment_key(tenant, target.name, suffix) for suffix in suffixes] if target else []
+    new_vectors = work / "vectors.f16"
     day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
-    index, items = sim.updated_segment(index, items, day, day_items, vectors, THREADS)
+    if target is None or set(target.days) == {day.isoformat()}:  # nothing of another day to keep
+        index = sim.new_index(manifest.dimension)
+        index, items = sim.updated_segment(index, sim.ITEM_SCHEMA.empty_table(), None, day,
+                                           day_items, vectors, new_vectors, THREADS)  # fmt: skip
+    else:
+        files = [store.local_path(key) for key in old]
+        try:
+            index, items = sim.open_index(files[0], view=False), sim.read_items(files[1])
+            old_vectors = sim.SpooledVectors(
+                files[2], items.num_rows, manifest.dimension, np.float16
+            )
+            index, items = sim.updated_segment(index, items, old_vectors, day, day_items, vectors,
+                                               new_vectors, THREADS)  # fmt: skip
+        finally:
+            for path in files:
+                store.release(path)
     days = dict(target.days) if target else {}
     days.pop(day.isoformat(), None)
     if rows:
@@ -97,11 +104,11 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
         index_path, items_path = work / f"{name}.usearch", work / f"{name}.parquet"
         index.save(str(index_path))
         sim.write_items(items, items_path)
-        store.put_file(sim.segment_key(tenant, name, ".usearch"), index_path)
-        store.put_file(sim.segment_key(tenant, name, ".parquet"), items_path)
-        index_path.unlink()
-        items_path.unlink()
+        for path, suffix in zip((index_path, items_path, new_vectors), suffixes, strict=True):
+            store.put_file(sim.segment_key(tenant, name, suffix), path)
         segments.append(sim.Segment(name, days))
+    for path in (work / "vectors.f16", *work.glob("segment-*")):
+        path.unlink(missing_ok=True)
     manifest.segments = sorted(segments, key=lambda s: min(s.days))
     sums_key = sim.category_means_key(tenant, day)
     if spool:
@@ -120,7 +127,7 @@ def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) 
     paths = {}
     for segment in manifest.segments:
         pair = tuple(store.local_path(sim.segment_key(manifest.tenant, segment.name, s))
-                     for s in (".usearch", ".parquet"))  # fmt: skip
+                     for s in (".usearch", ".parquet", ".f16"))  # fmt: skip
         opened.extend(pair)
         paths[segment.name] = pair
     return sim.TenantIndex(manifest, paths)

@@ -1,7 +1,8 @@
 """Sold items by how their pictures look: a usearch HNSW index (cosine) per tenant, in segments.
 
-A tenant's index is a list of segments, each a usearch file and a Parquet file of its items, named
-once and never changed, and a manifest saying which segments there are and which days each holds.
+A tenant's index is a list of segments, each a usearch file (the graph, vectors quantised to 8 bits),
+a float16 file of the vectors (to rank the graph's candidates exactly) and a Parquet file of the
+items, in key order, named once and never changed, and a manifest saying which segments there are and which days each holds.
 A day is added to the tenant's newest segment while that stays under SEGMENT_VECTORS, otherwise it
 starts a new one; a day materialised again replaces its own vectors in the segment that holds it.
 So a day's update loads at most one segment, whatever the index's size, and a query searches
@@ -30,11 +31,14 @@ import pyarrow.parquet as pq
 PREFIX = "similarity_index"
 SEGMENT_VECTORS = 200_000
 ROW_BITS = 24  # rows of one tenant on one day: up to 16.7 million
-# Chosen by measurement (README, "Similarity index"): bfloat16 halves the file against float32 at
-# the same recall; connectivity 16 and 64 candidates while adding keep a 100,000-vector day's
-# build near 20 s on two cores; 128 while searching gives recall@10 0.97 on clustered vectors.
-INDEX_OPTIONS = {"metric": "cos", "dtype": "bf16", "connectivity": 16, "expansion_add": 64}
+# Chosen by measurement (README, "Comparables and embedding quality"): the graph holds each vector
+# in 8 bits (1 KiB, read by the CPU's int8 instructions; each vector scaled to its largest value
+# first, which cosine ignores), connectivity 16 and 64 candidates while adding keep a
+# 100,000-vector day's build near 15 s on two cores; a search takes the graph's CANDIDATES best of
+# EXPANSION_SEARCH and ranks them by the float16 vectors, which the 8 bits alone would misorder.
+INDEX_OPTIONS = {"metric": "cos", "dtype": "i8", "connectivity": 16, "expansion_add": 64}
 EXPANSION_SEARCH = 128
+CANDIDATES = 40
 ADD_ROWS = 4_000
 
 ITEM_SCHEMA = pa.schema(
@@ -117,6 +121,13 @@ class Manifest:
         return cls(body["tenant"], int(body["dimension"]), segments)
 
 
+def quantisable(vectors: np.ndarray) -> np.ndarray:
+    """Each vector scaled so its largest value is 1: the 8-bit graph then uses all its levels."""
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    largest = np.abs(vectors).max(axis=1, keepdims=True)
+    return vectors / np.where(largest == 0, 1, largest)
+
+
 def new_index(dimension: int):
     from usearch.index import Index
 
@@ -172,19 +183,19 @@ class SpooledVectors:
     """A spooled day's vectors, read from the file a piece at a time with plain reads: a memory map
     would keep every page it has read in the process's resident memory."""
 
-    def __init__(self, path: Path, rows: int, dimension: int):
-        self.path, self.rows, self.dimension = path, rows, dimension
+    def __init__(self, path: Path, rows: int, dimension: int, dtype=np.float32):
+        self.path, self.rows, self.dimension, self.dtype = path, rows, dimension, np.dtype(dtype)
 
     def __len__(self) -> int:
         return self.rows
 
     def read(self, start: int, rows: int) -> np.ndarray:
         rows = max(0, min(rows, self.rows - start))
-        row_bytes = self.dimension * 4
+        row_bytes = self.dimension * self.dtype.itemsize
         with self.path.open("rb") as handle:
             handle.seek(start * row_bytes)
             data = handle.read(rows * row_bytes)
-        return np.frombuffer(data, np.float32).reshape(rows, self.dimension)
+        return np.frombuffer(data, self.dtype).reshape(rows, self.dimension).astype(np.float32)
 
     def take(self, rows: Iterable[int]) -> np.ndarray:
         return np.stack([self.read(int(row), 1)[0] for row in rows]).reshape(-1, self.dimension)
@@ -200,19 +211,34 @@ def batches(vectors, rows: int = ADD_ROWS) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def updated_segment(
-    index, items: pa.Table, day: date, day_items: pa.Table, day_vectors: np.ndarray, threads: int
-) -> tuple[object, pa.Table]:
-    """The segment's index and items with the day's vectors in place of those it held for it."""
+    index, items: pa.Table, old_vectors: SpooledVectors | None, day: date, day_items: pa.Table,
+    day_vectors, new_vectors: Path, threads: int,
+) -> tuple[object, pa.Table]:  # fmt: skip
+    """The segment's index and items with the day's vectors in place of those it held for it; its
+    float16 unit vectors written to `new_vectors` in the items' (key) order. A day's keys are one
+    run of rows, so the rows before and after it are copied a piece at a time."""
     low, high = day_keys(day)
     keys = items.column("key").to_numpy()
-    of_day = (keys >= low) & (keys < high)
-    if of_day.any():
-        index.remove(keys[of_day])
-        items = items.filter(pa.array(~of_day))
+    first, last = (int(n) for n in np.searchsorted(keys, [low, high]))
+    if last > first:
+        index.remove(keys[first:last])
+    with new_vectors.open("wb") as out:
+        for start, end in ((0, first), (None, None), (last, len(keys))):
+            if start is None:
+                for _, chunk in batches(day_vectors):
+                    out.write(unit(chunk).astype(np.float16).tobytes())
+                continue
+            for offset in range(start, end, ADD_ROWS):
+                out.write(
+                    old_vectors.read(offset, min(ADD_ROWS, end - offset))
+                    .astype(np.float16)
+                    .tobytes()
+                )
     item_keys = day_items.column("key").to_numpy()
     for start, chunk in batches(day_vectors):
-        index.add(item_keys[start : start + len(chunk)], chunk, threads=threads)
-    return index, pa.concat_tables([items, day_items.cast(ITEM_SCHEMA)])
+        index.add(item_keys[start : start + len(chunk)], quantisable(chunk), threads=threads)
+    day_items = day_items.cast(ITEM_SCHEMA)
+    return index, pa.concat_tables([items.slice(0, first), day_items, items.slice(last)])
 
 
 def target_segment(manifest: Manifest, day: date, rows: int) -> Segment | None:
@@ -310,38 +336,53 @@ def write_items(table: pa.Table, path: Path) -> None:
     write_parquet(table.cast(ITEM_SCHEMA), path)
 
 
-def _search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """A segment's k nearest keys and distances for each query, padded with key 0 and infinity."""
-    if not len(index):
+@dataclass
+class OpenSegment:
+    index: object  # usearch, memory-mapped
+    keys: np.ndarray  # every key, ascending: a key's row in `vectors`
+    vectors: np.ndarray  # float16 unit vectors, memory-mapped: only the rows a query ranks are read
+
+
+def _search(segment: OpenSegment, queries: np.ndarray, k: int):
+    """A segment's k nearest keys and cosine distances for each query: the graph's CANDIDATES, ranked
+    by their float16 vectors; padded with key 0 and infinity."""
+    if not len(segment.keys):
         return None
-    wanted = min(k, len(index))
-    matches = index.search(queries, wanted)
-    keys = np.zeros((len(queries), wanted), np.uint64)
-    distances = np.full((len(queries), wanted), np.inf)
+    wanted = min(max(k, CANDIDATES), len(segment.keys))
+    matches = segment.index.search(quantisable(queries), wanted)
+    found = np.zeros((len(queries), wanted), np.uint64)
     if len(queries) == 1:  # usearch answers one query with its found matches only
-        found = len(matches.keys)
-        keys[0, :found], distances[0, :found] = matches.keys, matches.distances
+        found[0, : len(matches.keys)] = matches.keys
+        counts = np.array([len(matches.keys)])
     else:
-        keys[:], distances[:] = matches.keys, matches.distances
-        counts = np.asarray(matches.counts).reshape(len(queries), 1)
-        distances[np.arange(wanted)[None, :] >= counts] = np.inf
-    return keys, distances
+        found[:] = matches.keys
+        counts = np.asarray(matches.counts)
+    rows = np.clip(np.searchsorted(segment.keys, found), 0, len(segment.keys) - 1)
+    candidates = segment.vectors[rows.reshape(-1)].astype(np.float32).reshape(*rows.shape, -1)
+    distances = 1.0 - np.einsum("qcd,qd->qc", candidates, unit(queries)).astype(np.float64)
+    distances[np.arange(wanted)[None, :] >= counts[:, None]] = np.inf
+    order = np.argsort(distances, axis=1, kind="stable")[:, : min(k, wanted)]
+    return np.take_along_axis(found, order, axis=1), np.take_along_axis(distances, order, axis=1)
 
 
 class TenantIndex:
     """A tenant's segments opened to search: each memory-mapped, its items read when asked."""
 
-    def __init__(self, manifest: Manifest, paths: dict[str, tuple[Path, Path]]):
+    def __init__(self, manifest: Manifest, paths: dict[str, tuple[Path, Path, Path]]):
         self.manifest = manifest
-        self._paths = paths  # segment name -> (index file, items file)
-        self._indexes = {name: open_index(index_path, view=True)
-                         for name, (index_path, _) in paths.items()}  # fmt: skip
+        self._paths = paths  # segment name -> (index file, items file, vectors file)
+        self._segments = {}
+        for name, (index_path, items_path, vectors_path) in paths.items():
+            keys = pq.read_table(items_path, columns=["key"]).column("key").to_numpy()
+            vectors = (np.memmap(vectors_path, np.float16, "r", shape=(len(keys), manifest.dimension))
+                       if len(keys) else np.zeros((0, manifest.dimension), np.float16))  # fmt: skip
+            self._segments[name] = OpenSegment(open_index(index_path, view=True), keys, vectors)
         self._items: dict[str, pa.Table] = {}
         # usearch lets go of the interpreter lock while it searches: the segments are searched at once.
         self._pool = ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1)))
 
     def __len__(self) -> int:
-        return sum(len(index) for index in self._indexes.values())
+        return sum(len(segment.keys) for segment in self._segments.values())
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -351,24 +392,26 @@ class TenantIndex:
         best first; a row has fewer than k when the index holds fewer (padded with key 0)."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         found = [
-            f for f in self._pool.map(lambda i: _search(i, queries, k), self._indexes.values()) if f
+            f
+            for f in self._pool.map(lambda s: _search(s, queries, k), self._segments.values())
+            if f
         ]
-        found_keys = [keys for keys, _ in found]
-        found_distances = [distances for _, distances in found]
-        if not found_keys:
+        if not found:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.uint64), empty
-        keys = np.concatenate(found_keys, axis=1)
-        distances = np.concatenate(found_distances, axis=1)
+        keys = np.concatenate([keys for keys, _ in found], axis=1)
+        distances = np.concatenate([distances for _, distances in found], axis=1)
         order = np.argsort(distances, axis=1, kind="stable")[:, :k]
         keys = np.take_along_axis(keys, order, axis=1)
         distances = np.take_along_axis(distances, order, axis=1)
         return np.where(np.isinf(distances), 0, keys).astype(np.uint64), 1.0 - distances
 
     def vector(self, key: int) -> np.ndarray | None:
-        for index in self._indexes.values():
-            if key in index:
-                return np.asarray(index.get(int(key), dtype=np.float32)).reshape(-1)
+        """A key's vector (a unit vector, float16 precision), or None."""
+        for segment in self._segments.values():
+            row = int(np.searchsorted(segment.keys, key))
+            if row < len(segment.keys) and segment.keys[row] == key:
+                return segment.vectors[row].astype(np.float32)
         return None
 
     def segment_items(self, name: str) -> pa.Table:
