@@ -38,7 +38,7 @@ class Run:
     pss_mib_every_5_s: list[int]
 
 
-def materialise_demo_day(home: str, sales: int, **settings: str) -> Run:
+def materialise_demo_day(home: str, sales: int, day: str = "2025-01-15", **settings: str) -> Run:
     """`smartgo-analytics demo` for one day of `sales` in `home` with these extra settings,
     sampling the pipeline's memory."""
     environment = {
@@ -48,7 +48,7 @@ def materialise_demo_day(home: str, sales: int, **settings: str) -> Run:
     # leave 64 half-empty arenas behind; two arenas hold the same work (deploy/Dockerfile sets it too).
     environment.update(SMARTGO_HOME=home, IMAGE_DOWNLOAD_CONCURRENCY="64", MALLOC_ARENA_MAX="2")
     environment.update(settings)
-    command = [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "1", "--end-date", "2025-01-15",
+    command = [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "1", "--end-date", day,
                "--sales-per-day", str(sales)]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -94,13 +94,17 @@ def day_of_100k_sales(sales: int = SALES) -> dict:
     home = tempfile.mkdtemp(prefix="smartgo-bench-memory-")
     first = materialise_demo_day(home, sales)
     again = materialise_demo_day(home, sales, SEASON_HEMISPHERE="southern")
-    peak = max(first.peak_pss, again.peak_pss)
+    # The next day joins the first's segment of the similarity index: the update loads it.
+    following = materialise_demo_day(home, sales, "2025-01-16")
+    peak = max(first.peak_pss, again.peak_pss, following.peak_pss)
     return {
         "name": "memory, one day of 100,000 sales end to end",
         "figure": f"peak {first.peak_pss / 1024**2:.0f} MiB for {first.rows} rows ({first.seconds:.0f} s), "
-                  f"{again.peak_pss / 1024**2:.0f} MiB written again reusing every vector ({again.seconds:.0f} s); "
-                  f"{max(first.peak_rss, again.peak_rss) / 1024**2:.0f} MiB counting shared pages in every process",
+                  f"{again.peak_pss / 1024**2:.0f} MiB written again reusing every vector ({again.seconds:.0f} s), "
+                  f"{following.peak_pss / 1024**2:.0f} MiB the next day; "
+                  f"{max(first.peak_rss, again.peak_rss, following.peak_rss) / 1024**2:.0f} MiB counting shared pages in every process",
         "target": "<= 1024 MiB",
         "met": peak <= LIMIT,
-        "values": {"sales": sales, "first": asdict(first), "again": asdict(again)},
+        "values": {"sales": sales, "first": asdict(first), "again": asdict(again),
+                   "following": asdict(following)},
     }  # fmt: skip

@@ -505,3 +505,70 @@ def test_demo_prices_follow_brand_condition_and_the_model_only_the_picture_shows
     new, fair = (demo_price("Toys", "LEGO", c, 1, 1.0) for c in ("New", "Fair"))
     cheap, dear = (demo_price("Toys", "LEGO", "Good", v, 1.0) for v in (0, 2))
     assert new / fair == 2 and float(dear / cheap) == pytest.approx(1.5 / 0.7, rel=0.01)
+
+
+def segment_of(days: dict, tmp_path, index=None, items=None, old=None):
+    """A segment built a day at a time: {day: vectors}, each vector's product id its day and row."""
+    from smartgo_analytics.core import similarity as sim
+
+    index = index if index is not None else sim.new_index(8)
+    items = items if items is not None else sim.ITEM_SCHEMA.empty_table()
+    for day, vectors in days.items():
+        start, _ = sim.day_keys(day)
+        day_items = pa.table({
+            "key": pa.array(np.arange(start, start + len(vectors), dtype=np.uint64)),
+            **{name: [f"{day}-{row}" if name == "product_id" else None for row in range(len(vectors))]
+               for name in sim.ITEM_COLUMNS},
+        }).cast(sim.ITEM_SCHEMA)  # fmt: skip
+        path = tmp_path / f"vectors-{day}-{len(items)}.f16"
+        index, items = sim.updated_segment(index, items, old, day, day_items, vectors, path, 1)
+        old = sim.SpooledVectors(path, items.num_rows, 8, np.float16)
+    return index, items, old
+
+
+def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced_day(tmp_path):
+    from smartgo_analytics.core import similarity as sim
+
+    rng = np.random.default_rng(3)
+    first, middle, last = date(2025, 5, 1), date(2025, 5, 2), date(2025, 5, 3)
+    vectors = {first: rng.standard_normal((3, 8)), last: rng.standard_normal((4, 8))}
+    (tmp_path / "a").mkdir()
+    index, items, old = segment_of(vectors, tmp_path / "a")
+    # A backfilled day lands between the two; then the last day again, with two vectors.
+    vectors[middle] = rng.standard_normal((2, 8))
+    index, items, old = segment_of({middle: vectors[middle]}, tmp_path / "a", index, items, old)
+    vectors[last] = rng.standard_normal((2, 8))
+    index, items, old = segment_of({last: vectors[last]}, tmp_path / "a", index, items, old)
+
+    ids = items.column("product_id").to_pylist()
+    assert ids == [f"{d}-{r}" for d in (first, middle, last) for r in range(len(vectors[d]))]
+    assert len(index) == 3 + 2 + 2 and items.column("key").to_numpy().tolist() == sorted(
+        items.column("key").to_numpy().tolist()
+    )
+    expected = np.concatenate([sim.unit(vectors[d]) for d in (first, middle, last)])
+    assert np.allclose(old.read(0, len(ids)), expected, atol=2e-3)  # float16 rows in key order
+
+    index_path = tmp_path / "segment.usearch"
+    index.save(str(index_path))
+    sim.write_items(items, tmp_path / "segment.parquet")
+    manifest = sim.Manifest("t", 8, [sim.Segment("s", {first.isoformat(): 3})])
+    opened = sim.TenantIndex(manifest, {"s": (index_path, tmp_path / "segment.parquet", old.path)})
+    keys, similarities = opened.search(vectors[middle][1], 3)
+    assert opened.items(keys[0]).column("product_id")[0].as_py() == f"{middle}-1"
+    assert similarities[0][0] == pytest.approx(1.0, abs=1e-3) and list(similarities[0]) == sorted(
+        similarities[0], reverse=True
+    )
+    assert np.allclose(opened.vector(int(keys[0][0])), sim.unit(vectors[middle][1:2])[0], atol=2e-3)
+    opened.close()
+
+
+def test_weighted_quantiles_follow_the_weights():
+    from smartgo_analytics.core.similarity import weighted_quantiles
+
+    assert weighted_quantiles(np.array([10.0, 20, 30]), np.ones(3), [0.5]) == [20.0]
+    # Nearly all the weight on 30: the median moves to it.
+    assert weighted_quantiles(np.array([10.0, 20, 30]), np.array([0.01, 0.01, 10]), [0.5]) == [
+        pytest.approx(30.0, abs=0.1)
+    ]
+    low, high = weighted_quantiles(np.array([1.0, 2, 3, 4]), np.ones(4), [0.25, 0.75])
+    assert 1 <= low < high <= 4

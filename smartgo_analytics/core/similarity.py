@@ -33,11 +33,12 @@ SEGMENT_VECTORS = 200_000
 ROW_BITS = 24  # rows of one tenant on one day: up to 16.7 million
 # Chosen by measurement (README, "Comparables and embedding quality"): the graph holds each vector
 # in 8 bits (1 KiB, read by the CPU's int8 instructions; each vector scaled to its largest value
-# first, which cosine ignores), connectivity 16 and 64 candidates while adding keep a
-# 100,000-vector day's build near 15 s on two cores; a search takes the graph's CANDIDATES best of
-# EXPANSION_SEARCH and ranks them by the float16 vectors, which the 8 bits alone would misorder.
-INDEX_OPTIONS = {"metric": "cos", "dtype": "i8", "connectivity": 16, "expansion_add": 64}
-EXPANSION_SEARCH = 128
+# first, which cosine ignores); 32 links a node and 64 candidates while adding keep a
+# 100,000-vector day's build under 30 s on two cores, and let a search look at only 64 candidates
+# (16 links needed 128 for the same recall); the best CANDIDATES of them are ranked by the float16
+# vectors, which the 8 bits alone would misorder.
+INDEX_OPTIONS = {"metric": "cos", "dtype": "i8", "connectivity": 32, "expansion_add": 64}
+EXPANSION_SEARCH = 64
 CANDIDATES = 40
 ADD_ROWS = 4_000
 
@@ -343,13 +344,14 @@ class OpenSegment:
     vectors: np.ndarray  # float16 unit vectors, memory-mapped: only the rows a query ranks are read
 
 
-def _search(segment: OpenSegment, queries: np.ndarray, k: int):
-    """A segment's k nearest keys and cosine distances for each query: the graph's CANDIDATES, ranked
-    by their float16 vectors; padded with key 0 and infinity."""
+def _search(segment: OpenSegment, queries: np.ndarray, units: np.ndarray, k: int):
+    """A segment's k nearest keys and cosine distances for each query (`queries` made quantisable,
+    `units` the same as unit vectors): the graph's CANDIDATES, ranked by their float16 vectors;
+    padded with key 0 and infinity."""
     if not len(segment.keys):
         return None
     wanted = min(max(k, CANDIDATES), len(segment.keys))
-    matches = segment.index.search(quantisable(queries), wanted)
+    matches = segment.index.search(queries, wanted)
     found = np.zeros((len(queries), wanted), np.uint64)
     if len(queries) == 1:  # usearch answers one query with its found matches only
         found[0, : len(matches.keys)] = matches.keys
@@ -359,7 +361,7 @@ def _search(segment: OpenSegment, queries: np.ndarray, k: int):
         counts = np.asarray(matches.counts)
     rows = np.clip(np.searchsorted(segment.keys, found), 0, len(segment.keys) - 1)
     candidates = segment.vectors[rows.reshape(-1)].astype(np.float32).reshape(*rows.shape, -1)
-    distances = 1.0 - np.einsum("qcd,qd->qc", candidates, unit(queries)).astype(np.float64)
+    distances = 1.0 - np.einsum("qcd,qd->qc", candidates, units).astype(np.float64)
     distances[np.arange(wanted)[None, :] >= counts[:, None]] = np.inf
     order = np.argsort(distances, axis=1, kind="stable")[:, : min(k, wanted)]
     return np.take_along_axis(found, order, axis=1), np.take_along_axis(distances, order, axis=1)
@@ -374,8 +376,10 @@ class TenantIndex:
         self._segments = {}
         for name, (index_path, items_path, vectors_path) in paths.items():
             keys = pq.read_table(items_path, columns=["key"]).column("key").to_numpy()
-            vectors = (np.memmap(vectors_path, np.float16, "r", shape=(len(keys), manifest.dimension))
-                       if len(keys) else np.zeros((0, manifest.dimension), np.float16))  # fmt: skip
+            # A plain array over the map: numpy's memmap class costs time on every row lookup.
+            shape = (len(keys), manifest.dimension)
+            vectors = (np.asarray(np.memmap(vectors_path, np.float16, "r", shape=shape))
+                       if len(keys) else np.zeros(shape, np.float16))  # fmt: skip
             self._segments[name] = OpenSegment(open_index(index_path, view=True), keys, vectors)
         self._items: dict[str, pa.Table] = {}
         # usearch lets go of the interpreter lock while it searches: the segments are searched at once.
@@ -391,11 +395,9 @@ class TenantIndex:
         """The k nearest keys of each query over every segment and their cosine similarities,
         best first; a row has fewer than k when the index holds fewer (padded with key 0)."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        found = [
-            f
-            for f in self._pool.map(lambda s: _search(s, queries, k), self._segments.values())
-            if f
-        ]
+        scaled, units = quantisable(queries), unit(queries)
+        searches = self._pool.map(lambda s: _search(s, scaled, units, k), self._segments.values())
+        found = [f for f in searches if f]
         if not found:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.uint64), empty
