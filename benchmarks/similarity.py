@@ -2,7 +2,6 @@
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,16 @@ def spool_of(vectors: ClusteredVectors, n: int, day: date, directory: Path) -> s
     return spool
 
 
+def own_peak_rss() -> int:
+    """This process's peak resident memory since it started its program: `VmHWM` belongs to the
+    program's own address space (getrusage's maximum also keeps the parent's, from before the exec)."""
+    status = Path("/proc/self/status").read_text()
+    return (
+        int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+        * 1024
+    )
+
+
 def add_day(lake: Path, n: int) -> dict:
     """One day's update of the tenant's index, as the asset does it; its time and peak memory."""
     store = LocalObjectStore(lake_dir=str(lake), bucket=LOCAL_BUCKET)
@@ -94,7 +103,7 @@ def add_day(lake: Path, n: int) -> dict:
         for key in update_tenant(store, manifest, day, spool, Path(work)):
             store.delete(key)
         seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = own_peak_rss()
     return {"seconds": round(seconds, 1), "peak_rss": peak, "index_vectors": manifest.count,
             "segments": len(manifest.segments)}  # fmt: skip
 
