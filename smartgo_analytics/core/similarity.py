@@ -406,7 +406,8 @@ class TenantIndex:
         order = np.argsort(distances, axis=1, kind="stable")[:, :k]
         keys = np.take_along_axis(keys, order, axis=1)
         distances = np.take_along_axis(distances, order, axis=1)
-        return np.where(np.isinf(distances), 0, keys).astype(np.uint64), 1.0 - distances
+        similarities = np.clip(1.0 - distances, -1.0, 1.0)  # float16 rounding can pass 1
+        return np.where(np.isinf(distances), 0, keys).astype(np.uint64), similarities
 
     def vector(self, key: int) -> np.ndarray | None:
         """A key's vector (a unit vector, float16 precision), or None."""
