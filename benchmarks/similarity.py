@@ -150,8 +150,7 @@ def similarity_index_at_1m() -> dict:
     manifest.segments = [
         s for s in manifest.segments if max(s.days) < (FIRST_DAY + timedelta(days=DAYS)).isoformat()
     ]
-    paths = {s.name: tuple(lake / LOCAL_BUCKET / sim.segment_key(TENANT, s.name, suffix)
-                           for suffix in (".usearch", ".parquet", ".f16"))
+    paths = {s.name: tuple(lake / LOCAL_BUCKET / key for key in sim.segment_keys(TENANT, s.name))
              for s in manifest.segments}  # fmt: skip
     index = sim.TenantIndex(manifest, paths)
     vectors = ClusteredVectors()

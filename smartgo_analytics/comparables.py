@@ -91,9 +91,7 @@ class IndexFiles:
             return None
 
     def tenants(self) -> list[str]:
-        suffix = "/manifest.json"
-        keys = self.store.list_keys(f"{sim.PREFIX}/")
-        return [k[len(sim.PREFIX) + 1 : -len(suffix)] for k in keys if k.endswith(suffix)]
+        return sim.tenants_of(self.store.list_keys(f"{sim.PREFIX}/"))
 
     def path(self, key: str) -> Path:
         if self.cache_dir is None:
@@ -112,8 +110,7 @@ class IndexFiles:
         return cached
 
     def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
-        paths = {s.name: tuple(self.path(sim.segment_key(manifest.tenant, s.name, suffix))
-                               for suffix in (".usearch", ".parquet", ".f16"))
+        paths = {s.name: tuple(self.path(key) for key in sim.segment_keys(manifest.tenant, s.name))
                  for s in manifest.segments}  # fmt: skip
         self._opened.append(sim.TenantIndex(manifest, paths))
         return self._opened[-1]

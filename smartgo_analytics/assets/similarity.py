@@ -37,24 +37,21 @@ def spool_day(
         vectors = batch.column("embedding_vector")
         has = pc.invert(pc.is_null(vectors))
         counted["rows"] += batch.num_rows
-        counted["without_vector"] += batch.num_rows - pc.sum(has).as_py() if batch.num_rows else 0
+        counted["without_vector"] += vectors.null_count
         right_length = pc.and_(has, pc.equal(pc.list_value_length(vectors), dimension))
         counted["vectors_of_another_length"] += pc.sum(pc.xor(has, right_length)).as_py() or 0
         batch = batch.filter(right_length)
         for tenant in pc.unique(batch.column("tenant_id")).to_pylist():
             rows = batch.filter(pc.equal(batch.column("tenant_id"), tenant))
             flat = rows.column("embedding_vector").flatten().to_numpy(zero_copy_only=False)
-            spool = spools.get(tenant) or spools.setdefault(
-                tenant, sim.DaySpool(directory, tenant, dimension)
-            )
-            spool.add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
+            if tenant not in spools:
+                spools[tenant] = sim.DaySpool(directory, tenant, dimension)
+            spools[tenant].add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
     return spools
 
 
 def indexed_tenants(store: ObjectStore) -> list[str]:
-    suffix = "/manifest.json"
-    keys = store.list_keys(f"{sim.PREFIX}/")
-    return [key[len(sim.PREFIX) + 1 : -len(suffix)] for key in keys if key.endswith(suffix)]
+    return sim.tenants_of(store.list_keys(f"{sim.PREFIX}/"))
 
 
 def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> sim.Manifest:
@@ -73,8 +70,7 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
     if target is None and not rows:
         return []
     tenant = manifest.tenant
-    suffixes = (".usearch", ".parquet", ".f16")
-    old = [sim.segment_key(tenant, target.name, suffix) for suffix in suffixes] if target else []
+    old = list(sim.segment_keys(tenant, target.name)) if target else []
     new_vectors = work / "vectors.f16"
     day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
@@ -104,8 +100,9 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
         index_path, items_path = work / f"{name}.usearch", work / f"{name}.parquet"
         index.save(str(index_path))
         sim.write_items(items, items_path)
-        for path, suffix in zip((index_path, items_path, new_vectors), suffixes, strict=True):
-            store.put_file(sim.segment_key(tenant, name, suffix), path)
+        for path, key in zip((index_path, items_path, new_vectors), sim.segment_keys(tenant, name),
+                             strict=True):  # fmt: skip
+            store.put_file(key, path)
         segments.append(sim.Segment(name, days))
     for path in (work / "vectors.f16", *work.glob("segment-*")):
         path.unlink(missing_ok=True)
@@ -126,8 +123,9 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
 def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) -> sim.TenantIndex:
     paths = {}
     for segment in manifest.segments:
-        pair = tuple(store.local_path(sim.segment_key(manifest.tenant, segment.name, s))
-                     for s in (".usearch", ".parquet", ".f16"))  # fmt: skip
+        pair = tuple(
+            store.local_path(key) for key in sim.segment_keys(manifest.tenant, segment.name)
+        )
         opened.extend(pair)
         paths[segment.name] = pair
     return sim.TenantIndex(manifest, paths)

@@ -78,6 +78,19 @@ def segment_key(tenant: str, name: str, suffix: str) -> str:
     return f"{PREFIX}/{tenant}/{name}{suffix}"
 
 
+SEGMENT_FILES = (".usearch", ".parquet", ".f16")  # the graph, the items, the float16 vectors
+
+
+def segment_keys(tenant: str, name: str) -> tuple[str, str, str]:
+    return tuple(segment_key(tenant, name, suffix) for suffix in SEGMENT_FILES)
+
+
+def tenants_of(keys: Iterable[str]) -> list[str]:
+    """The tenants whose manifests are among these object keys."""
+    start, end = len(PREFIX) + 1, -len("/manifest.json")
+    return [key[start:end] for key in keys if key.endswith("/manifest.json")]
+
+
 def category_means_key(tenant: str, day: date) -> str:
     """The day's per-category vector sums and counts, for drift against the trailing days."""
     return f"{PREFIX}/{tenant}/category_sums/{day.isoformat()}.parquet"
