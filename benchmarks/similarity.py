@@ -140,9 +140,8 @@ def similarity_index_at_1m() -> dict:
     lake = home / "lake"
     days = [in_child("add-day", str(lake), str(n)) for n in range(DAYS)]
     total = DAYS * PER_DAY
-    # The update of one more day when the index already holds a million: its memory, against the
-    # first day's on an empty index.
-    extra = in_child("add-day", str(lake), str(DAYS))
+    # Two more days when the index already holds a million: one starts a segment, the other joins it.
+    extra = [in_child("add-day", str(lake), str(n)) for n in (DAYS, DAYS + 1)]
     files = [f for f in (lake / LOCAL_BUCKET / sim.PREFIX / TENANT).glob("segment-*")]
     size = sum(f.stat().st_size for f in files)
     store = LocalObjectStore(lake_dir=str(lake), bucket=LOCAL_BUCKET)
@@ -188,9 +187,12 @@ def similarity_index_at_1m() -> dict:
         runs.append(time.perf_counter() - started)
     command_s = statistics.median(runs)
     build = [d["seconds"] for d in days]
-    first_peak, extra_peak = days[0]["peak_rss"], extra["peak_rss"]
+    # The most any day's update took (a day joining a full segment costs more than one starting
+    # a segment), and the update of one more day when the index already holds a million.
+    worst_peak = max(d["peak_rss"] for d in [*days, *extra])
+    extra_peak = max(d["peak_rss"] for d in extra)
     met = (recall >= 0.95 and p95 <= 5 and command_s <= 2 and max(build) <= 60
-           and extra_peak <= MEMORY_LIMIT)  # fmt: skip
+           and worst_peak <= MEMORY_LIMIT)  # fmt: skip
     cold_p95 = float(np.percentile(cold, 95)) * 1000
     return {
         "name": "similarity index, 1,000,000 clustered 1024-d vectors",
@@ -198,13 +200,14 @@ def similarity_index_at_1m() -> dict:
                   f"`comparables` {command_s:.2f} s; "
                   f"a 100,000-vector day built in {max(build):.0f} s at most ({sum(build):.0f} s in all), "
                   f"{size / (total / 100_000) / 1024**2:.0f} MiB per 100,000; a day's update "
-                  f"{extra_peak / 1024**2:.0f} MiB at 1M (first day {first_peak / 1024**2:.0f} MiB)",
+                  f"{worst_peak / 1024**2:.0f} MiB at most ({extra_peak / 1024**2:.0f} MiB at 1M)",
         "target": "recall >= 0.95, p95 <= 5 ms, command <= 2 s, build <= 60 s a day, update <= 1 GiB",
         "met": met,
         "values": {"recall_at_10": recall, "query_p95_ms": p95, "query_p50_ms": float(np.percentile(latencies, 50)) * 1000, "first_queries_p95_ms": cold_p95,
                    "command_seconds": runs, "day_build_seconds": build, "index_bytes": size,
                    "segments": days[-1]["segments"], "day_update_peak_rss": [d["peak_rss"] for d in days],
-                   "update_at_1m_peak_rss": extra_peak, "update_at_1m_seconds": extra["seconds"]},
+                   "update_at_1m_peak_rss": [d["peak_rss"] for d in extra],
+                   "update_at_1m_seconds": [d["seconds"] for d in extra]},
     }  # fmt: skip
 
 

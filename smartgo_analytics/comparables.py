@@ -110,6 +110,10 @@ class IndexFiles:
         return cached
 
     def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
+        try:
+            manifest.require_current()
+        except sim.StaleIndexError as error:
+            raise ComparablesError(str(error)) from None
         paths = {s.name: tuple(self.path(key) for key in sim.segment_keys(manifest.tenant, s.name))
                  for s in manifest.segments}  # fmt: skip
         self._opened.append(sim.TenantIndex(manifest, paths))

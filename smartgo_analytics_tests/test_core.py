@@ -507,11 +507,11 @@ def test_demo_prices_follow_brand_condition_and_the_model_only_the_picture_shows
     assert new / fair == 2 and float(dear / cheap) == pytest.approx(1.5 / 0.7, rel=0.01)
 
 
-def segment_of(days: dict, tmp_path, index=None, items=None, old=None):
-    """A segment built a day at a time: {day: vectors}, each vector's product id its day and row."""
+def segment_of(days: dict, tmp_path, segment=None, index=None, items=None, old=None):
+    """A segment built a day at a time: {day: vectors}, each vector's product id its day and row.
+    Its graph is built from the first day's vectors, the others added to it."""
     from smartgo_analytics.core import similarity as sim
 
-    index = index if index is not None else sim.new_index(8)
     items = items if items is not None else sim.ITEM_SCHEMA.empty_table()
     for day, vectors in days.items():
         start, _ = sim.day_keys(day)
@@ -521,9 +521,16 @@ def segment_of(days: dict, tmp_path, index=None, items=None, old=None):
                for name in sim.ITEM_COLUMNS},
         }).cast(sim.ITEM_SCHEMA)  # fmt: skip
         path = tmp_path / f"vectors-{day}-{len(items)}.f16"
-        index, items = sim.updated_segment(index, items, old, day, day_items, vectors, path, 1)
+        items, replaced = sim.segment_vectors(items, old, day, day_items, vectors, path)
         old = sim.SpooledVectors(path, items.num_rows, 8, np.float16)
-    return index, items, old
+        if index is None:
+            index, centre = sim.built_graph(items.column("key").to_numpy(), old, 1)
+            segment = sim.Segment("s", {}, centre, items.num_rows)
+        else:
+            keys = day_items.column("key").to_numpy()
+            index = sim.graph_with_day(index, segment, replaced, keys, vectors, 1)
+        segment.days[day.isoformat()] = len(vectors)
+    return segment, index, items, old
 
 
 def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced_day(tmp_path):
@@ -533,12 +540,12 @@ def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced
     first, middle, last = date(2025, 5, 1), date(2025, 5, 2), date(2025, 5, 3)
     vectors = {first: rng.standard_normal((3, 8)), last: rng.standard_normal((4, 8))}
     (tmp_path / "a").mkdir()
-    index, items, old = segment_of(vectors, tmp_path / "a")
+    built = segment_of(vectors, tmp_path / "a")
     # A backfilled day lands between the two; then the last day again, with two vectors.
     vectors[middle] = rng.standard_normal((2, 8))
-    index, items, old = segment_of({middle: vectors[middle]}, tmp_path / "a", index, items, old)
+    built = segment_of({middle: vectors[middle]}, tmp_path / "a", *built)
     vectors[last] = rng.standard_normal((2, 8))
-    index, items, old = segment_of({last: vectors[last]}, tmp_path / "a", index, items, old)
+    segment, index, items, old = segment_of({last: vectors[last]}, tmp_path / "a", *built)
 
     ids = items.column("product_id").to_pylist()
     assert ids == [f"{d}-{r}" for d in (first, middle, last) for r in range(len(vectors[d]))]
@@ -551,7 +558,10 @@ def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced
     index_path = tmp_path / "segment.usearch"
     index.save(str(index_path))
     sim.write_items(items, tmp_path / "segment.parquet")
-    manifest = sim.Manifest("t", 8, [sim.Segment("s", {first.isoformat(): 3})])
+    assert segment.days == {first.isoformat(): 3, last.isoformat(): 2, middle.isoformat(): 2}
+    # The manifest keeps the segment's centre: the graph is searched against the same one.
+    manifest = sim.Manifest.from_json(sim.Manifest("t", 8, [segment]).to_json())
+    assert np.allclose(manifest.segments[0].centre, segment.centre, atol=1e-6)
     opened = sim.TenantIndex(manifest, {"s": (index_path, tmp_path / "segment.parquet", old.path)})
     keys, similarities = opened.search(vectors[middle][1], 3)
     assert opened.items(keys[0]).column("product_id")[0].as_py() == f"{middle}-1"

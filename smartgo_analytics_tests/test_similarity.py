@@ -162,6 +162,28 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     assert error(image=b"not a picture", tenant=tenant).startswith("not a usable image")
     assert error(product_id=asked, image=picture) == "give exactly one of a product id or an image"
 
+    # An index written with other options (an earlier layout: 8-bit graphs, no centres) is refused,
+    # then built again by the next run, whichever days it materialises: the same rows, new files.
+    store = res["object_store"]
+    before = {t: load_manifest(store, t, 1024) for t in (tenant, other)}
+    for name, manifest in before.items():
+        body = json.loads(manifest.to_json())
+        body["index"] = {"metric": "cos", "dtype": "i8", "connectivity": 32, "expansion_add": 64}
+        for segment in body["segments"]:
+            del segment["centre"], segment["centred_on"]
+        store.put_bytes(sim.manifest_key(name), json.dumps(body).encode())
+    assert error(product_id=asked).endswith("materialise similarity_index for any day to build it again")
+    assert materialize(ASSETS, resources=res, partition_key=days[1], run_config=RUN_CONFIG).success
+    for name, manifest in before.items():  # `other` sold nothing that day: rebuilt all the same
+        after = load_manifest(store, name, 1024)
+        assert not after.stale() and after.days() == manifest.days()
+        assert {s.name for s in after.segments}.isdisjoint(s.name for s in manifest.segments)
+        listed = set(store.list_keys(f"{sim.PREFIX}/{name}/"))
+        assert listed.isdisjoint(k for s in manifest.segments for k in sim.segment_keys(name, s.name))
+    assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
+    again = comparables(product_id=asked, k=6, resources=res)
+    assert [i.product_id for i in again.items] == [i.product_id for i in found.items]
+
 
 @pytest.mark.parametrize("broken", ["random", "constant"])
 def test_a_day_embedded_by_a_broken_model_fails_the_quality_check(

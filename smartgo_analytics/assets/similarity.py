@@ -64,47 +64,53 @@ def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> sim.Manife
 def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
                   work: Path) -> list[str]:  # fmt: skip
     """Put the day's vectors (none when `spool` is None) into the tenant's index; the keys of the
-    files it no longer uses, to delete once the new manifest is written."""
+    files it no longer uses, to delete once the new manifest is written. Segments whose graph was
+    built with other options are built again first, one at a time."""
     rows = spool.rows if spool else 0
     target = sim.target_segment(manifest, day, rows)
-    if target is None and not rows:
-        return []
     tenant = manifest.tenant
-    old = list(sim.segment_keys(tenant, target.name)) if target else []
+    retired = [key for segment in manifest.stale() if segment is not target
+               for key in _rebuild(store, manifest, segment, work)]  # fmt: skip
+    if target is None and not rows:
+        if retired:
+            store.put_bytes(sim.manifest_key(tenant), manifest.to_json(), "application/json")
+        return retired
     new_vectors = work / "vectors.f16"
     day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
-    if target is None or set(target.days) == {day.isoformat()}:  # nothing of another day to keep
-        index = sim.new_index(manifest.dimension)
-        index, items = sim.updated_segment(index, sim.ITEM_SCHEMA.empty_table(), None, day,
-                                           day_items, vectors, new_vectors, THREADS)  # fmt: skip
-    else:
-        files = [store.local_path(key) for key in old]
-        try:
-            index, items = sim.open_index(files[0], view=False), sim.read_items(files[1])
-            old_vectors = sim.SpooledVectors(
-                files[2], items.num_rows, manifest.dimension, np.float16
-            )
-            index, items = sim.updated_segment(index, items, old_vectors, day, day_items, vectors,
-                                               new_vectors, THREADS)  # fmt: skip
-        finally:
-            for path in files:
-                store.release(path)
+    # A segment holding only this day is built anew without reading it.
+    keep = target is not None and set(target.days) != {day.isoformat()}
+    old = list(sim.segment_keys(tenant, target.name)) if target else []
+    files = [store.local_path(key) for key in old] if keep else []
+    try:
+        items, old_vectors = sim.ITEM_SCHEMA.empty_table(), None
+        if keep:
+            items = sim.read_items(files[1])
+            old_vectors = sim.SpooledVectors(files[2], items.num_rows, manifest.dimension, np.float16)
+        items, replaced = sim.segment_vectors(items, old_vectors, day, day_items, vectors, new_vectors)
+        keys = items.column("key").to_numpy()
+        if keep and target.centre is not None and target.centred_on >= sim.CENTRE_FROM:
+            index = sim.graph_with_day(sim.open_index(files[0], view=False), target, replaced,
+                                       day_items.column("key").to_numpy(), vectors, THREADS)  # fmt: skip
+            centre, centred_on = target.centre, target.centred_on
+        else:
+            written = sim.SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
+            index, centre = sim.built_graph(keys, written, THREADS)
+            centred_on = len(keys)
+    finally:
+        for path in files:
+            store.release(path)
     days = dict(target.days) if target else {}
     days.pop(day.isoformat(), None)
     if rows:
         days[day.isoformat()] = rows
     segments = [s for s in manifest.segments if s is not target]
     if days:
-        name = sim.new_segment_name(day)
-        index_path, items_path = work / f"{name}.usearch", work / f"{name}.parquet"
-        index.save(str(index_path))
+        items_path = work / "items.parquet"
         sim.write_items(items, items_path)
-        for path, key in zip((index_path, items_path, new_vectors), sim.segment_keys(tenant, name),
-                             strict=True):  # fmt: skip
-            store.put_file(key, path)
-        segments.append(sim.Segment(name, days))
-    for path in (work / "vectors.f16", *work.glob("segment-*")):
+        name = _put_segment(store, tenant, day, index, items_path, new_vectors, work)
+        segments.append(sim.Segment(name, days, centre, centred_on))
+    for path in (new_vectors, work / "items.parquet"):
         path.unlink(missing_ok=True)
     manifest.segments = sorted(segments, key=lambda s: min(s.days))
     sums_key = sim.category_means_key(tenant, day)
@@ -117,6 +123,38 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
     else:
         store.delete(sums_key)
     store.put_bytes(sim.manifest_key(tenant), manifest.to_json(), "application/json")
+    return retired + old
+
+
+def _put_segment(store: ObjectStore, tenant: str, day: date, index, items_path: Path,
+                 vectors_path: Path, work: Path) -> str:  # fmt: skip
+    """A segment's files stored under a new name (named by its first day); the name."""
+    name = sim.new_segment_name(day)
+    index_path = work / f"{name}.usearch"
+    index.save(str(index_path))
+    try:
+        for path, key in zip((index_path, items_path, vectors_path), sim.segment_keys(tenant, name),
+                             strict=True):  # fmt: skip
+            store.put_file(key, path)
+    finally:
+        index_path.unlink(missing_ok=True)
+    return name
+
+
+def _rebuild(store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path):
+    """The segment's graph built again from its float16 vectors, under a new name; the old keys."""
+    old = list(sim.segment_keys(manifest.tenant, segment.name))
+    files = [store.local_path(key) for key in old]
+    try:
+        keys = sim.read_items(files[1], ["key"]).column("key").to_numpy()
+        vectors = sim.SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
+        index, centre = sim.built_graph(keys, vectors, THREADS)
+        first = date.fromisoformat(min(segment.days))
+        name = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work)
+    finally:
+        for path in files:
+            store.release(path)
+    segment.name, segment.centre, segment.centred_on = name, centre, len(keys)
     return old
 
 

@@ -1,12 +1,14 @@
-"""Sold items by how their pictures look: a usearch HNSW index (cosine) per tenant, in segments.
+"""Sold items by how their pictures look: a usearch HNSW index per tenant, in segments.
 
-A tenant's index is a list of segments, each a usearch file (the graph, vectors quantised to 8 bits),
-a float16 file of the vectors (to rank the graph's candidates exactly) and a Parquet file of the
-items, in key order, named once and never changed, and a manifest saying which segments there are and which days each holds.
-A day is added to the tenant's newest segment while that stays under SEGMENT_VECTORS, otherwise it
-starts a new one; a day materialised again replaces its own vectors in the segment that holds it.
-So a day's update loads at most one segment, whatever the index's size, and a query searches
-every segment memory-mapped (`view=True`): nothing is read whole.
+A tenant's index is a list of segments and a manifest saying which days each holds. A segment is a
+usearch file (the graph: a bit a dimension for each vector, against the segment's centre), a
+float16 file of the unit vectors (to rank the graph's candidates by cosine) and a Parquet file of
+the items, both in key order; its files are named once and never changed. A day is added to the
+tenant's newest segment while that stays under SEGMENT_VECTORS, otherwise it starts a new one; a
+day materialised again replaces its own vectors in the segment that holds it. So a day's update
+loads at most one segment, whatever the index's size, and a query searches every segment
+memory-mapped (`view=True`): nothing is read whole. A graph can always be built again from its
+segment's float16 vectors: a segment is, while its centre comes from few vectors.
 
 A vector's key is its day and its row in that day (`vector_key`), so a day's keys are known
 without reading anything.
@@ -32,14 +34,16 @@ PREFIX = "similarity_index"
 SEGMENT_VECTORS = 200_000
 ROW_BITS = 24  # rows of one tenant on one day: up to 16.7 million
 # Chosen by measurement (README, "Comparables and embedding quality"): the graph holds each vector
-# in 8 bits (1 KiB, read by the CPU's int8 instructions; each vector scaled to its largest value
-# first, which cosine ignores); 32 links a node and 64 candidates while adding keep a
-# 100,000-vector day's build under 30 s on two cores, and let a search look at only 64 candidates
-# (16 links needed 128 for the same recall); the best CANDIDATES of them are ranked by the float16
-# vectors, which the 8 bits alone would misorder.
-INDEX_OPTIONS = {"metric": "cos", "dtype": "i8", "connectivity": 32, "expansion_add": 64}
+# as one bit a dimension, whether the unit vector lies above its segment's centre there (the mean of
+# the vectors the graph was built from), compared by Hamming distance. A walk so reads 128 bytes a
+# vector where 8-bit vectors cost 1 KiB, and a graph builds in half their time. 32 links a node and
+# 128 candidates while adding make a graph a search needs only 64 candidates in, of which the best
+# CANDIDATES are ranked by the float16 vectors, which the bits alone misorder.
+INDEX_OPTIONS = {"metric": "hamming", "dtype": "b1", "connectivity": 32, "expansion_add": 128}
 EXPANSION_SEARCH = 64
-CANDIDATES = 40
+CANDIDATES = 20
+# A segment whose centre comes from fewer vectors than this is built again when a day joins it.
+CENTRE_FROM = 10_000
 ADD_ROWS = 4_000
 
 ITEM_SCHEMA = pa.schema(
@@ -96,10 +100,18 @@ def category_means_key(tenant: str, day: date) -> str:
     return f"{PREFIX}/{tenant}/category_sums/{day.isoformat()}.parquet"
 
 
+class StaleIndexError(ValueError):
+    """An index whose graphs were built with other INDEX_OPTIONS: its next update builds them again."""
+
+
 @dataclass
 class Segment:
     name: str
     days: dict[str, int] = field(default_factory=dict)  # ISO day -> vectors
+    # The mean of the unit vectors its graph was built from, and how many there were. None for a
+    # graph of other INDEX_OPTIONS, which must be built again before it is searched.
+    centre: np.ndarray | None = None
+    centred_on: int = 0
 
     @property
     def count(self) -> int:
@@ -122,8 +134,22 @@ class Manifest:
     def holding(self, day: date) -> Segment | None:
         return next((s for s in self.segments if day.isoformat() in s.days), None)
 
+    def stale(self) -> list[Segment]:
+        return [s for s in self.segments if s.centre is None]
+
+    def require_current(self) -> None:
+        if self.stale():
+            raise StaleIndexError(
+                f"tenant {self.tenant!r}'s index was built with other options: materialise "
+                "similarity_index for any day to build it again"
+            )
+
     def to_json(self) -> bytes:
-        segments = [{"name": s.name, "days": dict(sorted(s.days.items()))} for s in self.segments]
+        segments = [
+            {"name": s.name, "days": dict(sorted(s.days.items())), "centred_on": s.centred_on,
+             "centre": None if s.centre is None else [round(float(x), 6) for x in s.centre]}
+            for s in self.segments
+        ]  # fmt: skip
         body = {"tenant": self.tenant, "dimension": self.dimension, "index": INDEX_OPTIONS,
                 "segments": segments}  # fmt: skip
         return json.dumps(body, indent=1).encode()
@@ -131,15 +157,19 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         body = json.loads(data)
-        segments = [Segment(s["name"], dict(s["days"])) for s in body["segments"]]
+        current = body.get("index") == INDEX_OPTIONS
+        segments = [
+            Segment(s["name"], dict(s["days"]),
+                    np.asarray(s["centre"], np.float32) if current and s.get("centre") else None,
+                    int(s.get("centred_on", 0)))
+            for s in body["segments"]
+        ]  # fmt: skip
         return cls(body["tenant"], int(body["dimension"]), segments)
 
 
-def quantisable(vectors: np.ndarray) -> np.ndarray:
-    """Each vector scaled so its largest value is 1: the 8-bit graph then uses all its levels."""
-    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-    largest = np.abs(vectors).max(axis=1, keepdims=True)
-    return vectors / np.where(largest == 0, 1, largest)
+def signs(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The graph's form of vectors: a bit a dimension, set where the unit vector exceeds the centre."""
+    return np.packbits(unit(np.atleast_2d(np.asarray(vectors, np.float32))) > centre, axis=1)
 
 
 def new_index(dimension: int):
@@ -155,7 +185,9 @@ def open_index(path: Path, view: bool):
     index = Index.restore(str(path), view=view)
     if index is None:
         raise ValueError(f"{path} is not a usearch index")
+    # usearch's file keeps neither: a restored index would add with its default, twice as slow.
     index.expansion_search = EXPANSION_SEARCH
+    index.expansion_add = INDEX_OPTIONS["expansion_add"]
     return index
 
 
@@ -224,18 +256,16 @@ def batches(vectors, rows: int = ADD_ROWS) -> Iterator[tuple[int, np.ndarray]]:
             yield start, np.asarray(vectors[start : start + rows], dtype=np.float32)
 
 
-def updated_segment(
-    index, items: pa.Table, old_vectors: SpooledVectors | None, day: date, day_items: pa.Table,
-    day_vectors, new_vectors: Path, threads: int,
-) -> tuple[object, pa.Table]:  # fmt: skip
-    """The segment's index and items with the day's vectors in place of those it held for it; its
-    float16 unit vectors written to `new_vectors` in the items' (key) order. A day's keys are one
-    run of rows, so the rows before and after it are copied a piece at a time."""
+def segment_vectors(
+    items: pa.Table, old_vectors: SpooledVectors | None, day: date, day_items: pa.Table,
+    day_vectors, new_vectors: Path,
+) -> tuple[pa.Table, np.ndarray]:  # fmt: skip
+    """The segment's items with the day's in place of those it held for it, and its float16 unit
+    vectors written so to `new_vectors`; with the keys the day had. A day's keys are one run of
+    rows, so the rows before and after it are copied a piece at a time."""
     low, high = day_keys(day)
     keys = items.column("key").to_numpy()
     first, last = (int(n) for n in np.searchsorted(keys, [low, high]))
-    if last > first:
-        index.remove(keys[first:last])
     with new_vectors.open("wb") as out:
         for start, end in ((0, first), (None, None), (last, len(keys))):
             if start is None:
@@ -248,11 +278,31 @@ def updated_segment(
                     .astype(np.float16)
                     .tobytes()
                 )
-    item_keys = day_items.column("key").to_numpy()
+    items = pa.concat_tables([items.slice(0, first), day_items.cast(ITEM_SCHEMA), items.slice(last)])
+    return items, keys[first:last]
+
+
+def built_graph(keys: np.ndarray, vectors: SpooledVectors, threads: int):
+    """A segment's graph built anew from its vectors (in key order), centred on their mean."""
+    total = np.zeros(vectors.dimension, np.float64)
+    for _, chunk in batches(vectors):
+        total += unit(chunk).sum(axis=0)
+    centre = (total / max(1, len(vectors))).astype(np.float32)
+    index = new_index(vectors.dimension)
+    for start, chunk in batches(vectors):
+        index.add(keys[start : start + len(chunk)], signs(chunk, centre), threads=threads)
+    return index, centre
+
+
+def graph_with_day(index, segment: Segment, replaced: np.ndarray, day_keys_: np.ndarray,
+                   day_vectors, threads: int):  # fmt: skip
+    """The segment's loaded graph with the day's vectors in place of the keys it had for it."""
+    if len(replaced):
+        index.remove(replaced)
     for start, chunk in batches(day_vectors):
-        index.add(item_keys[start : start + len(chunk)], quantisable(chunk), threads=threads)
-    day_items = day_items.cast(ITEM_SCHEMA)
-    return index, pa.concat_tables([items.slice(0, first), day_items, items.slice(last)])
+        index.add(day_keys_[start : start + len(chunk)], signs(chunk, segment.centre),
+                  threads=threads)  # fmt: skip
+    return index
 
 
 def target_segment(manifest: Manifest, day: date, rows: int) -> Segment | None:
@@ -353,69 +403,87 @@ def write_items(table: pa.Table, path: Path) -> None:
 @dataclass
 class OpenSegment:
     index: object  # usearch, memory-mapped
+    centre: np.ndarray  # what the graph's bits are taken against
     keys: np.ndarray  # every key, ascending: a key's row in `vectors`
     vectors: np.ndarray  # float16 unit vectors, memory-mapped: only the rows a query ranks are read
 
 
-def _search(segment: OpenSegment, queries: np.ndarray, units: np.ndarray, k: int):
-    """A segment's k nearest keys and cosine distances for each query (`queries` made quantisable,
-    `units` the same as unit vectors): the graph's CANDIDATES, ranked by their float16 vectors;
-    padded with key 0 and infinity."""
+def _walk(segment: OpenSegment, units: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The graph's CANDIDATES (at least k) for each query (`units`, unit vectors): their keys, and
+    which of them were found (usearch may find fewer)."""
     if not len(segment.keys):
         return None
     wanted = min(max(k, CANDIDATES), len(segment.keys))
-    matches = segment.index.search(queries, wanted)
-    found = np.zeros((len(queries), wanted), np.uint64)
-    if len(queries) == 1:  # usearch answers one query with its found matches only
+    matches = segment.index.search(signs(units, segment.centre), wanted, threads=1)
+    found = np.zeros((len(units), wanted), np.uint64)
+    if len(units) == 1:  # usearch answers one query with its found matches only
         found[0, : len(matches.keys)] = matches.keys
         counts = np.array([len(matches.keys)])
     else:
         found[:] = matches.keys
         counts = np.asarray(matches.counts)
+    return found, np.arange(wanted)[None, :] < counts[:, None]
+
+
+def _walk_all(segments: list[OpenSegment], units: np.ndarray, k: int) -> list:
+    """(segment, keys, found) of each segment's walk that found anything."""
+    walks = [(segment, _walk(segment, units, k)) for segment in segments]
+    return [(segment, *walk) for segment, walk in walks if walk]
+
+
+def _distances(segment: OpenSegment, found: np.ndarray, valid: np.ndarray, units: np.ndarray):
+    """Cosine distances of the found keys to their queries, by the float16 vectors; infinity where
+    nothing was found."""
     rows = np.clip(np.searchsorted(segment.keys, found), 0, len(segment.keys) - 1)
     candidates = segment.vectors[rows.reshape(-1)].astype(np.float32).reshape(*rows.shape, -1)
     distances = 1.0 - np.einsum("qcd,qd->qc", candidates, units).astype(np.float64)
-    distances[np.arange(wanted)[None, :] >= counts[:, None]] = np.inf
-    order = np.argsort(distances, axis=1, kind="stable")[:, : min(k, wanted)]
-    return np.take_along_axis(found, order, axis=1), np.take_along_axis(distances, order, axis=1)
+    distances[~valid] = np.inf
+    return distances
 
 
 class TenantIndex:
     """A tenant's segments opened to search: each memory-mapped, its items read when asked."""
 
     def __init__(self, manifest: Manifest, paths: dict[str, tuple[Path, Path, Path]]):
+        manifest.require_current()
         self.manifest = manifest
         self._paths = paths  # segment name -> (index file, items file, vectors file)
         self._segments = {}
+        centres = {segment.name: segment.centre for segment in manifest.segments}
         for name, (index_path, items_path, vectors_path) in paths.items():
             keys = pq.read_table(items_path, columns=["key"]).column("key").to_numpy()
             # A plain array over the map: numpy's memmap class costs time on every row lookup.
             shape = (len(keys), manifest.dimension)
             vectors = (np.asarray(np.memmap(vectors_path, np.float16, "r", shape=shape))
                        if len(keys) else np.zeros(shape, np.float16))  # fmt: skip
-            self._segments[name] = OpenSegment(open_index(index_path, view=True), keys, vectors)
+            index = open_index(index_path, view=True)
+            self._segments[name] = OpenSegment(index, centres[name], keys, vectors)
         self._items: dict[str, pa.Table] = {}
         # usearch lets go of the interpreter lock while it searches: the segments are searched at once.
-        self._pool = ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1)))
+        self._workers = max(1, min(len(paths), os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(self._workers - 1) if self._workers > 1 else None
 
     def __len__(self) -> int:
         return sum(len(segment.keys) for segment in self._segments.values())
 
     def close(self) -> None:
-        self._pool.shutdown()
+        if self._pool:
+            self._pool.shutdown()
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest keys of each query over every segment and their cosine similarities,
         best first; a row has fewer than k when the index holds fewer (padded with key 0)."""
-        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        scaled, units = quantisable(queries), unit(queries)
-        searches = self._pool.map(lambda s: _search(s, scaled, units, k), self._segments.values())
-        found = [f for f in searches if f]
+        units = unit(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+        # The graphs are walked at once, this thread walking its share; their candidates are ranked
+        # together after.
+        shares = [list(self._segments.values())[n :: self._workers] for n in range(self._workers)]
+        pending = [self._pool.submit(_walk_all, share, units, k) for share in shares[1:]]
+        found = _walk_all(shares[0], units, k) + [w for f in pending for w in f.result()]
         if not found:
-            empty = np.zeros((len(queries), 0))
+            empty = np.zeros((len(units), 0))
             return empty.astype(np.uint64), empty
-        keys = np.concatenate([keys for keys, _ in found], axis=1)
-        distances = np.concatenate([distances for _, distances in found], axis=1)
+        keys = np.concatenate([keys for _, keys, _ in found], axis=1)
+        distances = np.concatenate([_distances(s, f, v, units) for s, f, v in found], axis=1)
         order = np.argsort(distances, axis=1, kind="stable")[:, :k]
         keys = np.take_along_axis(keys, order, axis=1)
         distances = np.take_along_axis(distances, order, axis=1)
