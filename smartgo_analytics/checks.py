@@ -77,7 +77,7 @@ embeddings_look_right = AssetCheckSpec(
 )
 
 
-def index_result(differences: list[str], indexed: int) -> AssetCheckResult:
+def index_result(differences: list[str], indexed: int, months_read: int) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=index_matches_table.name,
         asset_key=index_matches_table.asset_key,
@@ -86,6 +86,9 @@ def index_result(differences: list[str], indexed: int) -> AssetCheckResult:
         description=f"{len(differences)} tenant-day(s) differ from the table" if differences
         else f"all {indexed} vectors match the table",
         metadata={"index_vectors": indexed, "tenant_days_differing": len(differences),
+                  # Tenant-months whose vectors were read: those their files' statistics did not
+                  # settle (-1: the whole table, which the statistics cannot describe).
+                  "tenant_months_read": months_read,
                   "differences": MetadataValue.md("\n".join(f"- {d}" for d in differences[:10]) or "none")},
     )  # fmt: skip
 

@@ -13,7 +13,11 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales,
     smartgo_sales_iceberg,
 )
-from smartgo_analytics.assets.similarity import index_differences, load_manifest
+from smartgo_analytics.assets.similarity import (
+    index_differences,
+    load_manifest,
+    table_vector_values,
+)
 from smartgo_analytics.assets.similarity import similarity_index as similarity_assets
 from smartgo_analytics.comparables import ComparablesError, comparables
 from smartgo_analytics.core import similarity as sim
@@ -99,12 +103,17 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     assert manifest.days() == {days[0]: 5, days[1]: 11, days[2]: 9}
     assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
 
-    # The check fails when the index and the table part: a day counted twice.
+    # The data files' statistics count the vectors: a month that agrees with them is not read.
+    values, unknown = table_vector_values(res["iceberg"].existing_sales_table())
+    assert values[(tenant, "2025-08")] == 1024 * (5 + 11 + 9) and not unknown
+    assert index_check.metadata["tenant_months_read"].value == 0
+    # The check fails when the index and the table part: a day counted twice, found by reading
+    # that tenant's month alone.
     manifest.segments[0].days[days[0]] += 5
     res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
-    assert index_differences(res["object_store"], res["iceberg"], 1024) == [
-        f"{tenant} {days[0]}: index 10, table 5"
-    ]
+    assert index_differences(res["object_store"], res["iceberg"], 1024) == (
+        [f"{tenant} {days[0]}: index 10, table 5"], 1
+    )
     manifest.segments[0].days[days[0]] -= 5
     res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
 

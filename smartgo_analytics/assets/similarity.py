@@ -169,30 +169,82 @@ def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) 
     return sim.TenantIndex(manifest, paths)
 
 
-def table_vector_counts(iceberg: IcebergCatalog) -> Counter:
-    """(tenant, ISO day) -> the table's rows with a vector of any length, read a batch at a time."""
+def table_vector_counts(iceberg: IcebergCatalog, months: set[tuple[str, str]] | None) -> Counter:
+    """(tenant, ISO day) -> the table's rows with a vector of any length, read a batch at a time:
+    of these (tenant, "YYYY-MM") months only, or of the whole table (None)."""
     counts: Counter = Counter()
-    table = iceberg.existing_sales_table()
-    if table is None:
-        return counts
-    first, last = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
     columns = ("tenant_id", "sold_date", "embedding_vector")
-    for batch in iceberg.scan_day_files(first, last, columns):
-        batch = batch.filter(pc.invert(pc.is_null(batch.column("embedding_vector"))))
-        days = pc.strftime(batch.column("sold_date"), "%Y-%m-%d").to_pylist()
-        counts.update(zip(batch.column("tenant_id").to_pylist(), days, strict=True))
+    if months is None:
+        everything = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC), None
+        scans = [everything]
+    else:
+        scans = [(first, _next_month(first), tenant) for tenant, month in sorted(months)
+                 for first in [datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)]]  # fmt: skip
+    for start, end, tenant in scans:
+        for batch in iceberg.scan_day_files(start, end, columns, tenant=tenant):
+            batch = batch.filter(pc.invert(pc.is_null(batch.column("embedding_vector"))))
+            days = pc.strftime(batch.column("sold_date"), "%Y-%m-%d").to_pylist()
+            counts.update(zip(batch.column("tenant_id").to_pylist(), days, strict=True))
     return counts
 
 
-def index_differences(store: ObjectStore, iceberg: IcebergCatalog, dimension: int) -> list[str]:
-    table = table_vector_counts(iceberg)
+def _next_month(first: datetime) -> datetime:
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def table_vector_values(table) -> tuple[Counter, set[tuple[str, str]]] | None:
+    """(tenant, "YYYY-MM") -> the vector values the table's data files hold, from the statistics
+    their manifests keep (no data is read), and the months whose files cannot say (no counts, or
+    delete files); None when the table is not partitioned by tenant, year and month."""
+    if [f.name for f in table.spec().fields] != ["tenant_id", "year", "month"]:
+        return None
+    element = table.schema().find_field("embedding_vector.element").field_id
+    values: Counter = Counter()
+    unknown: set[tuple[str, str]] = set()
+
+    def month(partition) -> tuple[str, str]:
+        return partition["tenant_id"], f"{partition['year']:04d}-{partition['month']:02d}"
+
+    files = table.inspect.data_files().select(["partition", "value_counts", "null_value_counts"])
+    for row in files.to_pylist():
+        counts, nulls = dict(row["value_counts"] or []), dict(row["null_value_counts"] or [])
+        if element in counts and element in nulls:
+            # A vector's values, a null (or empty) vector one null entry.
+            values[month(row["partition"])] += counts[element] - nulls[element]
+        else:
+            unknown.add(month(row["partition"]))
+    for row in table.inspect.delete_files().select(["partition"]).to_pylist():
+        unknown.add(month(row["partition"]))
+    return values, unknown
+
+
+def index_differences(
+    store: ObjectStore, iceberg: IcebergCatalog, dimension: int
+) -> tuple[list[str], int]:
+    """Each tenant-day whose count in the index differs from the table's rows with a vector, and
+    how many tenant-months had to be read for it. A month whose files' statistics hold exactly its
+    index count of vectors is not read; the others are, to name their days."""
     index: Counter = Counter()
     for tenant in indexed_tenants(store):
         for day, count in load_manifest(store, tenant, dimension).days().items():
             index[(tenant, day)] = count
-    return [f"{tenant} {day}: index {index[(tenant, day)]}, table {table[(tenant, day)]}"
-            for tenant, day in sorted(set(table) | set(index))
-            if index[(tenant, day)] != table[(tenant, day)]]  # fmt: skip
+    sales = iceberg.existing_sales_table()
+    statistics = table_vector_values(sales) if sales is not None else (Counter(), set())
+    if statistics is None:
+        months = None
+    else:
+        values, unknown = statistics
+        by_month: Counter = Counter()
+        for (tenant, day), count in index.items():
+            by_month[(tenant, day[:7])] += count
+        months = {m for m in set(values) | set(by_month) | unknown
+                  if m in unknown or values[m] != by_month[m] * dimension}  # fmt: skip
+    table = table_vector_counts(iceberg, months) if sales is not None else Counter()
+    compared = [(tenant, day) for tenant, day in sorted(set(table) | set(index))
+                if months is None or (tenant, day[:7]) in months]  # fmt: skip
+    differences = [f"{tenant} {day}: index {index[(tenant, day)]}, table {table[(tenant, day)]}"
+                   for tenant, day in compared if index[(tenant, day)] != table[(tenant, day)]]  # fmt: skip
+    return differences, len(months) if months is not None else -1
 
 
 INDEX = "similarity_index"
@@ -258,7 +310,9 @@ def similarity_index(
                 finally:
                     for path in opened:
                         object_store.release(path)
-        differences = index_differences(object_store, iceberg, config.embedding_dimension)
+        differences, months_read = index_differences(
+            object_store, iceberg, config.embedding_dimension
+        )
     context.log.info(
         f"{context.partition_key}: {sum(s.rows for s in spools.values())} vectors of "
         f"{len(spools)} tenant(s) indexed; the index holds {indexed} in all"
@@ -274,7 +328,7 @@ def similarity_index(
             "location": object_store.uri(f"{sim.PREFIX}/"),
         },
     )
-    yield checks.index_result(differences, indexed)
+    yield checks.index_result(differences, indexed, months_read)
     thresholds = config.embedding_quality
     yield MaterializeResult(asset_key=QUALITY, metadata=quality.metadata())
     yield checks.quality_result(quality.problems(thresholds), quality.metadata(), thresholds)

@@ -185,7 +185,7 @@ def open_index(path: Path, view: bool):
     index = Index.restore(str(path), view=view)
     if index is None:
         raise ValueError(f"{path} is not a usearch index")
-    # usearch's file keeps neither: a restored index would add with its default, twice as slow.
+    # usearch's file keeps neither: a restored index would take its defaults.
     index.expansion_search = EXPANSION_SEARCH
     index.expansion_add = INDEX_OPTIONS["expansion_add"]
     return index

@@ -179,17 +179,21 @@ class IcebergCatalog(ConfigurableResource):
         return table.scan(row_filter=day_filter(start, end), selected_fields=columns).to_arrow()
 
     def scan_day_files(
-        self, start: datetime, end: datetime, columns: tuple[str, ...], batch_rows: int = 4_000
-    ) -> Iterator[pa.RecordBatch]:
+        self, start: datetime, end: datetime, columns: tuple[str, ...], batch_rows: int = 4_000,
+        tenant: str | None = None,
+    ) -> Iterator[pa.RecordBatch]:  # fmt: skip
         """The day's rows, `batch_rows` at a time, read straight from its data files: pyiceberg's
         own batch reader holds a whole file in memory, several files at once, and a day's vectors
         are hundreds of megabytes. Rows removed by delete files are not left out (this project's
         writes make none: a day is replaced by rewriting its files), so this is for what such a row
-        cannot spoil, like an image's vector."""
+        cannot spoil, like an image's vector. Only one tenant's files, when `tenant` is given."""
         table = self.existing_sales_table()
         if table is None:
             return
-        scan = table.scan(row_filter=day_filter(start, end), selected_fields=columns)
+        row_filter = day_filter(start, end)
+        if tenant is not None:
+            row_filter = And(row_filter, EqualTo("tenant_id", tenant))
+        scan = table.scan(row_filter=row_filter, selected_fields=columns)
         window = (
             pa.scalar(start, pa.timestamp("us", "UTC")),
             pa.scalar(end, pa.timestamp("us", "UTC")),
