@@ -8,6 +8,9 @@ with its warehouse on `s3://`.
 """
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
@@ -118,7 +121,7 @@ def glue_table(environment):
 
 
 def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_nothing(
-    prod_environment, bedrock_calls
+    prod_environment, bedrock_calls, cdn, tmp_path
 ):
     from smartgo_analytics.definitions import assets
 
@@ -159,6 +162,36 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         assert metadata["spice_data_set_id"].value == DATASET_IDS[spec.name]
         assert metadata["spice_ingestion_status"].value == "INITIALIZED"
         assert metadata["spice_ingestion_id"].value.startswith(f"smartgo-{spec.name}-{DAY}-")
+
+    # The comparables command on the prod deployment: the index's segments fetched from S3 into
+    # the home's cache; a picture's URL fetched and embedded by Bedrock.
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "smartgo_analytics.cli", "comparables", *args],
+            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")}, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+
+    asked = command("--product-id", "PROD-3", "--k", "3", "--format", "json")
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    items = answer["comparables"]
+    assert answer["tenant"] == "northwind" and len(items) == 3
+    assert items[0]["product_id"] == "PROD-9" and items[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert "PROD-3" not in [i["product_id"] for i in items]
+    assert {i["product_id"] for i in items} <= {f"PROD-{n}" for n in range(1, 12, 2)}
+    assert list((tmp_path / "home" / "cache" / "similarity_index").iterdir())
+    calls = bedrock_calls.calls
+    by_picture = command("--image", f"{cdn}/prod/4.png", "--tenant", "carousel-labs", "--k", "2",
+                         "--format", "json")  # fmt: skip
+    assert by_picture.returncode == 0, by_picture.stderr
+    assert bedrock_calls.calls == calls + 1
+    first = json.loads(by_picture.stdout)["comparables"][0]
+    assert first["product_id"] in {"PROD-4", "PROD-10"} and first["similarity"] > 0.999
+    unknown = command("--product-id", "PROD-nothing")
+    assert unknown.returncode == 2 and unknown.stderr.strip().endswith(
+        "unknown product 'PROD-nothing': no sold item has that id"
+    )
 
     progress = boto3.client("dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1").get_item(
         TableName="smartgo-export-progress-prod", Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}}
