@@ -177,7 +177,9 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     answer = json.loads(asked.stdout)
     items = answer["comparables"]
     assert answer["tenant"] == "northwind" and len(items) == 3
-    assert items[0]["product_id"] == "PROD-9" and items[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert items[0]["product_id"] == "PROD-9" and items[0]["similarity"] == pytest.approx(
+        1.0, abs=1e-3
+    )
     assert "PROD-3" not in [i["product_id"] for i in items]
     assert {i["product_id"] for i in items} <= {f"PROD-{n}" for n in range(1, 12, 2)}
     assert list((tmp_path / "home" / "cache" / "similarity_index").iterdir())

@@ -112,7 +112,8 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     manifest.segments[0].days[days[0]] += 5
     res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
     assert index_differences(res["object_store"], res["iceberg"], 1024) == (
-        [f"{tenant} {days[0]}: index 10, table 5"], 1
+        [f"{tenant} {days[0]}: index 10, table 5"],
+        1,
     )
     manifest.segments[0].days[days[0]] -= 5
     res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
@@ -181,14 +182,18 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
         for segment in body["segments"]:
             del segment["centre"], segment["centred_on"]
         store.put_bytes(sim.manifest_key(name), json.dumps(body).encode())
-    assert error(product_id=asked).endswith("materialise similarity_index for any day to build it again")
+    assert error(product_id=asked).endswith(
+        "materialise similarity_index for any day to build it again"
+    )
     assert materialize(ASSETS, resources=res, partition_key=days[1], run_config=RUN_CONFIG).success
     for name, manifest in before.items():  # `other` sold nothing that day: rebuilt all the same
         after = load_manifest(store, name, 1024)
         assert not after.stale() and after.days() == manifest.days()
         assert {s.name for s in after.segments}.isdisjoint(s.name for s in manifest.segments)
         listed = set(store.list_keys(f"{sim.PREFIX}/{name}/"))
-        assert listed.isdisjoint(k for s in manifest.segments for k in sim.segment_keys(name, s.name))
+        assert listed.isdisjoint(
+            k for s in manifest.segments for k in sim.segment_keys(name, s.name)
+        )
     assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
     again = comparables(product_id=asked, k=6, resources=res)
     assert [i.product_id for i in again.items] == [i.product_id for i in found.items]

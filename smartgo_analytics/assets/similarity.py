@@ -86,8 +86,12 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
         items, old_vectors = sim.ITEM_SCHEMA.empty_table(), None
         if keep:
             items = sim.read_items(files[1])
-            old_vectors = sim.SpooledVectors(files[2], items.num_rows, manifest.dimension, np.float16)
-        items, replaced = sim.segment_vectors(items, old_vectors, day, day_items, vectors, new_vectors)
+            old_vectors = sim.SpooledVectors(
+                files[2], items.num_rows, manifest.dimension, np.float16
+            )
+        items, replaced = sim.segment_vectors(
+            items, old_vectors, day, day_items, vectors, new_vectors
+        )
         keys = items.column("key").to_numpy()
         if keep and target.centre is not None and target.centred_on >= sim.CENTRE_FROM:
             index = sim.graph_with_day(sim.open_index(files[0], view=False), target, replaced,

@@ -278,7 +278,9 @@ def segment_vectors(
                     .astype(np.float16)
                     .tobytes()
                 )
-    items = pa.concat_tables([items.slice(0, first), day_items.cast(ITEM_SCHEMA), items.slice(last)])
+    items = pa.concat_tables(
+        [items.slice(0, first), day_items.cast(ITEM_SCHEMA), items.slice(last)]
+    )
     return items, keys[first:last]
 
 
