@@ -237,3 +237,62 @@ def test_a_day_embedded_by_a_broken_model_fails_the_quality_check(
         assert figures["duplicate_vector_share"] == 1.0
         assert "equal another image's" in sick.description
     json.dumps(figures)  # the UI can plot every figure
+
+
+def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypatch):
+    """Once a segment's centre comes from enough vectors, a day is added to its loaded graph and a
+    day materialised again is removed from it first: no rebuild, the centre kept."""
+    from datetime import UTC, date, datetime
+
+    import pyarrow as pa
+
+    from smartgo_analytics.assets.similarity import open_tenant, update_tenant
+    from smartgo_analytics.resources.object_store import LocalObjectStore
+
+    monkeypatch.setattr(sim, "CENTRE_FROM", 4)
+    store = LocalObjectStore(lake_dir=str(tmp_path / "lake"), bucket="b")
+    rng = np.random.default_rng(5)
+    first, second = date(2025, 9, 1), date(2025, 9, 2)
+
+    def materialise(day, count, tag):
+        spool = sim.DaySpool(tmp_path, "t", 16)
+        ids = [f"{tag}-{n}" for n in range(count)]
+        when = datetime.combine(day, datetime.min.time(), UTC)
+        items = pa.record_batch({
+            "product_id": ids, "category": [None] * count, "brand": [None] * count,
+            "condition": [None] * count, "sold_price": [1.0] * count,
+            "sold_date": pa.array([when] * count, pa.timestamp("us", "UTC")),
+            "image_sha256": [None] * count,
+        })  # fmt: skip
+        vectors = rng.standard_normal((count, 16)).astype(np.float32)
+        spool.add(items, vectors)
+        manifest = load_manifest(store, "t", 16)
+        for key in update_tenant(store, manifest, day, spool, tmp_path):
+            store.delete(key)
+        return dict(zip(ids, vectors, strict=True))
+
+    vectors = materialise(first, 6, "a")
+    built = load_manifest(store, "t", 16).segments[0]
+    assert built.centred_on == 6
+    vectors |= materialise(second, 5, "b")
+    again = materialise(first, 3, "c")  # the first day again: other sales
+    vectors = {pid: v for pid, v in vectors.items() if not pid.startswith("a")} | again
+
+    manifest = load_manifest(store, "t", 16)
+    (segment,) = manifest.segments
+    assert segment.days == {first.isoformat(): 3, second.isoformat(): 5}
+    assert segment.centred_on == 6 and np.allclose(segment.centre, built.centre)  # not rebuilt
+    opened: list = []
+    index = open_tenant(store, manifest, opened)
+    try:
+        assert len(index) == 8
+        for pid, vector in vectors.items():
+            keys, similarities = index.search(vector, 8)
+            assert index.items(keys[0][:1]).column("product_id")[0].as_py() == pid
+            assert similarities[0][0] == pytest.approx(1.0, abs=1e-3)
+            found = index.items(keys[0]).column("product_id").to_pylist()
+            assert sorted(found) == sorted(vectors)  # every row once, none of the replaced
+    finally:
+        index.close()
+        for path in opened:
+            store.release(path)
