@@ -486,7 +486,9 @@ class TenantIndex:
             return empty.astype(np.uint64), empty
         keys = np.concatenate([keys for _, keys, _ in found], axis=1)
         distances = np.concatenate([_distances(s, f, v, units) for s, f, v in found], axis=1)
-        order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        # Equal distances (one picture sold again) in a fixed order, the later key (day, row) first: the
+        # same answer whichever order a graph found them in.
+        order = np.lexsort((~keys, distances), axis=-1)[:, :k]
         keys = np.take_along_axis(keys, order, axis=1)
         distances = np.take_along_axis(distances, order, axis=1)
         similarities = np.clip(1.0 - distances, -1.0, 1.0)  # float16 rounding can pass 1
