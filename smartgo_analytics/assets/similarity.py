@@ -17,6 +17,7 @@ from smartgo_analytics.assets.pricing_intelligence import (
     ONE_DAY_PER_RUN,
     smartgo_sales_iceberg,
 )
+from smartgo_analytics.core import sales_table
 from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.core.embedding_quality import DayQuality, measure_day
 from smartgo_analytics.partitions import daily_partitions
@@ -200,7 +201,7 @@ def table_vector_values(table) -> tuple[Counter, set[tuple[str, str]]] | None:
     """(tenant, "YYYY-MM") -> the vector values the table's data files hold, from the statistics
     their manifests keep (no data is read), and the months whose files cannot say (no counts, or
     delete files); None when the table is not partitioned by tenant, year and month."""
-    if [f.name for f in table.spec().fields] != ["tenant_id", "year", "month"]:
+    if [f.name for f in table.spec().fields] != [f.name for f in sales_table.PARTITION_SPEC.fields]:
         return None
     element = table.schema().find_field("embedding_vector.element").field_id
     values: Counter = Counter()

@@ -167,9 +167,9 @@ class Manifest:
         return cls(body["tenant"], int(body["dimension"]), segments)
 
 
-def signs(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """The graph's form of vectors: a bit a dimension, set where the unit vector exceeds the centre."""
-    return np.packbits(unit(np.atleast_2d(np.asarray(vectors, np.float32))) > centre, axis=1)
+def signs(units: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The graph's form of unit vectors: a bit a dimension, set where the vector exceeds the centre."""
+    return np.packbits(np.atleast_2d(units) > centre, axis=1)
 
 
 def new_index(dimension: int):
@@ -285,10 +285,11 @@ def segment_vectors(
 
 
 def built_graph(keys: np.ndarray, vectors: SpooledVectors, threads: int):
-    """A segment's graph built anew from its vectors (in key order), centred on their mean."""
+    """A segment's graph built anew from its float16 unit vectors (in key order), centred on their
+    mean."""
     total = np.zeros(vectors.dimension, np.float64)
     for _, chunk in batches(vectors):
-        total += unit(chunk).sum(axis=0)
+        total += chunk.sum(axis=0)
     centre = (total / max(1, len(vectors))).astype(np.float32)
     index = new_index(vectors.dimension)
     for start, chunk in batches(vectors):
@@ -302,7 +303,7 @@ def graph_with_day(index, segment: Segment, replaced: np.ndarray, day_keys_: np.
     if len(replaced):
         index.remove(replaced)
     for start, chunk in batches(day_vectors):
-        index.add(day_keys_[start : start + len(chunk)], signs(chunk, segment.centre),
+        index.add(day_keys_[start : start + len(chunk)], signs(unit(chunk), segment.centre),
                   threads=threads)  # fmt: skip
     return index
 
