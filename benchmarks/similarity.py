@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from smartgo_analytics.assets.similarity import load_manifest, update_tenant
+from smartgo_analytics.assets.similarity import commit_day, load_manifest
 from smartgo_analytics.comparables import comparables
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core import similarity as sim
@@ -98,10 +98,8 @@ def add_day(lake: Path, n: int) -> dict:
     day = FIRST_DAY + timedelta(days=n)
     with tempfile.TemporaryDirectory(prefix="smartgo-bench-index-") as work:
         spool = spool_of(vectors, n, day, Path(work))
-        manifest = load_manifest(store, TENANT, DIMENSION)
         started = time.perf_counter()
-        for key in update_tenant(store, manifest, day, spool, Path(work)):
-            store.delete(key)
+        manifest = commit_day(store, TENANT, DIMENSION, day, spool, Path(work))
         seconds = time.perf_counter() - started
     peak = own_peak_rss()
     return {"seconds": round(seconds, 1), "peak_rss": peak, "index_vectors": manifest.count,
@@ -261,9 +259,7 @@ def comparables_price_error() -> dict:
                      "sold_price": float(s.sold_price), "sold_date": s.sold_date, "image_sha256": s.image_url}
                     for s in mine], schema=sim.ITEM_SCHEMA.remove(0))  # fmt: skip
                 spool.add(items.to_batches()[0], np.stack([picture(s.image_url)[1] for s in mine]))
-                manifest = load_manifest(store, tenant, DIMENSION)
-                for key in update_tenant(store, manifest, day, spool, Path(work)):
-                    store.delete(key)
+                commit_day(store, tenant, DIMENSION, day, spool, Path(work))
     last = HELD_OUT - timedelta(days=1)
     sold = pa.Table.from_pylist([{"tenant_id": s.tenant_id, "category": s.category, "brand": s.brand,
                                   "condition": s.condition, "sold_price": float(s.sold_price), "sold_date": s.sold_date}

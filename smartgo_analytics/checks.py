@@ -67,7 +67,7 @@ index_matches_table = AssetCheckSpec(
     "index_matches_table",
     asset="similarity_index",
     partitions_def=daily_partitions,
-    description="For every tenant and day, the index holds as many vectors as the table's rows with one",
+    description="For each tenant, the index holds as many vectors of the day as the table's rows with one",
 )
 embeddings_look_right = AssetCheckSpec(
     "embeddings_look_right",
@@ -77,18 +77,15 @@ embeddings_look_right = AssetCheckSpec(
 )
 
 
-def index_result(differences: list[str], indexed: int, months_read: int) -> AssetCheckResult:
+def index_result(differences: list[str], day_vectors: int, tenants: int) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=index_matches_table.name,
         asset_key=index_matches_table.asset_key,
         passed=not differences,
         severity=AssetCheckSeverity.ERROR,
-        description=f"{len(differences)} tenant-day(s) differ from the table" if differences
-        else f"all {indexed} vectors match the table",
-        metadata={"index_vectors": indexed, "tenant_days_differing": len(differences),
-                  # Tenant-months whose vectors were read: those their files' statistics did not
-                  # settle (-1: the whole table, which the statistics cannot describe).
-                  "tenant_months_read": months_read,
+        description=f"{len(differences)} tenant(s) differ from the table on the day" if differences
+        else f"the day's {day_vectors} vectors of {tenants} tenant(s) match the table",
+        metadata={"day_vectors": day_vectors, "tenants_differing": len(differences),
                   "differences": MetadataValue.md("\n".join(f"- {d}" for d in differences[:10]) or "none")},
     )  # fmt: skip
 

@@ -108,6 +108,12 @@ def _dagster_home(home: Path) -> Path:
     if not config.exists() and PROJECT_DAGSTER_YAML.exists():
         shutil.copy(PROJECT_DAGSTER_YAML, config)
     os.environ["DAGSTER_HOME"] = str(path)
+    from dagster import DagsterInstance
+
+    from smartgo_analytics.pools import set_pool_limits
+
+    with DagsterInstance.get() as instance:
+        set_pool_limits(instance)
     return path
 
 

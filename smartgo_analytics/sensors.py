@@ -2,7 +2,10 @@
 
 A failed partition gets one alert, which names any failed blocking check; a run that succeeded with
 a failed non-blocking ERROR check gets one too. The run-status sensors keep their own cursors, so
-re-evaluating them sends nothing twice.
+re-evaluating them sends nothing twice. Their functions return nothing, whatever the run: Dagster
+refuses a tick that mixes a skip with a handled run, and would then hold its cursor and send the
+tick's alerts again on every evaluation. A destination that fails is logged; the others still get
+the alert, and it is not sent again.
 """
 
 import json
@@ -22,10 +25,10 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
-from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from smartgo_analytics.core.alerts import (
     BACKFILL_TAG,
+    WILL_RETRY_TAG,
     Alert,
     due_day,
     partition_of,
@@ -50,10 +53,11 @@ def _asset_name(step_key: str) -> str:
     default_status=DefaultSensorStatus.RUNNING,
     description="One alert per failed run: the job, the failed assets, the partition and a link",
 )
-def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter):
+def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter) -> None:
     run = context.dagster_run
     if run.tags.get(WILL_RETRY_TAG) == "true":
-        return SkipReason(f"run {run.run_id} will be retried; its retry alerts if it fails too")
+        context.log.info(f"run {run.run_id} will be retried; its retry alerts if it fails too")
+        return
     failures = context.get_step_failure_events()
     assets = sorted({_asset_name(event.step_key) for event in failures if event.step_key})
     if not assets and run.asset_selection:
@@ -65,8 +69,16 @@ def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter):
         error = root_cause(failures[0].event_specific_data.error)
     else:
         error = context.failure_event.message or "run failed"
-    alerter.send(_run_alert(alerter, run, "SmartGo analytics: a partition failed", assets, error))
-    return None
+    _send(
+        context,
+        alerter,
+        _run_alert(alerter, run, "SmartGo analytics: a partition failed", assets, error),
+    )
+
+
+def _send(context, alerter: Alerter, alert: Alert) -> None:
+    for failure in alerter.send(alert):
+        context.log.error(f"alert not delivered: {failure}")
 
 
 def _run_alert(alerter: Alerter, run, title: str, assets, error: str) -> Alert:
@@ -103,15 +115,18 @@ def _describe(evaluation) -> str:
     default_status=DefaultSensorStatus.RUNNING,
     description="An alert for a run that succeeded with failed ERROR-severity (non-blocking) checks",
 )
-def failed_check_alert(context: RunStatusSensorContext, alerter: Alerter):
+def failed_check_alert(context: RunStatusSensorContext, alerter: Alerter) -> None:
     run = context.dagster_run
     failed = _failed_error_checks(context.instance, run.run_id)
     if not failed:
-        return SkipReason(f"run {run.run_id}: no failed ERROR checks")
+        return
     title = f"SmartGo analytics: check {failed[0].check_name} failed"
     assets = sorted({e.asset_key.to_user_string() for e in failed})
-    alerter.send(_run_alert(alerter, run, title, assets, "; ".join(_describe(e) for e in failed)))
-    return None
+    _send(
+        context,
+        alerter,
+        _run_alert(alerter, run, title, assets, "; ".join(_describe(e) for e in failed)),
+    )
 
 
 def _freshness_cursor(raw: str | None) -> tuple[datetime | None, str]:
@@ -162,14 +177,13 @@ def build_freshness_alert(
         ]
         if not late:
             return SkipReason(f"{day} is materialised everywhere")
-        alerter.send(
-            Alert(
-                title="SmartGo analytics: a day is late",
-                asset_keys=tuple(sorted(late)),
-                partition=day.isoformat(),
-                error=f"not materialised by {deadline:02d}:00 UTC",
-            )
+        late_alert = Alert(
+            title="SmartGo analytics: a day is late",
+            asset_keys=tuple(sorted(late)),
+            partition=day.isoformat(),
+            error=f"not materialised by {deadline:02d}:00 UTC",
         )
+        _send(context, alerter, late_alert)
         return None
 
     return daily_freshness_alert

@@ -362,8 +362,9 @@ def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
 class WebhookReceiver:
     """A Slack-incoming-webhook look-alike that keeps what it was sent."""
 
-    def __init__(self):
+    def __init__(self, status: int = 200):
         self.messages: list[dict] = []
+        self.status = status  # what it answers: 500 makes it a destination that fails
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -373,7 +374,7 @@ class WebhookReceiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.messages.append(json.loads(body))
-                self.send_response(200)
+                self.send_response(receiver.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

@@ -340,3 +340,61 @@ def test_the_production_instance_config_is_valid_for_dagster(monkeypatch):
     launcher = config["run_launcher"]
     assert launcher["class"] == "EcsRunLauncher"
     assert process_config(EcsRunLauncher.config_type(), launcher["config"]).success
+
+
+def test_one_tick_that_sees_several_runs_alerts_each_failure_once_though_a_destination_fails(stack):
+    """Failed runs, a retried one, a clean one and one with a failed ERROR check, all seen by one
+    tick of each sensor: an alert per failure through SNS, though Slack answers 500 every time."""
+    sns = boto3.client("sns", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
+    topic = sns.create_topic(Name="alerts-one-tick")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts-one-tick")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn["QueueArn"],
+                  Attributes={"RawMessageDelivery": "true"})  # fmt: skip
+    broken_slack = WebhookReceiver(status=500)
+    alerts = Alerter(destinations=["slack", "sns"], slack_webhook_url=broken_slack.url,
+                     sns_topic_arn=topic, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")  # fmt: skip
+
+    @asset(partitions_def=daily_partitions,
+           check_specs=[AssetCheckSpec("holds", asset="flaky", partitions_def=daily_partitions)])  # fmt: skip
+    def flaky(context):
+        if context.partition_key.endswith("-01"):
+            raise RuntimeError(f"source down for {context.partition_key}")
+        from dagster import MaterializeResult
+
+        broken = context.partition_key.endswith("-03")
+        return MaterializeResult(check_results=[AssetCheckResult(
+            passed=not broken, severity=AssetCheckSeverity.ERROR, description="3 rows lost")])  # fmt: skip
+
+    job = define_asset_job("flaky_job", selection=[flaky])
+    defs = Definitions(assets=[flaky], jobs=[job], resources={"alerter": alerts},
+                       sensors=[failed_partition_alert, failed_check_alert])  # fmt: skip
+
+    def evaluate(sensor, cursor):
+        context = build_sensor_context(instance=instance, definitions=defs,
+                                       resources={"alerter": alerts}, cursor=cursor)  # fmt: skip
+        return sensor.evaluate_tick(context).cursor
+
+    with instance_for_test() as instance:
+        cursors = {s: evaluate(s, None) for s in (failed_partition_alert, failed_check_alert)}
+        runs = [("2025-04-01", {}), ("2025-05-01", {}), ("2025-06-01", {"dagster/will_retry": "true"}),
+                ("2025-04-02", {}), ("2025-04-03", {}), ("2025-04-04", {})]  # fmt: skip
+        for day, tags in runs:
+            defs.resolve_job_def("flaky_job").execute_in_process(
+                partition_key=day, instance=instance, raise_on_error=False, tags=tags
+            )
+        for _ in range(3):  # the daemon evaluates again and again
+            cursors = {s: evaluate(s, c) for s, c in cursors.items()}
+    bodies = []
+    while messages := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
+                                          WaitTimeSeconds=1).get("Messages"):  # fmt: skip
+        bodies += [m["Body"] for m in messages]
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])  # fmt: skip
+    partitions = sorted(line for body in bodies for line in body.splitlines()
+                        if line.startswith("partition:"))  # fmt: skip
+    assert partitions == ["partition: 2025-04-01", "partition: 2025-04-03", "partition: 2025-05-01"]
+    assert len(broken_slack.messages) == 3  # each tried once, not again on the next ticks
+    assert any("check holds failed" in b and "3 rows lost" in b for b in bodies)
+    broken_slack.server.shutdown()

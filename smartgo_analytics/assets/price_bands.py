@@ -11,7 +11,6 @@ from smartgo_analytics import checks
 from smartgo_analytics.assets.pricing_intelligence import (
     GROUP,
     IO_RETRY,
-    ONE_DAY_PER_RUN,
     smartgo_sales_iceberg,
 )
 from smartgo_analytics.core import price_bands as bands_core
@@ -39,7 +38,6 @@ PREVIEW = ["level", "tenant_id", "category", "brand", "condition", "sales_count"
     kinds={"iceberg", "duckdb"},
     deps=[smartgo_sales_iceberg],
     retry_policy=IO_RETRY,
-    backfill_policy=ONE_DAY_PER_RUN,
     check_specs=[checks.price_bands_hold],
 )
 def price_bands(

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Backoff,
     Config,
     Failure,
@@ -26,7 +25,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from smartgo_analytics import checks
+from smartgo_analytics import checks, pools
 from smartgo_analytics.assets.embedding_work import (
     Outcome,
     SaleWork,
@@ -73,8 +72,9 @@ def permanent_errors(*kinds: type[Exception]):
 IO_RETRY = RetryPolicy(
     max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
-# One day per run: a backfill becomes many small runs, and the `bedrock` pool caps how many embed at once.
-ONE_DAY_PER_RUN = BackfillPolicy.multi_run(1)
+# No backfill policy on the pricing assets: a backfill is then a run per day, tagged with its day
+# (a policy of one-day ranges would leave the checks' results without their partition), and the
+# `bedrock` pool caps how many embed at once.
 # Rows per Iceberg append: reading nested vectors back from Parquet costs several times their size.
 ICEBERG_BATCH_ROWS = 4_000
 USABILITY_COLUMNS = ("image_sha256", "embedding_model", "embedding_dimension", "embedding_error")
@@ -90,7 +90,6 @@ RESULT_COLUMNS_WITHOUT_VECTORS = [
     kinds={"postgres"},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
-    backfill_policy=ONE_DAY_PER_RUN,
     check_specs=[checks.no_quarantined_rows],
 )
 def smartgo_sales(
@@ -167,8 +166,7 @@ def _last_downloads(object_store: ObjectStore, day: str) -> list[dict]:
     kinds={"bedrock", "s3"},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
-    backfill_policy=ONE_DAY_PER_RUN,
-    pool="bedrock",
+    pool=pools.BEDROCK,
     check_specs=[checks.embedding_error_ratio, checks.vector_length],
 )
 def product_image_embeddings(
@@ -256,7 +254,6 @@ def _embedding_metadata(
     group_name=GROUP,
     kinds={"iceberg"},
     retry_policy=IO_RETRY,
-    backfill_policy=ONE_DAY_PER_RUN,
     check_specs=[checks.iceberg_reconciles],
 )
 def smartgo_sales_iceberg(

@@ -1,7 +1,11 @@
 """The similarity index over the sales' vectors, and how good the day's vectors look."""
 
+import random
+import re
 import tempfile
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -10,14 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_asset
 
-from smartgo_analytics import checks
+from smartgo_analytics import checks, pools
 from smartgo_analytics.assets.pricing_intelligence import (
     GROUP,
     IO_RETRY,
-    ONE_DAY_PER_RUN,
     smartgo_sales_iceberg,
 )
-from smartgo_analytics.core import sales_table
 from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.core.embedding_quality import DayQuality, measure_day
 from smartgo_analytics.partitions import daily_partitions
@@ -29,26 +31,42 @@ READ_COLUMNS = ("tenant_id", *sim.ITEM_COLUMNS, "embedding_vector")
 THREADS = 2
 
 
-def spool_day(
-    batches, dimension: int, directory: Path, counted: Counter
-) -> dict[str, sim.DaySpool]:
-    """The day's rows with a vector of the index's length, by tenant, spooled to disk."""
-    spools: dict[str, sim.DaySpool] = {}
+@dataclass
+class SpooledDay:
+    """The day's rows with a vector of the index's length, by tenant, spooled to disk, and the
+    table's figures for the day."""
+
+    spools: dict[str, sim.DaySpool] = field(default_factory=dict)
+    with_vector: Counter = field(
+        default_factory=Counter
+    )  # tenant -> rows with a vector of any length
+    rows: int = 0
+    without_vector: int = 0
+    of_another_length: int = 0
+
+    @property
+    def vectors(self) -> int:
+        return sum(spool.rows for spool in self.spools.values())
+
+
+def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
+    day = SpooledDay()
     for batch in batches:
         vectors = batch.column("embedding_vector")
         has = pc.invert(pc.is_null(vectors))
-        counted["rows"] += batch.num_rows
-        counted["without_vector"] += vectors.null_count
+        day.rows += batch.num_rows
+        day.without_vector += vectors.null_count
+        day.with_vector.update(batch.filter(has).column("tenant_id").to_pylist())
         right_length = pc.and_(has, pc.equal(pc.list_value_length(vectors), dimension))
-        counted["vectors_of_another_length"] += pc.sum(pc.xor(has, right_length)).as_py() or 0
+        day.of_another_length += pc.sum(pc.xor(has, right_length)).as_py() or 0
         batch = batch.filter(right_length)
         for tenant in pc.unique(batch.column("tenant_id")).to_pylist():
             rows = batch.filter(pc.equal(batch.column("tenant_id"), tenant))
             flat = rows.column("embedding_vector").flatten().to_numpy(zero_copy_only=False)
-            if tenant not in spools:
-                spools[tenant] = sim.DaySpool(directory, tenant, dimension)
-            spools[tenant].add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
-    return spools
+            if tenant not in day.spools:
+                day.spools[tenant] = sim.DaySpool(directory, tenant, dimension)
+            day.spools[tenant].add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
+    return day
 
 
 def indexed_tenants(store: ObjectStore) -> list[str]:
@@ -56,34 +74,124 @@ def indexed_tenants(store: ObjectStore) -> list[str]:
 
 
 def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> sim.Manifest:
+    return load_versioned(store, tenant, dimension)[0]
+
+
+def load_versioned(
+    store: ObjectStore, tenant: str, dimension: int
+) -> tuple[sim.Manifest, str | None]:
+    """The tenant's manifest and the version it was read at (None: there is none yet)."""
     try:
-        return sim.Manifest.from_json(store.get_bytes(sim.manifest_key(tenant)))
+        data, version = store.get_versioned(sim.manifest_key(tenant))
     except FileNotFoundError:
-        return sim.Manifest(tenant, dimension)
+        return sim.Manifest(tenant, dimension), None
+    return sim.Manifest.from_json(data), version
+
+
+# Runs of the index step are serialised by the `similarity_index` pool (pools.py); the manifest is also written only if it is still the one the update was made from, so
+# a run that meets another (a pool left at its default limit) builds its update again on theirs.
+COMMIT_ATTEMPTS = 8
+# A segment file no manifest names, older than this, is a crashed run's and is deleted. Younger
+# ones may be another run's, not yet committed.
+ORPHAN_AGE = timedelta(hours=1)
+_SEGMENT_NAME = re.compile(r"segment-\d{4}-\d{2}-\d{2}-(?:(\d{8}T\d{6})-)?[0-9a-f]+")
+
+
+class IndexConflict(RuntimeError):
+    """The tenant's manifest kept changing under the update."""
+
+
+@dataclass
+class Update:
+    """What a tenant's update wrote for its new manifest, and what that manifest no longer names."""
+
+    changed: bool = False
+    added: list[str] = field(default_factory=list)  # deleted if the manifest is not committed
+    retired: list[str] = field(default_factory=list)  # deleted once it is
+
+
+def commit_day(store: ObjectStore, tenant: str, dimension: int, day: date,
+               spool: sim.DaySpool | None, work: Path) -> sim.Manifest:  # fmt: skip
+    """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
+    manifest; built again on the newer manifest when another run committed first."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        manifest, version = load_versioned(store, tenant, dimension)
+        try:
+            update = update_tenant(store, manifest, day, spool, work)
+        except FileNotFoundError:  # a segment that a run committing meanwhile retired
+            continue
+        if not update.changed:
+            return manifest
+        if store.put_if_version(sim.manifest_key(tenant), manifest.to_json(), version):
+            for key in update.retired:
+                store.delete(key)
+            delete_orphans(store, manifest)
+            return manifest
+        for key in update.added:
+            store.delete(key)
+        time.sleep(random.uniform(0, 0.2 * (attempt + 1)))
+    raise IndexConflict(
+        f"tenant {tenant!r}: its index manifest changed under {COMMIT_ATTEMPTS} attempts to add "
+        f"{day}; is the similarity_index pool's limit 1?"
+    )
+
+
+def delete_orphans(
+    store: ObjectStore, manifest: sim.Manifest, now: datetime | None = None
+) -> list[str]:
+    """Delete the tenant's segment files that its manifest does not name and that are older than
+    ORPHAN_AGE (a name without its time is older than the time in names); their keys."""
+    named = {segment.name for segment in manifest.segments}
+    oldest = (now or datetime.now(UTC)) - ORPHAN_AGE
+    deleted = []
+    for key in store.list_keys(sim.segment_key(manifest.tenant, "segment-", "")):
+        name = key.rsplit("/", 1)[-1].split(".", 1)[0]
+        match = _SEGMENT_NAME.fullmatch(name)
+        if not match or name in named:
+            continue
+        made = match.group(1)
+        if made is None or datetime.strptime(made, "%Y%m%dT%H%M%S").replace(tzinfo=UTC) < oldest:
+            store.delete(key)
+            deleted.append(key)
+    return deleted
 
 
 def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
-                  work: Path) -> list[str]:  # fmt: skip
-    """Put the day's vectors (none when `spool` is None) into the tenant's index; the keys of the
-    files it no longer uses, to delete once the new manifest is written. Segments whose graph was
-    built with other options are built again first, one at a time."""
+                  work: Path) -> Update:  # fmt: skip
+    """The tenant's manifest changed to hold the day's vectors (none when `spool` is None), their
+    segment files written under new names; the manifest itself is the caller's to commit.
+    Segments whose graph was built with other options are built again first, one at a time."""
+    update = Update()
+    try:
+        _update(store, manifest, day, spool, work, update)
+    except BaseException:
+        for key in update.added:
+            store.delete(key)
+        raise
+    return update
+
+
+def _update(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
+            work: Path, update: Update) -> None:  # fmt: skip
     rows = spool.rows if spool else 0
     target = sim.target_segment(manifest, day, rows)
     tenant = manifest.tenant
-    retired = [key for segment in manifest.stale() if segment is not target
-               for key in _rebuild(store, manifest, segment, work)]  # fmt: skip
+    for segment in manifest.stale():
+        if segment is not target:
+            _rebuild(store, manifest, segment, work, update)
     if target is None and not rows:
-        if retired:
-            store.put_bytes(sim.manifest_key(tenant), manifest.to_json(), "application/json")
-        return retired
+        return
+    update.changed = True
     new_vectors = work / "vectors.f16"
     day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
     # A segment holding only this day is built anew without reading it.
     keep = target is not None and set(target.days) != {day.isoformat()}
     old = list(sim.segment_keys(tenant, target.name)) if target else []
-    files = [store.local_path(key) for key in old] if keep else []
+    files = []
     try:
+        for key in old if keep else []:
+            files.append(store.local_path(key))
         items, old_vectors = sim.ITEM_SCHEMA.empty_table(), None
         if keep:
             items = sim.read_items(files[1])
@@ -113,7 +221,7 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
     if days:
         items_path = work / "items.parquet"
         sim.write_items(items, items_path)
-        name = _put_segment(store, tenant, day, index, items_path, new_vectors, work)
+        name = _put_segment(store, tenant, day, index, items_path, new_vectors, work, update)
         segments.append(sim.Segment(name, days, centre, centred_on))
     for path in (new_vectors, work / "items.parquet"):
         path.unlink(missing_ok=True)
@@ -127,12 +235,11 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
         store.put_file(sums_key, sums_path)
     else:
         store.delete(sums_key)
-    store.put_bytes(sim.manifest_key(tenant), manifest.to_json(), "application/json")
-    return retired + old
+    update.retired += old
 
 
 def _put_segment(store: ObjectStore, tenant: str, day: date, index, items_path: Path,
-                 vectors_path: Path, work: Path) -> str:  # fmt: skip
+                 vectors_path: Path, work: Path, update: Update) -> str:  # fmt: skip
     """A segment's files stored under a new name (named by its first day); the name."""
     name = sim.new_segment_name(day)
     index_path = work / f"{name}.usearch"
@@ -140,27 +247,32 @@ def _put_segment(store: ObjectStore, tenant: str, day: date, index, items_path: 
     try:
         for path, key in zip((index_path, items_path, vectors_path), sim.segment_keys(tenant, name),
                              strict=True):  # fmt: skip
+            update.added.append(key)
             store.put_file(key, path)
     finally:
         index_path.unlink(missing_ok=True)
     return name
 
 
-def _rebuild(store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path):
-    """The segment's graph built again from its float16 vectors, under a new name; the old keys."""
+def _rebuild(store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path,
+             update: Update) -> None:  # fmt: skip
+    """The segment's graph built again from its float16 vectors, under a new name."""
     old = list(sim.segment_keys(manifest.tenant, segment.name))
-    files = [store.local_path(key) for key in old]
+    files = []
     try:
+        for key in old:
+            files.append(store.local_path(key))
         keys = sim.read_items(files[1], ["key"]).column("key").to_numpy()
         vectors = sim.SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
         index, centre = sim.built_graph(keys, vectors, THREADS)
         first = date.fromisoformat(min(segment.days))
-        name = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work)
+        name = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work, update)
     finally:
         for path in files:
             store.release(path)
     segment.name, segment.centre, segment.centred_on = name, centre, len(keys)
-    return old
+    update.changed = True
+    update.retired += old
 
 
 def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) -> sim.TenantIndex:
@@ -174,82 +286,16 @@ def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) 
     return sim.TenantIndex(manifest, paths)
 
 
-def table_vector_counts(iceberg: IcebergCatalog, months: set[tuple[str, str]] | None) -> Counter:
-    """(tenant, ISO day) -> the table's rows with a vector of any length, read a batch at a time:
-    of these (tenant, "YYYY-MM") months only, or of the whole table (None)."""
-    counts: Counter = Counter()
-    columns = ("tenant_id", "sold_date", "embedding_vector")
-    if months is None:
-        everything = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC), None
-        scans = [everything]
-    else:
-        scans = [(first, _next_month(first), tenant) for tenant, month in sorted(months)
-                 for first in [datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)]]  # fmt: skip
-    for start, end, tenant in scans:
-        for batch in iceberg.scan_day_files(start, end, columns, tenant=tenant):
-            batch = batch.filter(pc.invert(pc.is_null(batch.column("embedding_vector"))))
-            days = pc.strftime(batch.column("sold_date"), "%Y-%m-%d").to_pylist()
-            counts.update(zip(batch.column("tenant_id").to_pylist(), days, strict=True))
-    return counts
-
-
-def _next_month(first: datetime) -> datetime:
-    return (first + timedelta(days=32)).replace(day=1)
-
-
-def table_vector_values(table) -> tuple[Counter, set[tuple[str, str]]] | None:
-    """(tenant, "YYYY-MM") -> the vector values the table's data files hold, from the statistics
-    their manifests keep (no data is read), and the months whose files cannot say (no counts, or
-    delete files); None when the table is not partitioned by tenant, year and month."""
-    if [f.name for f in table.spec().fields] != [f.name for f in sales_table.PARTITION_SPEC.fields]:
-        return None
-    element = table.schema().find_field("embedding_vector.element").field_id
-    values: Counter = Counter()
-    unknown: set[tuple[str, str]] = set()
-
-    def month(partition) -> tuple[str, str]:
-        return partition["tenant_id"], f"{partition['year']:04d}-{partition['month']:02d}"
-
-    files = table.inspect.data_files().select(["partition", "value_counts", "null_value_counts"])
-    for row in files.to_pylist():
-        counts, nulls = dict(row["value_counts"] or []), dict(row["null_value_counts"] or [])
-        if element in counts and element in nulls:
-            # A vector's values, a null (or empty) vector one null entry.
-            values[month(row["partition"])] += counts[element] - nulls[element]
-        else:
-            unknown.add(month(row["partition"]))
-    for row in table.inspect.delete_files().select(["partition"]).to_pylist():
-        unknown.add(month(row["partition"]))
-    return values, unknown
-
-
-def index_differences(
-    store: ObjectStore, iceberg: IcebergCatalog, dimension: int
-) -> tuple[list[str], int]:
-    """Each tenant-day whose count in the index differs from the table's rows with a vector, and
-    how many tenant-months had to be read for it. A month whose files' statistics hold exactly its
-    index count of vectors is not read; the others are, to name their days."""
-    index: Counter = Counter()
-    for tenant in indexed_tenants(store):
-        for day, count in load_manifest(store, tenant, dimension).days().items():
-            index[(tenant, day)] = count
-    sales = iceberg.existing_sales_table()
-    statistics = table_vector_values(sales) if sales is not None else (Counter(), set())
-    if statistics is None:
-        months = None
-    else:
-        values, unknown = statistics
-        by_month: Counter = Counter()
-        for (tenant, day), count in index.items():
-            by_month[(tenant, day[:7])] += count
-        months = {m for m in set(values) | set(by_month) | unknown
-                  if m in unknown or values[m] != by_month[m] * dimension}  # fmt: skip
-    table = table_vector_counts(iceberg, months) if sales is not None else Counter()
-    compared = [(tenant, day) for tenant, day in sorted(set(table) | set(index))
-                if months is None or (tenant, day[:7]) in months]  # fmt: skip
-    differences = [f"{tenant} {day}: index {index[(tenant, day)]}, table {table[(tenant, day)]}"
-                   for tenant, day in compared if index[(tenant, day)] != table[(tenant, day)]]  # fmt: skip
-    return differences, len(months) if months is not None else -1
+def day_differences(store: ObjectStore, tenants: list[str], day: date, table: Counter,
+                    dimension: int) -> list[str]:  # fmt: skip
+    """Each tenant whose index, read back, holds another count of vectors for the day than the
+    table's rows with a vector (`table`: tenant -> rows)."""
+    differences = []
+    for tenant in tenants:
+        indexed = load_manifest(store, tenant, dimension).days().get(day.isoformat(), 0)
+        if indexed != table[tenant]:
+            differences.append(f"{tenant} {day}: index {indexed}, table {table[tenant]}")
+    return differences
 
 
 INDEX = "similarity_index"
@@ -279,7 +325,7 @@ QUALITY = "embedding_quality"
     ],  # fmt: skip
     partitions_def=daily_partitions,
     retry_policy=IO_RETRY,
-    backfill_policy=ONE_DAY_PER_RUN,
+    pool=pools.SIMILARITY_INDEX,
     check_specs=[checks.index_matches_table, checks.embeddings_look_right],
 )
 def similarity_index(
@@ -290,53 +336,52 @@ def similarity_index(
     config = settings()
     day = context.partition_time_window.start.date()
     start, end = context.partition_time_window.start, context.partition_time_window.end
-    counted: Counter = Counter()
-    quality = DayQuality()
     with tempfile.TemporaryDirectory(prefix="smartgo-index-") as work:
         work = Path(work)
         batches = iceberg.scan_day_files(start, end, READ_COLUMNS)
-        spools = spool_day(batches, config.embedding_dimension, work, counted)
-        tenants = sorted(set(spools) | set(indexed_tenants(object_store)))
-        indexed = 0
-        for tenant in tenants:
-            manifest = load_manifest(object_store, tenant, config.embedding_dimension)
-            spool = spools.get(tenant)
-            old = update_tenant(object_store, manifest, day, spool, work)
-            for key in old:
-                object_store.delete(key)
-            indexed += manifest.count
-            if spool:
-                opened: list[Path] = []
-                try:
-                    tenant_index = open_tenant(object_store, manifest, opened)
-                    trailing = trailing_sums(object_store, tenant, day, manifest)
-                    measure_day(quality, tenant_index, day, spool, trailing)
-                    tenant_index.close()
-                finally:
-                    for path in opened:
-                        object_store.release(path)
-        differences, months_read = index_differences(
-            object_store, iceberg, config.embedding_dimension
-        )
-    context.log.info(
-        f"{context.partition_key}: {sum(s.rows for s in spools.values())} vectors of "
-        f"{len(spools)} tenant(s) indexed; the index holds {indexed} in all"
-    )
+        spooled = spool_day(batches, config.embedding_dimension, work)
+        tenants = sorted(set(spooled.spools) | set(indexed_tenants(object_store)))
+        manifests = {tenant: commit_day(object_store, tenant, config.embedding_dimension, day,
+                                        spooled.spools.get(tenant), work)
+                     for tenant in tenants}  # fmt: skip
+        quality = measure_tenants(object_store, manifests, day, spooled.spools)
+    differences = day_differences(object_store, tenants, day, spooled.with_vector,
+                                  config.embedding_dimension)  # fmt: skip
+    indexed = sum(manifest.count for manifest in manifests.values())
+    context.log.info(f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
+                     f"tenant(s) indexed; the index holds {indexed} in all")  # fmt: skip
     yield MaterializeResult(
         asset_key=INDEX,
         metadata={
-            "day_vectors": sum(s.rows for s in spools.values()),
+            "day_vectors": spooled.vectors,
             "index_vectors": indexed,
             "tenants": len(tenants),
-            "rows_without_vector": counted["without_vector"],
-            "vectors_of_another_length": counted["vectors_of_another_length"],
+            "rows_without_vector": spooled.without_vector,
+            "vectors_of_another_length": spooled.of_another_length,
             "location": object_store.uri(f"{sim.PREFIX}/"),
         },
     )
-    yield checks.index_result(differences, indexed, months_read)
+    yield checks.index_result(differences, spooled.vectors, len(tenants))
     thresholds = config.embedding_quality
     yield MaterializeResult(asset_key=QUALITY, metadata=quality.metadata())
     yield checks.quality_result(quality.problems(thresholds), quality.metadata(), thresholds)
+
+
+def measure_tenants(store: ObjectStore, manifests: dict[str, sim.Manifest], day: date,
+                    spools: dict[str, sim.DaySpool]) -> DayQuality:  # fmt: skip
+    """The day's vectors of each tenant that sold that day, against its index and trailing days."""
+    quality = DayQuality()
+    for tenant, spool in spools.items():
+        opened: list[Path] = []
+        try:
+            tenant_index = open_tenant(store, manifests[tenant], opened)
+            trailing = trailing_sums(store, tenant, day, manifests[tenant])
+            measure_day(quality, tenant_index, day, spool, trailing)
+            tenant_index.close()
+        finally:
+            for path in opened:
+                store.release(path)
+    return quality
 
 
 def trailing_sums(

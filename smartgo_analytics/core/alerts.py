@@ -11,6 +11,8 @@ PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
+# Set by the instance on a failed run when run retries will launch it again.
+WILL_RETRY_TAG = "dagster/will_retry"
 
 # user:password@ in a URL; the password may itself hold '@', ':' or '/': up to the last '@' of the word.
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*@", re.IGNORECASE)

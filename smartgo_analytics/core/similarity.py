@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +320,9 @@ def target_segment(manifest: Manifest, day: date, rows: int) -> Segment | None:
 
 
 def new_segment_name(day: date) -> str:
-    return f"segment-{day.isoformat()}-{uuid.uuid4().hex[:12]}"
+    """Named by its first day and when it was made (UTC), so that an orphan's age can be told."""
+    made = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"segment-{day.isoformat()}-{made}-{uuid.uuid4().hex[:12]}"
 
 
 # Category sums: what drift is measured against.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from botocore.exceptions import ClientError
@@ -32,6 +34,22 @@ class ObjectStore(ConfigurableResource):
         """Upload a local file (streamed, multipart when large)."""
         raise NotImplementedError
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its version (changed by every write); FileNotFoundError when
+        there is none."""
+        raise NotImplementedError
+
+    def put_if_version(
+        self, key: str, data: bytes, version: str | None, content_type: str = "application/json"
+    ) -> bool:
+        """Write the object only if it is still at `version` (None: only if there is none), in one
+        step no other writer can come between; False, and nothing written, when it is not."""
+        raise NotImplementedError
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """Every key under the prefix and its object's version."""
+        raise NotImplementedError
+
     def local_path(self, key: str) -> Path:
         """A local file with the object's bytes: the object itself, or a downloaded copy."""
         raise NotImplementedError
@@ -49,6 +67,9 @@ class ObjectStore(ConfigurableResource):
     def delete(self, key: str) -> None:
         """Remove the object; nothing happens when there is none."""
         raise NotImplementedError
+
+
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey")
 
 
 class S3ObjectStore(ObjectStore, AwsResource):
@@ -77,6 +98,38 @@ class S3ObjectStore(ObjectStore, AwsResource):
         self.client().upload_file(str(path), self.bucket, check_key(key))
         return self.uri(key)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            answer = self.client().get_object(Bucket=self.bucket, Key=check_key(key))
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.uri(key)) from error
+            raise
+        return answer["Body"].read(), answer["ETag"]
+
+    def put_if_version(
+        self, key: str, data: bytes, version: str | None, content_type: str = "application/json"
+    ) -> bool:
+        # S3's conditional writes: If-Match an ETag, or If-None-Match * for a new object.
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self.client().put_object(Bucket=self.bucket, Key=check_key(key), Body=data,
+                                     ContentType=content_type, **condition)  # fmt: skip
+        except ClientError as error:
+            # 412: another write came first; 409: one is in progress; NoSuchKey: it was deleted.
+            if error.response["Error"]["Code"] in CONDITION_FAILED:
+                return False
+            raise
+        return True
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
+        )
+        return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
+
     def local_path(self, key: str) -> Path:
         fd, name = tempfile.mkstemp(prefix="smartgo-", suffix=Path(key).suffix)
         os.close(fd)
@@ -96,12 +149,7 @@ class S3ObjectStore(ObjectStore, AwsResource):
         return f"s3://{self.bucket}/{key}"
 
     def list_keys(self, prefix: str) -> list[str]:
-        pages = (
-            self.client()
-            .get_paginator("list_objects_v2")
-            .paginate(Bucket=self.bucket, Prefix=prefix)
-        )
-        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+        return sorted(self.versions(prefix))
 
     def delete(self, key: str) -> None:
         self.client().delete_object(Bucket=self.bucket, Key=check_key(key))
@@ -140,6 +188,35 @@ class LocalObjectStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        path = self._path(key)
+        with open(path, "rb") as handle:  # the version of the file read, not of a later one
+            return handle.read(), _version(os.fstat(handle.fileno()))
+
+    def put_if_version(
+        self, key: str, data: bytes, version: str | None, content_type: str = "application/json"
+    ) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path.parent):  # every conditional writer of the directory, in any process
+            try:
+                current = _version(path.stat())
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                return False
+            self.put_bytes(key, data, content_type)
+        return True
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        root, found = self._path(""), {}
+        for key in self.list_keys(prefix):
+            try:
+                found[key] = _version((root / key).stat())
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+        return found
+
     def put_file(self, key: str, path: Path) -> str:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -172,3 +249,19 @@ class LocalObjectStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def _version(stat: os.stat_result) -> str:
+    # Every write replaces the file (a new inode), so inode and time tell versions apart.
+    return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
+
+@contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on a directory, held by the kernel for this process until released."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
