@@ -1,6 +1,9 @@
 import warnings
 
 from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
     Definitions,
     colored_console_logger,
     in_process_executor,
@@ -32,11 +35,23 @@ assets = [
     quicksight.price_bands_dataset,
 ]
 
+# Days materialised before an earlier day they read changed (price bands over 90 days, and their
+# QuickSight file): made again once that day is done (assets/policies.REFRESHED_WHEN_ITS_INPUTS_CHANGE).
+stale_days_refresh = AutomationConditionSensorDefinition(
+    "stale_days_refresh",
+    target=AssetSelection.assets(price_bands.price_bands, quicksight.price_bands_dataset),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Makes again the price bands (and their QuickSight file) of each materialised day "
+    "whose 90-day window changed since",
+)
+
 defs = Definitions(
     assets=assets,
     jobs=[daily_analytics_job, iceberg_maintenance_job],
     schedules=[daily_analytics_schedule, iceberg_maintenance_schedule],
     sensors=[
+        stale_days_refresh,
         failed_partition_alert,
         failed_check_alert,
         build_freshness_alert([key for a in assets if a.is_executable for key in a.keys]),

@@ -85,6 +85,7 @@ class Settings:
     embedding_worker_processes: int
     max_embedding_error_ratio: float
     season_hemisphere: str
+    outage_allowance_s: float = 600.0
     iceberg_properties: dict[str, str] = field(default_factory=dict)
     slack_webhook_set: bool = False
     sns_topic_arn: str | None = None
@@ -182,6 +183,11 @@ def settings() -> Settings:
     deadline = _int("FRESHNESS_DEADLINE_HOUR_UTC", 6, minimum=0)
     if deadline > 23:
         raise ConfigurationError(f"FRESHNESS_DEADLINE_HOUR_UTC={deadline} must be 0..23")
+    allowance = _float("OUTAGE_ALLOWANCE_S", 600.0)
+    if not (math.isfinite(allowance) and allowance >= 0):
+        raise ConfigurationError(
+            f"OUTAGE_ALLOWANCE_S={allowance} must be a number of seconds, 0 or more"
+        )
     quota = _float("BEDROCK_REQUESTS_PER_MINUTE", 0.0) or None
     if quota is not None and not (math.isfinite(quota) and quota > 0):
         raise ConfigurationError(f"BEDROCK_REQUESTS_PER_MINUTE={quota} must be a positive number")
@@ -217,6 +223,7 @@ def settings() -> Settings:
         ),
         max_embedding_error_ratio=ratio,
         season_hemisphere=hemisphere,
+        outage_allowance_s=allowance,
         iceberg_properties=_iceberg_properties(),
         slack_webhook_set=bool(os.environ.get("ALERT_SLACK_WEBHOOK_URL")),
         sns_topic_arn=os.environ.get("ALERT_SNS_TOPIC_ARN") or None,

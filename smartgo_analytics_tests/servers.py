@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import socket
 import struct
@@ -70,8 +71,52 @@ class RequestQuota:
         return (len(times) - 1) * 60 / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
 
+class FaultWindow:
+    """A fault a server answers with for a while: `kind` "503", "500" or "reset" (the connection
+    closed with a TCP reset), for every request or a `share` of them, for `seconds` from now."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.kind: str | None = None
+        self.until = 0.0
+        self.share = 1.0
+        self.faulted = 0
+        self.rng = random.Random(7)
+
+    def open(self, kind: str, seconds: float, share: float = 1.0) -> None:
+        with self.lock:
+            self.kind, self.until, self.share, self.faulted = (
+                kind,
+                time.monotonic() + seconds,
+                share,
+                0,
+            )
+
+    def close(self) -> None:
+        with self.lock:
+            self.kind, self.until = None, 0.0
+
+    def hit(self) -> str | None:
+        """The fault this request meets, if any."""
+        with self.lock:
+            if (
+                self.kind is None
+                or time.monotonic() >= self.until
+                or self.rng.random() >= self.share
+            ):
+                return None
+            self.faulted += 1
+            return self.kind
+
+
+def reset_connection(handler: BaseHTTPRequestHandler) -> None:
+    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    handler.close_connection = True
+
+
 class BedrockState:
     def __init__(self):
+        self.fault = FaultWindow()
         self.quota: RequestQuota | None = None
         self.lock = threading.Lock()
         self.calls = 0
@@ -87,6 +132,7 @@ class BedrockState:
         self.most_in_flight = 0
 
     def reset(self):
+        self.fault.close()
         with self.lock:
             self.calls = 0
             self.throttle_next = 0
@@ -177,6 +223,12 @@ def bedrock_server(state: BedrockState) -> _Server:
             request = json.loads(self.rfile.read(length))
             if not re.fullmatch(r"/model/[^/]+/invoke", self.path):
                 return self._error(404, "ResourceNotFoundException", "no such route")
+            fault = state.fault.hit()
+            if fault == "reset":
+                return reset_connection(self)
+            if fault:
+                return self._error(int(fault), "ServiceUnavailableException" if fault == "503"
+                                   else "InternalServerException", "try again later")  # fmt: skip
             if state.quota is not None and not state.quota.admit():
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             with state.lock:
@@ -211,11 +263,7 @@ def bedrock_server(state: BedrockState) -> _Server:
                 self.close_connection = True
                 return None
             if hostile == "reset":
-                self.connection.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-                self.close_connection = True
-                return None
+                return reset_connection(self)
             if hostile:
                 body = hostile_answer(hostile, dimension)
             elif state.cheap_vectors:
@@ -251,6 +299,7 @@ def bomb_png() -> bytes:
 
 class CdnState:
     def __init__(self):
+        self.fault = FaultWindow()
         self.lock = threading.Lock()
         self.hits: dict[str, int] = {}
         self.images: dict[str, bytes] = {}  # served with an ETag, and 304 when it still matches
@@ -294,6 +343,11 @@ def hostile_cdn(state: CdnState, slow_s: float = 3.0) -> _Server:
 
         def do_GET(self):
             path = self.path.split("?")[0]
+            fault = state.fault.hit()
+            if fault == "reset":
+                return reset_connection(self)
+            if fault:
+                return self._send(int(fault), b"try again later", "text/plain")
             with state.lock:
                 state.hits[path] = state.hits.get(path, 0) + 1
                 hits = state.hits[path]
@@ -444,3 +498,81 @@ def dagster_dev(home, args: list[str], **env: str):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+class TcpProxy:
+    """127.0.0.1:<port> forwarding to a server, that can be cut like a server restarting: every
+    connection reset and new ones refused (closed at once) for a while. `cut_after(n, seconds)`
+    cuts once the server has sent n more bytes through it (in the middle of an answer)."""
+
+    def __init__(self, target: tuple[str, int] | str):
+        self.target = target  # (host, port), or the path of a Unix socket
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.down_until = 0.0
+        self.cut_at: int | None = None
+        self.cut_for = 0.0
+        self.sent = 0
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_after(self, more_bytes: int, seconds: float) -> None:
+        with self.lock:
+            self.cut_at, self.cut_for = self.sent + more_bytes, seconds
+
+    def _cut(self) -> None:
+        with self.lock:
+            self.down_until, self.cut_at = time.monotonic() + self.cut_for, None
+            self.cuts += 1
+            sockets, self.open = self.open, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads pumping it
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            try:
+                if isinstance(self.target, str):
+                    upstream = socket.socket(socket.AF_UNIX)
+                    upstream.connect(self.target)
+                else:
+                    upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open += [client, upstream]
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if from_server:
+                    with self.lock:
+                        self.sent += len(data)
+                        cut = self.cut_at is not None and self.sent >= self.cut_at
+                    if cut:
+                        self._cut()
+                        return
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self._cut()

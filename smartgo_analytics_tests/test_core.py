@@ -582,3 +582,62 @@ def test_weighted_quantiles_follow_the_weights():
     ]
     low, high = weighted_quantiles(np.array([1.0, 2, 3, 4]), np.ones(4), [0.25, 0.75])
     assert 1 <= low < high <= 4
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_an_outage_is_waited_out_and_reported_and_one_longer_than_the_allowance_is_named():
+    from smartgo_analytics.core.outage import Outage, OutageTooLong, Transient
+
+    time = FakeTime()
+    outage = Outage("CDN", allowance_s=30, clock=time.clock, sleep=time.sleep)
+    answers = iter([Transient("HTTP 503")] * 4 + ["bytes"])
+
+    def call():
+        answer = next(answers)
+        time.now += 1  # each call takes a second
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert outage.call(call) == "bytes"
+    report = outage.report()
+    assert (report.retries, report.requeued, report.outages) == (4, 1, 1)
+    assert 4 < report.outage_s < 30
+
+    def down():
+        time.now += 1
+        raise Transient("connection refused")
+
+    with pytest.raises(OutageTooLong) as raised:
+        outage.call(down)
+    assert raised.value.dependency == "CDN" and raised.value.down_s > 30
+    assert "CDN was unavailable for" in str(raised.value) and "connection refused" in str(
+        raised.value
+    )
+
+
+def test_a_call_that_keeps_failing_while_others_get_through_fails_on_its_own():
+    from smartgo_analytics.core.outage import Outage, Transient
+
+    time = FakeTime()
+    outage = Outage("CDN", allowance_s=600, own_retries=2, clock=time.clock, sleep=time.sleep)
+    tries = []
+
+    def broken_url():
+        tries.append(time.now)
+        assert outage.call(lambda: "another image") == "another image"  # others succeed meanwhile
+        raise Transient("HTTP 503 (after 3 retries)")
+
+    with pytest.raises(Transient, match="HTTP 503"):
+        outage.call(broken_url)
+    assert len(tries) == 3  # the first try and its own two retries, no ten-minute wait

@@ -78,6 +78,22 @@ def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partiti
         assert len((lake / "store_summaries" / f"{day}.json").read_text().splitlines()) == 11
         assert len((lake / "top_products" / f"{day}.json").read_text().splitlines()) == 20
     assert not [t for t in receiver.texts() if "a partition failed" in t]
+    # Each day's check results are recorded in the instance with their day, none left planned.
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        for asset, check in [("smartgo_sales", "no_quarantined_rows"),
+                             ("product_image_embeddings", "embedding_error_ratio_within_budget"),
+                             ("smartgo_sales_iceberg", "iceberg_rows_match_source")]:  # fmt: skip
+            records = instance.event_log_storage.get_asset_check_execution_history(
+                AssetCheckKey(AssetKey(asset), check), limit=20
+            )
+            assert (
+                sorted((r.partition, r.status.value) for r in records if r.status.value != "FAILED")
+                == [(day, "SUCCEEDED") for day in DAYS]
+                or check == "no_quarantined_rows"
+            ), (check, [(r.partition, r.status.value) for r in records])
+            assert sorted(r.partition for r in records) == DAYS, check
 
     # Break 2025-01-14: a fifth of its images now 404, far over the 5% error budget.
     with psycopg.connect(running_stack(home).postgres_uri) as conn:

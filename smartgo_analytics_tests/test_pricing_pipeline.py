@@ -520,22 +520,24 @@ def test_untrusted_model_answers_are_per_sale_errors_and_no_such_vector_is_store
     assert np.isfinite(np.asarray(stored.flatten())).all()
 
 
-def test_an_endpoint_that_stops_answering_fails_the_rest_of_the_step_at_once(
+def test_an_endpoint_that_stops_answering_is_waited_out_then_named_with_how_long(
     bedrock, bedrock_calls
 ):
-    from smartgo_analytics.resources.embeddings import EmbeddingError
+    from smartgo_analytics.core.outage import Outage, OutageTooLong
+    from smartgo_analytics.resources.embeddings import BedrockUnavailable
 
     silent = servers.png((1, 2, 3))
     bedrock_calls.hostile = {hashlib.sha256(silent).hexdigest(): "hang"}
     embedder = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1", read_timeout_s=0.2,
-                             http_attempts=1, unanswered_limit=2)  # fmt: skip
-    for _ in range(2):
-        with pytest.raises(EmbeddingError, match="did not answer: ReadTimeoutError"):
-            embedder.embed(silent)
-    calls = bedrock_calls.calls
-    with pytest.raises(EmbeddingError, match="did not answer 2 calls in a row"):
-        embedder.embed(servers.png((9, 9, 9)))
-    assert bedrock_calls.calls == calls  # failed at once, without a call
+                             http_attempts=1)  # fmt: skip
+    with pytest.raises(BedrockUnavailable, match="did not answer: ReadTimeoutError"):
+        embedder.embed(silent)
+    outage = Outage("Bedrock", allowance_s=1.0, backoff_s=0.1)
+    with pytest.raises(OutageTooLong, match=r"Bedrock was unavailable for \d+ s.*ReadTimeoutError"):
+        outage.call(lambda: embedder.embed(silent))
+    assert outage.report().retries >= 2
+    # Once it answers again, so does the embedder: nothing latched.
+    assert embedder.embed(servers.png((9, 9, 9))).shape == (1024,)
 
 
 def test_a_crash_during_the_iceberg_write_leaves_the_previous_rows_readable(

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
 from dagster import ConfigurableResource
@@ -28,6 +29,7 @@ from dagster import ConfigurableResource
 from smartgo_analytics.core.batching import Batched, WriteBehind
 from smartgo_analytics.core.embedding_day import DEFERRED, from_first_sale, mark_deferred
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.core.outage import Outage, OutageReport, OutageTooLong
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import UnsafeKey, image_key
 from smartgo_analytics.resources.dynamodb import ImageVectors
@@ -53,19 +55,24 @@ class SaleWork:
     """Download, check, copy and embed one sale's image, `threads` sales at a time. An image whose
     vector the image vectors hold (asked for a batch of images at a time) is not embedded: its
     result is `embedding_reused`, without a vector (the table's row gets the stored one). A new
-    one is embedded once however many sales show it at the same time, then stored."""
+    one is embedded once however many sales show it at the same time, then stored.
+
+    Downloads (per CDN host) and embedding calls wait out an outage of their server, up to
+    `outage_allowance_s` (core/outage): a transient failure is tried again, never a sale's error."""
 
     image_fetcher: ImageFetcher
     object_store: ObjectStore
     image_embedder: ImageEmbedder
     image_vectors: ImageVectors
     threads: int
+    outage_allowance_s: float = 600.0
     embedding_calls: int = 0
     _in_flight: dict[str, Future] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self._outages: dict[str, Outage] = {}
         model_id, dimension = self.image_embedder.model_id, self.image_embedder.dimension
         vectors = self.image_vectors
         self._stored = Batched(
@@ -81,8 +88,9 @@ class SaleWork:
                   "embedding_model": None, "embedding_vector": None, "embedding_error": None,
                   "embedding_reused": False, "image_url": sale["image_url"], "image_etag": None}  # fmt: skip
         try:
-            fetched = self.image_fetcher.fetch(
-                sale["image_url"], if_none_match=before["image_etag"] if before else None
+            etag = before["image_etag"] if before else None
+            fetched = self._outage(f"CDN {_host(sale['image_url'])}").call(
+                lambda: self.image_fetcher.fetch(sale["image_url"], if_none_match=etag)
             )
             result["image_etag"] = fetched.etag
             if fetched.data is None:
@@ -126,7 +134,7 @@ class SaleWork:
                 if vector is None and not stored:
                     with self._lock:
                         self.embedding_calls += 1
-                    vector = self.image_embedder.embed(image)
+                    vector = self._outage("Bedrock").call(lambda: self.image_embedder.embed(image))
                     self._new.add(sha, vector)
                 future.set_result(vector)
             except BaseException as error:
@@ -136,18 +144,37 @@ class SaleWork:
                     del self._in_flight[sha]
         return future.result()
 
+    def _outage(self, dependency: str) -> Outage:
+        with self._lock:
+            if dependency not in self._outages:
+                self._outages[dependency] = Outage(dependency, self.outage_allowance_s)
+            return self._outages[dependency]
+
+    def outages(self) -> dict[str, OutageReport]:
+        with self._lock:
+            return {name: outage.report() for name, outage in self._outages.items()}
+
     def run(self, items: Iterable[tuple[dict, dict | None]]) -> Iterator[dict]:
         """Every item's result, in the items' order, `threads` at a time in this process."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image")
-        yield from ordered_map(self._pool, self, items, self.threads * 4)
-        self._new.flush()
+        try:
+            yield from ordered_map(self._pool, self, items, self.threads * 4)
+        finally:  # the vectors made before an outage ended the step are kept for its retry
+            self._new.flush()
 
     def close(self) -> None:
         """Stop its threads (a worker process's stop with the process)."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
 
 
 @dataclass
@@ -157,6 +184,21 @@ class Outcome:
     embedding_calls: int = 0
     processes: int = 1
     sales_per_process: list[int] = field(default_factory=list)
+    outages: list[OutageReport] = field(default_factory=list)  # per dependency and process
+
+    def outage_figures(self) -> dict[str, dict]:
+        """Per dependency: calls tried again, sales they were for, seconds it was down."""
+        figures: dict[str, dict] = {}
+        for report in self.outages:
+            mine = figures.setdefault(
+                report.dependency, {"retries": 0, "requeued": 0, "outage_s": 0.0}
+            )
+            mine["retries"] += report.retries
+            mine["requeued"] += report.requeued
+            mine["outage_s"] = max(
+                mine["outage_s"], report.outage_s
+            )  # processes wait it out together
+        return figures
 
 
 class WorkerFailed(Exception):
@@ -172,25 +214,27 @@ _work: SaleWork | None = None  # in a worker process: its share of the work
 _setup_error: BaseException | None = None
 
 
-def _start_worker(settings: list[tuple[type, dict]], threads: int, pace: Pace) -> None:
+def _start_worker(settings: list[tuple[type, dict]], threads: int, pace: Pace,
+                  allowance_s: float) -> None:  # fmt: skip
     """ProcessPoolExecutor's initializer: the worker's resources, built from their settings. A
     failure is kept and raised by the worker's first chunk, with its traceback, not lost in a log."""
     global _work, _setup_error
     try:
         fetcher, store, embedder, vectors = (kind(**fields) for kind, fields in settings)
         embedder.use_pace(pace)
-        _work = SaleWork(fetcher, store, embedder, vectors, threads)
+        _work = SaleWork(fetcher, store, embedder, vectors, threads, allowance_s)
     except BaseException as error:
         _setup_error = error
 
 
-def _run_chunk(items: list[tuple[dict, dict | None]]) -> tuple[int, list[dict], int]:
-    """This worker's process id, the chunk's results in order and the embedding calls they cost."""
+def _run_chunk(items: list[tuple[dict, dict | None]]) -> tuple[int, list[dict], int, dict]:
+    """This worker's process id, the chunk's results in order, the embedding calls they cost and
+    the worker's outages so far."""
     if _setup_error is not None:
         raise _setup_error
     calls = _work.embedding_calls
     results = list(_work.run(items))
-    return os.getpid(), results, _work.embedding_calls - calls
+    return os.getpid(), results, _work.embedding_calls - calls, _work.outages()
 
 
 def worker_context():
@@ -223,6 +267,7 @@ def run_sales(
             yield from work.run(items)
         finally:
             work.close()
+            outcome.outages = list(work.outages().values())
         outcome.embedding_calls = work.embedding_calls
         return
     marked, repeated = mark_deferred(items)
@@ -239,18 +284,20 @@ def run_sales(
     size = max(1, min(threads * 4, math.ceil(len(marked) / (processes * 2))))
     chunks = (marked[n : n + size] for n in range(0, len(marked), size))
     per_process: Counter[int] = Counter()
+    outages: dict[int, dict[str, OutageReport]] = {}
     first_results: dict[str, dict] = {}
     before = set(multiprocessing.active_children())
     workers: set = set()
     pool = ProcessPoolExecutor(processes, mp_context=worker_context(), initializer=_start_worker,
-                               initargs=(settings, threads, pace))  # fmt: skip
+                               initargs=(settings, threads, pace, work.outage_allowance_s))  # fmt: skip
     finished = False
     try:
         pending: deque[Future] = deque()
 
         def results_of(future: Future) -> Iterator[dict]:
-            pid, results, calls = future.result()
+            pid, results, calls, reports = future.result()
             per_process[pid] += len(results)
+            outages[pid] = reports
             outcome.embedding_calls += calls
             for result in results:
                 url = result["image_url"]
@@ -271,6 +318,8 @@ def run_sales(
     except BrokenProcessPool:
         pool.shutdown(wait=True)  # every worker has ended: their exit codes are known
         raise WorkerFailed(_how_workers_ended(workers, processes)) from None
+    except OutageTooLong:
+        raise
     except Exception as error:
         raise WorkerFailed(f"an embedding worker process failed: {error!r}") from error
     finally:
@@ -281,6 +330,7 @@ def run_sales(
         pool.shutdown(wait=True)
     outcome.processes = processes
     outcome.sales_per_process = sorted(per_process.values(), reverse=True)
+    outcome.outages = [report for reports in outages.values() for report in reports.values()]
 
 
 def _how_workers_ended(workers: set, processes: int) -> str:

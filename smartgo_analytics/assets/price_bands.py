@@ -1,20 +1,24 @@
 """Price bands: what sold items of a kind went for, from the Iceberg table, for pricing guidance."""
 
-from collections import Counter
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    DataVersion,
+    MaterializeResult,
+    TimeWindowPartitionMapping,
+    asset,
+)
 from pyiceberg.expressions import EqualTo
 
 from smartgo_analytics import checks
-from smartgo_analytics.assets.pricing_intelligence import (
-    GROUP,
-    IO_RETRY,
-    smartgo_sales_iceberg,
-)
+from smartgo_analytics.assets.policies import IO_RETRY, PRICING, REFRESHED_WHEN_ITS_INPUTS_CHANGE
+from smartgo_analytics.assets.pricing_intelligence import smartgo_sales_iceberg
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.ndjson import encode_ndjson
+from smartgo_analytics.core.sales_table import fingerprint
 from smartgo_analytics.layout import staged_records_key
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.partitions import daily_partitions
@@ -23,20 +27,45 @@ from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.settings import settings
 
 
-def _counted(batch: pa.RecordBatch, counted: Counter) -> pa.RecordBatch:
-    counted["rows"] += batch.num_rows
-    return batch.cast(bands_core.SALES_SCHEMA)
+def bands_of_day(iceberg: IcebergCatalog, day: date) -> tuple[pa.Table, int]:
+    """The day's bands computed from the table as it is now, and the sales of their window.
+
+    A batch at a time from the data files, the price columns only (not the vectors), aggregated as
+    they come: a 90-day window is never held whole."""
+    first, _ = bands_core.window(day)
+    start = datetime.combine(first, time(), UTC)
+    end = datetime.combine(day + timedelta(days=1), time(), UTC)
+    batches = iceberg.scan_day_files(start, end, bands_core.SALES_COLUMNS)
+    sales = 0
+
+    def counted(batch: pa.RecordBatch) -> pa.RecordBatch:
+        nonlocal sales
+        sales += batch.num_rows
+        return batch.cast(bands_core.SALES_SCHEMA)
+
+    reader = pa.RecordBatchReader.from_batches(bands_core.SALES_SCHEMA, map(counted, batches))
+    bands = bands_core.price_bands(reader, day)
+    return bands, sales
 
 
+WINDOW = TimeWindowPartitionMapping(
+    start_offset=1 - bands_core.WINDOW_DAYS,
+    end_offset=0,
+    allow_nonexistent_upstream_partitions=True,
+)
+BAND_ORDER = ("level", "tenant_id", "category", "brand", "condition")
 PREVIEW = ["level", "tenant_id", "category", "brand", "condition", "sales_count", "median"]
 
 
 @asset(
     owners=settings().asset_owners,
     partitions_def=daily_partitions,
-    group_name=GROUP,
+    group_name=PRICING,
     kinds={"iceberg", "duckdb"},
-    deps=[smartgo_sales_iceberg],
+    # The 90 days its bands are made of: a backfill makes them first, and a change to any of them
+    # makes the bands stale (shown in the UI) and refreshes them.
+    deps=[AssetDep(smartgo_sales_iceberg, partition_mapping=WINDOW)],
+    automation_condition=REFRESHED_WHEN_ITS_INPUTS_CHANGE,
     retry_policy=IO_RETRY,
     check_specs=[checks.price_bands_hold],
 )
@@ -49,17 +78,7 @@ def price_bands(
     replaced in one commit, and staged for the QuickSight dataset `price_bands`."""
     day = context.partition_time_window.start.date()
     first, _ = bands_core.window(day)
-    # A batch at a time from the data files, the price columns only (not the vectors), and
-    # aggregated as they come: a 90-day window is never held whole.
-    batches = iceberg.scan_day_files(
-        datetime.combine(first, time(), UTC), context.partition_time_window.end,
-        bands_core.SALES_COLUMNS,
-    )  # fmt: skip
-    counted = Counter()
-    sales = pa.RecordBatchReader.from_batches(
-        bands_core.SALES_SCHEMA, (_counted(batch, counted) for batch in batches)
-    )
-    bands = bands_core.price_bands(sales, day)
+    bands, sales_in_window = bands_of_day(iceberg, day)
     table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
     table = replace(table, EqualTo("band_date", day.isoformat()), [bands])
     records = bands_core.quicksight_records(bands)
@@ -69,11 +88,12 @@ def price_bands(
     levels = bands.column("level").to_pylist()
     context.log.info(f"{context.partition_key}: {bands.num_rows} price bands")
     return MaterializeResult(
+        data_version=DataVersion(fingerprint(bands, BAND_ORDER)),
         metadata={
             "table": bands_core.IDENTIFIER,
             "bands": bands.num_rows,
             **{f"bands_{level}": levels.count(level) for level in bands_core.LEVELS},
-            "sales_in_window": counted["rows"],
+            "sales_in_window": sales_in_window,
             "window": f"{first.isoformat()} .. {day.isoformat()}",
             "snapshot_id": str(table.current_snapshot().snapshot_id),
             "preview": md_table(bands.to_pylist(), PREVIEW),

@@ -4,7 +4,6 @@ import io
 import os
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -13,14 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    Backoff,
     Config,
-    Failure,
-    Jitter,
+    DataVersion,
     MaterializeResult,
     MetadataValue,
     Output,
-    RetryPolicy,
     asset,
 )
 from pydantic import Field
@@ -32,6 +28,12 @@ from smartgo_analytics.assets.embedding_work import (
     run_sales,
     start_worker_server,
     worker_context,
+)
+from smartgo_analytics.assets.policies import (
+    IO_RETRY,
+    PRICING,
+    outage_fails_the_step,
+    permanent_errors,
 )
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.core.embedding_day import (
@@ -57,21 +59,7 @@ from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
 from smartgo_analytics.settings import settings
 
-GROUP = "pricing_intelligence"
-
-
-@contextmanager
-def permanent_errors(*kinds: type[Exception]):
-    """Configuration problems fail the step at once: retrying a missing table only delays the alert."""
-    try:
-        yield
-    except kinds as error:
-        raise Failure(description=str(error), allow_retries=False) from None
-
-
-IO_RETRY = RetryPolicy(
-    max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-)
+GROUP = PRICING
 # No backfill policy on the pricing assets: a backfill is then a run per day, tagged with its day
 # (a policy of one-day ranges would leave the checks' results without their partition), and the
 # `bedrock` pool caps how many embed at once.
@@ -103,11 +91,15 @@ def smartgo_sales(
     export_progress.record(
         context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat()
     )
-    with permanent_errors(SmartGoDatabaseError):
-        table, rejected = validated_day(smartgo_db.stream_sold_products(start, end))
+    with permanent_errors(SmartGoDatabaseError), outage_fails_the_step():
+        (table, rejected), outage = smartgo_db.read_sold_products(
+            start, end, validated_day, settings().outage_allowance_s
+        )
     reasons = Counter(r.reason for r in rejected)
     metadata = {
         "source_rows": table.num_rows + len(rejected),
+        "database_reads_retried": outage.retries,
+        "database_outage_seconds": outage.outage_s,
         "valid_rows": table.num_rows,
         "quarantined_rows": len(rejected),
         "duplicate_product_ids": reasons[DUPLICATE_REASON],
@@ -142,6 +134,10 @@ class EmbeddingConfig(Config):
         description="smaller days stay in the step's process (a worker takes ~1 s to start)",
     )
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
+    outage_allowance_s: float = Field(
+        default_factory=lambda: settings().outage_allowance_s,
+        description="how long an outage of the CDN or Bedrock is waited out before the step fails",
+    )
 
 
 def _last_downloads(object_store: ObjectStore, day: str) -> list[dict]:
@@ -200,14 +196,15 @@ def product_image_embeddings(
     pace = Pace(image_embedder.requests_per_minute, context=worker_context())
     image_embedder.use_pace(pace)
     work = SaleWork(image_fetcher, object_store, image_embedder, image_vectors,
-                    config.download_concurrency)  # fmt: skip
+                    config.download_concurrency, config.outage_allowance_s)  # fmt: skip
     outcome, tally = Outcome(), EmbeddingTally(image_embedder.dimension)
     fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
     os.close(fd)
-    write_results(
-        run_sales(work, items, processes, outcome, pace), path, config.batch_rows, tally,
-        lambda n: context.log.info(f"{context.partition_key}: {n} of {len(items)} images processed"),
-    )  # fmt: skip
+    with outage_fails_the_step():
+        write_results(
+            run_sales(work, items, processes, outcome, pace), path, config.batch_rows, tally,
+            lambda n: context.log.info(f"{context.partition_key}: {n} of {len(items)} images processed"),
+        )  # fmt: skip
     paced = pace.report()
     context.log.info(
         f"{context.partition_key}: {tally.embedded} embedded, {tally.errors} errors, "
@@ -237,6 +234,12 @@ def _embedding_metadata(
         "bedrock_requests": paced.calls,  # HTTP attempts, retries included
         "throttled_responses": paced.throttled,
         "worker_processes": outcome.processes,
+        # Transient failures waited out, never counted as a sale's error.
+        "outage_retries": sum(f["retries"] for f in outcome.outage_figures().values()),
+        "sales_requeued": sum(f["requeued"] for f in outcome.outage_figures().values()),
+        "outage_seconds": MetadataValue.json(
+            {name: f["outage_s"] for name, f in outcome.outage_figures().items()}
+        ),
         "sales_per_worker_process": MetadataValue.json(outcome.sales_per_process),
         "embedding_model": embedder.model_id,
     }
@@ -303,6 +306,9 @@ def smartgo_sales_iceberg(
         completedAt=datetime.now(UTC).isoformat(),
     )
     return MaterializeResult(
+        # The day's sales as the source gave them: the days that read this one (price bands over
+        # 90 days) are made again when it changes, not when it is written again unchanged.
+        data_version=DataVersion(sales_table.fingerprint(smartgo_sales, ("product_id",))),
         metadata={
             "table": sales_table.IDENTIFIER,
             "rows": day.rows,

@@ -22,7 +22,12 @@ from dagster import (
 )
 
 from smartgo_analytics import checks
-from smartgo_analytics.assets.pricing_intelligence import IO_RETRY, permanent_errors
+from smartgo_analytics.assets.policies import (
+    IO_RETRY,
+    QUICKSIGHT,
+    REFRESHED_WHEN_ITS_INPUTS_CHANGE,
+    permanent_errors,
+)
 from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.quicksight import (
     DAILY_METRICS,
@@ -54,7 +59,7 @@ from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.quicksight import QuickSightExport, ingestion_id
 from smartgo_analytics.settings import settings
 
-GROUP = "quicksight"
+GROUP = QUICKSIGHT
 SINGLE_RUN = BackfillPolicy.single_run()
 DAY_QUERIES_IN_FLIGHT = 8
 PER_DAY_COLUMNS = ["date", "items", "pages", "non_finite_numbers"]
@@ -139,6 +144,10 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 kinds={"s3"},
                 owners=settings().asset_owners,
                 description=f"{spec.description}: NDJSON, one file a day, plus its QuickSight manifest",
+                # The price bands' days are refreshed when an earlier day's sales change; so is their file.
+                automation_condition=None
+                if spec.staged_by == DAILY_METRICS
+                else REFRESHED_WHEN_ITS_INPUTS_CHANGE,
             )
         ],
         name=f"quicksight__{spec.name}",
@@ -231,10 +240,35 @@ def write_manifest(
 ) -> tuple[str | None, int]:
     """Write again the finished months the export touched, then the manifest naming a file per
     finished month and per day of the current one: its URI (None when there is no file to name:
-    QuickSight refuses an empty manifest) and how many files it names."""
+    QuickSight refuses an empty manifest) and how many files it names.
+
+    Another run may export days of the same dataset meanwhile. Both are made from a listing of the
+    day files, and that listing is read again after they are written: when a day file came, went or
+    changed since, they are made again. So the last writer of a month file or manifest wrote it
+    from the day files as they are, and a day is never lost from them."""
     day_prefix = quicksight_dataset_prefix(prefix, dataset)
+    for _ in range(MANIFEST_ATTEMPTS):
+        days = object_store.versions(day_prefix)
+        try:
+            written = _write_months_and_manifest(object_store, prefix, dataset, exported_days,
+                                                 _dated(list(days), day_prefix, DAY_FILE))  # fmt: skip
+        except FileNotFoundError:  # a day file removed since the listing (its day became empty)
+            continue
+        if object_store.versions(day_prefix) == days:
+            return written
+    raise RuntimeError(
+        f"{dataset}: its day files changed during each of {MANIFEST_ATTEMPTS} attempts to write "
+        "its month files and manifest"
+    )
+
+
+MANIFEST_ATTEMPTS = 20
+
+
+def _write_months_and_manifest(
+    object_store: ObjectStore, prefix: str, dataset: str, exported_days: list[str], days: set[str]
+) -> tuple[str | None, int]:
     month_prefix = quicksight_month_prefix(prefix, dataset)
-    days = _dated(object_store.list_keys(day_prefix), day_prefix, DAY_FILE)
     months = _dated(object_store.list_keys(month_prefix), month_prefix, MONTH_FILE)
     plan = plan_manifest(days, months, exported_days, datetime.now(UTC).strftime("%Y-%m"))
     for month in plan.months_to_write:

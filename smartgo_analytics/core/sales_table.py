@@ -122,6 +122,20 @@ COMPARED_COLUMNS = [
 ]
 
 
+def fingerprint(table: pa.Table, sort_by: tuple[str, ...]) -> str:
+    """A digest of the table's rows in `sort_by` order: equal for equal rows, whatever their
+    order or batches."""
+    import hashlib
+
+    table = table.sort_by([(name, "ascending") for name in sort_by])
+    digest = hashlib.sha256()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks(), max_chunksize=table.num_rows or None)
+    digest.update(sink.getvalue())
+    return digest.hexdigest()[:32]
+
+
 def same_rows(rows: pa.Table, other: pa.Table) -> bool:
     """Whether two tables hold the same rows in COMPARED_COLUMNS, in whatever order."""
     if rows.num_rows != other.num_rows:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 PREFIX = "similarity_index"
 SEGMENT_VECTORS = 200_000
 ROW_BITS = 24  # rows of one tenant on one day: up to 16.7 million
-# Chosen by measurement (README, "Comparables and embedding quality"): the graph holds each vector
+# Chosen by measurement (docs/operating.md, "Comparables and embedding quality"): the graph holds each vector
 # as one bit a dimension, whether the unit vector lies above its segment's centre there (the mean of
 # the vectors the graph was built from), compared by Hamming distance. A walk so reads 128 bytes a
 # vector where 8-bit vectors cost 1 KiB, and a graph builds in half their time. 32 links a node and

@@ -9,16 +9,20 @@ from collections import Counter
 
 import numpy as np
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
     ReadTimeoutError,
 )
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from smartgo_analytics.core.imaging import visual_features
+from smartgo_analytics.core.outage import Transient
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.retry import call_with_retries
 from smartgo_analytics.core.vectors import vector_from_answer
@@ -28,12 +32,21 @@ TITAN_IMAGE_MODEL = "amazon.titan-embed-image-v1"
 TITAN_DIMENSIONS = (256, 384, 1024)
 # On-demand price of one Titan Multimodal Embeddings image input, USD.
 TITAN_PRICE_PER_IMAGE = 0.00006
-# Errors of an endpoint that does not answer: a connection refused, reset or left silent.
-UNANSWERED = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError)
+# Errors of an endpoint that does not answer: a connection refused, reset or left silent, or an
+# answer cut short (a body shorter than its length, a broken stream).
+UNANSWERED = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError,
+              HTTPClientError, IncompleteReadError)  # fmt: skip
+# Answers that say "not now" rather than "not this image".
+UNAVAILABLE_CODES = {"ThrottlingException", "ServiceUnavailableException", "InternalServerException",
+                     "ModelNotReadyException", "ModelTimeoutException", "InternalFailure"}  # fmt: skip
 
 
 class EmbeddingError(Exception):
     """The model gave no usable vector; the message is the per-sale reason."""
+
+
+class BedrockUnavailable(EmbeddingError, Transient):
+    """Bedrock did not answer, or answered that it cannot now: the call is worth trying again."""
 
 
 class ImageEmbedder(ConfigurableResource):
@@ -81,10 +94,9 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
     retries (throttling), a bound on calls in flight, and its own retry of ModelTimeoutException
     and of throttling that outlasts botocore's attempts.
 
-    Time per sale is bounded: an endpoint that never answers costs at most `http_attempts` x
-    (`connect_timeout_s` + `read_timeout_s`) (3 x 25 s by default), and once
-    `unanswered_limit` calls in a row went unanswered, the rest of the step's calls fail at once
-    (the day then fails its error budget and is retried later, rather than waiting for hours).
+    A call that is not answered costs at most `http_attempts` x (`connect_timeout_s` +
+    `read_timeout_s`) (3 x 25 s by default), then fails with BedrockUnavailable, as do 5xx and
+    throttling that outlasts the retries: the caller waits such an outage out (core/outage).
     """
 
     titan_model_id: str = Field(default=TITAN_IMAGE_MODEL)
@@ -98,12 +110,8 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
     )
     connect_timeout_s: float = 5.0
     read_timeout_s: float = Field(default=20.0, description="longest wait for one answer")
-    unanswered_limit: int = Field(
-        default=3, description="calls in a row without an answer before the rest fail at once"
-    )
 
     _slots: threading.BoundedSemaphore | None = PrivateAttr(default=None)
-    _unanswered: int = PrivateAttr(default=0)
 
     @property
     def model_id(self) -> str:
@@ -151,8 +159,6 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             self._pace.answered(http.status_code == 429 or code == "ThrottlingException")
 
     def embed(self, image: bytes) -> np.ndarray:
-        if self._unanswered >= self.unanswered_limit:
-            raise EmbeddingError(f"Bedrock did not answer {self._unanswered} calls in a row")
         client = self._client()
         body = json.dumps(
             {
@@ -188,14 +194,17 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             )
         except ClientError as error:
             code = error.response["Error"]["Code"]
-            raise EmbeddingError(
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            kind = (
+                BedrockUnavailable if code in UNAVAILABLE_CODES or status >= 500 else EmbeddingError
+            )
+            raise kind(
                 f"Bedrock {code}: {error.response['Error'].get('Message', '')[:120]}"
             ) from None
         except UNANSWERED as error:
-            with self._clients_lock:
-                self._unanswered += 1
-            raise EmbeddingError(f"Bedrock did not answer: {type(error).__name__}") from None
-        self._unanswered = 0
+            raise BedrockUnavailable(f"Bedrock did not answer: {type(error).__name__}") from None
+        except BotoCoreError as error:  # anything else of the transport's: not this image's fault
+            raise BedrockUnavailable(f"Bedrock call failed: {type(error).__name__}") from None
         try:
             return vector_from_answer(answer, self.dimension)
         except ValueError as error:

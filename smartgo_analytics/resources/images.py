@@ -15,6 +15,7 @@ import httpx
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
+from smartgo_analytics.core.outage import Transient
 from smartgo_analytics.core.retry import call_with_retries
 from smartgo_analytics.core.ssrf import UnsafeUrl, check_url, resolve
 
@@ -38,6 +39,10 @@ class Fetched:
 
 class ImageFetchError(Exception):
     """A download that failed for good; the message is the per-sale reason."""
+
+
+class ImageUnavailable(ImageFetchError, Transient):
+    """A download that failed for a reason that may pass: 5xx, 429, a timeout, a connection error."""
 
 
 class _Retryable(Exception):
@@ -112,7 +117,7 @@ class ImageFetcher(ConfigurableResource):
                 base_s=self.backoff_base_s,
             )
         except _Retryable as error:
-            raise ImageFetchError(f"{error} (after {self.retries} retries)") from None
+            raise ImageUnavailable(f"{error} (after {self.retries} retries)") from None
 
     def _attempt(self, url: str, if_none_match: str | None) -> Fetched:
         deadline = time.monotonic() + self.timeout_s

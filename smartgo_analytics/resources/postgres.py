@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from pydantic import Field
 
+from smartgo_analytics.core.outage import Outage, OutageReport, Transient
 from smartgo_analytics.core.sales import SOURCE_COLUMNS
 from smartgo_analytics.resources.aws import AwsResource
 
@@ -25,8 +26,19 @@ SOLD_PRODUCTS_SQL = (
 SSM_KEYS = ("host", "port", "database", "username", "password")
 
 
+T = TypeVar("T")
+# What a server that cannot be used as configured answers; anything else of a connection is
+# worth trying again (refused, reset, timed out, starting up, shutting down, too many clients).
+_PERMANENT_CONNECT = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
+                      "role ", "invalid dsn", "invalid connection option", "certificate")  # fmt: skip
+
+
 class SmartGoDatabaseError(Exception):
     """Configuration or connection problem; the message never contains the password."""
+
+
+class SmartGoDatabaseUnavailable(SmartGoDatabaseError, Transient):
+    """The server could not be reached or dropped the connection: worth trying again."""
 
 
 def conninfo_from_ssm_json(raw: str, parameter_name: str) -> tuple[str, int]:
@@ -108,9 +120,9 @@ class SmartGoDatabase(AwsResource):
             info = psycopg.conninfo.conninfo_to_dict(conninfo)
             where = f"{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
             reason = str(error).replace(str(info.get("password") or "\0"), "***").splitlines()[0]
-            raise SmartGoDatabaseError(
-                f"cannot connect to the SmartGo database {where}: {reason}"
-            ) from None
+            permanent = any(marker in reason.lower() for marker in _PERMANENT_CONNECT)
+            kind = SmartGoDatabaseError if permanent else SmartGoDatabaseUnavailable
+            raise kind(f"cannot connect to the SmartGo database {where}: {reason}") from None
         conn.execute(f"SET statement_timeout = {int(query_timeout_ms)}")
         return conn
 
@@ -118,10 +130,33 @@ class SmartGoDatabase(AwsResource):
         self, start: datetime, end: datetime
     ) -> Iterator[list[dict[str, Any]]]:
         """The SOLD products with start <= sold_date < end, in batches, through a server-side cursor."""
-        with self.connect() as conn, conn.transaction():
-            with conn.cursor(name="smartgo_sold_products") as cursor:
-                cursor.execute(
-                    SOLD_PRODUCTS_SQL, {"start": start, "end": end, "tenant": self.tenant}
-                )
-                while batch := cursor.fetchmany(self.fetch_batch_size):
-                    yield batch
+        try:
+            with self.connect() as conn, conn.transaction():
+                with conn.cursor(name="smartgo_sold_products") as cursor:
+                    cursor.execute(
+                        SOLD_PRODUCTS_SQL, {"start": start, "end": end, "tenant": self.tenant}
+                    )
+                    while batch := cursor.fetchmany(self.fetch_batch_size):
+                        yield batch
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
+                psycopg.errors.InsufficientPrivilege) as error:  # fmt: skip
+            raise SmartGoDatabaseError(
+                f"the SmartGo database cannot be read: {error}".splitlines()[0]
+            ) from None
+        except psycopg.OperationalError as error:  # the connection broke, or the server went away
+            raise SmartGoDatabaseUnavailable(
+                f"the SmartGo database connection broke: {type(error).__name__}: {error}".splitlines()[
+                    0
+                ]
+            ) from None
+
+    def read_sold_products(
+        self, start: datetime, end: datetime,
+        consume: Callable[[Iterator[list[dict[str, Any]]]], T], allowance_s: float,
+    ) -> tuple[T, OutageReport]:  # fmt: skip
+        """consume(the day's SOLD products), read again from the start each time the server cannot
+        be reached or drops the connection, until it has been unavailable longer than `allowance_s`
+        (OutageTooLong). `consume` must be a function of the rows alone: it is called afresh."""
+        outage = Outage("SmartGo Postgres", allowance_s, backoff_s=1.0)
+        result = outage.call(lambda: consume(self.stream_sold_products(start, end)))
+        return result, outage.report()

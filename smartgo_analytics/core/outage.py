@@ -1,0 +1,137 @@
+"""Faults that pass: a dependency's calls wait an outage out instead of failing what they were for.
+
+A call that fails for a reason that may pass (a 5xx, throttling, a reset, a timeout, a refused
+connection) raises `Transient`. Its `Outage` then holds every call to that dependency back until a
+shared moment (the circuit is open), backing off while the failures go on, and tries the call
+again; the first call that succeeds closes the circuit. A call that keeps failing while other
+calls get through is not waiting for an outage: after `own_retries` more tries its error is its
+own (one image's URL that always answers 503). Only an outage longer than the allowance ends the
+wait: `OutageTooLong` names the dependency, how long it was down and why, and fails
+what the calls were part of (a step, which Dagster retries). A failure that will not pass (a 404,
+not an image, a malformed answer) is never `Transient`: it is the caller's to report, at once.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+DEFAULT_ALLOWANCE_S = 600.0
+
+
+class Transient(Exception):
+    """A failure worth trying again later: the dependency, not the input, is at fault."""
+
+
+class OutageTooLong(Exception):
+    """A dependency stayed unavailable longer than its allowance."""
+
+    def __init__(self, dependency: str, down_s: float, allowance_s: float, reason: str):
+        super().__init__(dependency, down_s, allowance_s, reason)
+        self.dependency, self.down_s, self.allowance_s, self.reason = (
+            dependency, down_s, allowance_s, reason,
+        )  # fmt: skip
+
+    def __str__(self) -> str:
+        return (
+            f"{self.dependency} was unavailable for {self.down_s:.0f} s, longer than the outage "
+            f"allowance of {self.allowance_s:.0f} s (OUTAGE_ALLOWANCE_S); last error: {self.reason}"
+        )
+
+
+@dataclass(frozen=True)
+class OutageReport:
+    dependency: str
+    retries: int  # calls tried again after a transient failure
+    requeued: int  # calls that met at least one (each a sale, a read, ...)
+    outage_s: float  # time from a first failure to the next success, summed
+    outages: int
+
+
+class Outage:
+    """The state of one dependency's circuit, shared by the threads that call it."""
+
+    def __init__(self, dependency: str, allowance_s: float = DEFAULT_ALLOWANCE_S,
+                 own_retries: int = 2, backoff_s: float = 0.5, max_backoff_s: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+        self.dependency, self.allowance_s, self.own_retries = dependency, allowance_s, own_retries
+        self._successes = 0
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # when the current outage began
+        self._resume_at = 0.0  # no call before this while the circuit is open
+        self._failures = 0  # probes in a row that failed
+        self._paused_at = -1.0
+        self._retries = self._requeued = self._outages = 0
+        self._outage_s = 0.0
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn(), tried again after each Transient failure until it succeeds or the outage has
+        lasted longer than the allowance (OutageTooLong), or until it has failed `own_retries`
+        more times while other calls succeeded (its own error, raised)."""
+        met, tries, successes = False, 0, None
+        while True:
+            self._wait_for_circuit()
+            started = self._clock()
+            try:
+                result = fn()
+            except Transient as error:
+                down = self._failed(started)
+                if down > self.allowance_s:
+                    raise OutageTooLong(
+                        self.dependency, down, self.allowance_s, str(error)
+                    ) from None
+                if successes is None:
+                    successes = self._successes
+                tries += 1
+                if tries > self.own_retries and self._successes > successes:
+                    raise
+                with self._lock:
+                    self._retries += 1
+                    if not met:
+                        self._requeued += 1
+                met = True
+                continue
+            self._succeeded()
+            return result
+
+    def _wait_for_circuit(self) -> None:
+        with self._lock:
+            wait = self._resume_at - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+
+    def _failed(self, started: float) -> float:
+        """Open the circuit (or keep it open, backing off further); how long it has been down.
+        Calls already in flight when the circuit last paused fail with it: only a call made after
+        that pause (a probe) backs the circuit off further."""
+        with self._lock:
+            now = self._clock()
+            if self._down_since is None:
+                self._down_since, self._failures, self._paused_at = now, 0, -1.0
+                self._outages += 1
+            if started >= self._paused_at:
+                self._failures += 1
+                pause = min(self.max_backoff_s, self.backoff_s * 2 ** min(self._failures - 1, 16))
+                self._resume_at = now + pause * random.uniform(0.5, 1.0)
+                self._paused_at = now
+            return now - self._down_since
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._successes += 1
+            if self._down_since is not None:
+                self._outage_s += self._clock() - self._down_since
+                self._down_since, self._failures, self._resume_at = None, 0, 0.0
+
+    def report(self) -> OutageReport:
+        with self._lock:
+            return OutageReport(self.dependency, self._retries, self._requeued,
+                                round(self._outage_s, 1), self._outages)  # fmt: skip
