@@ -641,3 +641,19 @@ def test_a_call_that_keeps_failing_while_others_get_through_fails_on_its_own():
     with pytest.raises(Transient, match="HTTP 503"):
         outage.call(broken_url)
     assert len(tries) == 3  # the first try and its own two retries, no ten-minute wait
+
+
+def test_a_full_disk_fails_at_once_naming_the_directory_what_is_free_and_the_setting():
+    from dagster import Failure
+
+    from smartgo_analytics.assets.policies import disk_full_is_named
+
+    with pytest.raises(Failure) as raised, disk_full_is_named():
+        with open("/dev/full", "wb") as full:  # a real ENOSPC: every write to it fails so
+            full.write(b"x" * 65536)
+    failure = raised.value
+    assert not failure.allow_retries
+    import tempfile
+
+    assert f"no space left on the device of {tempfile.gettempdir()}" in failure.description
+    assert "bytes free" in failure.description and "set TMPDIR" in failure.description

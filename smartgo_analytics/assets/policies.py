@@ -1,6 +1,9 @@
 """How the assets are run: their retries, their groups, which errors are not retried, and when a
 materialised day is refreshed because a day it reads changed."""
 
+import errno
+import shutil
+import tempfile
 from contextlib import contextmanager
 
 from dagster import AutomationCondition, Backoff, Failure, Jitter, MetadataValue, RetryPolicy
@@ -36,6 +39,26 @@ def outage_fails_the_step():
             metadata={"dependency": error.dependency, "down_s": round(error.down_s, 1),
                       "allowance_s": error.allowance_s, "last_error": MetadataValue.text(error.reason)},
         ) from None  # fmt: skip
+
+
+@contextmanager
+def disk_full_is_named():
+    """A full disk fails the step at once (retrying it fills the same disk), naming where the step
+    writes its files, what is free there, and the setting that moves them."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        directory = tempfile.gettempdir()
+        free = shutil.disk_usage(directory).free
+        raise Failure(
+            description=f"no space left on the device of {directory} ({free:,} bytes free"
+            f"{', writing ' + error.filename if error.filename else ''}): set TMPDIR to a "
+            "directory on a larger disk (a day of 100,000 sales needs about 650 MB)",
+            metadata={"directory": directory, "free_bytes": free},
+            allow_retries=False,
+        ) from None
 
 
 # A day already materialised is made again when the data of a day it reads changed since it was

@@ -32,6 +32,7 @@ from smartgo_analytics.assets.embedding_work import (
 from smartgo_analytics.assets.policies import (
     IO_RETRY,
     PRICING,
+    disk_full_is_named,
     outage_fails_the_step,
     permanent_errors,
 )
@@ -200,7 +201,7 @@ def product_image_embeddings(
     outcome, tally = Outcome(), EmbeddingTally(image_embedder.dimension)
     fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
     os.close(fd)
-    with outage_fails_the_step():
+    with outage_fails_the_step(), disk_full_is_named():
         write_results(
             run_sales(work, items, processes, outcome, pace), path, config.batch_rows, tally,
             lambda n: context.log.info(f"{context.partition_key}: {n} of {len(items)} images processed"),

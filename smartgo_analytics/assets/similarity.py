@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_asset
 
 from smartgo_analytics import checks, pools
+from smartgo_analytics.assets.policies import disk_full_is_named
 from smartgo_analytics.assets.pricing_intelligence import (
     GROUP,
     IO_RETRY,
@@ -336,7 +337,7 @@ def similarity_index(
     config = settings()
     day = context.partition_time_window.start.date()
     start, end = context.partition_time_window.start, context.partition_time_window.end
-    with tempfile.TemporaryDirectory(prefix="smartgo-index-") as work:
+    with disk_full_is_named(), tempfile.TemporaryDirectory(prefix="smartgo-index-") as work:
         work = Path(work)
         batches = iceberg.scan_day_files(start, end, READ_COLUMNS)
         spooled = spool_day(batches, config.embedding_dimension, work)
