@@ -91,7 +91,8 @@ class Outage:
                 if successes is None:
                     successes = self._successes
                 tries += 1
-                if tries > self.own_retries and self._successes > successes:
+                # Others got through during this step (before it, or since): this call's own error.
+                if tries > self.own_retries and self._successes > 0:
                     raise
                 with self._lock:
                     self._retries += 1
