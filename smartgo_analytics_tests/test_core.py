@@ -618,6 +618,7 @@ def test_an_outage_is_waited_out_and_reported_and_one_longer_than_the_allowance_
         time.now += 1
         raise Transient("connection refused")
 
+    outage = Outage("CDN", allowance_s=30, clock=time.clock, sleep=time.sleep)  # never answered
     with pytest.raises(OutageTooLong) as raised:
         outage.call(down)
     assert raised.value.dependency == "CDN" and raised.value.down_s > 30
