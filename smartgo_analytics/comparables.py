@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -20,8 +21,12 @@ import numpy as np
 
 from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.core.sales import IDENTIFIER
 from smartgo_analytics.layout import check_key
 
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # a picture asked about, as the image fetcher's cap
+MAX_LABEL = 200  # characters of a category or condition
+IDENTIFIER_RULE = "a letter or digit, then up to 127 letters, digits, '.', '_' or '-'"
 SHOWN = ("product_id", "category", "brand", "condition", "sold_price", "sold_date", "similarity")
 SEARCHED_PER_WANTED = 20  # candidates asked for each item wanted when a category narrows them
 MOST_SEARCHED = 4_000
@@ -149,6 +154,7 @@ def comparables(
         raise ComparablesError("give exactly one of a product id or an image")
     if k < 1:
         raise ComparablesError(f"k must be at least 1, got {k}")
+    _check_arguments(product_id, tenant, category, condition)
     if resources is None:
         store = LocalLake.of_deployment() or _deployment()["object_store"]
     else:
@@ -164,9 +170,10 @@ def comparables(
             vector = index.vector(key)
             query = f"product {product_id}"
         else:
+            picture = _picture(image, resources)  # a bad picture is told before a bad tenant
             manifest = _tenant_manifest(files, tenant)
             index = files.open(manifest)
-            vector = _embed(image, resources, manifest.dimension)
+            vector = _embed(picture, resources, manifest.dimension)
             key, query = None, f"image {image if isinstance(image, str) else '(bytes)'}"
         wanted = {"category": category, "condition": condition}
         items = _nearest(index, vector, key, product_id, wanted, k)
@@ -293,21 +300,76 @@ def _find_product(files: IndexFiles, product_id: str, tenant: str | None, why_no
     raise ComparablesError(f"unknown product {product_id!r}: no sold item{where} has that id")
 
 
-def _embed(image: str | bytes, resources: dict, dimension: int) -> np.ndarray:
+def _check_arguments(product_id, tenant, category, condition) -> None:
+    """ComparablesError, in one line, for an argument no sold item could have."""
+    if tenant is not None and not (isinstance(tenant, str) and IDENTIFIER.fullmatch(tenant)):
+        raise ComparablesError(f"{_shown(tenant)} is not a tenant id ({IDENTIFIER_RULE})")
+    if product_id is not None and not (
+        isinstance(product_id, str) and IDENTIFIER.fullmatch(product_id)
+    ):
+        raise ComparablesError(f"unknown product {_shown(product_id)} (ids are {IDENTIFIER_RULE})")
+    for name, value in (("category", category), ("condition", condition)):
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        ):  # fmt: skip
+            raise ComparablesError(f"{_shown(value)} is not a {name} (1 to {MAX_LABEL} characters)")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """A picture from a regular file of at most `max_bytes`, read with that bound; a device, a
+    FIFO or a directory is refused without waiting on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+        raise ComparablesError(
+            f"cannot read {_shown(path)}: {getattr(error, 'strerror', None) or error}"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ComparablesError(f"{_shown(path)} is not a regular file")
+        if info.st_size > max_bytes:
+            raise ComparablesError(
+                f"{_shown(path)} is {info.st_size} bytes, over the {max_bytes} byte limit"
+            )
+        chunks, size = [], 0
+        while size <= max_bytes and (chunk := os.read(fd, min(2**20, max_bytes + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise ComparablesError(f"{_shown(path)} grew past the {max_bytes} byte limit while read")
+    return b"".join(chunks)
+
+
+def _picture(image: str | bytes, resources: dict) -> bytes:
+    """The picture's bytes: given, fetched from an http(s) URL, or read from a file."""
     if isinstance(image, bytes):
-        data = image
-    elif image.startswith(("http://", "https://")):
+        return image
+    if image.startswith(("http://", "https://")):
         from smartgo_analytics.resources.images import ImageFetchError
 
         try:
-            data = resources["image_fetcher"].fetch(image).data
+            return resources["image_fetcher"].fetch(image).data
         except ImageFetchError as error:
-            raise ComparablesError(f"cannot fetch {image}: {error}") from None
-    else:
-        try:
-            data = Path(image).read_bytes()
-        except OSError as error:
-            raise ComparablesError(f"cannot read {image}: {error.strerror}") from None
+            raise ComparablesError(f"cannot fetch {_shown(image)}: {error}") from None
+    return read_image_file(image)
+
+
+def _embed(data: bytes, resources: dict, dimension: int) -> np.ndarray:
+    from smartgo_analytics.resources.embeddings import EmbeddingError
+
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ComparablesError(
+            f"the picture is {len(data)} bytes, over the {MAX_IMAGE_BYTES} byte limit"
+        )
     try:
         prepared = prepare_for_titan(data)
     except BadImage as error:
@@ -317,7 +379,10 @@ def _embed(image: str | bytes, resources: dict, dimension: int) -> np.ndarray:
         raise ComparablesError(
             f"the index holds {dimension}-d vectors; the embedder makes {embedder.dimension}-d ones"
         )
-    return embedder.embed(prepared.data)
+    try:
+        return embedder.embed(prepared.data)
+    except EmbeddingError as error:
+        raise ComparablesError(f"the picture could not be embedded: {error}") from None
 
 
 def _nearest(index: sim.TenantIndex, vector, key, product_id, kind: dict, k) -> list[Comparable]:

@@ -34,7 +34,8 @@ def check_key(key: str) -> str:
 
 
 def image_key(tenant_id: str, product_id: str, sha256: str, extension: str) -> str:
-    """`images/smartgo/<tenant>/<product>/<sha256>.<ext>`; UnsafeKey for a part that is not one."""
+    """`images/smartgo/<tenant>/<product>/<sha256>.<ext>`, `ext` the file's own format (`core/imaging.
+    SOURCE_FORMATS`: jpg, png, webp, gif, ...); UnsafeKey for a part that is not one."""
     if not (
         IDENTIFIER.fullmatch(tenant_id)
         and IDENTIFIER.fullmatch(product_id)

@@ -31,11 +31,40 @@ class BadImage(Exception):
 
 @dataclass(frozen=True)
 class PreparedImage:
-    data: bytes  # what is stored and embedded
-    extension: str
+    data: bytes  # what is embedded: the original bytes, or the picture re-encoded for Titan
+    extension: str  # of `data`
     width: int
     height: int
-    resized: bool
+    resized: bool  # re-encoded: scaled down, turned upright, or not PNG or JPEG
+    source_format: SourceFormat  # the downloaded bytes' own format
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """A file format as an object's name and Content-Type carry it."""
+
+    extension: str
+    content_type: str
+
+
+# The formats Pillow reads that product pictures come in; another is named by Pillow's own name.
+SOURCE_FORMATS = {
+    "JPEG": SourceFormat("jpg", "image/jpeg"), "PNG": SourceFormat("png", "image/png"),
+    "WEBP": SourceFormat("webp", "image/webp"), "GIF": SourceFormat("gif", "image/gif"),
+    "AVIF": SourceFormat("avif", "image/avif"), "HEIF": SourceFormat("heic", "image/heic"),
+    "TIFF": SourceFormat("tiff", "image/tiff"), "BMP": SourceFormat("bmp", "image/bmp"),
+    "ICO": SourceFormat("ico", "image/vnd.microsoft.icon"), "JPEG2000": SourceFormat("jp2", "image/jp2"),
+    "MPO": SourceFormat("jpg", "image/jpeg"), "QOI": SourceFormat("qoi", "image/qoi"),
+}  # fmt: skip
+EXIF_ORIENTATION = 0x0112
+
+
+def source_format(pillow_format: str | None) -> SourceFormat:
+    known = SOURCE_FORMATS.get(pillow_format or "")
+    if known:
+        return known
+    name = "".join(c for c in (pillow_format or "").lower() if c.isalnum())[:8] or "bin"
+    return SourceFormat(name, "application/octet-stream")
 
 
 class DecodeBudget:
@@ -104,24 +133,42 @@ def decoded(data: bytes, max_side: int | None = None):
         raise BadImage(f"decompression bomb: {error}") from None
     except Image.UnidentifiedImageError:
         raise BadImage("not an image") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadImage(f"corrupt image: {str(error)[:80]}") from None
+    except Exception as error:  # whatever a hostile file makes a decoder raise: this image's
+        raise BadImage(f"corrupt image: {type(error).__name__}: {str(error)[:80]}") from None
+    short = shorter_than_declared(image, len(data))
+    if short:
+        raise BadImage(short)
     with PROCESS_DECODE_BUDGET.hold(cost):
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError) as error:
-            raise BadImage(f"corrupt image: {str(error)[:80]}") from None
+        except Exception as error:
+            raise BadImage(f"corrupt image: {type(error).__name__}: {str(error)[:80]}") from None
         yield image
+
+
+def shorter_than_declared(image: Image.Image, size: int) -> str | None:
+    """Why the data cannot hold the picture its header declares, or None. A JPEG codes each 8x8
+    block of its luminance in at least one bit (Huffman coding: a DC difference, or an end of
+    block, per block), so fewer bytes than pixels / 512 are a file cut short that a decoder would
+    finish in grey (libjpeg ends a short scan with a warning, not an error)."""
+    width, height = image.info.get("original_size", image.size)
+    if image.format == "JPEG" and size < width * height // 512:
+        return f"data ends before its declared size: {width}x{height} pixels in {size} bytes"
+    return None
 
 
 def prepare_for_titan(data: bytes) -> PreparedImage:
     """The image as Titan accepts it: PNG or JPEG within 2048 px a side, else re-encoded."""
     with decoded(data, TITAN_MAX_SIDE) as image:
         fmt = image.format or ""
+        source = source_format(fmt)
         width, height = image.info["original_size"]
-        if fmt in TITAN_FORMATS and max(width, height) <= TITAN_MAX_SIDE:
-            return PreparedImage(data, TITAN_FORMATS[fmt], width, height, resized=False)
-        image = ImageOps.exif_transpose(image)
+        upright = _orientation(image) in (None, 1)
+        if fmt in TITAN_FORMATS and max(width, height) <= TITAN_MAX_SIDE and upright:
+            return PreparedImage(data, TITAN_FORMATS[fmt], width, height, False, source)
+        # An orientation tag Pillow cannot apply leaves the picture as it is stored.
+        with contextlib.suppress(Exception):
+            image = ImageOps.exif_transpose(image)
         image.thumbnail((TITAN_MAX_SIDE, TITAN_MAX_SIDE), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         has_alpha = image.mode in ("RGBA", "LA", "P")
@@ -134,8 +181,16 @@ def prepare_for_titan(data: bytes) -> PreparedImage:
             "png" if has_alpha else "jpg",
             image.width,
             image.height,
-            resized=True,
+            True,
+            source,
         )
+
+
+def _orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # an EXIF block that does not parse: nothing to turn by
+        return None
 
 
 FEATURE_SIDE = 16

@@ -22,7 +22,8 @@ def decimal_to_json(value: Decimal) -> int | float | None:
 
 
 def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
-    """A DynamoDB attribute value (as boto3's resource layer returns it) as a JSON-able value.
+    """A DynamoDB attribute value (as boto3's resource layer returns it) as a plain value: numbers
+    as int or float, sets as sorted lists, binary as `{"$binary": base64}` (see `binary_text`).
 
     Every non-finite number becomes None and is counted in `nulls` under `path`.
     """
@@ -39,14 +40,29 @@ def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
     if isinstance(value, Mapping):
         return {str(k): plain_value(v, nulls, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
-        return sorted(plain_value(v, nulls, path) for v in value)
+        members = [plain_value(v, nulls, path) for v in value]
+        try:
+            return sorted(members)
+        except TypeError:  # a binary set: its members are objects
+            return sorted(members, key=repr)
     if isinstance(value, (list, tuple)):
         return [plain_value(v, nulls, path) for v in value]
     if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value)).decode("ascii")
+        return {BINARY: base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, Binary):
-        return base64.b64encode(bytes(value.value)).decode("ascii")
+        return {BINARY: base64.b64encode(bytes(value.value)).decode("ascii")}
     return value
+
+
+# A binary attribute as JSON: an object of this one key, its base64 text the value.
+BINARY = "$binary"
+
+
+def binary_text(value: Any) -> str | None:
+    """The base64 text of a binary attribute (as `plain_value` gives it), or None for another value."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get(BINARY), str):
+        return value[BINARY]
+    return None
 
 
 def encode_ndjson(

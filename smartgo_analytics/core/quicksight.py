@@ -14,10 +14,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smartgo_analytics.core.ndjson import binary_text
+
 INSIGHT_TYPES = ("ANOMALY", "TREND", "RECOMMENDATION")
 DAILY_METRICS = "dynamodb_daily_metrics"  # the asset whose records five of the datasets are made of
 MANIFEST_FILE_LIMIT = 1_000  # QuickSight's limit of files per manifest
 JSON_TYPES = {"string": (str,), "integer": (int,), "number": (float,)}
+# QuickSight's INTEGER is a signed 64-bit integer: a larger value would skip its row.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -172,15 +176,19 @@ def coerce(value: Any, json_type: str) -> tuple[Any, str | None]:
             return value, None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value), None
+        if binary_text(value) is not None:
+            return binary_text(value), None
         return None, f"{type(value).__name__} where a string belongs"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"{type(value).__name__} where a number belongs"
     if json_type == "integer":
-        if isinstance(value, int):
-            return value, None
-        if value.is_integer():
-            return int(value), None
-        return None, "fraction where an integer belongs"
+        if isinstance(value, float):
+            if not value.is_integer():
+                return None, "fraction where an integer belongs"
+            value = int(value)
+        if not INT64_MIN <= value <= INT64_MAX:
+            return None, "integer outside the signed 64-bit range"
+        return value, None
     try:
         return float(value), None
     except OverflowError:
@@ -219,7 +227,8 @@ def identity_problem(value: Any) -> str | None:
         return None if value.strip() else "blank"
     if isinstance(value, int) and not isinstance(value, bool):
         return None
-    return f"a {type(value).__name__}, not a string or whole number"
+    kind = "binary value" if binary_text(value) is not None else type(value).__name__
+    return f"a {kind}, not a string or whole number"
 
 
 def of_kind(spec: DatasetSpec, item: Mapping[str, Any]) -> bool:

@@ -16,6 +16,10 @@ def vector_from_answer(body: bytes, dimension: int, field: str = "embedding") ->
         payload: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"answer is not JSON ({len(body)} bytes)") from None
+    except RecursionError:
+        raise ValueError(f"answer nests too deeply ({len(body)} bytes)") from None
+    except (ValueError, TypeError) as error:  # a number of too many digits, and the like
+        raise ValueError(f"answer is not usable JSON: {str(error)[:80]}") from None
     if not isinstance(payload, dict) or field not in payload:
         raise ValueError(f"answer has no {field!r}")
     values = payload[field]
@@ -25,8 +29,11 @@ def vector_from_answer(body: bytes, dimension: int, field: str = "embedding") ->
         raise ValueError(f"{len(values)} values, asked for {dimension}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ValueError("the vector holds non-numbers")
-    with np.errstate(over="ignore"):
-        vector = np.asarray(values, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):
+            vector = np.asarray(values, dtype=np.float32)
+    except OverflowError:
+        raise ValueError("the vector holds numbers too large for a float") from None
     if not np.isfinite(vector).all():
         raise ValueError("the vector holds NaN, infinity or values beyond float32")
     if not vector.any():

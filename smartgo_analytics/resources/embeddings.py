@@ -21,7 +21,7 @@ from botocore.exceptions import (
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from smartgo_analytics.core.imaging import visual_features
+from smartgo_analytics.core.imaging import BadImage, visual_features
 from smartgo_analytics.core.outage import Transient
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.retry import call_with_retries
@@ -86,7 +86,10 @@ class LocalVisualEmbedder(ImageEmbedder):
         return f"local-visual-features-v1/{self.dimension}"
 
     def embed(self, image: bytes) -> np.ndarray:
-        return visual_features(image, self.dimension)
+        try:
+            return visual_features(image, self.dimension)
+        except BadImage as error:
+            raise EmbeddingError(f"unusable image: {error}") from None
 
 
 class TitanEmbedder(ImageEmbedder, AwsResource):
@@ -205,7 +208,9 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             raise BedrockUnavailable(f"Bedrock did not answer: {type(error).__name__}") from None
         except BotoCoreError as error:  # anything else of the transport's: not this image's fault
             raise BedrockUnavailable(f"Bedrock call failed: {type(error).__name__}") from None
+        except Exception as error:  # not the service's kind of failure: this call's own
+            raise EmbeddingError(f"Bedrock call failed: {type(error).__name__}") from None
         try:
             return vector_from_answer(answer, self.dimension)
-        except ValueError as error:
-            raise EmbeddingError(f"unusable Bedrock answer: {error}") from None
+        except Exception as error:  # whatever the answer makes the parsing raise: this sale's
+            raise EmbeddingError(f"unusable Bedrock answer: {str(error)[:160]}") from None

@@ -49,6 +49,10 @@ class _Retryable(Exception):
     pass
 
 
+def _described(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:100]!r}"
+
+
 class ImageFetcher(ConfigurableResource):
     """http(s) only, public addresses only (unless allowlisted), every redirect re-checked,
     a deadline per attempt, a size cap while streaming, retries on transient failures."""
@@ -118,6 +122,10 @@ class ImageFetcher(ConfigurableResource):
             )
         except _Retryable as error:
             raise ImageUnavailable(f"{error} (after {self.retries} retries)") from None
+        except ImageFetchError:
+            raise
+        except Exception as error:  # what a URL or an answer makes httpx or a codec raise
+            raise ImageFetchError(f"unusable URL or answer: {_described(error)}") from None
 
     def _attempt(self, url: str, if_none_match: str | None) -> Fetched:
         deadline = time.monotonic() + self.timeout_s
