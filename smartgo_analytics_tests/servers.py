@@ -73,24 +73,25 @@ class RequestQuota:
 
 class FaultWindow:
     """A fault a server answers with for a while: `kind` "503", "500" or "reset" (the connection
-    closed with a TCP reset), for every request or a `share` of them, for `seconds` from now."""
+    closed with a TCP reset), for every request or a `share` of them, for `seconds` from now, or
+    from the request after the next `after` ones (an outage in the middle of a day)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.kind: str | None = None
         self.until = 0.0
+        self.seconds = 0.0
+        self.after = 0
         self.share = 1.0
         self.faulted = 0
         self.rng = random.Random(7)
 
-    def open(self, kind: str, seconds: float, share: float = 1.0) -> None:
+    def open(self, kind: str, seconds: float, share: float = 1.0, after: int = 0) -> None:
         with self.lock:
-            self.kind, self.until, self.share, self.faulted = (
-                kind,
-                time.monotonic() + seconds,
-                share,
-                0,
-            )
+            self.kind, self.seconds, self.share, self.faulted, self.after = (
+                kind, seconds, share, 0, after,
+            )  # fmt: skip
+            self.until = time.monotonic() + seconds if after == 0 else float("inf")
 
     def close(self) -> None:
         with self.lock:
@@ -99,6 +100,11 @@ class FaultWindow:
     def hit(self) -> str | None:
         """The fault this request meets, if any."""
         with self.lock:
+            if self.kind is not None and self.after > 0:
+                self.after -= 1
+                if self.after == 0:
+                    self.until = time.monotonic() + self.seconds
+                return None
             if (
                 self.kind is None
                 or time.monotonic() >= self.until
@@ -172,11 +178,16 @@ def hostile_answer(kind: str, dimension: int) -> bytes:
         return json.dumps({"embedding": [0.0] * dimension}).encode()
     if kind == "array":
         return json.dumps([vector]).encode()
+    if kind == "deep":  # nested past any parser's recursion limit
+        return b'{"embedding": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    if kind == "huge-integers":  # whole numbers too large for a float
+        return ('{"embedding": [' + ", ".join(["1" + "0" * 400] * dimension) + "]}").encode()
     raise ValueError(kind)
 
 
 HOSTILE_ANSWERS = ("not-json", "no-field", "not-a-list", "short", "strings", "booleans", "nan",
-                   "infinity", "beyond-float32", "zeros", "array", "hang", "reset")  # fmt: skip
+                   "infinity", "beyond-float32", "zeros", "array", "hang", "reset", "deep",
+                   "huge-integers", "cut-short")  # fmt: skip
 
 
 def cheap_body(seed: int, dimension: int) -> bytes:
@@ -264,6 +275,14 @@ def bedrock_server(state: BedrockState) -> _Server:
                 return None
             if hostile == "reset":
                 return reset_connection(self)
+            if hostile == "cut-short":  # a body shorter than its Content-Length, then closed
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "9000")
+                self.end_headers()
+                self.wfile.write(b'{"embedding": [0.5, 0.5')
+                self.close_connection = True
+                return None
             if hostile:
                 body = hostile_answer(hostile, dimension)
             elif state.cheap_vectors:
@@ -463,8 +482,6 @@ def graphql(url: str, query: str, **variables) -> dict:
 def dagster_dev(home, args: list[str], **env: str):
     """`smartgo-analytics dev` on a free port with SMARTGO_HOME=home (and alerts linking to it), until
     it answers; its URL for the block, then Ctrl-C for it and its stack."""
-    import httpx
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     environment = {
@@ -472,11 +489,34 @@ def dagster_dev(home, args: list[str], **env: str):
     }
     environment.update(SMARTGO_HOME=str(home), DAGSTER_WEBSERVER_URL=url, **env)
     home.mkdir(parents=True, exist_ok=True)
-    log = (home / "dev.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smartgo_analytics.cli", "dev", *args, "--port", str(port)],
-        env=environment, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "smartgo_analytics.cli", "dev", *args, "--port", str(port)]
+    with _serving(command, environment, home / "dev.log", url, cwd=None):
+        yield url
+
+
+@contextlib.contextmanager
+def dagster_dev_command(dagster_home, env: dict[str, str]):
+    """Plain `dagster dev` of the project's definitions, as a deployment runs it (webserver and
+    daemon; instance in `dagster_home`; settings from `env` alone), on a free port until it
+    answers; its URL for the block, then Ctrl-C."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_", "AWS_"))
+    }
+    environment.update(env, DAGSTER_HOME=str(dagster_home), DAGSTER_WEBSERVER_URL=url)
+    command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port),
+               "--log-level", "warning", "-m", "smartgo_analytics.definitions"]  # fmt: skip
+    with _serving(command, environment, dagster_home / "dev.log", url, cwd=dagster_home):
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(command: list[str], environment: dict, log_path, url: str, cwd):
+    import httpx
+
+    log = log_path.open("w")
+    proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -486,9 +526,7 @@ def dagster_dev(home, args: list[str], **env: str):
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(
-                    "dagster dev did not start:\n" + (home / "dev.log").read_text()[-3000:]
-                )
+                raise RuntimeError("dagster dev did not start:\n" + log_path.read_text()[-3000:])
             time.sleep(1)
         yield url
     finally:
@@ -498,6 +536,65 @@ def dagster_dev(home, args: list[str], **env: str):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+class FaultyAwsProxy:
+    """127.0.0.1:<port> forwarding every request to an AWS-compatible server (moto), except while
+    its `fault` window is open: then it answers as the services do when they cannot now, S3 with
+    503 SlowDown (XML), a JSON-protocol service (DynamoDB) with 503 ServiceUnavailable."""
+
+    def __init__(self, target_url: str):
+        import http.client
+        from urllib.parse import urlsplit
+
+        self.fault = FaultWindow()
+        target = urlsplit(target_url)
+        fault = self.fault
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if fault.hit():
+                    if self.headers.get("X-Amz-Target"):
+                        answer = b'{"__type":"com.amazonaws.dynamodb.v20120810#ServiceUnavailableException","message":"try again"}'
+                        return self._reply(
+                            503, [("Content-Type", "application/x-amz-json-1.0")], answer
+                        )
+                    answer = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                              b"<Message>Please reduce your request rate.</Message></Error>")  # fmt: skip
+                    return self._reply(503, [("Content-Type", "application/xml")], answer)
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    hop = {"connection", "keep-alive", "transfer-encoding"}
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    answer = response.read()
+                    kept = [(k, v) for k, v in response.getheaders()
+                            if k.lower() not in hop | {"content-length"}]  # fmt: skip
+                finally:
+                    upstream.close()
+                return self._reply(response.status, kept, answer)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = start(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
 
 
 class TcpProxy:

@@ -641,7 +641,53 @@ def test_a_call_that_keeps_failing_while_others_get_through_fails_on_its_own():
 
     with pytest.raises(Transient, match="HTTP 503"):
         outage.call(broken_url)
-    assert len(tries) == 3  # the first try and its own two retries, no ten-minute wait
+    # Tried with its own backoff for the 30 s window, not for the ten-minute allowance.
+    assert 3 < len(tries) <= 12 and 30 <= tries[-1] < 60, tries
+
+
+def test_an_outage_in_the_middle_of_the_day_is_waited_out_by_the_calls_it_met():
+    from smartgo_analytics.core.outage import Outage, OutageTooLong, Transient
+
+    time = FakeTime()
+    outage = Outage("Bedrock", allowance_s=600, clock=time.clock, sleep=time.sleep)
+    down = [0.0, 0.0]  # Bedrock is down for everyone from down[0] to down[1]
+
+    def bedrock():
+        time.now += 1
+        if down[0] <= time.now < down[1]:
+            raise Transient("HTTP 503")
+        return "vector"
+
+    for _ in range(50):  # the morning: every call answered
+        assert outage.call(bedrock) == "vector"
+    down[:] = [time.now, time.now + 90]  # then down for a minute and a half
+    assert outage.call(bedrock) == "vector"  # not this sale's error, though it failed 90 s
+    assert outage.report().outages == 1 and outage.report().outage_s >= 89
+
+    # The day's last call, alone, to a URL that always fails while the service is up: once its
+    # own window has passed, a call that succeeded before is made again; it answers, so the
+    # failure is the call's own.
+    def broken_url():
+        time.now += 1
+        raise Transient("HTTP 503 for this URL")
+
+    started = time.now
+    with pytest.raises(Transient, match="for this URL"):
+        outage.call(broken_url)
+    assert 30 <= time.now - started < 60
+
+    # A host no call has reached yet (a few sales name it) is given its shorter allowance.
+    unproven = Outage("CDN gone.example", allowance_s=600, unproven_allowance_s=30,
+                      clock=time.clock, sleep=time.sleep)  # fmt: skip
+    started = time.now
+
+    def refused():
+        time.now += 1
+        raise Transient("connection refused")
+
+    with pytest.raises(OutageTooLong) as raised:
+        unproven.call(refused)
+    assert 30 < time.now - started < 60 and raised.value.allowance_s == 30
 
 
 def test_a_full_disk_fails_at_once_naming_the_directory_what_is_free_and_the_setting():

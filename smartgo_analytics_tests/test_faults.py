@@ -29,11 +29,13 @@ def embedding_metadata(result) -> dict:
     return {k: v.value for k, v in materialisation.metadata.items()}
 
 
-@pytest.mark.parametrize(
-    "dependency, kind, seconds, share",
-    [("bedrock", "503", 6, 1.0), ("bedrock", "500", 3, 1.0), ("bedrock", "reset", 2, 1.0),
-     ("cdn", "reset", 5, 1.0), ("cdn", "reset", 8, 0.5)],
-)  # fmt: skip
+FAULTS = [("bedrock", "503", 6, 1.0, 0), ("bedrock", "500", 3, 1.0, 0), ("bedrock", "reset", 2, 1.0, 0),
+          ("cdn", "reset", 5, 1.0, 0), ("cdn", "reset", 8, 0.5, 0),
+          # In the middle of the day: after 15 calls answered, down for everyone for 10 s.
+          ("bedrock", "503", 10, 1.0, 15)]  # fmt: skip
+
+
+@pytest.mark.parametrize("dependency, kind, seconds, share, after", FAULTS)
 def test_a_day_waits_out_a_short_outage_and_every_sale_gets_its_vector(
     stack,
     s3_bucket,
@@ -46,14 +48,14 @@ def test_a_day_waits_out_a_short_outage_and_every_sale_gets_its_vector(
     kind,
     seconds,
     share,
+    after,
 ):
-    day = "2025-09-0" + str(1 + ["503", "500", "reset"].index(kind) + (3 if dependency == "cdn" else 0)
-                            + (1 if share < 1 else 0))  # fmt: skip
-    tag = f"F{dependency}{kind}{int(share * 10)}"
+    day = f"2025-09-{1 + FAULTS.index((dependency, kind, seconds, share, after)):02d}"
+    tag = f"F{dependency}{kind}{int(share * 10)}{after}"
     day_of_pictures(stack, cdn, cdn_state, day, tag)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     fault = bedrock_calls.fault if dependency == "bedrock" else cdn_state.fault
-    fault.open(kind, seconds, share)
+    fault.open(kind, seconds, share, after)
     try:
         result = run(res, day)
     finally:
@@ -68,7 +70,7 @@ def test_a_day_waits_out_a_short_outage_and_every_sale_gets_its_vector(
     figures = embedding_metadata(result)
     assert figures["outage_retries"] > 0 and figures["sales_requeued"] > 0
     down = figures["outage_seconds"]
-    name = "Bedrock" if dependency == "bedrock" else "CDN localhost"
+    name = "Bedrock" if dependency == "bedrock" else f"CDN {cdn.split('//')[1]}"
     if share == 1.0:  # (when half the calls get through, the server is never down as a whole)
         assert 0 < down[name] < seconds + 20, down
 
@@ -101,6 +103,84 @@ def test_an_outage_longer_than_the_allowance_fails_the_step_naming_the_dependenc
     assert "Bedrock was unavailable for" in message and "OUTAGE_ALLOWANCE_S" in message, message
     assert "ServiceUnavailableException" in message
     assert day_rows(res, day) == {}  # nothing half-written
+
+
+def test_a_step_that_ends_on_an_outage_heals_in_its_retries_and_embeds_each_image_once(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    """Bedrock goes down after 20 answers for longer than the allowance: the step fails naming
+    it, its retry policy tries the day again, and the retry that finds Bedrock back embeds only
+    the images that had no vector yet (the others' vectors were kept when the step failed)."""
+    from smartgo_analytics.resources.embeddings import TitanEmbedder
+
+    day = "2025-09-08"
+    day_of_pictures(stack, cdn, cdn_state, day, "Fheal")
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    res["image_embedder"] = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1",
+                                          http_attempts=1, max_concurrency=4)  # fmt: skip
+    bedrock_calls.fault.open("503", 5, after=20)
+    try:
+        result = run(res, day, raise_on_error=False, outage_allowance_s=0.5)
+    finally:
+        bedrock_calls.fault.close()
+
+    assert result.success  # no person re-ran it
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) >= 1 and "Bedrock was unavailable" in str(retried[0].event_specific_data)
+    rows = day_rows(res, day)
+    assert len(rows) == SALES and all(r["embedding_vector"] is not None for r in rows.values())
+    assert bedrock_calls.calls == SALES  # 20 before the outage, the other 20 in a retry
+
+
+def test_object_store_and_dynamodb_5xx_in_the_middle_of_a_day_are_retried_and_lose_nothing(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    """S3 and DynamoDB answer 503 for 4 s in the middle of the day (image copies, image vectors,
+    the staged hand-offs): the calls are retried with backoff, every sale gets its vector and
+    every hand-off its rows."""
+    import pyarrow.parquet as pq
+
+    from smartgo_analytics.layout import asset_output_key
+    from smartgo_analytics.resources.dynamodb import ImageVectors
+    from smartgo_analytics.resources.object_store import S3ObjectStore
+    from smartgo_analytics.resources.parquet_io import ParquetIOManager
+    from smartgo_analytics_tests.servers import FaultyAwsProxy
+
+    day = "2025-09-07"
+    day_of_pictures(stack, cdn, cdn_state, day, "Fs3")
+    proxy = FaultyAwsProxy(stack.aws_endpoint_url)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    store = S3ObjectStore(bucket=s3_bucket, endpoint_url=proxy.url, region_name="us-east-1")
+    res |= {"object_store": store, "parquet_io_manager": ParquetIOManager(object_store=store),
+            "image_vectors": ImageVectors(table_name=res["image_vectors"].table_name,
+                                          endpoint_url=proxy.url, region_name="us-east-1")}  # fmt: skip
+    proxy.fault.open("503", 4, after=15)
+    try:
+        result = run(res, day)
+    finally:
+        proxy.fault.close()
+        proxy.server.shutdown()
+        proxy.server.server_close()
+
+    assert proxy.fault.faulted > 0 and result.success
+    rows = day_rows(res, day)
+    assert len(rows) == SALES and all(r["embedding_vector"] is not None for r in rows.values())
+    direct = S3ObjectStore(
+        bucket=s3_bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    for asset in ("smartgo_sales", "product_image_embeddings"):
+        staged = direct.get_bytes(asset_output_key([asset], day))
+        assert pq.read_table(pa_buffer(staged)).num_rows == SALES, asset
+    copies = direct.list_keys("images/smartgo/")
+    assert {r["image_s3_key"].rsplit("/", 1)[1] for r in rows.values()} <= {
+        k.rsplit("/", 1)[1] for k in copies
+    }
+
+
+def pa_buffer(data: bytes):
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
 
 
 @pytest.mark.parametrize("down_s", [1, 8])

@@ -25,6 +25,7 @@ from smartgo_analytics import checks, pools
 from smartgo_analytics.assets.embedding_work import (
     Outcome,
     SaleWork,
+    minor_hosts,
     run_sales,
     start_worker_server,
     worker_context,
@@ -139,6 +140,11 @@ class EmbeddingConfig(Config):
         default_factory=lambda: settings().outage_allowance_s,
         description="how long an outage of the CDN or Bedrock is waited out before the step fails",
     )
+    own_failure_window_s: float = Field(
+        default=30.0,
+        description="how long one sale's download or call keeps failing while others get through "
+        "before it is that sale's error",
+    )
 
 
 def _last_downloads(object_store: ObjectStore, day: str) -> list[dict]:
@@ -197,7 +203,9 @@ def product_image_embeddings(
     pace = Pace(image_embedder.requests_per_minute, context=worker_context())
     image_embedder.use_pace(pace)
     work = SaleWork(image_fetcher, object_store, image_embedder, image_vectors,
-                    config.download_concurrency, config.outage_allowance_s)  # fmt: skip
+                    config.download_concurrency, config.outage_allowance_s,
+                    minor_hosts([s["image_url"] for s in sales], config.max_error_ratio),
+                    config.own_failure_window_s)  # fmt: skip
     outcome, tally = Outcome(), EmbeddingTally(image_embedder.dimension)
     fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
     os.close(fd)

@@ -4,9 +4,9 @@ A call that fails for a reason that may pass (a 5xx, throttling, a reset, a time
 connection) raises `Transient`. Its `Outage` then holds every call to that dependency back until a
 shared moment (the circuit is open), backing off while the failures go on, and tries the call
 again; the first call that succeeds closes the circuit. A call that keeps failing while other
-calls get through is not waiting for an outage: after `own_retries` more tries its error is its
-own (one image's URL that always answers 503). Only an outage longer than the allowance ends the
-wait: `OutageTooLong` names the dependency, how long it was down and why, and fails
+calls get through since it first failed is not waiting for an outage: after `own_window_s` of
+failing, its error is its own (one image's URL that always answers 503). Only an outage longer
+than the allowance ends the wait: `OutageTooLong` names the dependency, how long it was down and why, and fails
 what the calls were part of (a step, which Dagster retries). A failure that will not pass (a 404,
 not an image, a malformed answer) is never `Transient`: it is the caller's to report, at once.
 """
@@ -54,13 +54,23 @@ class OutageReport:
 
 
 class Outage:
-    """The state of one dependency's circuit, shared by the threads that call it."""
+    """The state of one dependency's circuit, shared by the threads that call it.
+
+    A call's failure becomes its own error only when it has kept failing for `own_window_s` (and
+    `own_retries` tries) and the dependency answers meanwhile: another call got through since it
+    first failed, or, with none to tell, a call that succeeded before answers again when made once
+    more (the probe). A dependency that is down for everyone, at the start of the day or in the
+    middle of it, is waited out. A dependency that
+    has not answered any call yet is given `unproven_allowance_s` instead of the allowance when set
+    (a host a few sales name, that may simply not exist)."""
 
     def __init__(self, dependency: str, allowance_s: float = DEFAULT_ALLOWANCE_S,
                  own_retries: int = 2, backoff_s: float = 0.5, max_backoff_s: float = 15.0,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+                 sleep: Callable[[float], None] = time.sleep, own_window_s: float = 30.0,
+                 unproven_allowance_s: float | None = None):  # fmt: skip
         self.dependency, self.allowance_s, self.own_retries = dependency, allowance_s, own_retries
+        self.own_window_s, self.unproven_allowance_s = own_window_s, unproven_allowance_s
         self._successes = 0
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._clock, self._sleep = clock, sleep
@@ -71,12 +81,14 @@ class Outage:
         self._paused_at = -1.0
         self._retries = self._requeued = self._outages = 0
         self._outage_s = 0.0
+        self._last_good: Callable[[], object] | None = None  # a call that succeeded: the probe
 
     def call(self, fn: Callable[[], T]) -> T:
         """fn(), tried again after each Transient failure until it succeeds or the outage has
-        lasted longer than the allowance (OutageTooLong), or until it has failed `own_retries`
-        more times while other calls succeeded (its own error, raised)."""
-        met, tries, successes = False, 0, None
+        lasted longer than the allowance (OutageTooLong), or until it is its own error: others
+        succeeded since it first failed, and it kept failing for `own_window_s` (raised)."""
+        met, tries = False, 0
+        first_failed_at, successes_then = 0.0, 0
         while True:
             self._wait_for_circuit()
             started = self._clock()
@@ -84,24 +96,54 @@ class Outage:
                 result = fn()
             except Transient as error:
                 down = self._failed(started)
-                if down > self.allowance_s:
-                    raise OutageTooLong(
-                        self.dependency, down, self.allowance_s, str(error)
-                    ) from None
-                if successes is None:
-                    successes = self._successes
+                allowance = self._allowance()
+                if down > allowance:
+                    raise OutageTooLong(self.dependency, down, allowance, str(error)) from None
+                now = self._clock()
+                if not met:
+                    first_failed_at, successes_then = now, self._successes
                 tries += 1
-                # Others got through during this step (before it, or since): this call's own error.
-                if tries > self.own_retries and self._successes > 0:
+                if (
+                    tries > self.own_retries
+                    and now - first_failed_at >= self.own_window_s
+                    and (self._successes > successes_then or self._probe_answers())
+                ):
                     raise
                 with self._lock:
                     self._retries += 1
                     if not met:
                         self._requeued += 1
                 met = True
+                if (
+                    tries > self.own_retries
+                ):  # its own backoff too, once the circuit's was not enough
+                    pause = self.backoff_s * 2 ** min(tries - self.own_retries, 16)
+                    self._sleep(min(self.max_backoff_s, pause) * random.uniform(0.5, 1.0))
                 continue
-            self._succeeded()
+            self._succeeded(fn)
             return result
+
+    def _probe_answers(self) -> bool:
+        """Whether the dependency answers a call that succeeded before (made again): with no
+        other call in flight to tell, it says whether a failing call meets an outage or its own
+        fault (the day's last image, whose URL always answers 503)."""
+        with self._lock:
+            probe = self._last_good
+        if probe is None:
+            return False
+        try:
+            probe()
+        except Transient:
+            return False
+        except Exception:  # an answer, if not a usable one: the dependency is up
+            pass
+        self._succeeded(probe)
+        return True
+
+    def _allowance(self) -> float:
+        with self._lock:
+            unproven = self._successes == 0 and self.unproven_allowance_s is not None
+        return min(self.allowance_s, self.unproven_allowance_s) if unproven else self.allowance_s
 
     def _wait_for_circuit(self) -> None:
         with self._lock:
@@ -125,9 +167,10 @@ class Outage:
                 self._paused_at = now
             return now - self._down_since
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, fn: Callable[[], object]) -> None:
         with self._lock:
             self._successes += 1
+            self._last_good = fn
             if self._down_since is not None:
                 self._outage_s += self._clock() - self._down_since
                 self._down_since, self._failures, self._resume_at = None, 0, 0.0
