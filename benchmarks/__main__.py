@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.bedrock_scale import embedded_once, paced_to_quota
+from benchmarks.concurrent_backfill import backfill_runs_at_once
 from benchmarks.iceberg_write import iceberg_write
 from benchmarks.memory import day_of_100k_sales
 from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
@@ -32,6 +33,7 @@ BENCHMARKS = [
     embedded_once,
     comparables_price_error,
     similarity_index_at_1m,
+    backfill_runs_at_once,
 ]
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -1,0 +1,200 @@
+"""A 12-day backfill of the pricing pipeline through the Dagster webserver, 4 runs at once against
+1 run at a time, with the data of both compared.
+
+Each side is a fresh prod deployment on loopback servers: the embedded PostgreSQL (the SmartGo
+database and the SQL Iceberg catalog), moto for S3, a CDN with 100 ms added to each answer and a
+Bedrock-compatible server with 150 ms (as the throughput benchmark), every image a distinct one. A
+real `dagster dev` (webserver, daemon) runs the instance with `max_concurrent_runs` 1 or 4, the
+`bedrock` pool at the deployment's default (4) and `similarity_index` at 1; the backfill is
+launched through the webserver's GraphQL API, and its wall time runs from the launch to the end of
+its last run. Then the two lakes are read back: every sale with its vector (or its error), every
+day's price bands and every tenant-day of the similarity index must be equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from datetime import date, timedelta
+from pathlib import Path
+
+import boto3
+import psycopg
+import pyarrow.compute as pc
+
+from benchmarks.servers import loopback
+from smartgo_analytics_tests.servers import dagster_dev_command, graphql
+
+DAYS = [(date(2025, 3, 1) + timedelta(days=n)).isoformat() for n in range(12)]
+SALES_PER_DAY = 200
+BUCKET = "smartgo-bench"
+PRICING = ["smartgo_sales", "product_image_embeddings", "smartgo_sales_iceberg", "similarity_index",
+           "embedding_quality", "price_bands"]  # fmt: skip
+INSTANCE = """telemetry: {{enabled: false}}
+concurrency:
+  runs: {{max_concurrent_runs: {runs}}}
+  pools: {{default_limit: 4, granularity: op}}
+run_retries: {{enabled: false}}
+"""
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
+  }
+}"""
+RUNS = """
+query Runs($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status timestamp runs(limit: 200) { runId status startTime endTime } }
+  }
+}"""
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def backfill_runs_at_once() -> dict:
+    sides = {runs: _backfill(runs) for runs in (1, 4)}
+    one, four = sides[1], sides[4]
+    ratio = one["wall_s"] / four["wall_s"]
+    equal = {part: one["data"][part] == four["data"][part] for part in one["data"]}
+    whole = all(side["data"]["index_equals_table"] and side["data"]["orphan_segment_files"] == 0
+                for side in sides.values())  # fmt: skip
+    return {
+        "name": "12-day pricing backfill through the webserver, 4 runs at once vs 1",
+        "figure": f"{four['wall_s']:.0f} s with 4 at once, {one['wall_s']:.0f} s one at a time: "
+        f"{ratio:.2f}x faster; data equal: {'yes' if all(equal.values()) else equal}; "
+        f"index = table, no orphans: {'yes' if whole else 'NO'}",
+        "target": ">= 2x faster, the same data",
+        "met": ratio >= 2 and all(equal.values()) and whole,
+        "values": {"wall_s": {runs: side["wall_s"] for runs, side in sides.items()}, "ratio": ratio,
+                   "runs": {runs: side["runs"] for runs, side in sides.items()}, "equal": equal,
+                   "sales": one["data"]["sales_count"]},
+    }  # fmt: skip
+
+
+def _backfill(runs_at_once: int) -> dict:
+    from dagster import DagsterInstance
+
+    from smartgo_analytics.local import demo_data
+    from smartgo_analytics.local.stack import local_stack
+    from smartgo_analytics.pools import set_pool_limits
+
+    home = Path(tempfile.mkdtemp(prefix=f"smartgo-bench-backfill-{runs_at_once}-"))
+    with ExitStack() as stack:
+        info = stack.enter_context(local_stack(home))
+        demo_data.seed(info, [date.fromisoformat(d) for d in DAYS], SALES_PER_DAY)
+        with psycopg.connect(info.postgres_uri) as conn:
+            (images,) = conn.execute("SELECT count(*) FROM smartgo.products").fetchone()
+        cdn = stack.enter_context(loopback("cdn", latency=0.100, images=images))
+        bedrock = stack.enter_context(loopback("bedrock", latency=0.150))
+        with psycopg.connect(info.postgres_uri) as conn:
+            # Every good sale shows a picture of its own, from the CDN with latency.
+            conn.execute(
+                "UPDATE smartgo.products p SET image_url = %s || '/img/' || n.rank || '.jpg' "
+                "FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS rank FROM smartgo.products) n "
+                "WHERE p.id = n.id AND p.image_url NOT LIKE '%%/bad/%%' AND p.image_url NOT LIKE '%%missing-%%'",
+                (cdn.url,),
+            )  # fmt: skip
+        boto3.client("s3", endpoint_url=info.aws_endpoint_url, region_name="us-east-1",
+                     aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket=BUCKET)  # fmt: skip
+        catalog = {"type": "sql", "uri": info.catalog_uri, "warehouse": f"s3://{BUCKET}/warehouse",
+                   "s3.endpoint": info.aws_endpoint_url, "s3.access-key-id": "bench",
+                   "s3.secret-access-key": "bench", "s3.region": "us-east-1"}  # fmt: skip
+        environment = {
+            "SMARTGO_DEPLOYMENT": "prod", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_ENDPOINT_URL": info.aws_endpoint_url, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url,
+            "S3_BUCKET": BUCKET, "SMARTGO_DATABASE_URL": info.postgres_uri,
+            "ICEBERG_CATALOG_TYPE": "sql", "ICEBERG_CATALOG_URI": info.catalog_uri,
+            "ICEBERG_WAREHOUSE": f"s3://{BUCKET}/warehouse",
+            "ICEBERG_CATALOG_PROPERTIES": json.dumps({k: v for k, v in catalog.items() if k.startswith("s3.")}),
+            "IMAGE_URL_ALLOWLIST": "127.0.0.1", "SMARTGO_PARTITIONS_START": "2025-01-01",
+        }  # fmt: skip
+        dagster_home = home / "dagster"
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text(INSTANCE.format(runs=runs_at_once))
+        with DagsterInstance.from_config(str(dagster_home)) as instance:
+            set_pool_limits(
+                instance
+            )  # as `dagster instance concurrency set` does once in production
+        url = stack.enter_context(dagster_dev_command(dagster_home, environment))
+        wall_s, runs = _launch_and_wait(url)
+        data = _read_back(environment, catalog)
+    return {"wall_s": wall_s, "runs": runs, "data": data}
+
+
+def _launch_and_wait(url: str) -> tuple[float, int]:
+    params = {"assetSelection": [{"path": [a]} for a in PRICING], "partitionNames": DAYS}
+    launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(str(launched))
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        backfill = graphql(url, RUNS, id=launched["backfillId"])["partitionBackfillOrError"]
+        if backfill["status"] in FINISHED:
+            break
+        time.sleep(2)
+    else:
+        raise RuntimeError("the backfill did not finish within an hour")
+    runs = backfill["runs"]
+    failed = [r for r in runs if r["status"] != "SUCCESS"]
+    if backfill["status"] not in {"COMPLETED", "COMPLETED_SUCCESS"} or failed:
+        raise RuntimeError(f"backfill {backfill['status']}; runs not succeeded: {failed}")
+    return max(r["endTime"] for r in runs) - backfill["timestamp"], len(runs)
+
+
+def _read_back(environment: dict, catalog_properties: dict) -> dict:
+    """What the backfill wrote, in a form two lakes can be compared by."""
+    from pyiceberg.catalog import load_catalog
+
+    from smartgo_analytics.assets.similarity import indexed_tenants, load_manifest
+    from smartgo_analytics.core import similarity as sim
+    from smartgo_analytics.resources.object_store import S3ObjectStore
+
+    catalog = load_catalog("bench", **catalog_properties)
+    sales = catalog.load_table("pricing_intelligence.smartgo_sales").scan(
+        selected_fields=("product_id", "tenant_id", "sold_price", "sold_date", "embedding_vector", "embedding_error")
+    ).to_arrow().sort_by("product_id")  # fmt: skip
+    digest = hashlib.sha256()
+    for row in sales.to_pylist():
+        vector = row["embedding_vector"]
+        digest.update(repr((row["product_id"], row["tenant_id"], row["sold_price"],
+                            None if vector is None else [round(v, 5) for v in vector],
+                            row["embedding_error"])).encode())  # fmt: skip
+    bands = catalog.load_table("pricing_intelligence.price_bands").scan().to_arrow()
+    band_rows = sorted(
+        json.dumps({k: v for k, v in row.items() if k not in {"computed_at", "ingestion_timestamp"}},
+                   sort_keys=True, default=str)
+        for row in bands.to_pylist()
+    )  # fmt: skip
+    store = S3ObjectStore(
+        bucket=environment["S3_BUCKET"], endpoint_url=environment["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+    )  # fmt: skip
+    manifests = {tenant: load_manifest(store, tenant, 1024) for tenant in indexed_tenants(store)}
+    index = {tenant: manifest.days() for tenant, manifest in manifests.items()}
+    # The index against the table: each tenant-day's vectors, and no segment file left unnamed.
+    with_vector = sales.filter(pc.is_valid(sales["embedding_vector"]))
+    table = Counter(zip(with_vector["tenant_id"].to_pylist(),
+                        [d.date().isoformat() for d in with_vector["sold_date"].to_pylist()], strict=True))  # fmt: skip
+    indexed = Counter({(t, d): n for t, days in index.items() for d, n in days.items()})
+    named = {key for m in manifests.values() for seg in m.segments
+             for key in sim.segment_keys(m.tenant, seg.name)}  # fmt: skip
+    segment_files = {k for k in store.list_keys(f"{sim.PREFIX}/") if "/segment-" in k}
+    return {
+        "index_equals_table": indexed == table,
+        "orphan_segment_files": len(segment_files - named),
+        "sales_count": sales.num_rows,
+        "sales": digest.hexdigest(),
+        "price_bands": hashlib.sha256("\n".join(band_rows).encode()).hexdigest(),
+        "index": index,
+    }
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    print(json.dumps(backfill_runs_at_once(), indent=2, default=str))
