@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks.bedrock_scale import embedded_once, paced_to_quota
 from benchmarks.concurrent_backfill import backfill_runs_at_once
+from benchmarks.faults import faults_that_pass
 from benchmarks.iceberg_write import iceberg_write
 from benchmarks.memory import day_of_100k_sales
 from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
@@ -34,6 +35,7 @@ BENCHMARKS = [
     comparables_price_error,
     similarity_index_at_1m,
     backfill_runs_at_once,
+    faults_that_pass,
 ]
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -80,7 +80,8 @@ def cdn_app(images: list[bytes]):
 
 
 def s3_app():
-    """PutObject, GetObject (with Range), HeadObject, CreateBucket and multipart uploads, in memory."""
+    """PutObject (with If-Match / If-None-Match), GetObject (with Range), HeadObject, DeleteObject,
+    ListObjectsV2 (one page), CreateBucket and multipart uploads, in memory."""
     objects: dict[str, bytes] = {}
     uploads: dict[str, dict[int, bytes]] = {}
 
@@ -95,9 +96,32 @@ def s3_app():
     def app(method: str, target: str, headers: dict, body: bytes) -> Reply:
         parts = urlsplit(target)
         path, query = unquote(parts.path), parse_qs(parts.query, keep_blank_values=True)
+        if method == "GET" and "list-type" in query:  # ListObjectsV2 of /<bucket>
+            bucket = "/" + path.strip("/") + "/"
+            wanted = bucket + query.get("prefix", [""])[0]
+            keys = sorted(k for k in objects if k.startswith(wanted))
+            contents = "".join(
+                f"<Contents><Key>{escape(k[len(bucket):])}</Key><ETag>{escape(etag(objects[k]))}</ETag>"
+                f"<Size>{len(objects[k])}</Size><LastModified>2025-01-15T00:00:00.000Z</LastModified></Contents>"
+                for k in keys
+            )  # fmt: skip
+            body = (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>{escape(bucket.strip("/"))}</Name>'
+                    f"<KeyCount>{len(keys)}</KeyCount><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>")  # fmt: skip
+            return 200, {"Content-Type": "application/xml"}, body.encode()
+        if method == "DELETE":
+            objects.pop(path, None)
+            return 204, {}, b""
         if method == "PUT":
             if path.count("/") < 2:  # CreateBucket
                 return 200, {}, b""
+            held = objects.get(path)
+            if headers.get("if-none-match") == "*" and held is not None:
+                return xml(412, "Error", Code="PreconditionFailed", Message="the object exists")
+            if "if-match" in headers:
+                if held is None:
+                    return xml(404, "Error", Code="NoSuchKey", Message="no such key")
+                if headers["if-match"] != etag(held):
+                    return xml(412, "Error", Code="PreconditionFailed", Message="another version")
             if "uploadId" in query:
                 uploads[query["uploadId"][0]][int(query["partNumber"][0])] = body
             else:

@@ -316,28 +316,53 @@ def cmd_stack_info(args) -> int:
     return 0
 
 
-def cmd_query(args) -> int:
-    from smartgo_analytics.core.sales_table import ARROW_SCHEMA
-    from smartgo_analytics.settings import settings
+# The tables `query` and `sql` read, by the name they answer to.
+TABLES = {
+    "smartgo_sales": "pricing_intelligence.smartgo_sales",
+    "price_bands": "pricing_intelligence.price_bands",
+}
 
+
+def cmd_query(args) -> int:
+    from pyiceberg.expressions.parser import parse
+
+    with _deployment_catalog() as catalog:
+        table = _load_table(catalog, args.table)
+    names = [f.name for f in table.schema().fields]
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
-    unknown = [c for c in columns or () if c not in ARROW_SCHEMA.names]
+    unknown = [c for c in columns or () if c not in names]
     if unknown:
         raise UsageError(
-            f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(ARROW_SCHEMA.names)}"
+            f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(names)}"
         )
+    try:
+        row_filter = parse(args.where) if args.where else None
+    except Exception as error:  # pyiceberg raises ParseException from pyparsing
+        raise UsageError(f"--where {args.where!r} is not a filter expression: {error}") from None
+    scan = table.scan(**({"row_filter": row_filter} if row_filter is not None else {}),
+                      selected_fields=columns or ("*",), limit=args.limit)  # fmt: skip
+    _print_rows(scan.to_arrow().to_pylist(), list(columns or names), args.format)
+    return 0
+
+
+@contextlib.contextmanager
+def _deployment_catalog():
+    """The deployment's Iceberg catalog for the block: the local stack's (plain pyiceberg, without
+    Dagster's import: a local read answers in well under two seconds), or the configured one."""
+    from smartgo_analytics.settings import settings
+
     if settings().deployment == "local":
         with _local_catalog() as catalog:
-            return _print_query(catalog, args, columns)
+            yield catalog
+        return
     from smartgo_analytics.deployment import resources_for_deployment
 
-    return _print_query(resources_for_deployment()["iceberg"].catalog(), args, columns)
+    yield resources_for_deployment()["iceberg"].catalog()
 
 
 @contextlib.contextmanager
 def _local_catalog():
-    """The local table's catalog for the block: the running stack's, or its Postgres alone. Plain
-    pyiceberg, without Dagster's import: reading the table answers in well under two seconds."""
+    """The local table's catalog for the block: the running stack's, or its Postgres alone."""
     from pyiceberg.catalog import load_catalog
 
     from smartgo_analytics.local.stack import local_catalog_properties
@@ -346,40 +371,78 @@ def _local_catalog():
         yield load_catalog("smartgo", **properties)
 
 
-def _sales_table(catalog):
+def _load_table(catalog, name: str, required: bool = True):
     from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
-    from smartgo_analytics.core.sales_table import IDENTIFIER
-
     try:
-        return catalog.load_table(IDENTIFIER)
+        return catalog.load_table(TABLES[name])
     except (NoSuchTableError, NoSuchNamespaceError):
-        raise UsageError(
-            f"the table {IDENTIFIER} does not exist yet: run `make demo` first"
-        ) from None
+        if not required:
+            return None
+        raise UsageError(f"the table {TABLES[name]} does not exist yet: materialise a day first "
+                         "(locally, `make demo`)") from None  # fmt: skip
 
 
 def cmd_sql(args) -> int:
-    """SQL over the table's current snapshot with DuckDB: it reads only the files and columns the
-    query needs."""
+    """SQL over the tables' current snapshots with DuckDB: it reads only the files and columns the
+    query needs, from the lake directory or from S3."""
     import duckdb
 
-    from smartgo_analytics.core.lake_sql import connect_to_snapshot
+    from smartgo_analytics.core.lake_sql import connect_to_snapshots
 
-    _local_deployment()
-    with _local_catalog() as catalog:
-        table = _sales_table(catalog)
-        with connect_to_snapshot(table.metadata_location) as connection:
-            try:
-                result = connection.sql(args.query)
-            except duckdb.Error as error:
-                raise UsageError(f"the query failed: {str(error).splitlines()[0]}") from None
-            if result is None:
-                raise UsageError("the query returns no rows (use SELECT)")
+    with _deployment_catalog() as catalog:
+        tables = {
+            name: _load_table(catalog, name, required=name == "smartgo_sales") for name in TABLES
+        }
+        locations = {name: t.metadata_location for name, t in tables.items() if t is not None}
+        s3 = (
+            _s3_access(catalog) if any(loc.startswith("s3") for loc in locations.values()) else None
+        )
+    with connect_to_snapshots(locations, s3) as connection:
+        try:
+            result = connection.sql(args.query)
+        except duckdb.Error as error:
+            raise UsageError(f"the query failed: {str(error).splitlines()[0]}") from None
+        if result is None:
+            raise UsageError("the query returns no rows (use SELECT)")
+        try:
             rows = result.to_arrow_table().to_pylist()
-            names = result.columns
+        except duckdb.Error as error:
+            raise UsageError(f"the query failed: {str(error).splitlines()[0]}") from None
+        names = result.columns
     _print_rows(rows, names, args.format)
     return 0
+
+
+def _s3_access(catalog) -> dict[str, object]:
+    """DuckDB's S3 settings from the AWS chain as boto3 resolves it (environment, profile, SSO,
+    instance or task role), the region, and the S3 endpoint when one is set (AWS_ENDPOINT_URL_S3,
+    AWS_ENDPOINT_URL, or the catalog's `s3.endpoint`)."""
+    from urllib.parse import urlsplit
+
+    import boto3
+
+    from smartgo_analytics.settings import settings
+
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise UsageError("no AWS credentials: the table is on S3 and the AWS chain found none")
+    frozen = credentials.get_frozen_credentials()
+    properties = getattr(catalog, "properties", {}) or {}
+    region = settings().aws_region or session.region_name or properties.get("client.region")
+    access: dict[str, object] = {"KEY_ID": frozen.access_key, "SECRET": frozen.secret_key,
+                                 "SESSION_TOKEN": frozen.token, "REGION": region or "us-east-1"}  # fmt: skip
+    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                or properties.get("s3.endpoint"))  # fmt: skip
+    if endpoint:
+        parts = urlsplit(endpoint)
+        access |= {
+            "ENDPOINT": parts.netloc,
+            "URL_STYLE": "path",
+            "USE_SSL": parts.scheme == "https",
+        }
+    return access
 
 
 def cmd_maintain(args) -> int:
@@ -423,30 +486,9 @@ def cmd_comparables(args) -> int:
 
 def _why_no_vector(product_id: str) -> str | None:
     from smartgo_analytics.comparables import no_vector_reason
-    from smartgo_analytics.settings import settings
 
-    if settings().deployment == "local":
-        with _local_catalog() as catalog:
-            return no_vector_reason(catalog, product_id)
-    from smartgo_analytics.deployment import resources_for_deployment
-
-    return no_vector_reason(resources_for_deployment()["iceberg"].catalog(), product_id)
-
-
-def _print_query(catalog, args, columns) -> int:
-    from pyiceberg.expressions.parser import parse
-
-    table = _sales_table(catalog)
-    try:
-        row_filter = parse(args.where) if args.where else None
-    except Exception as error:  # pyiceberg raises ParseException from pyparsing
-        raise UsageError(f"--where {args.where!r} is not a filter expression: {error}") from None
-    scan = table.scan(**({"row_filter": row_filter} if row_filter is not None else {}),
-                      selected_fields=columns or ("*",), limit=args.limit)  # fmt: skip
-    rows = scan.to_arrow().to_pylist()
-    names = list(columns) if columns else [f.name for f in table.schema().fields]
-    _print_rows(rows, names, args.format)
-    return 0
+    with _deployment_catalog() as catalog:
+        return no_vector_reason(catalog, product_id)
 
 
 def _print_rows(rows: list[dict], names: list[str], form: str) -> None:
@@ -454,7 +496,8 @@ def _print_rows(rows: list[dict], names: list[str], form: str) -> None:
         for row in rows:
             say(json.dumps(row, default=str, ensure_ascii=False))
     elif form == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=names)
+        # Lines end with "\n", as every other line this command prints (csv's default is "\r\n").
+        writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
@@ -521,7 +564,7 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of lines")
     info.set_defaults(run=cmd_stack_info)
     query = commands.add_parser("query", help="read the Iceberg table")
-    query.add_argument("table", choices=["smartgo_sales"], help="the table to read")
+    query.add_argument("table", choices=sorted(TABLES), help="the table to read")
     query.add_argument(
         "--where", help="pyiceberg filter, e.g. \"tenant_id == 'carousel-labs' and month == 1\""
     )
@@ -531,7 +574,8 @@ def parser() -> argparse.ArgumentParser:
                        help="output format")  # fmt: skip
     query.set_defaults(run=cmd_query)
     sql = commands.add_parser(
-        "sql", help="SQL over the local table's current snapshot, with DuckDB (table smartgo_sales)"
+        "sql",
+        help="SQL over the tables' current snapshots, with DuckDB (smartgo_sales, price_bands)",
     )
     sql.add_argument("query", help='e.g. "SELECT category, count(*) FROM smartgo_sales GROUP BY 1"')
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table",

@@ -1,10 +1,12 @@
-"""Small Markdown for the Dagster UI."""
+"""Small Markdown for the Dagster UI, and Dagster's standard table keys (the catalog's columns,
+row counts and locations)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 
-from dagster import MetadataValue
+from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableSchema
 
 
 def md_table(rows: list[dict], columns: list[str], limit: int = 5) -> MetadataValue:
@@ -30,3 +32,42 @@ def location(uri: str) -> MetadataValue:
     if uri.startswith("file://"):
         return MetadataValue.path(uri.removeprefix("file://"))
     return MetadataValue.url(uri)
+
+
+def table_metadata(
+    table_name: str, uri: str, columns: Iterable[TableColumn], partition_rows: int,
+    rows: int | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """Dagster's standard keys for a table's materialisation: its columns, rows (of the day, and
+    of the whole table when known), name and location; the asset pages and the catalog show them."""
+    metadata: dict[str, object] = {
+        "dagster/column_schema": MetadataValue.table_schema(TableSchema(columns=list(columns))),
+        "dagster/table_name": table_name,
+        "dagster/uri": uri,
+        "dagster/partition_row_count": MetadataValue.int(partition_rows),
+    }
+    if rows is not None:
+        metadata["dagster/row_count"] = MetadataValue.int(rows)
+    return metadata
+
+
+def iceberg_columns(schema, descriptions: Mapping[str, str]) -> list[TableColumn]:
+    """An Iceberg schema's top-level columns with their types, whether they take nulls, and their
+    descriptions (the field's own doc, else `descriptions`)."""
+    return [
+        TableColumn(
+            name=field.name,
+            type=str(field.field_type),
+            description=field.doc or descriptions.get(field.name),
+            constraints=TableColumnConstraints(nullable=not field.required),
+        )  # fmt: skip
+        for field in schema.fields
+    ]
+
+
+def snapshot_rows(table) -> int | None:
+    """The table's rows at its current snapshot, from the snapshot's summary (no file is read)."""
+    snapshot = table.current_snapshot()
+    summary = snapshot.summary if snapshot else None
+    total = summary.get("total-records") if summary is not None else None
+    return int(total) if total is not None else None

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,14 +22,14 @@ from smartgo_analytics.local import demo_data
 CLI = [sys.executable, "-m", "smartgo_analytics.cli"]
 
 
-def cli(*args, home: Path, timeout=300, **env):
+def cli(*args, home: Path, timeout=300, shell=False, **env):
+    """The command line with these arguments (with `shell`, `bash` with them instead)."""
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
     }
     environment.update(SMARTGO_HOME=str(home), **env)
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=environment
-    )
+    command = ["bash", *args] if shell else [*CLI, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def processes_under(home: Path) -> list[str]:
@@ -293,6 +294,14 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     ]:
         wrong = cli("comparables", *args, home=home)
         assert wrong.returncode == 2 and message in wrong.stderr, wrong.stderr
+
+    # One command's CSV piped into the next, as a shell user does: no "\r" rides along.
+    command = " ".join(shlex.quote(part) for part in CLI)
+    piped = cli("-c", f"pid=$({command} query smartgo_sales --where {shlex.quote(f'product_id == {asked!r}')} "
+                f"--columns product_id --format csv | tail -n 1); {command} comparables --product-id \"$pid\" "
+                "--k 2 --format csv", home=home, shell=True)  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert "\r" not in piped.stdout and len(piped.stdout.splitlines()) == 3  # the header and 2 rows
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +20,7 @@ import boto3
 import psycopg
 import pytest
 from boto3.dynamodb.types import TypeSerializer
-from dagster import materialize
+from dagster import AssetKey, DagsterInstance, materialize
 from pyiceberg.catalog import load_catalog
 
 from smartgo_analytics.core.alerts import Alert
@@ -109,7 +110,7 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
     settings.cache_clear()
 
 
-def glue_table(environment):
+def glue_table(environment, name: str = "smartgo_sales"):
     catalog = load_catalog(
         "check",
         type="glue",
@@ -117,7 +118,7 @@ def glue_table(environment):
         warehouse=environment["ICEBERG_WAREHOUSE"],
         **json.loads(environment["ICEBERG_CATALOG_PROPERTIES"]),
     )
-    return catalog.load_table("pricing_intelligence.smartgo_sales")
+    return catalog.load_table(f"pricing_intelligence.{name}")
 
 
 def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_nothing(
@@ -129,7 +130,8 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     assert type(resources["object_store"]).__name__ == "S3ObjectStore"
     assert type(resources["image_embedder"]).__name__ == "TitanEmbedder"
 
-    first = materialize(assets, resources=resources, partition_key=DAY)
+    instance = DagsterInstance.ephemeral()
+    first = materialize(assets, resources=resources, partition_key=DAY, instance=instance)
 
     assert first.success and all(c.passed for c in first.get_asset_check_evaluations())
     assert bedrock_calls.calls == 6  # one per distinct image
@@ -144,10 +146,41 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         "tenant_id=northwind/year=2025/month=10",
     }
 
+    # Dagster's standard keys, read back from the instance: columns, rows, name and location.
+    def stored(*key: str) -> dict:
+        event = instance.get_latest_materialization_event(AssetKey(list(key)))
+        return {name: value.value for name, value in event.asset_materialization.metadata.items()}
+
+    sales = stored("smartgo_sales_iceberg")
+    columns = {c.name: c for c in sales["dagster/column_schema"].columns}
+    assert list(columns) == [f.name for f in table.schema().fields]
+    assert columns["sold_price"].type == "double" and not columns["product_id"].constraints.nullable
+    assert columns["embedding_error"].description == "why the sale has no vector"
+    assert sales["dagster/table_name"] == "smartgo.pricing_intelligence.smartgo_sales"
+    assert sales["dagster/uri"] == table.location() and table.location().startswith("s3://")
+    assert sales["dagster/partition_row_count"] == 12 and sales["dagster/row_count"] == 12
+    bands = stored("price_bands")
+    assert {"median", "sales_count", "level"} <= {
+        c.name for c in bands["dagster/column_schema"].columns
+    }
+    assert bands["dagster/table_name"] == "smartgo.pricing_intelligence.price_bands"
+    assert bands["dagster/partition_row_count"] == bands["bands"] > 0
+    handed_off = stored("smartgo_sales")
+    assert handed_off["dagster/partition_row_count"] == 12
+    assert handed_off["dagster/uri"] == f"s3://{BUCKET}/staging/smartgo_sales/{DAY}.parquet"
+    assert stored("similarity_index")["dagster/row_count"] == 12
+
     s3 = boto3.client(
         "s3", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
     )
     for spec in DATASETS:
+        exported = stored("quicksight", spec.name)
+        assert [c.name for c in exported["dagster/column_schema"].columns] == list(spec.field_names)
+        assert exported["dagster/uri"] == f"s3://{BUCKET}/quicksight/{spec.name}/{DAY}.json"
+        day_file = s3.get_object(Bucket=BUCKET, Key=f"quicksight/{spec.name}/{DAY}.json")[
+            "Body"
+        ].read()
+        assert exported["dagster/partition_row_count"] == len(day_file.splitlines()) > 0
         manifest = json.loads(
             s3.get_object(Bucket=BUCKET, Key=f"quicksight/manifests/{spec.name}.json")[
                 "Body"
@@ -194,6 +227,37 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     assert unknown.returncode == 2 and unknown.stderr.strip().endswith(
         "unknown product 'PROD-nothing': no sold item has that id"
     )
+
+    # SQL and reads over the lake on S3, as a production user asks them: DuckDB reads the files the
+    # Glue catalog's current metadata names, from S3; the same counts as pyiceberg.
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "smartgo_analytics.cli", *args], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")})  # fmt: skip
+
+    started = time.perf_counter()
+    sql = cli("sql", "SELECT tenant_id, count(*) AS sales, count(embedding_vector) AS with_vector "
+                     "FROM smartgo_sales GROUP BY 1 ORDER BY 1", "--format", "json")  # fmt: skip
+    sql_s = time.perf_counter() - started
+    assert sql.returncode == 0, sql.stderr
+    by_tenant = {}
+    for row in rows:
+        by_tenant[row["tenant_id"]] = by_tenant.get(row["tenant_id"], 0) + 1
+    assert [json.loads(line) for line in sql.stdout.splitlines()] == [
+        {"tenant_id": t, "sales": n, "with_vector": n} for t, n in sorted(by_tenant.items())
+    ], sql.stdout
+    print(f"prod sql against moto S3 + Glue: {sql_s:.2f} s")
+    bands_rows = glue_table(prod_environment, "price_bands").scan().to_arrow().num_rows
+    counted = cli(
+        "sql", "SELECT count(*) AS n FROM pricing_intelligence.price_bands", "--format", "csv"
+    )
+    assert counted.returncode == 0 and counted.stdout == f"n\n{bands_rows}\n", counted.stderr
+    bad = cli("sql", "SELECT nothing FROM smartgo_sales")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "the query failed" in bad.stderr and "Traceback" not in bad.stderr
+    read = cli(
+        "query", "price_bands", "--columns", "tenant_id,median", "--limit", "3", "--format", "json"
+    )
+    assert read.returncode == 0 and len(read.stdout.splitlines()) == 3, read.stderr
 
     progress = boto3.client("dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1").get_item(
         TableName="smartgo-export-progress-prod", Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}}

@@ -20,7 +20,7 @@ from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.ndjson import encode_ndjson
 from smartgo_analytics.core.sales_table import fingerprint
 from smartgo_analytics.layout import staged_records_key
-from smartgo_analytics.metadata import md_table
+from smartgo_analytics.metadata import iceberg_columns, md_table, snapshot_rows, table_metadata
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.iceberg import IcebergCatalog, replace
 from smartgo_analytics.resources.object_store import ObjectStore
@@ -97,6 +97,13 @@ def price_bands(
             "window": f"{first.isoformat()} .. {day.isoformat()}",
             "snapshot_id": str(table.current_snapshot().snapshot_id),
             "preview": md_table(bands.to_pylist(), PREVIEW),
+            **table_metadata(
+                f"{iceberg.catalog_name}.{bands_core.IDENTIFIER}",
+                table.location(),
+                iceberg_columns(table.schema(), bands_core.DESCRIPTIONS),
+                bands.num_rows,
+                snapshot_rows(table),
+            ),  # fmt: skip
         },
         check_results=[checks.price_bands_result(problems, bands.num_rows)],
     )

@@ -50,7 +50,13 @@ from smartgo_analytics.core.embedding_day import (
 from smartgo_analytics.core.pacing import Pace, PaceReport
 from smartgo_analytics.core.sales import DUPLICATE_REASON, QUARANTINE_SCHEMA, validated_day
 from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
-from smartgo_analytics.metadata import location, md_table
+from smartgo_analytics.metadata import (
+    iceberg_columns,
+    location,
+    md_table,
+    snapshot_rows,
+    table_metadata,
+)
 from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import DynamoDBError, ExportProgressTracker, ImageVectors
@@ -328,6 +334,13 @@ def smartgo_sales_iceberg(
             "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
             "table_location": location(table.location()),
             "preview": md_table(day.preview, PREVIEW_COLUMNS),
+            **table_metadata(
+                f"{iceberg.catalog_name}.{sales_table.IDENTIFIER}",
+                table.location(),
+                iceberg_columns(table.schema(), sales_table.DESCRIPTIONS),
+                day.rows,
+                snapshot_rows(table),
+            ),  # fmt: skip
         },
         check_results=[
             checks.reconciliation_result(

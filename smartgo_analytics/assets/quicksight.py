@@ -17,6 +17,7 @@ from dagster import (
     BackfillPolicy,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
     asset,
     multi_asset,
 )
@@ -51,7 +52,7 @@ from smartgo_analytics.layout import (
     quicksight_month_prefix,
     staged_records_key,
 )
-from smartgo_analytics.metadata import location, md_table
+from smartgo_analytics.metadata import location, md_table, table_metadata
 from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import DynamoDBError, SalesDataTable
@@ -107,7 +108,11 @@ def dynamodb_daily_metrics(
     total = sum(d["items"] for d in per_day)
     context.log.info(f"read {total} SalesData items for {len(per_day)} day(s)")
     day_figures = (
-        {"items": per_day[0]["items"], "pages_read": per_day[0]["pages"]}
+        {
+            "items": per_day[0]["items"],
+            "pages_read": per_day[0]["pages"],
+            "dagster/partition_row_count": per_day[0]["items"],
+        }  # fmt: skip
         if len(per_day) == 1
         else {}
     )
@@ -119,6 +124,7 @@ def dynamodb_daily_metrics(
             "pages_read_in_run": sum(d["pages"] for d in per_day),
             "non_finite_numbers_nulled_in_run": sum(d["non_finite_numbers"] for d in per_day),
             "table": sales_data.table_name,
+            "dagster/table_name": f"dynamodb.{sales_data.table_name}",
             "per_day": md_table(
                 per_day,
                 [*PER_DAY_COLUMNS, *sorted({k for d in per_day for k in d} - set(PER_DAY_COLUMNS))],
@@ -167,10 +173,11 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
             if build.records:
                 data = encode_ndjson(build.records, spec.field_names)
-                uri = location(object_store.put_bytes(key_, data, NDJSON))
+                raw_uri = object_store.put_bytes(key_, data, NDJSON)
+                uri = location(raw_uri)
             else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
                 object_store.delete(key_)
-                uri = "none (no records)"
+                raw_uri = uri = "none (no records)"
             distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
             expected = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
@@ -203,6 +210,9 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 "items_without_identity": build.skipped.total(),
                 "items_without_identity_reasons": reason_list(build.skipped, 10),
                 "preview": md_table(build.records, list(spec.field_names)),
+                **table_metadata(
+                    f"quicksight.{spec.name}", raw_uri, dataset_columns(spec), len(written)
+                ),
             }
         manifest_uri, files = write_manifest(
             object_store, quicksight.prefix, spec.name, context.partition_keys
@@ -233,6 +243,12 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
         yield from ()  # each day's materialisation is the event above
 
     return _dataset
+
+
+def dataset_columns(spec: DatasetSpec) -> list[TableColumn]:
+    """A dataset's fields as its files hold them: JSON types, as QuickSight's manifest reads them."""
+    declared = {"date": "string", **dict(spec.fields)}
+    return [TableColumn(name=name, type=declared[name]) for name in spec.field_names]
 
 
 def write_manifest(

@@ -51,6 +51,19 @@ _COLUMNS = (
     ("source_system", StringType(), True),
     ("ingestion_timestamp", TimestamptzType(), True),
 )
+# What each column holds, for the Dagster catalog (`dagster/column_schema`).
+DESCRIPTIONS = {
+    "product_id": "SmartGo product id (the sale)", "tenant_id": "the tenant (store group) that sold it",
+    "category": "product category", "brand": "brand", "condition": "condition grade",
+    "sold_price": "sold price, in the tenant's currency", "sold_date": "when it sold (UTC)",
+    "season": "season of the sold date (SEASON_HEMISPHERE)", "quarter": "quarter of the sold date, Q1-Q4",
+    "year": "year of the sold date (partition)", "month": "month of the sold date (partition)",
+    "image_s3_key": "the image copy in the object store", "image_sha256": "sha256 of the downloaded image",
+    "embedding_id": "the vector's id: product and model", "embedding_model": "model that made the vector",
+    "embedding_dimension": "length of the vector", "embedding_vector": "the image's vector (null: see embedding_error)",
+    "embedding_error": "why the sale has no vector", "source_system": "where the sale came from",
+    "ingestion_timestamp": "when the row was written",
+}  # fmt: skip
 # pyiceberg numbers nested fields after the top-level ones when it creates a table.
 _VECTOR_ELEMENT_ID = len(_COLUMNS) + 1
 

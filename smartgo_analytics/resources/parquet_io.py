@@ -39,8 +39,16 @@ class ParquetIOManager(ConfigurableIOManager):
             raise TypeError(
                 f"{context.asset_key.to_user_string()} must return a pyarrow Table or a Parquet file Path, got {type(obj)}"
             )
+        partitioned = context.has_asset_partitions
         context.add_output_metadata(
-            {"parquet_uri": location(uri), "parquet_bytes": size, "parquet_rows": rows}
+            {
+                "parquet_uri": location(uri),
+                "parquet_bytes": size,
+                "parquet_rows": rows,
+                "dagster/uri": uri,
+                # Dagster's standard row count: of the day, for a day's hand-off.
+                "dagster/partition_row_count" if partitioned else "dagster/row_count": rows,
+            }  # fmt: skip
         )
 
     def load_input(self, context: InputContext) -> pa.Table | pq.ParquetFile:
