@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import yaml
 
 from benchmarks.servers import loopback
+from benchmarks.ui_run import LAUNCH
 from smartgo_analytics_tests.servers import dagster_dev_command, graphql
 
 DAYS = [(date(2025, 3, 1) + timedelta(days=n)).isoformat() for n in range(12)]
@@ -52,12 +53,6 @@ def instance_config(runs_at_once: int) -> str:
     return yaml.safe_dump(config)
 
 
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
-  }
-}"""
 RUNS = """
 query Runs($id: String!) {
   partitionBackfillOrError(backfillId: $id) {

@@ -60,12 +60,13 @@ class Outage:
     `own_retries` tries) and the dependency answers meanwhile: another call got through since it
     first failed, or, with none to tell, a call that succeeded before answers again when made once
     more (the probe). A dependency that is down for everyone, at the start of the day or in the
-    middle of it, is waited out. A dependency that
-    has not answered any call yet is given `unproven_allowance_s` instead of the allowance when set
-    (a host a few sales name, that may simply not exist)."""
+    middle of it, is waited out. A dependency that has not answered any call yet is given
+    `unproven_allowance_s` instead of the allowance when set (a host a few sales name, that may
+    simply not exist). The circuit's pause doubles from `backoff_s` to `max_backoff_s` while probes
+    fail, so a dependency that is back is tried again within `max_backoff_s`."""
 
     def __init__(self, dependency: str, allowance_s: float = DEFAULT_ALLOWANCE_S,
-                 own_retries: int = 2, backoff_s: float = 0.5, max_backoff_s: float = 15.0,
+                 own_retries: int = 2, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, own_window_s: float = 30.0,
                  unproven_allowance_s: float | None = None):  # fmt: skip
@@ -103,20 +104,20 @@ class Outage:
                 if not met:
                     first_failed_at, successes_then = now, self._successes
                 tries += 1
-                if (
-                    tries > self.own_retries
-                    and now - first_failed_at >= self.own_window_s
-                    and (self._successes > successes_then or self._probe_answers())
-                ):
-                    raise
+                if tries > self.own_retries and now - first_failed_at >= self.own_window_s:
+                    if self._successes > successes_then:
+                        raise
+                    # None other to tell: a call that succeeded before is made again. Its success
+                    # counts, so that this call, tried once more, is its own error if it fails.
+                    self._probe_answers()
                 with self._lock:
                     self._retries += 1
                     if not met:
                         self._requeued += 1
                 met = True
-                if (
-                    tries > self.own_retries
-                ):  # its own backoff too, once the circuit's was not enough
+                if tries > self.own_retries and self._successes > successes_then:
+                    # Others get through and this one does not: it backs off on its own too (in an
+                    # outage for everyone, the circuit's pause alone paces the calls).
                     pause = self.backoff_s * 2 ** min(tries - self.own_retries, 16)
                     self._sleep(min(self.max_backoff_s, pause) * random.uniform(0.5, 1.0))
                 continue
