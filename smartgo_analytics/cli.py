@@ -347,17 +347,21 @@ def cmd_query(args) -> int:
 
 @contextlib.contextmanager
 def _deployment_catalog():
-    """The deployment's Iceberg catalog for the block: the local stack's (plain pyiceberg, without
-    Dagster's import: a local read answers in well under two seconds), or the configured one."""
+    """The deployment's Iceberg catalog for the block: the local stack's, or the configured one;
+    plain pyiceberg, without Dagster's import (a local read answers in well under two seconds)."""
     from smartgo_analytics.settings import settings
 
-    if settings().deployment == "local":
+    config = settings()
+    if config.deployment == "local":
         with _local_catalog() as catalog:
             yield catalog
         return
-    from smartgo_analytics.deployment import resources_for_deployment
+    from pyiceberg.catalog import load_catalog
 
-    yield resources_for_deployment()["iceberg"].catalog()
+    if not config.catalog_properties.get("type"):
+        raise UsageError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
+    # Plain pyiceberg with the deployment's properties, as the `iceberg` resource loads it.
+    yield load_catalog("smartgo", **config.catalog_properties)
 
 
 @contextlib.contextmanager

@@ -136,12 +136,7 @@ def prod_resources(config: Settings) -> dict[str, object]:
             requests_per_minute=config.bedrock_requests_per_minute,
             region_name=region,
         ),
-        # pyiceberg's Glue client and S3 file IO read the region from here, not from AWS_REGION.
-        "iceberg": IcebergCatalog(
-            properties={"client.region": region, **config.iceberg_properties}
-            if region
-            else config.iceberg_properties
-        ),
+        "iceberg": IcebergCatalog(properties=config.catalog_properties),
         "quicksight": quicksight_export(config, region_name=region),
         "alerter": alerter(config, region_name=region),
     }

@@ -96,6 +96,14 @@ class Settings:
     asset_owners: list[str] = field(default_factory=lambda: ["team:data-engineering"])
     embedding_quality: QualityThresholds = QualityThresholds()
 
+    @property
+    def catalog_properties(self) -> dict[str, str]:
+        """The prod Iceberg catalog's pyiceberg properties: the configured ones, and the region
+        (pyiceberg's Glue client and S3 file IO read it from here, not from AWS_REGION)."""
+        if self.aws_region:
+            return {"client.region": self.aws_region, **self.iceberg_properties}
+        return dict(self.iceberg_properties)
+
 
 def _iceberg_properties() -> dict[str, str]:
     properties: dict[str, str] = {}
