@@ -26,6 +26,7 @@ from smartgo_analytics.layout import check_key
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # a picture asked about, as the image fetcher's cap
 MAX_LABEL = 200  # characters of a category or condition
+MAX_K = 1000  # comparables asked for at once
 IDENTIFIER_RULE = "a letter or digit, then up to 127 letters, digits, '.', '_' or '-'"
 SHOWN = ("product_id", "category", "brand", "condition", "sold_price", "sold_date", "similarity")
 SEARCHED_PER_WANTED = 20  # candidates asked for each item wanted when a category narrows them
@@ -154,6 +155,8 @@ def comparables(
         raise ComparablesError("give exactly one of a product id or an image")
     if k < 1:
         raise ComparablesError(f"k must be at least 1, got {k}")
+    if k > MAX_K:
+        raise ComparablesError(f"k must be at most {MAX_K}, got {k}")
     _check_arguments(product_id, tenant, category, condition)
     if resources is None:
         store = LocalLake.of_deployment() or _deployment()["object_store"]

@@ -180,6 +180,8 @@ def hostile_answer(kind: str, dimension: int) -> bytes:
         return json.dumps([vector]).encode()
     if kind == "deep":  # nested past any parser's recursion limit
         return b'{"embedding": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    if kind == "huge-body":  # a usable vector, padded to 2 MB
+        return json.dumps({"embedding": vector, "padding": "x" * 2 * 2**20}).encode()
     if kind == "huge-integers":  # whole numbers too large for a float
         return ('{"embedding": [' + ", ".join(["1" + "0" * 400] * dimension) + "]}").encode()
     raise ValueError(kind)
@@ -187,7 +189,7 @@ def hostile_answer(kind: str, dimension: int) -> bytes:
 
 HOSTILE_ANSWERS = ("not-json", "no-field", "not-a-list", "short", "strings", "booleans", "nan",
                    "infinity", "beyond-float32", "zeros", "array", "hang", "reset", "deep",
-                   "huge-integers", "cut-short")  # fmt: skip
+                   "huge-integers", "cut-short", "huge-body")  # fmt: skip
 
 
 def cheap_body(seed: int, dimension: int) -> bytes:

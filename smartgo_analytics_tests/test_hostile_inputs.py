@@ -340,6 +340,7 @@ def test_integers_beyond_64_bits_and_ids_that_are_not_ids_are_nulled_or_skipped_
         ({"product_id": "SG\n1"}, "unknown product"),
         ({"product_id": "x", "category": "\x00"}, "is not a category"),
         ({"product_id": "x", "condition": "c" * 201}, "is not a condition"),
+        ({"product_id": "x", "k": 10**9}, "k must be at most 1000"),
     ],
 )
 def test_comparables_refuses_arguments_no_sold_item_could_have(arguments, reason):

@@ -484,7 +484,7 @@ UNTRUSTED = {
     "infinity": "NaN, infinity", "beyond-float32": "beyond float32", "zeros": "all zeros",
     "array": "answer has no 'embedding'", "hang": "did not answer: ReadTimeoutError",
     "reset": "did not answer", "deep": "nests too deeply", "huge-integers": "too large for a float",
-    "cut-short": "did not answer",
+    "cut-short": "did not answer", "huge-body": "over 1048576 bytes",
 }  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from smartgo_analytics.resources.aws import AwsResource
 
 TITAN_IMAGE_MODEL = "amazon.titan-embed-image-v1"
 TITAN_DIMENSIONS = (256, 384, 1024)
+MAX_ANSWER_BYTES = 1024 * 1024  # an answer's body read at most: 40 times a 1024-d vector's JSON
 # On-demand price of one Titan Multimodal Embeddings image input, USD.
 TITAN_PRICE_PER_IMAGE = 0.00006
 # Errors of an endpoint that does not answer: a connection refused, reset or left silent, or an
@@ -178,7 +179,13 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
                     contentType="application/json",
                     accept="application/json",
                 )
-                return response["body"].read()
+                # An answer is ~25 KB; a hostile one of gigabytes is read no further than the cap.
+                # Read to its end otherwise: the last read checks the body against its length.
+                stream, chunks, size = response["body"], [], 0
+                while size <= MAX_ANSWER_BYTES and (chunk := stream.read(65536)):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                return b"".join(chunks)
 
         limits = {
             "ModelTimeoutException": self.model_timeout_retries,
@@ -210,6 +217,8 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
             raise BedrockUnavailable(f"Bedrock call failed: {type(error).__name__}") from None
         except Exception as error:  # not the service's kind of failure: this call's own
             raise EmbeddingError(f"Bedrock call failed: {type(error).__name__}") from None
+        if len(answer) > MAX_ANSWER_BYTES:
+            raise EmbeddingError(f"unusable Bedrock answer: over {MAX_ANSWER_BYTES} bytes")
         try:
             return vector_from_answer(answer, self.dimension)
         except Exception as error:  # whatever the answer makes the parsing raise: this sale's
