@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from collections import Counter
 from contextlib import ExitStack
 from datetime import date, timedelta
@@ -32,8 +31,8 @@ import pyarrow.compute as pc
 import yaml
 
 from benchmarks.servers import loopback
-from benchmarks.ui_run import LAUNCH
-from smartgo_analytics_tests.servers import dagster_dev_command, graphql
+from benchmarks.ui_run import run_backfill
+from smartgo_analytics_tests.servers import dagster_dev_command
 
 DAYS = [(date(2025, 3, 1) + timedelta(days=n)).isoformat() for n in range(12)]
 SALES_PER_DAY = 400
@@ -59,7 +58,6 @@ query Runs($id: String!) {
     ... on PartitionBackfill { status timestamp runs(limit: 200) { runId status startTime endTime } }
   }
 }"""
-FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
 def backfill_runs_at_once() -> dict:
@@ -156,17 +154,7 @@ def _launch_and_wait(url: str) -> tuple[float, int]:
     params = {
         "partitionsByAssets": [{"assetKey": {"path": [a]}, "partitions": days} for a in PRICING]
     }
-    launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
-    if launched["__typename"] != "LaunchBackfillSuccess":
-        raise RuntimeError(str(launched))
-    deadline = time.monotonic() + 3600
-    while time.monotonic() < deadline:
-        backfill = graphql(url, RUNS, id=launched["backfillId"])["partitionBackfillOrError"]
-        if backfill["status"] in FINISHED:
-            break
-        time.sleep(2)
-    else:
-        raise RuntimeError("the backfill did not finish within an hour")
+    backfill = run_backfill(url, params, RUNS, 3600)
     runs = backfill["runs"]
     failed = [r for r in runs if r["status"] != "SUCCESS"]
     if backfill["status"] not in {"COMPLETED", "COMPLETED_SUCCESS"} or failed:

@@ -31,27 +31,30 @@ query Runs($id: String!) {
 }"""
 
 
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def run_backfill(url: str, params: dict, runs_query: str, timeout_s: float) -> dict:
+    """Launch a backfill through the webserver's GraphQL API and wait for it to finish: what
+    `runs_query` asks of it (its status, timestamp and runs)."""
+    launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(str(launched))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        backfill = graphql(url, runs_query, id=launched["backfillId"])["partitionBackfillOrError"]
+        if backfill["status"] in FINISHED:
+            return backfill
+        time.sleep(2)
+    raise RuntimeError(f"the backfill did not finish in {timeout_s:.0f} s")
+
+
 def ui_day_run() -> dict:
     home = Path(tempfile.mkdtemp(prefix="smartgo-bench-ui-"))
     args = ["--days", "1", "--end-date", DAY, "--sales-per-day", "200"]
     with dagster_dev(home, args) as url:
         params = {"assetSelection": [{"path": a} for a in ASSETS], "partitionNames": [DAY]}
-        launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
-        if launched["__typename"] != "LaunchBackfillSuccess":
-            raise RuntimeError(str(launched))
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            backfill = graphql(url, RUNS, id=launched["backfillId"])["partitionBackfillOrError"]
-            if backfill["status"] in (
-                "COMPLETED",
-                "COMPLETED_SUCCESS",
-                "COMPLETED_FAILED",
-                "FAILED",
-            ):
-                break
-            time.sleep(2)
-        else:
-            raise RuntimeError("the backfill did not finish")
+        backfill = run_backfill(url, params, RUNS, 600)
     runs = backfill["runs"]
     if not runs or any(r["status"] != "SUCCESS" for r in runs):
         raise RuntimeError(f"runs did not all succeed: {[r['status'] for r in runs]}")
