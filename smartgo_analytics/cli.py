@@ -205,7 +205,8 @@ SUMMARY_FIELDS = {
     "similarity_index": ("day_vectors", "vectors_of_another_length"),
     "embedding_quality": ("vectors", "problems"),
 }
-OUTPUT_FIELDS = ("table_location", "s3_uri", "parquet_uri", "location", "table")
+# Where an asset's output is: Dagster's standard keys, which every materialisation carries.
+OUTPUT_FIELDS = ("dagster/uri", "dagster/table_name")
 
 
 def _collect(result, summary: dict[str, dict]) -> None:

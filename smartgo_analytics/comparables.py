@@ -353,8 +353,13 @@ def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
 
 
 def _picture(image: str | bytes, resources: dict) -> bytes:
-    """The picture's bytes: given, fetched from an http(s) URL, or read from a file."""
+    """The picture's bytes, at most MAX_IMAGE_BYTES: given, fetched from an http(s) URL (the
+    fetcher's cap is the same), or read from a file."""
     if isinstance(image, bytes):
+        if len(image) > MAX_IMAGE_BYTES:
+            raise ComparablesError(
+                f"the picture is {len(image)} bytes, over the {MAX_IMAGE_BYTES} byte limit"
+            )
         return image
     if image.startswith(("http://", "https://")):
         from smartgo_analytics.resources.images import ImageFetchError
@@ -369,10 +374,6 @@ def _picture(image: str | bytes, resources: dict) -> bytes:
 def _embed(data: bytes, resources: dict, dimension: int) -> np.ndarray:
     from smartgo_analytics.resources.embeddings import EmbeddingError
 
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ComparablesError(
-            f"the picture is {len(data)} bytes, over the {MAX_IMAGE_BYTES} byte limit"
-        )
     try:
         prepared = prepare_for_titan(data)
     except BadImage as error:

@@ -35,17 +35,19 @@ def location(uri: str) -> MetadataValue:
 
 
 def table_metadata(
-    table_name: str, uri: str, columns: Iterable[TableColumn], partition_rows: int,
+    table_name: str, uri: str | None, columns: Iterable[TableColumn], partition_rows: int,
     rows: int | None = None,
 ) -> dict[str, object]:  # fmt: skip
     """Dagster's standard keys for a table's materialisation: its columns, rows (of the day, and
-    of the whole table when known), name and location; the asset pages and the catalog show them."""
+    of the whole table when known), name and location (None: nothing written); the asset pages
+    and the catalog show them."""
     metadata: dict[str, object] = {
         "dagster/column_schema": MetadataValue.table_schema(TableSchema(columns=list(columns))),
         "dagster/table_name": table_name,
-        "dagster/uri": uri,
         "dagster/partition_row_count": MetadataValue.int(partition_rows),
     }
+    if uri is not None:
+        metadata["dagster/uri"] = uri
     if rows is not None:
         metadata["dagster/row_count"] = MetadataValue.int(rows)
     return metadata

@@ -233,7 +233,7 @@ def test_one_sale_of_each_crashing_kind_costs_only_itself(
         "bad-ipv6": ("http://[::1/x.png", "refused"),
         "6to4-loopback": ("http://[2002:7f00:1::1]/x.png", "loopback address 127.0.0.1"),
         "6to4-metadata": ("http://[2002:a9fe:a9fe::1]/x.png", "link-local address 169.254.169.254"),
-        "site-local": ("http://[fec0::1]/x.png", "non-public address"),
+        "site-local": ("http://[fec0::1]/x.png", "site-local address fec0::1"),
         "ietf-block": ("http://192.0.0.100/x.png", "non-public address"),
         "nat64-loopback": ("http://[64:ff9b::7f00:1]/x.png", "loopback address"),
         # A server no call reaches, that one sale names: its loss is within the budget, so it is

@@ -128,7 +128,7 @@ class SaleWork:
     def _download(self, url: str, etag: str | None):
         host = _host(url)
         try:
-            return self._outage(f"CDN {host}").call(
+            return self._outage(f"CDN {host}", minor=host in self.minor_hosts).call(
                 lambda: self.image_fetcher.fetch(url, if_none_match=etag)
             )
         except OutageTooLong as error:
@@ -160,10 +160,9 @@ class SaleWork:
                     del self._in_flight[sha]
         return future.result()
 
-    def _outage(self, dependency: str) -> Outage:
+    def _outage(self, dependency: str, minor: bool = False) -> Outage:
         with self._lock:
             if dependency not in self._outages:
-                minor = dependency.removeprefix("CDN ") in self.minor_hosts
                 self._outages[dependency] = Outage(
                     dependency, self.outage_allowance_s, own_window_s=self.own_window_s,
                     unproven_allowance_s=self.own_window_s if minor else None,
@@ -184,10 +183,13 @@ class SaleWork:
             self._new.flush()
 
     def close(self) -> None:
-        """Stop its threads (a worker process's stop with the process)."""
+        """Stop its threads (a worker process's stop with the process), and store the vectors of
+        calls that were still in flight when a failure ended the work: a retry does not pay for
+        them again."""
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            self._pool.shutdown(cancel_futures=True)  # waits for the calls in flight
             self._pool = None
+        self._new.flush()
 
 
 def minor_hosts(urls: list[str], max_error_ratio: float) -> frozenset[str]:

@@ -332,7 +332,6 @@ def smartgo_sales_iceberg(
             "rows_with_vector": day.rows - day.with_error,
             "rows_with_error": day.with_error,
             "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
-            "table_location": location(table.location()),
             "preview": md_table(day.preview, PREVIEW_COLUMNS),
             **table_metadata(
                 f"{iceberg.catalog_name}.{sales_table.IDENTIFIER}",

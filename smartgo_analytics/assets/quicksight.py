@@ -173,11 +173,11 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
             key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
             if build.records:
                 data = encode_ndjson(build.records, spec.field_names)
-                raw_uri = object_store.put_bytes(key_, data, NDJSON)
-                uri = location(raw_uri)
+                file_uri = object_store.put_bytes(key_, data, NDJSON)
+                uri = location(file_uri)
             else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
                 object_store.delete(key_)
-                raw_uri = uri = "none (no records)"
+                file_uri, uri = None, "none (no records)"
             distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
             expected = min(distinct, spec.limit) if spec.limit is not None else distinct
             # Read back what was written: the checks judge the file, not the intention.
@@ -211,7 +211,7 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
                 "items_without_identity_reasons": reason_list(build.skipped, 10),
                 "preview": md_table(build.records, list(spec.field_names)),
                 **table_metadata(
-                    f"quicksight.{spec.name}", raw_uri, dataset_columns(spec), len(written)
+                    f"quicksight.{spec.name}", file_uri, dataset_columns(spec), len(written)
                 ),
             }
         manifest_uri, files = write_manifest(

@@ -359,7 +359,6 @@ def similarity_index(
             "tenants": len(tenants),
             "rows_without_vector": spooled.without_vector,
             "vectors_of_another_length": spooled.of_another_length,
-            "location": object_store.uri(f"{sim.PREFIX}/"),
             "dagster/uri": object_store.uri(f"{sim.PREFIX}/"),
             "dagster/row_count": indexed,
             "dagster/partition_row_count": spooled.vectors,

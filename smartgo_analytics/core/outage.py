@@ -6,8 +6,8 @@ shared moment (the circuit is open), backing off while the failures go on, and t
 again; the first call that succeeds closes the circuit. A call that keeps failing while other
 calls get through since it first failed is not waiting for an outage: after `own_window_s` of
 failing, its error is its own (one image's URL that always answers 503). Only an outage longer
-than the allowance ends the wait: `OutageTooLong` names the dependency, how long it was down and why, and fails
-what the calls were part of (a step, which Dagster retries). A failure that will not pass (a 404,
+than the allowance ends the wait: `OutageTooLong` names the dependency, how long it was down and
+why, and fails what the calls were part of (a step, which Dagster retries). A failure that will not pass (a 404,
 not an image, a malformed answer) is never `Transient`: it is the caller's to report, at once.
 """
 
@@ -109,7 +109,7 @@ class Outage:
                         raise
                     # None other to tell: a call that succeeded before is made again. Its success
                     # counts, so that this call, tried once more, is its own error if it fails.
-                    self._probe_answers()
+                    self._probe()
                 with self._lock:
                     self._retries += 1
                     if not met:
@@ -124,22 +124,21 @@ class Outage:
             self._succeeded(fn)
             return result
 
-    def _probe_answers(self) -> bool:
-        """Whether the dependency answers a call that succeeded before (made again): with no
-        other call in flight to tell, it says whether a failing call meets an outage or its own
-        fault (the day's last image, whose URL always answers 503)."""
+    def _probe(self) -> None:
+        """Make a call that succeeded before again; if the dependency answers it, that counts as a
+        success. With no other call in flight, it tells a failing call's own fault (the day's last
+        image, whose URL always answers 503) from an outage."""
         with self._lock:
             probe = self._last_good
         if probe is None:
-            return False
+            return
         try:
             probe()
         except Transient:
-            return False
+            return
         except Exception:  # an answer, if not a usable one: the dependency is up
             pass
         self._succeeded(probe)
-        return True
 
     def _allowance(self) -> float:
         with self._lock:

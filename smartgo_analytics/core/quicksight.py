@@ -176,8 +176,8 @@ def coerce(value: Any, json_type: str) -> tuple[Any, str | None]:
             return value, None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value), None
-        if binary_text(value) is not None:
-            return binary_text(value), None
+        if (text := binary_text(value)) is not None:
+            return text, None
         return None, f"{type(value).__name__} where a string belongs"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"{type(value).__name__} where a number belongs"

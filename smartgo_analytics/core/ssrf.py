@@ -27,8 +27,8 @@ def resolve(host: str, port: int) -> list[str]:
 
 # Not globally reachable by the IANA special-purpose registries, though this Python's `ipaddress`
 # says `is_global` of them: the IETF protocol block (all of it: its few global exceptions are
-# anycast services no image lives on), the deprecated site-local block, NAT64's local-use prefix.
-NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "fec0::/10", "64:ff9b:1::/48"))
+# anycast services no image lives on) and NAT64's local-use prefix.
+NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "64:ff9b:1::/48"))
 NAT64 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48"))
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
@@ -67,6 +67,7 @@ def forbidden_reason(address: str) -> str | None:
         ("reserved", ip.is_reserved),
         ("unspecified", ip.is_unspecified),
         ("private", ip.is_private),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
     ):
         if test:
             return f"{label} address {ip}"

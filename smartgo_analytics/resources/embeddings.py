@@ -181,10 +181,12 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
                 )
                 # An answer is ~25 KB; a hostile one of gigabytes is read no further than the cap.
                 # Read to its end otherwise: the last read checks the body against its length.
-                stream, chunks, size = response["body"], [], 0
-                while size <= MAX_ANSWER_BYTES and (chunk := stream.read(65536)):
+                chunks, size = [], 0
+                for chunk in response["body"].iter_chunks(65536):
                     chunks.append(chunk)
                     size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        break
                 return b"".join(chunks)
 
         limits = {

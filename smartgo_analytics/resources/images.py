@@ -49,10 +49,6 @@ class _Retryable(Exception):
     pass
 
 
-def _described(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error)[:100]!r}"
-
-
 class ImageFetcher(ConfigurableResource):
     """http(s) only, public addresses only (unless allowlisted), every redirect re-checked,
     a deadline per attempt, a size cap while streaming, retries on transient failures."""
@@ -125,7 +121,9 @@ class ImageFetcher(ConfigurableResource):
         except ImageFetchError:
             raise
         except Exception as error:  # what a URL or an answer makes httpx or a codec raise
-            raise ImageFetchError(f"unusable URL or answer: {_described(error)}") from None
+            raise ImageFetchError(
+                f"unusable URL or answer: {type(error).__name__}: {str(error)[:100]!r}"
+            ) from None
 
     def _attempt(self, url: str, if_none_match: str | None) -> Fetched:
         deadline = time.monotonic() + self.timeout_s

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
 
 from smartgo_analytics.layout import asset_output_key
-from smartgo_analytics.metadata import location
 from smartgo_analytics.resources.object_store import ObjectStore
 
 
@@ -42,7 +41,6 @@ class ParquetIOManager(ConfigurableIOManager):
         partitioned = context.has_asset_partitions
         context.add_output_metadata(
             {
-                "parquet_uri": location(uri),
                 "parquet_bytes": size,
                 "parquet_rows": rows,
                 "dagster/uri": uri,
