@@ -134,6 +134,7 @@ def prod_resources(config: Settings) -> dict[str, object]:
             dimension=config.embedding_dimension,
             max_concurrency=config.bedrock_max_concurrency,
             requests_per_minute=config.bedrock_requests_per_minute,
+            tokens_per_minute=config.bedrock_tokens_per_minute,
             region_name=region,
         ),
         "iceberg": IcebergCatalog(properties=config.catalog_properties),

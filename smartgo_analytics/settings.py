@@ -42,6 +42,14 @@ def _float(name: str, default: float) -> float:
         raise ConfigurationError(f"{name}={raw!r} is not a number") from None
 
 
+def _quota(name: str) -> float | None:
+    """A per-minute quota: unset (or 0) for none, else a positive number."""
+    quota = _float(name, 0.0) or None
+    if quota is not None and not (math.isfinite(quota) and quota > 0):
+        raise ConfigurationError(f"{name}={quota} must be a positive number")
+    return quota
+
+
 def _list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
 
@@ -79,6 +87,7 @@ class Settings:
     db_ssm_parameter: str | None
     bedrock_max_concurrency: int
     bedrock_requests_per_minute: float | None
+    bedrock_tokens_per_minute: float | None
     embedding_dimension: int
     image_url_allowlist: list[str]
     download_concurrency: int
@@ -196,9 +205,8 @@ def settings() -> Settings:
         raise ConfigurationError(
             f"OUTAGE_ALLOWANCE_S={allowance} must be a number of seconds, 0 or more"
         )
-    quota = _float("BEDROCK_REQUESTS_PER_MINUTE", 0.0) or None
-    if quota is not None and not (math.isfinite(quota) and quota > 0):
-        raise ConfigurationError(f"BEDROCK_REQUESTS_PER_MINUTE={quota} must be a positive number")
+    quota = _quota("BEDROCK_REQUESTS_PER_MINUTE")
+    token_quota = _quota("BEDROCK_TOKENS_PER_MINUTE")
     stage = os.environ.get("STAGE", "dev")
     dimension = _int("TITAN_EMBEDDING_DIMENSION", 1024)
     if dimension not in TITAN_DIMENSIONS:
@@ -221,6 +229,7 @@ def settings() -> Settings:
         db_ssm_parameter=os.environ.get("SMARTGO_DB_SSM_PARAMETER") or None,
         bedrock_max_concurrency=_int("BEDROCK_MAX_CONCURRENCY", 16),
         bedrock_requests_per_minute=quota,
+        bedrock_tokens_per_minute=token_quota,
         embedding_dimension=dimension,
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),

@@ -39,31 +39,43 @@ def start(handler_class) -> _Server:
 
 
 class RequestQuota:
-    """An on-demand quota as Bedrock enforces it per account and model, modelled as a token bucket:
-    `per_minute` requests a minute, at most one second's worth (and at least 2) at once; a request
-    beyond it is refused (429 ThrottlingException)."""
+    """An on-demand quota as Bedrock enforces it per account and model, modelled as a bucket:
+    `per_minute` requests a minute (or, with `tokens=True`, `per_minute` tokens a minute, each
+    request costing what the model charges it), at most one second's worth (and at least 2
+    requests' worth) at once; a request beyond it is refused (429 ThrottlingException)."""
 
-    def __init__(self, per_minute: float, clock=time.monotonic):
+    def __init__(self, per_minute: float, clock=time.monotonic, tokens: bool = False):
         self.per_minute = per_minute
+        self.tokens = tokens
         self.rate = per_minute / 60
         self.capacity = max(2.0, self.rate)
         self._clock = clock
-        self._tokens, self._at = self.capacity, clock()
+        self._left, self._at = self.capacity, clock()
         self._lock = threading.Lock()
         self.admitted: list[float] = []  # when each admitted request arrived
+        self.charged: list[int] = []  # what each admitted request cost, in tokens mode
         self.refused = 0
 
-    def admit(self) -> bool:
+    def admit(self, charge: int = 1) -> bool:
+        cost = charge if self.tokens else 1
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+            self._left = min(max(self.capacity, 2 * cost), self._left + (now - self._at) * self.rate)
             self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
+            if self._left >= cost:
+                self._left -= cost
                 self.admitted.append(now)
+                self.charged.append(cost)
                 return True
             self.refused += 1
             return False
+
+    def admitted_tokens_per_minute(self) -> float:
+        """Tokens charged a minute, over the span from the first admitted request to the last
+        (the last one's charge falls after it)."""
+        times = self.admitted
+        span = times[-1] - times[0] if len(times) > 1 else 0.0
+        return sum(self.charged[:-1]) * 60 / span if span > 0 else 0.0
 
     def admitted_per_minute(self) -> float:
         """The rate at which requests were admitted, from the first to the last."""
@@ -192,6 +204,12 @@ HOSTILE_ANSWERS = ("not-json", "no-field", "not-a-list", "short", "strings", "bo
                    "huge-integers", "cut-short", "huge-body")  # fmt: skip
 
 
+def image_tokens(image: bytes) -> int:
+    """What this server charges an image, in tokens: more for a bigger one (Titan's own count is
+    the model's; only the answer's header tells it)."""
+    return 40 + len(image) // 64
+
+
 def cheap_body(seed: int, dimension: int) -> bytes:
     """One of 256 ready-made answers: the benchmarks measure the pipeline, not this server."""
     vector = np.random.default_rng(seed).standard_normal(dimension).round(6).tolist()
@@ -242,7 +260,9 @@ def bedrock_server(state: BedrockState) -> _Server:
             if fault:
                 return self._error(int(fault), "ServiceUnavailableException" if fault == "503"
                                    else "InternalServerException", "try again later")  # fmt: skip
-            if state.quota is not None and not state.quota.admit():
+            image = base64.b64decode(request["inputImage"])
+            charge = image_tokens(image)
+            if state.quota is not None and not state.quota.admit(charge):
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             with state.lock:
                 state.calls += 1
@@ -267,7 +287,6 @@ def bedrock_server(state: BedrockState) -> _Server:
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             if timeout:
                 return self._error(408, "ModelTimeoutException", "Model timed out")
-            image = base64.b64decode(request["inputImage"])
             dimension = request["embeddingConfig"]["outputEmbeddingLength"]
             digest = hashlib.sha256(image)
             hostile = state.hostile.get(digest.hexdigest())
@@ -297,6 +316,8 @@ def bedrock_server(state: BedrockState) -> _Server:
                     vector = vector[:7]
                 body = json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()
             self.send_response(200)
+            self.send_header("X-Amzn-Bedrock-Input-Token-Count", str(charge))
+            self.send_header("X-Amzn-Bedrock-Output-Token-Count", "0")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -396,6 +396,29 @@ def test_a_pace_gives_calls_slots_a_quota_apart_and_widens_them_while_throttled(
     assert (report.calls, report.throttled) == (6, 1)
 
 
+def test_a_pace_spaces_calls_by_the_tokens_their_answers_say_they_were_charged():
+    clock = FakeClock()
+    pace = Pace(tokens_per_minute=600 / Pace.HEADROOM)  # ten tokens a second
+
+    def sleep_while_the_first_call_is_answered(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.slept) == 1:  # another thread's answer comes while this call waits
+            pace.answered(throttled=False, tokens=20, clock=clock)
+
+    pace.wait(clock, clock.sleep)  # the first call goes at once, alone: nothing tells its cost
+    pace.wait(clock, sleep_while_the_first_call_is_answered)
+    # It waited for the first answer (a short poll), then for the 20 tokens it reported: 2 s.
+    assert clock.slept == [0.01, pytest.approx(1.99)]
+    pace.answered(throttled=False, tokens=40, clock=clock)  # dearer than the 20 expected
+    clock.slept.clear()
+    pace.wait(clock, clock.sleep)
+    assert clock.slept == [pytest.approx(4.0)]  # 2 s expected, moved by the 2 s of the surprise
+    report = pace.report()
+    assert (report.calls, report.tokens) == (3, 60)
+    with pytest.raises(ValueError, match="tokens per minute must be positive"):
+        Pace(tokens_per_minute=-1)
+
+
 def test_a_pace_without_a_quota_only_counts():
     clock = FakeClock()
     pace = Pace()

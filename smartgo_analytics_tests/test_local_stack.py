@@ -161,7 +161,7 @@ def _taken_port():
             {"BEDROCK_REQUESTS_PER_MINUTE": "-60"},
             "BEDROCK_REQUESTS_PER_MINUTE=-60.0 must be a positive number",
         ),
-        (["demo"], {"BEDROCK_REQUESTS_PER_MINUTE": "nan"}, "must be a positive number"),
+        (["demo"], {"BEDROCK_TOKENS_PER_MINUTE": "nan"}, "BEDROCK_TOKENS_PER_MINUTE=nan must be"),
         (["demo"], {"BEDROCK_REQUESTS_PER_MINUTE": "lots"}, "'lots' is not a number"),
         (
             ["demo"],

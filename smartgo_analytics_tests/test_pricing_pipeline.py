@@ -868,6 +868,31 @@ def test_a_quota_lower_than_configured_slows_the_calls_down_and_loses_no_vector(
     assert metadata["requests_per_minute"].value < 480
 
 
+def test_calls_are_paced_to_a_tokens_per_minute_quota_by_what_each_answer_says_it_was_charged(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    day = "2025-07-05"
+    paced_day(stack, cdn, cdn_state, day, 30, "tokens")
+    charged = sum(servers.image_tokens(cdn_state.images[f"/tokens-{n}.png"]) for n in range(30))
+    per_minute = charged * 20  # the day's tokens in 3 s
+    bedrock_calls.quota = servers.RequestQuota(per_minute, tokens=True)
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    res["image_embedder"] = TitanEmbedder(
+        endpoint_url=bedrock, region_name="us-east-1", tokens_per_minute=per_minute,
+        max_concurrency=12,
+    )  # fmt: skip
+
+    result = run(res, day, worker_processes=2, worker_min_sales=1)
+
+    metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
+    assert metadata["embedded"].value == 30 and bedrock_calls.calls == 30
+    # Twelve calls could be in flight at once: paced by their charge, nearly none is refused.
+    assert bedrock_calls.quota.refused <= 1
+    assert metadata["bedrock_tokens_charged"].value == charged
+    assert bedrock_calls.quota.admitted_tokens_per_minute() <= per_minute
+    assert 0.8 <= metadata["ratio_to_token_quota"].value <= 1.0
+
+
 def test_an_image_embedded_on_an_earlier_day_is_not_embedded_again_for_the_same_model_and_length(
     stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):

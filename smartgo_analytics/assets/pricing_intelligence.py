@@ -193,7 +193,7 @@ def product_image_embeddings(
     An image is embedded once, ever: one whose vector (same sha256, model and length) is in the
     image vectors (IMAGE_VECTORS_TABLE) from any earlier day is not sent to Bedrock, and the result has no vector of its
     own (the table's row gets the stored one). An image unchanged since the day's last run (same
-    ETag) is not even downloaded. Calls are paced to BEDROCK_REQUESTS_PER_MINUTE when it is set.
+    ETag) is not even downloaded. Calls are paced to BEDROCK_REQUESTS_PER_MINUTE and BEDROCK_TOKENS_PER_MINUTE when set.
     """
     start, end = context.partition_time_window
     with permanent_errors(DynamoDBError):
@@ -206,7 +206,8 @@ def product_image_embeddings(
     previous = previous_downloads(_last_downloads(object_store, context.partition_key), usable)
     sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
     items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
-    pace = Pace(image_embedder.requests_per_minute, context=worker_context())
+    pace = Pace(image_embedder.requests_per_minute, image_embedder.tokens_per_minute,
+                context=worker_context())  # fmt: skip
     image_embedder.use_pace(pace)
     work = SaleWork(image_fetcher, object_store, image_embedder, image_vectors,
                     config.download_concurrency, config.outage_allowance_s,
@@ -263,6 +264,12 @@ def _embedding_metadata(
     if paced.quota_per_minute:
         metadata["quota_requests_per_minute"] = paced.quota_per_minute
         metadata["ratio_to_quota"] = round(paced.ratio_to_quota or 0.0, 3)
+    if paced.tokens:
+        metadata["bedrock_tokens_charged"] = paced.tokens
+    if paced.tokens_per_minute is not None and paced.token_quota_per_minute:
+        metadata["tokens_per_minute"] = round(paced.tokens_per_minute, 1)
+        metadata["quota_tokens_per_minute"] = paced.token_quota_per_minute
+        metadata["ratio_to_token_quota"] = round(paced.ratio_to_token_quota or 0.0, 3)
     return metadata
 
 

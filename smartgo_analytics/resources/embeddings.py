@@ -42,6 +42,19 @@ UNAVAILABLE_CODES = {"ThrottlingException", "ServiceUnavailableException", "Inte
                      "ModelNotReadyException", "ModelTimeoutException", "InternalFailure"}  # fmt: skip
 
 
+# What bedrock-runtime says a call was charged, counted against the model's tokens-per-minute quota.
+TOKEN_COUNT_HEADERS = ("x-amzn-bedrock-input-token-count", "x-amzn-bedrock-output-token-count")
+
+
+def charged_tokens(status: int, headers) -> int | None:
+    """The tokens an InvokeModel answer says its call was charged: None for an error, which says
+    nothing of a charge; 0 for a success that names none."""
+    if not 200 <= status < 300:
+        return None
+    counts = (str(headers.get(name, "")).strip() for name in TOKEN_COUNT_HEADERS)
+    return sum(int(count) for count in counts if count.isdigit())
+
+
 class EmbeddingError(Exception):
     """The model gave no usable vector; the message is the per-sale reason."""
 
@@ -58,6 +71,11 @@ class ImageEmbedder(ConfigurableResource):
     requests_per_minute: float | None = Field(
         default=None,
         description="the service's quota for this run: calls are paced to it (None: not paced)",
+    )
+    tokens_per_minute: float | None = Field(
+        default=None,
+        description="the model's tokens-per-minute quota for this run: calls are paced to the "
+        "tokens their answers say they were charged (None: not paced)",
     )
 
     _pace: Pace | None = PrivateAttr(default=None)
@@ -133,7 +151,7 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
 
     def _client(self):
         # Paced, every attempt waits for its slot instead, and botocore's own limiter stays out.
-        mode = "standard" if self.requests_per_minute else "adaptive"
+        mode = "standard" if self.requests_per_minute or self.tokens_per_minute else "adaptive"
         client = self.boto3_client(
             "bedrock-runtime",
             retries={"mode": mode, "max_attempts": self.http_attempts},
@@ -153,14 +171,17 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
 
     def _before_send(self, **_) -> None:
         if self._pace is None:
-            self.use_pace(Pace(self.requests_per_minute))
+            self.use_pace(Pace(self.requests_per_minute, self.tokens_per_minute))
         self._pace.wait()
 
     def _answered(self, response=None, **_) -> None:
-        if response is not None:  # None: no answer (a reset, a timeout)
-            http, parsed = response
-            code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
-            self._pace.answered(http.status_code == 429 or code == "ThrottlingException")
+        if response is None:  # no answer (a reset, a timeout)
+            self._pace.unanswered()
+            return
+        http, parsed = response
+        code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        throttled = http.status_code == 429 or code == "ThrottlingException"
+        self._pace.answered(throttled, charged_tokens(http.status_code, http.headers))
 
     def embed(self, image: bytes) -> np.ndarray:
         client = self._client()
