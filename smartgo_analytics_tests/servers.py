@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -539,7 +540,10 @@ def _serving(command: list[str], environment: dict, log_path, url: str, cwd):
     import httpx
 
     log = log_path.open("w")
-    proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    # Its own process group: Ctrl-C reaches the webserver and the daemon too, as from a terminal
+    # (to `dagster dev` alone, they outlive it and keep the cores busy).
+    proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=cwd, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -553,11 +557,15 @@ def _serving(command: list[str], environment: dict, log_path, url: str, cwd):
             time.sleep(1)
         yield url
     finally:
-        proc.send_signal(2)
-        try:
+        os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        deadline = time.monotonic() + 15
+        with contextlib.suppress(ProcessLookupError):
+            while time.monotonic() < deadline:
+                os.killpg(proc.pid, 0)  # raises once every process of the group has gone
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
         log.close()
 
 
