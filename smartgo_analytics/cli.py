@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -15,6 +14,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from smartgo_analytics.lake import deployment_catalog, why_no_vector
 from smartgo_analytics.local.stack import StackError, check_port_free, smartgo_home
 
 EXIT_USAGE = 2
@@ -327,7 +327,7 @@ TABLES = {
 def cmd_query(args) -> int:
     from pyiceberg.expressions.parser import parse
 
-    with _deployment_catalog() as catalog:
+    with deployment_catalog() as catalog:
         table = _load_table(catalog, args.table)
     names = [f.name for f in table.schema().fields]
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
@@ -344,36 +344,6 @@ def cmd_query(args) -> int:
                       selected_fields=columns or ("*",), limit=args.limit)  # fmt: skip
     _print_rows(scan.to_arrow().to_pylist(), list(columns or names), args.format)
     return 0
-
-
-@contextlib.contextmanager
-def _deployment_catalog():
-    """The deployment's Iceberg catalog for the block: the local stack's, or the configured one;
-    plain pyiceberg, without Dagster's import (a local read answers in well under two seconds)."""
-    from smartgo_analytics.settings import settings
-
-    config = settings()
-    if config.deployment == "local":
-        with _local_catalog() as catalog:
-            yield catalog
-        return
-    from pyiceberg.catalog import load_catalog
-
-    if not config.catalog_properties.get("type"):
-        raise UsageError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
-    # Plain pyiceberg with the deployment's properties, as the `iceberg` resource loads it.
-    yield load_catalog("smartgo", **config.catalog_properties)
-
-
-@contextlib.contextmanager
-def _local_catalog():
-    """The local table's catalog for the block: the running stack's, or its Postgres alone."""
-    from pyiceberg.catalog import load_catalog
-
-    from smartgo_analytics.local.stack import local_catalog_properties
-
-    with local_catalog_properties() as properties:
-        yield load_catalog("smartgo", **properties)
 
 
 def _load_table(catalog, name: str, required: bool = True):
@@ -395,7 +365,7 @@ def cmd_sql(args) -> int:
 
     from smartgo_analytics.core.lake_sql import connect_to_snapshots
 
-    with _deployment_catalog() as catalog:
+    with deployment_catalog() as catalog:
         tables = {
             name: _load_table(catalog, name, required=name == "smartgo_sales") for name in TABLES
         }
@@ -471,7 +441,7 @@ def cmd_comparables(args) -> int:
 
     try:
         found = comparables(product_id=args.product_id, image=args.image, tenant=args.tenant,
-                            category=args.category, condition=args.condition, k=args.k, why_no_vector=_why_no_vector,
+                            category=args.category, condition=args.condition, k=args.k, why_no_vector=why_no_vector,
                             cache_dir=smartgo_home() / "cache" / "similarity_index")  # fmt: skip
     except ComparablesError as error:
         raise UsageError(str(error)) from None
@@ -489,11 +459,33 @@ def cmd_comparables(args) -> int:
     return 0
 
 
-def _why_no_vector(product_id: str) -> str | None:
-    from smartgo_analytics.comparables import no_vector_reason
+def cmd_web(args) -> int:
+    import ipaddress
+    import socket
 
-    with _deployment_catalog() as catalog:
-        return no_vector_reason(catalog, product_id)
+    import uvicorn
+
+    from smartgo_analytics.settings import settings
+    from smartgo_analytics.web.app import Answers, create_app
+
+    try:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise UsageError(f"--host {args.host!r} is not an address here: {error}") from None
+    with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(infos[0][4])
+        except OSError as error:
+            raise UsageError(f"--port: cannot serve on {args.host}:{args.port}: {error.strerror}") from None
+    if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
+        print(f"warning: the comparables page on {args.host}:{args.port} is open to every machine "
+              "that reaches it, with no login", file=sys.stderr, flush=True)  # fmt: skip
+    answers = Answers(cache_dir=smartgo_home() / "cache" / "similarity_index",
+                      dagster_url=settings().webserver_url, why_no_vector=why_no_vector)  # fmt: skip
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    say(f"comparables page on http://{shown}:{args.port}/ (Ctrl-C stops it)")
+    uvicorn.run(create_app(answers), host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def _print_rows(rows: list[dict], names: list[str], form: str) -> None:
@@ -600,6 +592,13 @@ def parser() -> argparse.ArgumentParser:
     similar.add_argument("--format", choices=["table", "json", "csv"], default="table",
                          help="output format")  # fmt: skip
     similar.set_defaults(run=cmd_comparables)
+    web = commands.add_parser(
+        "web", help="the comparables page: pictures, prices and the suggested band, in a browser"
+    )
+    web.add_argument("--port", type=_port, default=8765, help="port to serve on")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to serve on (another than loopback opens the page to the network)")  # fmt: skip
+    web.set_defaults(run=cmd_web)
     maintain = commands.add_parser(
         "maintain",
         help="compact small files, expire snapshots and remove unreferenced files of the local table",

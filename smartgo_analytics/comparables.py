@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -46,6 +47,7 @@ class Comparable:
     sold_price: float
     sold_date: str
     similarity: float
+    image_sha256: str | None = None  # its picture's copy: layout.image_key(tenant, product, sha, ext)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,31 @@ class IndexFiles:
             self.store.release(path)
 
 
+class KeptIndexFiles(IndexFiles):
+    """IndexFiles that keep each tenant's index open across questions (a server's): a tenant's
+    index is opened again only when its manifest names other segments (segments are written once,
+    under new names). `close_all()` at the end."""
+
+    def __init__(self, store, cache_dir: Path | None = None):
+        super().__init__(store, cache_dir)
+        self._kept: dict[str, tuple[tuple[str, ...], sim.TenantIndex]] = {}
+        self._lock = threading.Lock()
+
+    def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
+        names = tuple(segment.name for segment in manifest.segments)
+        with self._lock:
+            kept = self._kept.get(manifest.tenant)
+            if kept is None or kept[0] != names:
+                self._kept[manifest.tenant] = (names, super().open(manifest))
+            return self._kept[manifest.tenant][1]
+
+    def close(self) -> None:
+        """Nothing: the indexes stay open for the next question."""
+
+    def close_all(self) -> None:
+        super().close()
+
+
 def comparables(
     product_id: str | None = None,
     image: str | bytes | None = None,
@@ -143,6 +170,7 @@ def comparables(
     resources: dict | None = None,
     why_no_vector: Callable[[str], str | None] | None = None,
     cache_dir: Path | None = None,
+    index_files: IndexFiles | None = None,
 ) -> Comparables:
     """The k sold items of the tenant most like a sold product (`product_id`) or a picture (`image`:
     bytes, a file path or an http(s) URL, embedded with the deployment's embedder; a URL is fetched
@@ -150,7 +178,7 @@ def comparables(
     they suggest. `resources` defaults to the deployment's. Why a product has no vector is read
     from the table (`why_no_vector(product_id)`, by default through the `iceberg` resource).
     Segments read from S3 are kept in `cache_dir` when given (they never change), else fetched
-    for the call."""
+    for the call. A server passes `index_files` (KeptIndexFiles) to keep the indexes open."""
     if (product_id is None) == (image is None):
         raise ComparablesError("give exactly one of a product id or an image")
     if k < 1:
@@ -158,12 +186,14 @@ def comparables(
     if k > MAX_K:
         raise ComparablesError(f"k must be at most {MAX_K}, got {k}")
     _check_arguments(product_id, tenant, category, condition)
-    if resources is None:
+    if index_files is not None:
+        store = index_files.store
+    elif resources is None:
         store = LocalLake.of_deployment() or _deployment()["object_store"]
     else:
         store = resources["object_store"]
-    resources = resources or _Deployment()
-    files = IndexFiles(store, None if isinstance(store, LocalLake) else cache_dir)
+    resources = DeploymentResources() if resources is None else resources
+    files = index_files or IndexFiles(store, None if isinstance(store, LocalLake) else cache_dir)
     try:
         if product_id is not None:
             why = why_no_vector or (
@@ -236,7 +266,7 @@ def _deployment() -> dict:
     return resources_for_deployment()
 
 
-class _Deployment(dict):
+class DeploymentResources(dict):
     """The deployment's resources, built when first asked for."""
 
     def __missing__(self, name: str):
@@ -410,4 +440,5 @@ def _nearest(index: sim.TenantIndex, vector, key, product_id, kind: dict, k) -> 
 def _comparable(item: dict, similarity: float) -> Comparable:
     sold: datetime = item["sold_date"]
     return Comparable(item["product_id"], item["category"], item["brand"], item["condition"],
-                      float(item["sold_price"]), sold.date().isoformat(), round(similarity, 4))  # fmt: skip
+                      float(item["sold_price"]), sold.date().isoformat(), round(similarity, 4),
+                      item.get("image_sha256"))  # fmt: skip

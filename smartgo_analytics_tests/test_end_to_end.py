@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from smartgo_analytics.core.sales_table import DESCRIPTIONS
 from smartgo_analytics.local.stack import running_stack
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics_tests import servers
+from smartgo_analytics_tests.browser import browser_page
 from smartgo_analytics_tests.servers import WebhookReceiver, graphql
 
 DAYS = ["2025-01-13", "2025-01-14", "2025-01-15"]
@@ -78,6 +80,15 @@ def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partiti
         assert len((lake / "store_summaries" / f"{day}.json").read_text().splitlines()) == 11
         assert len((lake / "top_products" / f"{day}.json").read_text().splitlines()) == 20
     assert not [t for t in receiver.texts() if "a partition failed" in t]
+    # The table's page in a real browser lists its columns with their descriptions.
+    with browser_page() as page:
+        page.goto(f"{url}/assets/smartgo_sales_iceberg")
+        page.get_by_text("embedding_vector", exact=True).first.wait_for(timeout=60_000)
+        shown = page.inner_text("body")
+        page.screenshot(path=str(home / "smartgo_sales_iceberg.png"), full_page=True)
+    for column in ("product_id", "sold_price", "sold_date", "tenant_id", "embedding_error"):
+        assert column in shown, column
+    assert DESCRIPTIONS["embedding_vector"] in shown
     # Each day's check results are recorded in the instance with their day, none left planned.
     from dagster import AssetCheckKey, AssetKey, DagsterInstance
 

@@ -218,3 +218,14 @@ def visual_features(data: bytes, dimension: int = 1024) -> np.ndarray:
     else:
         features = features / norm
     return features.astype(np.float32)
+
+
+def thumbnail_jpeg(data: bytes, side: int = 320) -> bytes:
+    """A JPEG of the picture within `side` pixels a side, upright (BadImage for a non-image)."""
+    with decoded(data, side) as image:
+        with contextlib.suppress(Exception):
+            image = ImageOps.exif_transpose(image)
+        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

@@ -76,7 +76,8 @@ class S3ObjectStore(ObjectStore, AwsResource):
     """An S3 bucket. `endpoint_url` points it at anything S3-compatible."""
 
     def client(self):
-        return self.boto3_client("s3", max_pool_connections=64)
+        # SigV4 for presigned URLs too (botocore presigns S3 with SigV2 unless told).
+        return self.boto3_client("s3", max_pool_connections=64, signature_version="s3v4")
 
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
@@ -153,6 +154,12 @@ class S3ObjectStore(ObjectStore, AwsResource):
 
     def delete(self, key: str) -> None:
         self.client().delete_object(Bucket=self.bucket, Key=check_key(key))
+
+    def presigned_url(self, key: str, seconds: int = 300) -> str:
+        """A URL that reads the object for `seconds`, signed here (no request is made)."""
+        return self.client().generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=seconds
+        )
 
 
 class LocalObjectStore(ObjectStore):

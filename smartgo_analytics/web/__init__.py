@@ -1,0 +1,1 @@
+"""The comparables page: `smartgo-analytics web`."""
