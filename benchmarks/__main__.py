@@ -22,6 +22,7 @@ from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
 from benchmarks.quicksight_backfill import quicksight_backfill
 from benchmarks.similarity import comparables_price_error, similarity_index_at_1m
 from benchmarks.ui_run import ui_day_run
+from benchmarks.web import comparables_page
 
 BENCHMARKS = [
     embedding_throughput,
@@ -34,6 +35,7 @@ BENCHMARKS = [
     embedded_once,
     comparables_price_error,
     similarity_index_at_1m,
+    comparables_page,
     backfill_runs_at_once,
     faults_that_pass,
 ]

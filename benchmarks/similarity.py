@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.web import page_timings
 from smartgo_analytics.assets.similarity import commit_day, load_manifest
 from smartgo_analytics.comparables import comparables
 from smartgo_analytics.core import price_bands as bands_core
@@ -184,25 +185,29 @@ def similarity_index_at_1m() -> dict:
         subprocess.run(command, env=environment, capture_output=True, check=True)
         runs.append(time.perf_counter() - started)
     command_s = statistics.median(runs)
+    # The comparables page over the same index: a new server, then product-id pages with it warm.
+    products = [index.items([int(key)]).column("product_id")[0].as_py() for key in exact[:50, 0]]
+    page = page_timings(home, products, TENANT)
     build = [d["seconds"] for d in days]
     # The most any day's update took (a day joining a full segment costs more than one starting
     # a segment), and the update of one more day when the index already holds a million.
     worst_peak = max(d["peak_rss"] for d in [*days, *extra])
     extra_peak = max(d["peak_rss"] for d in extra)
     met = (recall >= 0.95 and p95 <= 5 and command_s <= 2 and max(build) <= 60
-           and worst_peak <= MEMORY_LIMIT)  # fmt: skip
+           and worst_peak <= MEMORY_LIMIT and page["p95_ms"] <= 300)  # fmt: skip
     cold_p95 = float(np.percentile(cold, 95)) * 1000
     return {
         "name": "similarity index, 1,000,000 clustered 1024-d vectors",
         "figure": f"recall@10 {recall:.3f}, query p95 {p95:.2f} ms ({cold_p95:.2f} ms for the first {QUERIES}), "
-                  f"`comparables` {command_s:.2f} s; "
+                  f"`comparables` {command_s:.2f} s; the page p95 {page['p95_ms']:.0f} ms "
+                  f"(first answer {page['first_answer_s']:.2f} s after its start); "
                   f"a 100,000-vector day built in {max(build):.0f} s at most ({sum(build):.0f} s in all), "
                   f"{size / (total / 100_000) / 1024**2:.0f} MiB per 100,000; a day's update "
                   f"{worst_peak / 1024**2:.0f} MiB at most ({extra_peak / 1024**2:.0f} MiB at 1M)",
-        "target": "recall >= 0.95, p95 <= 5 ms, command <= 2 s, build <= 60 s a day, update <= 1 GiB",
+        "target": "recall >= 0.95, p95 <= 5 ms, command <= 2 s, page p95 <= 300 ms, build <= 60 s a day, update <= 1 GiB",
         "met": met,
         "values": {"recall_at_10": recall, "query_p95_ms": p95, "query_p50_ms": float(np.percentile(latencies, 50)) * 1000, "first_queries_p95_ms": cold_p95,
-                   "command_seconds": runs, "day_build_seconds": build, "index_bytes": size,
+                   "command_seconds": runs, "page": page, "day_build_seconds": build, "index_bytes": size,
                    "segments": days[-1]["segments"], "day_update_peak_rss": [d["peak_rss"] for d in days],
                    "update_at_1m_peak_rss": [d["peak_rss"] for d in extra],
                    "update_at_1m_seconds": [d["seconds"] for d in extra]},

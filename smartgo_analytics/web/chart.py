@@ -19,8 +19,8 @@ class Mark:
 def price_chart(prices: list[float], similarities: list[float], median: float, p25: float,
                 p75: float, currency: str = "") -> str:  # fmt: skip
     """An SVG: one dot per comparable at its sold price (higher and larger the more alike than the
-    answer's others), the
-    suggested band p25-p75 as a shaded box and its median as a line, with the price axis's ends."""
+    answer's others), the suggested band p25-p75 as a shaded box and its median as a line, with
+    the price axis's ends."""
     low = min([*prices, p25])
     high = max([*prices, p75])
     span = (high - low) or max(abs(high), 1.0)
