@@ -240,6 +240,7 @@ def _print_summary(summary: dict[str, dict], info) -> None:
     say("")
     say(f"lake: {info.lake_dir}   Iceberg warehouse: {info.warehouse_uri}")
     say(f"look at the table: {_this_command()} query smartgo_sales --limit 5")
+    say(f"see comparables in a browser: {_this_command()} web, then open http://127.0.0.1:8765/")
 
 
 def _this_command() -> str:

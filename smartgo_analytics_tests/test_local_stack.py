@@ -140,6 +140,7 @@ def _taken_port():
         (["dev", "--port", "99999"], {}, "--port: 99999 is not a port (1-65535)"),
         (["dev", "--port", "0"], {}, "--port: 0 is not a port (1-65535)"),
         (["dev", "--port", "taken"], {}, "is already taken"),
+        (["web", "--port", "taken"], {}, "--port: cannot serve on 127.0.0.1:"),
         (
             ["demo"],
             {"TITAN_EMBEDDING_DIMENSION": "512"},
