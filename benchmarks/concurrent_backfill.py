@@ -145,7 +145,13 @@ def _backfill(runs_at_once: int) -> dict:
         data = _read_back(environment, catalog)
         # moto keeps its state in this process: the next side starts from an empty one.
         httpx.post(f"{info.aws_endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
-    return {"wall_s": wall_s, "runs_s": runs_s, "runs": runs, "data": data, "cores_busy": round(busy, 3)}
+    return {
+        "wall_s": wall_s,
+        "runs_s": runs_s,
+        "runs": runs,
+        "data": data,
+        "cores_busy": round(busy, 3),
+    }
 
 
 def _cpu_busy() -> tuple[float, float]:
@@ -171,7 +177,11 @@ def _launch_and_wait(url: str) -> tuple[float, float, int]:
     if backfill["status"] not in {"COMPLETED", "COMPLETED_SUCCESS"} or failed:
         raise RuntimeError(f"backfill {backfill['status']}; runs not succeeded: {failed}")
     last_end = max(r["endTime"] for r in runs)
-    return last_end - backfill["timestamp"], last_end - min(r["creationTime"] for r in runs), len(runs)
+    return (
+        last_end - backfill["timestamp"],
+        last_end - min(r["creationTime"] for r in runs),
+        len(runs),
+    )
 
 
 def _read_back(environment: dict, catalog_properties: dict) -> dict:

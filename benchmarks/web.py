@@ -25,7 +25,9 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
     """Start the page on `home`'s lake; seconds to its first answer, then the p50 and p95 in ms of
     ANSWERS product-id pages asked one after another for products drawn from `products`."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
     environment["SMARTGO_HOME"] = str(home)
     url = f"http://127.0.0.1:{port}/"
     extra = {"tenant": tenant} if tenant else {}
@@ -41,11 +43,15 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
                     break
                 except httpx.TransportError:
                     if server.poll() is not None or time.perf_counter() - started > 60:
-                        raise RuntimeError(f"the page did not start: {server.stderr.read()[-2000:]}") from None
+                        raise RuntimeError(
+                            f"the page did not start: {server.stderr.read()[-2000:]}"
+                        ) from None
                     time.sleep(0.01)
             first_s = time.perf_counter() - started
             if first.status_code != 200 or 'class="comparable' not in first.text:
-                raise RuntimeError(f"the first answer is not one: {first.status_code} {first.text[-500:]}")
+                raise RuntimeError(
+                    f"the first answer is not one: {first.status_code} {first.text[-500:]}"
+                )
             latencies = []
             for _ in range(ANSWERS):
                 asked = {"product_id": draw.choice(products), **extra}
@@ -63,7 +69,9 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
 
 def comparables_page() -> dict:
     home = Path(tempfile.mkdtemp(prefix="smartgo-bench-web-"))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
     environment["SMARTGO_HOME"] = str(home)
     subprocess.run([sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "2"],
                    env=environment, capture_output=True, check=True, timeout=900)  # fmt: skip

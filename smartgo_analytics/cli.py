@@ -477,7 +477,9 @@ def cmd_web(args) -> int:
         try:
             probe.bind(infos[0][4])
         except OSError as error:
-            raise UsageError(f"--port: cannot serve on {args.host}:{args.port}: {error.strerror}") from None
+            raise UsageError(
+                f"--port: cannot serve on {args.host}:{args.port}: {error.strerror}"
+            ) from None
     if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
         print(f"warning: the comparables page on {args.host}:{args.port} is open to every machine "
               "that reaches it, with no login", file=sys.stderr, flush=True)  # fmt: skip

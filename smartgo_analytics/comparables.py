@@ -47,7 +47,9 @@ class Comparable:
     sold_price: float
     sold_date: str
     similarity: float
-    image_sha256: str | None = None  # its picture's copy: layout.image_key(tenant, product, sha, ext)
+    image_sha256: str | None = (
+        None  # its picture's copy: layout.image_key(tenant, product, sha, ext)
+    )
 
 
 @dataclass(frozen=True)

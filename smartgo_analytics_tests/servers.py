@@ -61,7 +61,9 @@ class RequestQuota:
         cost = charge if self.tokens else 1
         with self._lock:
             now = self._clock()
-            self._left = min(max(self.capacity, 2 * cost), self._left + (now - self._at) * self.rate)
+            self._left = min(
+                max(self.capacity, 2 * cost), self._left + (now - self._at) * self.rate
+            )
             self._at = now
             if self._left >= cost:
                 self._left -= cost

@@ -93,7 +93,9 @@ def test_the_api_answers_as_the_command_and_refuses_what_it_cannot_answer(lake, 
         ({"product_id": asked, "tenant": "no-such-shop"}, 400, "no sold items"),
     ]:  # fmt: skip
         refused = httpx.get(f"{page}/api/comparables", params=params)
-        assert (refused.status_code, message in refused.json()["error"]) == (status, True), refused.text
+        assert (refused.status_code, message in refused.json()["error"]) == (status, True), (
+            refused.text
+        )
 
     too_big = httpx.post(f"{page}/api/comparables", params={"tenant": TENANT},
                          content=b"\xff" * (11 * 2**20), headers={"Content-Type": "image/jpeg"})  # fmt: skip

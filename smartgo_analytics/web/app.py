@@ -142,7 +142,9 @@ def question_of(fields: dict[str, str], picture: bytes | None = None) -> dict:
     try:
         k = int(raw_k)
     except ValueError:
-        raise ComparablesError(f"k must be a whole number from 1 to {MAX_K}, got {raw_k[:20]!r}") from None
+        raise ComparablesError(
+            f"k must be a whole number from 1 to {MAX_K}, got {raw_k[:20]!r}"
+        ) from None
     image: str | bytes | None = picture if picture is not None else given.pop("image_url")
     given.pop("image_url", None)
     if isinstance(image, str) and not image.startswith(("http://", "https://")):
@@ -202,7 +204,9 @@ def create_app(answers: Answers | None = None) -> Starlette:
                 fields, picture = form_fields(body, request.headers.get("content-type", ""))
                 if picture is None and not fields.get("product_id") and not fields.get("image_url"):
                     raise ComparablesError("choose a picture to upload, or give a product id")
-            if request.method == "GET" and not (fields.get("product_id") or fields.get("image_url")):
+            if request.method == "GET" and not (
+                fields.get("product_id") or fields.get("image_url")
+            ):
                 return _render(fields)
             question = question_of(fields, picture)
             found = await run_in_threadpool(answers.ask, question)
@@ -212,7 +216,9 @@ def create_app(answers: Answers | None = None) -> Starlette:
             return _render(fields, error=str(error), status=getattr(error, "status", 400))
         except Exception:
             log.exception("the comparables page failed")
-            return _render(fields, error="the answer failed on the server (see its log)", status=500)
+            return _render(
+                fields, error="the answer failed on the server (see its log)", status=500
+            )
 
     async def api(request: Request) -> Response:
         try:
@@ -247,7 +253,9 @@ def create_app(answers: Answers | None = None) -> Starlette:
                                            request.query_params.get("tenant"))  # fmt: skip
         except Exception:
             log.exception("reading a sale failed")
-            return JSONResponse({"error": "the table could not be read (see the server's log)"}, 500)
+            return JSONResponse(
+                {"error": "the table could not be read (see the server's log)"}, 500
+            )
         if not rows:
             return JSONResponse({"error": f"no sale of product {product_id[:100]!r}"}, 404)
         return JSONResponse(rows)
