@@ -497,7 +497,9 @@ def _print_rows(rows: list[dict], names: list[str], form: str) -> None:
             say(json.dumps(row, default=str, ensure_ascii=False))
     elif form == "csv":
         # Lines end with "\n", as every other line this command prints (csv's default is "\r\n").
-        writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=names, lineterminator="\n", extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
     else:
