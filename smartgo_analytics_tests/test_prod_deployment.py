@@ -7,8 +7,10 @@ embedded PostgreSQL configured through the SSM SecureString JSON, the Bedrock-co
 with its warehouse on `s3://`.
 """
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import httpx
 import psycopg
 import pytest
 from boto3.dynamodb.types import TypeSerializer
@@ -227,6 +230,34 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     assert unknown.returncode == 2 and unknown.stderr.strip().endswith(
         "unknown product 'PROD-nothing': no sold item has that id"
     )
+
+    # The comparables page on the prod deployment, started as a person starts it: the answer of
+    # the command, pictures presigned on S3 (and served by it), a sale's row from the Glue table.
+    port = servers.free_port()
+    page = subprocess.Popen([sys.executable, "-m", "smartgo_analytics.cli", "web", "--port", str(port)],
+                            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                api = httpx.get(f"{url}/api/comparables", params={"product_id": "PROD-3", "k": 3})
+                break
+            except httpx.TransportError:
+                assert page.poll() is None and time.monotonic() < deadline, page.stderr.read()
+                time.sleep(0.1)
+        assert api.status_code == 200 and api.json() == answer, api.text
+        shown = httpx.get(f"{url}/", params={"product_id": "PROD-3", "k": 3}).text
+        pictures = re.findall(r'class="comparable-picture" src="([^"]+)"', shown)
+        assert len(pictures) == 3 and all("X-Amz-Signature=" in p for p in pictures), shown[-800:]
+        served = httpx.get(html.unescape(pictures[0]))
+        assert served.status_code == 200 and served.content[:3] in (b"\xff\xd8\xff", b"\x89PN")
+        row = httpx.get(f"{url}/api/sales/PROD-9").json()
+        assert row[0]["product_id"] == "PROD-9" and row[0]["tenant_id"] == "northwind"
+    finally:
+        page.terminate()
+        page.wait(30)
 
     # SQL and reads over the lake on S3, as a production user asks them: DuckDB reads the files the
     # Glue catalog's current metadata names, from S3; the same counts as pyiceberg.
