@@ -56,7 +56,7 @@ def _list(name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """Below or above these the embedding-quality check warns (README, "Embedding quality")."""
+    """Below or above these the embedding-quality check warns (docs/operating.md, "Embedding quality")."""
 
     min_neighbour_agreement: float = 0.5
     max_drift: float = 0.2
