@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 from dagster import AssetKey, materialize
 
 from benchmarks.servers import cpu_seconds, loopback
-from smartgo_analytics.assets.embedding_work import start_worker_server
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
     smartgo_sales,
@@ -24,6 +23,7 @@ from smartgo_analytics.assets.pricing_intelligence import (
 )
 from smartgo_analytics.core.imaging import prepare_for_titan
 from smartgo_analytics.core.sales import VALID_SALES_SCHEMA
+from smartgo_analytics.embedding.work import start_worker_server
 from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.resources.dynamodb import (
     ExportProgressTracker,

@@ -19,13 +19,6 @@ import pytest
 from botocore.exceptions import ClientError
 from dagster import AssetKey, materialize
 
-from smartgo_analytics.assets.embedding_work import (
-    Outcome,
-    SaleWork,
-    WorkerFailed,
-    run_sales,
-    worker_context,
-)
 from smartgo_analytics.assets.price_bands import price_bands
 from smartgo_analytics.assets.pricing_intelligence import (
     product_image_embeddings,
@@ -34,6 +27,13 @@ from smartgo_analytics.assets.pricing_intelligence import (
 )
 from smartgo_analytics.assets.quicksight import price_bands_dataset
 from smartgo_analytics.core.pacing import Pace
+from smartgo_analytics.embedding.work import (
+    Outcome,
+    SaleWork,
+    WorkerFailed,
+    run_sales,
+    worker_context,
+)
 from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.local.stack import create_progress_table
 from smartgo_analytics.resources.dynamodb import (

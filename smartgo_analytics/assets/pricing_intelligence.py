@@ -22,14 +22,6 @@ from dagster import (
 from pydantic import Field
 
 from smartgo_analytics import checks, pools
-from smartgo_analytics.assets.embedding_work import (
-    Outcome,
-    SaleWork,
-    minor_hosts,
-    run_sales,
-    start_worker_server,
-    worker_context,
-)
 from smartgo_analytics.assets.policies import (
     IO_RETRY,
     PRICING,
@@ -49,6 +41,14 @@ from smartgo_analytics.core.embedding_day import (
 )
 from smartgo_analytics.core.pacing import Pace, PaceReport
 from smartgo_analytics.core.sales import DUPLICATE_REASON, QUARANTINE_SCHEMA, validated_day
+from smartgo_analytics.embedding.work import (
+    Outcome,
+    SaleWork,
+    minor_hosts,
+    run_sales,
+    start_worker_server,
+    worker_context,
+)
 from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
 from smartgo_analytics.metadata import (
     iceberg_columns,

@@ -276,7 +276,7 @@ def worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["smartgo_analytics.assets.embedding_worker_server"])
+    context.set_forkserver_preload(["smartgo_analytics.embedding.worker_server"])
     return context
 
 
