@@ -67,6 +67,29 @@ def quicksight_manifest_key(quicksight_prefix: str, dataset: str) -> str:
     return f"{quicksight_prefix}manifests/{dataset}.json"
 
 
+def quarantine_key(asset: str, date: str) -> str:
+    """A day's rows an asset set aside (product id and reason), as Parquet."""
+    return f"{STAGING_PREFIX}/quarantine/{asset}/{date}.parquet"
+
+
+SIMILARITY_PREFIX = "similarity_index"
+
+
+def similarity_manifest_key(tenant: str) -> str:
+    """A tenant's index: its segments and the vectors of each day."""
+    return f"{SIMILARITY_PREFIX}/{tenant}/manifest.json"
+
+
+def similarity_segment_key(tenant: str, name: str, suffix: str) -> str:
+    """One file of a segment of a tenant's index (`.usearch`, `.parquet`, `.f16`)."""
+    return f"{SIMILARITY_PREFIX}/{tenant}/{name}{suffix}"
+
+
+def similarity_category_sums_key(tenant: str, day_iso: str) -> str:
+    """A day's per-category vector sums and counts, for drift against the trailing days."""
+    return f"{SIMILARITY_PREFIX}/{tenant}/category_sums/{day_iso}.parquet"
+
+
 def staged_records_key(asset: str, date: str) -> str:
     """A day's records as an asset stages them for the QuickSight datasets, as NDJSON."""
     return f"{STAGING_PREFIX}/{asset}/{date}.ndjson"

@@ -49,7 +49,7 @@ from smartgo_analytics.embedding.work import (
     start_worker_server,
     worker_context,
 )
-from smartgo_analytics.layout import STAGING_PREFIX, asset_output_key
+from smartgo_analytics.layout import asset_output_key, quarantine_key
 from smartgo_analytics.metadata import (
     iceberg_columns,
     location,
@@ -117,7 +117,7 @@ def smartgo_sales(
         quarantined = [{"product_id": r.product_id, "reason": r.reason} for r in rejected]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), buffer)
-        key = f"{STAGING_PREFIX}/quarantine/smartgo_sales/{context.partition_key}.parquet"
+        key = quarantine_key("smartgo_sales", context.partition_key)
         metadata["quarantine_uri"] = location(object_store.put_bytes(key, buffer.getvalue()))
         metadata["quarantined_examples"] = md_table(quarantined, ["product_id", "reason"])
     context.log.info(

@@ -30,7 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PREFIX = "similarity_index"
+from smartgo_analytics.layout import (
+    SIMILARITY_PREFIX,
+    similarity_category_sums_key,
+    similarity_manifest_key,
+    similarity_segment_key,
+)
+
+PREFIX = SIMILARITY_PREFIX
 SEGMENT_VECTORS = 200_000
 ROW_BITS = 24  # rows of one tenant on one day: up to 16.7 million
 # Chosen by measurement (docs/operating.md, "Comparables and embedding quality"): the graph holds each vector
@@ -74,14 +81,8 @@ def key_days(keys: np.ndarray) -> np.ndarray:
     return np.asarray(keys, dtype=np.uint64) >> np.uint64(ROW_BITS)
 
 
-def manifest_key(tenant: str) -> str:
-    return f"{PREFIX}/{tenant}/manifest.json"
-
-
-def segment_key(tenant: str, name: str, suffix: str) -> str:
-    return f"{PREFIX}/{tenant}/{name}{suffix}"
-
-
+manifest_key = similarity_manifest_key
+segment_key = similarity_segment_key
 SEGMENT_FILES = (".usearch", ".parquet", ".f16")  # the graph, the items, the float16 vectors
 
 
@@ -96,8 +97,7 @@ def tenants_of(keys: Iterable[str]) -> list[str]:
 
 
 def category_means_key(tenant: str, day: date) -> str:
-    """The day's per-category vector sums and counts, for drift against the trailing days."""
-    return f"{PREFIX}/{tenant}/category_sums/{day.isoformat()}.parquet"
+    return similarity_category_sums_key(tenant, day.isoformat())
 
 
 class StaleIndexError(ValueError):
