@@ -297,29 +297,54 @@ def smartgo_sales_iceberg(
     time.
     """
     start, end = context.partition_time_window
-    model_id, dimension = image_embedder.model_id, image_embedder.dimension
-    day = DayRows(smartgo_sales, dimension, datetime.now(UTC), settings().season_hemisphere)
-    results = product_image_embeddings.read(columns=RESULT_COLUMNS_WITHOUT_VECTORS)
-    unchanged = day.if_unchanged(
-        results, lambda: iceberg.read_day(start, end, tuple(sales_table.COMPARED_COLUMNS))
+    day = DayRows(
+        smartgo_sales, image_embedder.dimension, datetime.now(UTC), settings().season_hemisphere
     )
-    if unchanged is None:
-        with ReusedVectors(
-            stored=partial(image_vectors.vectors, model_id, dimension),
-            older=partial(iceberg.day_vectors, start, end, model_id, dimension),
-            store=partial(image_vectors.store, model_id, dimension),
-        ) as reused:
-            batches = product_image_embeddings.iter_batches(batch_size=ICEBERG_BATCH_ROWS)
-            table = iceberg.replace_day(day.batches(batches, reused), start, end)
-        written = day.rows
-    else:
-        day.counted(unchanged)
-        table, written = iceberg.sales_table(), 0
+    table, written, unchanged = _write_day(
+        day, product_image_embeddings, iceberg, image_embedder, image_vectors, start, end
+    )
+    if unchanged:
         context.log.info(f"{context.partition_key}: the table holds these {day.rows} rows already")
     read_back = iceberg.read_day(start, end, ("product_id",))
-    snapshot = table.current_snapshot()
+    _record_progress(export_progress, context.partition_key, day)
+    return MaterializeResult(
+        # The day's sales as the source gave them: the days that read this one (price bands over
+        # 90 days) are made again when it changes, not when it is written again unchanged.
+        data_version=DataVersion(sales_table.fingerprint(smartgo_sales, ("product_id",))),
+        metadata=_table_metadata(day, table, written, unchanged, iceberg),
+        check_results=[
+            checks.reconciliation_result(
+                read_back.num_rows if read_back is not None else 0, smartgo_sales.num_rows
+            )
+        ],
+    )
+
+
+def _write_day(day: DayRows, results: pq.ParquetFile, iceberg: IcebergCatalog,
+               embedder: ImageEmbedder, image_vectors: ImageVectors, start, end):  # fmt: skip
+    """The day's rows written in one commit, unless the table holds them already: the table, the
+    rows written, and whether the day was left unchanged."""
+    model_id, dimension = embedder.model_id, embedder.dimension
+    unchanged = day.if_unchanged(
+        results.read(columns=RESULT_COLUMNS_WITHOUT_VECTORS),
+        lambda: iceberg.read_day(start, end, tuple(sales_table.COMPARED_COLUMNS)),
+    )
+    if unchanged is not None:
+        day.counted(unchanged)
+        return iceberg.sales_table(), 0, True
+    with ReusedVectors(
+        stored=partial(image_vectors.vectors, model_id, dimension),
+        older=partial(iceberg.day_vectors, start, end, model_id, dimension),
+        store=partial(image_vectors.store, model_id, dimension),
+    ) as reused:
+        batches = results.iter_batches(batch_size=ICEBERG_BATCH_ROWS)
+        table = iceberg.replace_day(day.batches(batches, reused), start, end)
+    return table, day.rows, False
+
+
+def _record_progress(export_progress: ExportProgressTracker, partition_key: str, day: DayRows):
     export_progress.record(
-        context.partition_key,
+        partition_key,
         "COMPLETE",
         totalCount=day.rows,
         successCount=day.rows - day.with_error,
@@ -327,30 +352,24 @@ def smartgo_sales_iceberg(
         errors=day.first_errors or None,
         completedAt=datetime.now(UTC).isoformat(),
     )
-    return MaterializeResult(
-        # The day's sales as the source gave them: the days that read this one (price bands over
-        # 90 days) are made again when it changes, not when it is written again unchanged.
-        data_version=DataVersion(sales_table.fingerprint(smartgo_sales, ("product_id",))),
-        metadata={
-            "table": sales_table.IDENTIFIER,
-            "rows": day.rows,
-            "rows_written": written,
-            "day_unchanged": unchanged is not None,
-            "rows_with_vector": day.rows - day.with_error,
-            "rows_with_error": day.with_error,
-            "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
-            "preview": md_table(day.preview, PREVIEW_COLUMNS),
-            **table_metadata(
-                f"{iceberg.catalog_name}.{sales_table.IDENTIFIER}",
-                table.location(),
-                iceberg_columns(table.schema(), sales_table.DESCRIPTIONS),
-                day.rows,
-                snapshot_rows(table),
-            ),  # fmt: skip
-        },
-        check_results=[
-            checks.reconciliation_result(
-                read_back.num_rows if read_back is not None else 0, smartgo_sales.num_rows
-            )
-        ],
-    )
+
+
+def _table_metadata(day: DayRows, table, written: int, unchanged: bool, iceberg: IcebergCatalog):
+    snapshot = table.current_snapshot()
+    return {
+        "table": sales_table.IDENTIFIER,
+        "rows": day.rows,
+        "rows_written": written,
+        "day_unchanged": unchanged,
+        "rows_with_vector": day.rows - day.with_error,
+        "rows_with_error": day.with_error,
+        "snapshot_id": str(snapshot.snapshot_id) if snapshot else "",
+        "preview": md_table(day.preview, PREVIEW_COLUMNS),
+        **table_metadata(
+            f"{iceberg.catalog_name}.{sales_table.IDENTIFIER}",
+            table.location(),
+            iceberg_columns(table.schema(), sales_table.DESCRIPTIONS),
+            day.rows,
+            snapshot_rows(table),
+        ),
+    }

@@ -5,7 +5,9 @@ import json
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from dagster import (
     AssetCheckEvaluation,
@@ -86,27 +88,35 @@ def dynamodb_daily_metrics(
     run's figures are the run's (`*_in_run`), with each day's own in `per_day`: the QuickSight
     datasets downstream need this asset's output, so it cannot be split into a record per day.
     """
-
-    def export_day(day: str) -> dict:
-        items, nulls, pages = [], Counter(), 0
-        for page in sales_data.query_day(day):
-            pages += 1
-            items.extend(plain_value(item, nulls, "") for item in page)
-        object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), NDJSON)
-        unknown = unknown_kinds(items)
-        if unknown:
-            context.log.warning(f"{day}: items of no known kind, not exported: {dict(unknown)}")
-        kinds = Counter(item_kind(item) or "unknown" for item in items)
-        return {"date": day, "items": len(items), "pages": pages, "non_finite_numbers": sum(nulls.values()),
-                **{kind: count for kind, count in sorted(kinds.items())}}  # fmt: skip
-
+    export = partial(_export_day, sales_data=sales_data, object_store=object_store, log=context.log)
     with (
         permanent_errors(DynamoDBError),
         ThreadPoolExecutor(max_workers=DAY_QUERIES_IN_FLIGHT) as pool,
     ):
-        per_day = list(pool.map(export_day, context.partition_keys))
-    total = sum(d["items"] for d in per_day)
-    context.log.info(f"read {total} SalesData items for {len(per_day)} day(s)")
+        per_day = list(pool.map(export, context.partition_keys))
+    context.log.info(
+        f"read {sum(d['items'] for d in per_day)} SalesData items for {len(per_day)} day(s)"
+    )
+    return MaterializeResult(metadata=_metrics_metadata(per_day, sales_data.table_name))
+
+
+def _export_day(day: str, sales_data: SalesDataTable, object_store: ObjectStore, log) -> dict:
+    """A day's SalesData items staged as NDJSON; its figures."""
+    items, nulls, pages = [], Counter(), 0
+    for page in sales_data.query_day(day):
+        pages += 1
+        items.extend(plain_value(item, nulls, "") for item in page)
+    object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), NDJSON)
+    unknown = unknown_kinds(items)
+    if unknown:
+        log.warning(f"{day}: items of no known kind, not exported: {dict(unknown)}")
+    kinds = Counter(item_kind(item) or "unknown" for item in items)
+    return {"date": day, "items": len(items), "pages": pages, "non_finite_numbers": sum(nulls.values()),
+            **{kind: count for kind, count in sorted(kinds.items())}}  # fmt: skip
+
+
+def _metrics_metadata(per_day: list[dict], table_name: str) -> dict:
+    """The run's figures, and a single day's own when the run holds one day."""
     day_figures = (
         {
             "items": per_day[0]["items"],
@@ -116,22 +126,20 @@ def dynamodb_daily_metrics(
         if len(per_day) == 1
         else {}
     )
-    return MaterializeResult(
-        metadata={
-            **day_figures,
-            "days_in_run": len(per_day),
-            "items_in_run": total,
-            "pages_read_in_run": sum(d["pages"] for d in per_day),
-            "non_finite_numbers_nulled_in_run": sum(d["non_finite_numbers"] for d in per_day),
-            "table": sales_data.table_name,
-            "dagster/table_name": f"dynamodb.{sales_data.table_name}",
-            "per_day": md_table(
-                per_day,
-                [*PER_DAY_COLUMNS, *sorted({k for d in per_day for k in d} - set(PER_DAY_COLUMNS))],
-                31,
-            ),
-        }
-    )
+    return {
+        **day_figures,
+        "days_in_run": len(per_day),
+        "items_in_run": sum(d["items"] for d in per_day),
+        "pages_read_in_run": sum(d["pages"] for d in per_day),
+        "non_finite_numbers_nulled_in_run": sum(d["non_finite_numbers"] for d in per_day),
+        "table": table_name,
+        "dagster/table_name": f"dynamodb.{table_name}",
+        "per_day": md_table(
+            per_day,
+            [*PER_DAY_COLUMNS, *sorted({k for d in per_day for k in d} - set(PER_DAY_COLUMNS))],
+            31,
+        ),
+    }
 
 
 def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
@@ -166,83 +174,107 @@ def quicksight_dataset_asset(spec: DatasetSpec) -> AssetsDefinition:
     def _dataset(
         context: AssetExecutionContext, object_store: ObjectStore, quicksight: QuickSightExport
     ):
-        per_day, all_passed = {}, True
-        for day in context.partition_keys:
-            items = decode_ndjson(object_store.get_bytes(staged_records_key(spec.staged_by, day)))
-            build = build_dataset(spec, items, day)
-            key_ = quicksight_export_key(quicksight.prefix, spec.name, day)
-            if build.records:
-                data = encode_ndjson(build.records, spec.field_names)
-                file_uri = object_store.put_bytes(key_, data, NDJSON)
-                uri = location(file_uri)
-            else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
-                object_store.delete(key_)
-                file_uri, uri = None, "none (no records)"
-            distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
-            expected = min(distinct, spec.limit) if spec.limit is not None else distinct
-            # Read back what was written: the checks judge the file, not the intention.
-            problems = []
-            try:
-                written = decode_ndjson(object_store.get_bytes(key_)) if build.records else []
-            except ValueError as error:
-                problems.append(str(error))
-                written = []
-            bad_fields = [r for r in written if list(r) != list(spec.field_names)]
-            if bad_fields:
-                problems.append(f"{len(bad_fields)} lines without the declared fields in order")
-            problems += [f"{p} ({n} lines)" for p, n in type_problems(spec, written).items()]
-            if len(written) != expected:
-                problems.append(f"{len(written)} records exported, {expected} expected")
-            all_passed = all_passed and not problems
-            context.log_event(
-                AssetCheckEvaluation(
-                    asset_key=key, check_name=file_check.name, passed=not problems, partition=day,
-                    description="; ".join(problems[:3]) or f"{len(written)} records as declared",
-                    metadata={"exported": len(written), "expected": expected,
-                              "problems": MetadataValue.md("\n".join(problems[:10])) if problems else "none"},
-                )
-            )  # fmt: skip
-            per_day[day] = {
-                "s3_uri": uri,
-                "records_exported": len(written),
-                "fields_nulled": reason_list(build.nulls, 10),
-                "duplicates_skipped": build.duplicates,
-                "items_without_identity": build.skipped.total(),
-                "items_without_identity_reasons": reason_list(build.skipped, 10),
-                "preview": md_table(build.records, list(spec.field_names)),
-                **table_metadata(
-                    f"quicksight.{spec.name}", file_uri, dataset_columns(spec), len(written)
-                ),
-            }
-        manifest_uri, files = write_manifest(
-            object_store, quicksight.prefix, spec.name, context.partition_keys
-        )
-        # A file that failed its check is not refreshed into SPICE.
-        refresh = None if not all_passed else quicksight.refresh(
-            spec.name,
-            ingestion_id(spec.name, context.partition_keys[0], context.partition_keys[-1], context.run.run_id),
-        )  # fmt: skip
-        refresh_metadata = {} if refresh is None else {
-            "spice_ingestion_id": refresh["ingestion_id"],
-            "spice_ingestion_status": refresh["status"],
-            "spice_data_set_id": refresh["data_set_id"],
-        }  # fmt: skip
+        keys = context.partition_keys
+        exports = {
+            day: _export_dataset_day(spec, day, object_store, quicksight.prefix) for day in keys
+        }
+        for day, export in exports.items():
+            context.log_event(_file_check(key, file_check.name, day, export))
+        manifest_uri, files = write_manifest(object_store, quicksight.prefix, spec.name, keys)
+        passed = all(not export.problems for export in exports.values())
         run_metadata = {
-            "days_in_run": len(context.partition_keys),
-            "records_exported_in_run": sum(d["records_exported"] for d in per_day.values()),
+            "days_in_run": len(keys),
+            "records_exported_in_run": sum(export.exported for export in exports.values()),
             "manifest_uri": location(manifest_uri) if manifest_uri else "none (no records yet)",
             "manifest_files": files,
-            **refresh_metadata,
+            **_refreshed(quicksight, spec, keys, context.run.run_id, passed),
         }
-        for day, metadata in per_day.items():
+        for day, export in exports.items():
             context.log_event(
                 AssetMaterialization(
-                    asset_key=key, partition=day, metadata={**metadata, **run_metadata}
+                    asset_key=key, partition=day, metadata={**export.metadata, **run_metadata}
                 )
             )
         yield from ()  # each day's materialisation is the event above
 
     return _dataset
+
+
+@dataclass(frozen=True)
+class DayExport:
+    """A dataset's day as written and read back: what its file holds against what it should."""
+
+    exported: int
+    expected: int
+    problems: list[str]
+    metadata: dict
+
+
+def _export_dataset_day(spec: DatasetSpec, day: str, object_store: ObjectStore, prefix: str):
+    """The day's file of the dataset from its staged records (none for a day without records),
+    read back and judged: the checks judge the file, not the intention."""
+    items = decode_ndjson(object_store.get_bytes(staged_records_key(spec.staged_by, day)))
+    build = build_dataset(spec, items, day)
+    file_key = quicksight_export_key(prefix, spec.name, day)
+    if build.records:
+        file_uri = object_store.put_bytes(
+            file_key, encode_ndjson(build.records, spec.field_names), NDJSON
+        )
+        uri = location(file_uri)
+    else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
+        object_store.delete(file_key)
+        file_uri, uri = None, "none (no records)"
+    distinct = len({str(item.get(spec.identity)) for item in usable_items(spec, items)})
+    expected = min(distinct, spec.limit) if spec.limit is not None else distinct
+    problems = []
+    try:
+        written = decode_ndjson(object_store.get_bytes(file_key)) if build.records else []
+    except ValueError as error:
+        problems.append(str(error))
+        written = []
+    bad_fields = [r for r in written if list(r) != list(spec.field_names)]
+    if bad_fields:
+        problems.append(f"{len(bad_fields)} lines without the declared fields in order")
+    problems += [f"{p} ({n} lines)" for p, n in type_problems(spec, written).items()]
+    if len(written) != expected:
+        problems.append(f"{len(written)} records exported, {expected} expected")
+    metadata = {
+        "s3_uri": uri,
+        "records_exported": len(written),
+        "fields_nulled": reason_list(build.nulls, 10),
+        "duplicates_skipped": build.duplicates,
+        "items_without_identity": build.skipped.total(),
+        "items_without_identity_reasons": reason_list(build.skipped, 10),
+        "preview": md_table(build.records, list(spec.field_names)),
+        **table_metadata(f"quicksight.{spec.name}", file_uri, dataset_columns(spec), len(written)),
+    }
+    return DayExport(len(written), expected, problems, metadata)
+
+
+def _file_check(key: AssetKey, check_name: str, day: str, export: DayExport):
+    problems = export.problems
+    return AssetCheckEvaluation(
+        asset_key=key, check_name=check_name, passed=not problems, partition=day,
+        description="; ".join(problems[:3]) or f"{export.exported} records as declared",
+        metadata={"exported": export.exported, "expected": export.expected,
+                  "problems": MetadataValue.md("\n".join(problems[:10])) if problems else "none"},
+    )  # fmt: skip
+
+
+def _refreshed(quicksight: QuickSightExport, spec: DatasetSpec, days: list[str], run_id: str,
+               passed: bool) -> dict:  # fmt: skip
+    """A SPICE refresh of the dataset's data set, when configured and every file passed its check
+    (a file that failed is not refreshed into SPICE): its id and status."""
+    if not passed:
+        return {}
+    refresh = quicksight.refresh(spec.name, ingestion_id(spec.name, days[0], days[-1], run_id))
+    if refresh is None:
+        return {}
+    return {
+        "spice_ingestion_id": refresh["ingestion_id"],
+        "spice_ingestion_status": refresh["status"],
+        "spice_data_set_id": refresh["data_set_id"],
+    }
 
 
 def dataset_columns(spec: DatasetSpec) -> list[TableColumn]:
