@@ -211,7 +211,7 @@ def instance_home(tmp_path):
     import yaml
     from dagster import DagsterInstance
 
-    from smartgo_analytics.cli import PROJECT_DAGSTER_YAML
+    from smartgo_analytics.cli.stack import PROJECT_DAGSTER_YAML
     from smartgo_analytics.pools import set_pool_limits
 
     home = tmp_path / "dagster"

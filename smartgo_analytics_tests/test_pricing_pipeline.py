@@ -187,7 +187,7 @@ def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(
     assert not ratio.passed and ratio.metadata["error_ratio"].value == 0.5
     assert day_rows(res, day) == {}
     # What the demo's last line says of such a day: the check's own description, whole.
-    from smartgo_analytics.cli import _failure
+    from smartgo_analytics.cli.stack import _failure
 
     assert _failure(result) == ("product_image_embeddings check embedding_error_ratio_within_budget: "
                                 "1 of 2 sales have no vector (50.0%, budget 5.0%)")  # fmt: skip
