@@ -188,9 +188,9 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
     """What the backfill wrote, in a form two lakes can be compared by."""
     from pyiceberg.catalog import load_catalog
 
-    from smartgo_analytics.assets.similarity import indexed_tenants, load_manifest
-    from smartgo_analytics.core import similarity as sim
     from smartgo_analytics.resources.object_store import S3ObjectStore
+    from smartgo_analytics.similarity import index as sim
+    from smartgo_analytics.similarity.store import indexed_tenants, load_manifest
 
     catalog = load_catalog(
         "smartgo", **catalog_properties

@@ -14,15 +14,15 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.web import page_timings
-from smartgo_analytics.assets.similarity import commit_day, load_manifest
 from smartgo_analytics.comparables import comparables
 from smartgo_analytics.core import price_bands as bands_core
-from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.core.imaging import prepare_for_titan
 from smartgo_analytics.local import demo_data
 from smartgo_analytics.local.stack import LOCAL_BUCKET
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder
 from smartgo_analytics.resources.object_store import LocalObjectStore
+from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.store import commit_day, load_manifest
 
 DIMENSION = 1024
 DAYS = 10

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.sales import IDENTIFIER
 from smartgo_analytics.layout import check_key
+from smartgo_analytics.similarity import index as sim
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # a picture asked about, as the image fetcher's cap
 MAX_LABEL = 200  # characters of a category or condition

@@ -9,7 +9,7 @@ pool's; the limits below differ from it and are set on the instance by `smartgo-
 BEDROCK = "bedrock"  # embedding steps in flight across runs
 # One index step at a time: each rewrites its tenants' manifests and segments. (A run that meets
 # another anyway, under a pool left at the default limit, builds its update again: see
-# assets/similarity.commit_day.)
+# similarity/store.commit_day.)
 SIMILARITY_INDEX = "similarity_index"
 POOL_LIMITS = {SIMILARITY_INDEX: 1}
 

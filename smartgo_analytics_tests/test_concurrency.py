@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from smartgo_analytics.assets.similarity import commit_day, delete_orphans, load_manifest
-from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.store import commit_day, delete_orphans, load_manifest
 
 
 @pytest.fixture(params=["local", "s3"])

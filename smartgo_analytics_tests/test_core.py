@@ -533,7 +533,7 @@ def test_demo_prices_follow_brand_condition_and_the_model_only_the_picture_shows
 def segment_of(days: dict, tmp_path, segment=None, index=None, items=None, old=None):
     """A segment built a day at a time: {day: vectors}, each vector's product id its day and row.
     Its graph is built from the first day's vectors, the others added to it."""
-    from smartgo_analytics.core import similarity as sim
+    from smartgo_analytics.similarity import index as sim
 
     items = items if items is not None else sim.ITEM_SCHEMA.empty_table()
     for day, vectors in days.items():
@@ -557,7 +557,7 @@ def segment_of(days: dict, tmp_path, segment=None, index=None, items=None, old=N
 
 
 def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced_day(tmp_path):
-    from smartgo_analytics.core import similarity as sim
+    from smartgo_analytics.similarity import index as sim
 
     rng = np.random.default_rng(3)
     first, middle, last = date(2025, 5, 1), date(2025, 5, 2), date(2025, 5, 3)
@@ -596,7 +596,7 @@ def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced
 
 
 def test_weighted_quantiles_follow_the_weights():
-    from smartgo_analytics.core.similarity import weighted_quantiles
+    from smartgo_analytics.similarity.index import weighted_quantiles
 
     assert weighted_quantiles(np.array([10.0, 20, 30]), np.ones(3), [0.5]) == [20.0]
     # Nearly all the weight on 30: the median moves to it.

@@ -15,11 +15,11 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales,
     smartgo_sales_iceberg,
 )
-from smartgo_analytics.assets.similarity import day_differences, load_manifest
 from smartgo_analytics.assets.similarity import similarity_index as similarity_assets
 from smartgo_analytics.comparables import ComparablesError, comparables
-from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.local.demo_data import draw_product_image
+from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.store import day_differences, load_manifest
 from smartgo_analytics_tests.conftest import insert_products, sale
 from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources
 
@@ -239,8 +239,8 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
 
     import pyarrow as pa
 
-    from smartgo_analytics.assets.similarity import commit_day, open_tenant
     from smartgo_analytics.resources.object_store import LocalObjectStore
+    from smartgo_analytics.similarity.store import commit_day, open_tenant
 
     monkeypatch.setattr(sim, "CENTRE_FROM", 4)
     store = LocalObjectStore(lake_dir=str(tmp_path / "lake"), bucket="b")

@@ -9,8 +9,8 @@ from datetime import date, timedelta
 import numpy as np
 import pyarrow as pa
 
-from smartgo_analytics.core import similarity as sim
 from smartgo_analytics.settings import QualityThresholds
+from smartgo_analytics.similarity import index as sim
 
 NEIGHBOURS = 10
 TRAILING_DAYS = 30

@@ -1,0 +1,326 @@
+"""The similarity index's upkeep on the object store: a day's vectors spooled, each tenant's
+segments rebuilt and its manifest committed with a conditional write (safe under runs at once),
+orphans deleted, the index checked against the table, the day's quality measured."""
+
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from smartgo_analytics.core.embedding_quality import DayQuality, measure_day
+from smartgo_analytics.resources.object_store import ObjectStore
+from smartgo_analytics.similarity import index as sim
+
+READ_COLUMNS = ("tenant_id", *sim.ITEM_COLUMNS, "embedding_vector")
+THREADS = 2
+
+
+@dataclass
+class SpooledDay:
+    """The day's rows with a vector of the index's length, by tenant, spooled to disk, and the
+    table's figures for the day."""
+
+    spools: dict[str, sim.DaySpool] = field(default_factory=dict)
+    with_vector: Counter = field(
+        default_factory=Counter
+    )  # tenant -> rows with a vector of any length
+    rows: int = 0
+    without_vector: int = 0
+    of_another_length: int = 0
+
+    @property
+    def vectors(self) -> int:
+        return sum(spool.rows for spool in self.spools.values())
+
+
+def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
+    day = SpooledDay()
+    for batch in batches:
+        vectors = batch.column("embedding_vector")
+        has = pc.invert(pc.is_null(vectors))
+        day.rows += batch.num_rows
+        day.without_vector += vectors.null_count
+        day.with_vector.update(batch.filter(has).column("tenant_id").to_pylist())
+        right_length = pc.and_(has, pc.equal(pc.list_value_length(vectors), dimension))
+        day.of_another_length += pc.sum(pc.xor(has, right_length)).as_py() or 0
+        batch = batch.filter(right_length)
+        for tenant in pc.unique(batch.column("tenant_id")).to_pylist():
+            rows = batch.filter(pc.equal(batch.column("tenant_id"), tenant))
+            flat = rows.column("embedding_vector").flatten().to_numpy(zero_copy_only=False)
+            if tenant not in day.spools:
+                day.spools[tenant] = sim.DaySpool(directory, tenant, dimension)
+            day.spools[tenant].add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
+    return day
+
+
+def indexed_tenants(store: ObjectStore) -> list[str]:
+    return sim.tenants_of(store.list_keys(f"{sim.PREFIX}/"))
+
+
+def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> sim.Manifest:
+    return load_versioned(store, tenant, dimension)[0]
+
+
+def load_versioned(
+    store: ObjectStore, tenant: str, dimension: int
+) -> tuple[sim.Manifest, str | None]:
+    """The tenant's manifest and the version it was read at (None: there is none yet)."""
+    try:
+        data, version = store.get_versioned(sim.manifest_key(tenant))
+    except FileNotFoundError:
+        return sim.Manifest(tenant, dimension), None
+    return sim.Manifest.from_json(data), version
+
+
+# Runs of the index step are serialised by the `similarity_index` pool (pools.py); the manifest is also written only if it is still the one the update was made from, so
+# a run that meets another (a pool left at its default limit) builds its update again on theirs.
+COMMIT_ATTEMPTS = 8
+# A segment file no manifest names, older than this, is a crashed run's and is deleted. Younger
+# ones may be another run's, not yet committed.
+ORPHAN_AGE = timedelta(hours=1)
+_SEGMENT_NAME = re.compile(r"segment-\d{4}-\d{2}-\d{2}-(?:(\d{8}T\d{6})-)?[0-9a-f]+")
+
+
+class IndexConflict(RuntimeError):
+    """The tenant's manifest kept changing under the update."""
+
+
+@dataclass
+class Update:
+    """What a tenant's update wrote for its new manifest, and what that manifest no longer names."""
+
+    changed: bool = False
+    added: list[str] = field(default_factory=list)  # deleted if the manifest is not committed
+    retired: list[str] = field(default_factory=list)  # deleted once it is
+
+
+def commit_day(store: ObjectStore, tenant: str, dimension: int, day: date,
+               spool: sim.DaySpool | None, work: Path) -> sim.Manifest:  # fmt: skip
+    """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
+    manifest; built again on the newer manifest when another run committed first."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        manifest, version = load_versioned(store, tenant, dimension)
+        try:
+            update = update_tenant(store, manifest, day, spool, work)
+        except FileNotFoundError:  # a segment that a run committing meanwhile retired
+            continue
+        if not update.changed:
+            return manifest
+        if store.put_if_version(sim.manifest_key(tenant), manifest.to_json(), version):
+            for key in update.retired:
+                store.delete(key)
+            delete_orphans(store, manifest)
+            return manifest
+        for key in update.added:
+            store.delete(key)
+        time.sleep(random.uniform(0, 0.2 * (attempt + 1)))
+    raise IndexConflict(
+        f"tenant {tenant!r}: its index manifest changed under {COMMIT_ATTEMPTS} attempts to add "
+        f"{day}; is the similarity_index pool's limit 1?"
+    )
+
+
+def delete_orphans(
+    store: ObjectStore, manifest: sim.Manifest, now: datetime | None = None
+) -> list[str]:
+    """Delete the tenant's segment files that its manifest does not name and that are older than
+    ORPHAN_AGE (a name without its time is older than the time in names); their keys."""
+    named = {segment.name for segment in manifest.segments}
+    oldest = (now or datetime.now(UTC)) - ORPHAN_AGE
+    deleted = []
+    for key in store.list_keys(sim.segment_key(manifest.tenant, "segment-", "")):
+        name = key.rsplit("/", 1)[-1].split(".", 1)[0]
+        match = _SEGMENT_NAME.fullmatch(name)
+        if not match or name in named:
+            continue
+        made = match.group(1)
+        if made is None or datetime.strptime(made, "%Y%m%dT%H%M%S").replace(tzinfo=UTC) < oldest:
+            store.delete(key)
+            deleted.append(key)
+    return deleted
+
+
+def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
+                  work: Path) -> Update:  # fmt: skip
+    """The tenant's manifest changed to hold the day's vectors (none when `spool` is None), their
+    segment files written under new names; the manifest itself is the caller's to commit.
+    Segments whose graph was built with other options are built again first, one at a time."""
+    update = Update()
+    try:
+        _update(store, manifest, day, spool, work, update)
+    except BaseException:
+        for key in update.added:
+            store.delete(key)
+        raise
+    return update
+
+
+def _update(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
+            work: Path, update: Update) -> None:  # fmt: skip
+    rows = spool.rows if spool else 0
+    target = sim.target_segment(manifest, day, rows)
+    tenant = manifest.tenant
+    for segment in manifest.stale():
+        if segment is not target:
+            _rebuild(store, manifest, segment, work, update)
+    if target is None and not rows:
+        return
+    update.changed = True
+    new_vectors = work / "vectors.f16"
+    day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
+    vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
+    # A segment holding only this day is built anew without reading it.
+    keep = target is not None and set(target.days) != {day.isoformat()}
+    old = list(sim.segment_keys(tenant, target.name)) if target else []
+    files = []
+    try:
+        for key in old if keep else []:
+            files.append(store.local_path(key))
+        items, old_vectors = sim.ITEM_SCHEMA.empty_table(), None
+        if keep:
+            items = sim.read_items(files[1])
+            old_vectors = sim.SpooledVectors(
+                files[2], items.num_rows, manifest.dimension, np.float16
+            )
+        items, replaced = sim.segment_vectors(
+            items, old_vectors, day, day_items, vectors, new_vectors
+        )
+        keys = items.column("key").to_numpy()
+        if keep and target.centre is not None and target.centred_on >= sim.CENTRE_FROM:
+            index = sim.graph_with_day(sim.open_index(files[0], view=False), target, replaced,
+                                       day_items.column("key").to_numpy(), vectors, THREADS)  # fmt: skip
+            centre, centred_on = target.centre, target.centred_on
+        else:
+            written = sim.SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
+            index, centre = sim.built_graph(keys, written, THREADS)
+            centred_on = len(keys)
+    finally:
+        for path in files:
+            store.release(path)
+    days = dict(target.days) if target else {}
+    days.pop(day.isoformat(), None)
+    if rows:
+        days[day.isoformat()] = rows
+    segments = [s for s in manifest.segments if s is not target]
+    if days:
+        items_path = work / "items.parquet"
+        sim.write_items(items, items_path)
+        name = _put_segment(store, tenant, day, index, items_path, new_vectors, work, update)
+        segments.append(sim.Segment(name, days, centre, centred_on))
+    for path in (new_vectors, work / "items.parquet"):
+        path.unlink(missing_ok=True)
+    manifest.segments = sorted(segments, key=lambda s: min(s.days))
+    sums_key = sim.category_means_key(tenant, day)
+    if spool:
+        categories = day_items.column("category").to_pylist()
+        sums = sim.category_sums(categories, vectors)
+        sums_path = work / "sums.parquet"
+        sim.write_parquet(sums, sums_path)
+        store.put_file(sums_key, sums_path)
+    else:
+        store.delete(sums_key)
+    update.retired += old
+
+
+def _put_segment(store: ObjectStore, tenant: str, day: date, index, items_path: Path,
+                 vectors_path: Path, work: Path, update: Update) -> str:  # fmt: skip
+    """A segment's files stored under a new name (named by its first day); the name."""
+    name = sim.new_segment_name(day)
+    index_path = work / f"{name}.usearch"
+    index.save(str(index_path))
+    try:
+        for path, key in zip((index_path, items_path, vectors_path), sim.segment_keys(tenant, name),
+                             strict=True):  # fmt: skip
+            update.added.append(key)
+            store.put_file(key, path)
+    finally:
+        index_path.unlink(missing_ok=True)
+    return name
+
+
+def _rebuild(store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path,
+             update: Update) -> None:  # fmt: skip
+    """The segment's graph built again from its float16 vectors, under a new name."""
+    old = list(sim.segment_keys(manifest.tenant, segment.name))
+    files = []
+    try:
+        for key in old:
+            files.append(store.local_path(key))
+        keys = sim.read_items(files[1], ["key"]).column("key").to_numpy()
+        vectors = sim.SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
+        index, centre = sim.built_graph(keys, vectors, THREADS)
+        first = date.fromisoformat(min(segment.days))
+        name = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work, update)
+    finally:
+        for path in files:
+            store.release(path)
+    segment.name, segment.centre, segment.centred_on = name, centre, len(keys)
+    update.changed = True
+    update.retired += old
+
+
+def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) -> sim.TenantIndex:
+    paths = {}
+    for segment in manifest.segments:
+        pair = tuple(
+            store.local_path(key) for key in sim.segment_keys(manifest.tenant, segment.name)
+        )
+        opened.extend(pair)
+        paths[segment.name] = pair
+    return sim.TenantIndex(manifest, paths)
+
+
+def day_differences(store: ObjectStore, tenants: list[str], day: date, table: Counter,
+                    dimension: int) -> list[str]:  # fmt: skip
+    """Each tenant whose index, read back, holds another count of vectors for the day than the
+    table's rows with a vector (`table`: tenant -> rows)."""
+    differences = []
+    for tenant in tenants:
+        indexed = load_manifest(store, tenant, dimension).days().get(day.isoformat(), 0)
+        if indexed != table[tenant]:
+            differences.append(f"{tenant} {day}: index {indexed}, table {table[tenant]}")
+    return differences
+
+
+def measure_tenants(store: ObjectStore, manifests: dict[str, sim.Manifest], day: date,
+                    spools: dict[str, sim.DaySpool]) -> DayQuality:  # fmt: skip
+    """The day's vectors of each tenant that sold that day, against its index and trailing days."""
+    quality = DayQuality()
+    for tenant, spool in spools.items():
+        opened: list[Path] = []
+        try:
+            tenant_index = open_tenant(store, manifests[tenant], opened)
+            trailing = trailing_sums(store, tenant, day, manifests[tenant])
+            measure_day(quality, tenant_index, day, spool, trailing)
+            tenant_index.close()
+        finally:
+            for path in opened:
+                store.release(path)
+    return quality
+
+
+def trailing_sums(
+    store: ObjectStore, tenant: str, day: date, manifest: sim.Manifest
+) -> list[pa.Table]:
+    """The per-category sums of the 30 days before the day that the tenant's index holds."""
+    days = set(manifest.days())
+    tables = []
+    for back in range(1, 31):
+        earlier = day - timedelta(days=back)
+        if earlier.isoformat() in days:
+            try:
+                path = store.local_path(sim.category_means_key(tenant, earlier))
+            except FileNotFoundError:
+                continue
+            try:
+                tables.append(sim.read_items(path))
+            finally:
+                store.release(path)
+    return tables
