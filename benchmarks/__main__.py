@@ -74,11 +74,21 @@ def main(argv: list[str]) -> int:
         fresh = {r["name"]: r for r in results}
         previous = json.loads(RESULTS.read_text())["results"]
         results = [fresh.pop(r["name"], r) for r in previous] + list(fresh.values())
-    RESULTS.write_text(json.dumps({
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "results": results,
-    }, indent=2, default=str) + "\n")  # fmt: skip
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "cpus": __import__("os").cpu_count(),
+                    "python": platform.python_version(),
+                },
+                "results": results,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     print(f"\nwritten to {RESULTS}")
     return 0
 

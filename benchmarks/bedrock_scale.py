@@ -22,23 +22,29 @@ def paced_to_quota() -> dict:
     for quota, sales in QUOTAS:
         with PricingRig(0.100, 0.150, sales=sales, quota=quota) as rig:
             rig.resources["image_embedder"] = TitanEmbedder(
-                endpoint_url=rig.servers["bedrock"].url, region_name="us-east-1",
-                max_concurrency=CONCURRENCY, requests_per_minute=quota,
-            )  # fmt: skip
+                endpoint_url=rig.servers["bedrock"].url,
+                region_name="us-east-1",
+                max_concurrency=CONCURRENCY,
+                requests_per_minute=quota,
+            )
             seconds, metadata = rig.materialize(
                 "product_image_embeddings", worker_processes=WORKERS, worker_min_sales=1
             )
             served = httpx.get(f"{rig.servers['bedrock'].url}/quota").json()
         requests = served["admitted"] + served["refused"]
-        runs.append({
-            "quota_per_minute": quota, "sales": sales, "seconds": round(seconds, 1),
-            "ratio_to_quota": served["admitted_per_minute"] / quota,
-            "throttled_share": served["refused"] / requests,
-            "sales_without_vector": sales - metadata["embedded"],
-            "step_ratio_to_quota": metadata.get("ratio_to_quota"),
-            "step_throttled_responses": metadata["throttled_responses"],
-            "worker_processes": metadata["worker_processes"],
-        })  # fmt: skip
+        runs.append(
+            {
+                "quota_per_minute": quota,
+                "sales": sales,
+                "seconds": round(seconds, 1),
+                "ratio_to_quota": served["admitted_per_minute"] / quota,
+                "throttled_share": served["refused"] / requests,
+                "sales_without_vector": sales - metadata["embedded"],
+                "step_ratio_to_quota": metadata.get("ratio_to_quota"),
+                "step_throttled_responses": metadata["throttled_responses"],
+                "worker_processes": metadata["worker_processes"],
+            }
+        )
     met = all(
         r["ratio_to_quota"] >= 0.95
         and r["throttled_share"] <= 0.01
@@ -76,18 +82,24 @@ def embedded_once(days: int = 10, sales: int = 500, seen_share: float = 0.3) -> 
             _, metadata = rig.materialize(
                 "product_image_embeddings", "smartgo_sales_iceberg", day=day
             )
-            rows.append({"day": day, "new_images": new_per_day[n],
-                         "embedding_calls": metadata["embedding_calls"],
-                         "reused": metadata["embeddings_reused"], "embedded": metadata["embedded"]})  # fmt: skip
+            rows.append(
+                {
+                    "day": day,
+                    "new_images": new_per_day[n],
+                    "embedding_calls": metadata["embedding_calls"],
+                    "reused": metadata["embeddings_reused"],
+                    "embedded": metadata["embedded"],
+                }
+            )
     calls = sum(r["embedding_calls"] for r in rows)
     new = sum(r["new_images"] for r in rows)
     exact = all(r["embedding_calls"] == r["new_images"] and r["embedded"] == sales for r in rows)
     return {
         "name": "an image embedded once, ever",
         "figure": f"{days} days of {sales} sales, {seen_share:.0%} of each later day's images seen "
-                  f"before: {calls:,} embedding calls for {new:,} new images, "
-                  f"{sum(r['reused'] for r in rows):,} reused",
+        f"before: {calls:,} embedding calls for {new:,} new images, "
+        f"{sum(r['reused'] for r in rows):,} reused",
         "target": "calls = new images, every day",
         "met": exact,
         "values": {"days": rows},
-    }  # fmt: skip
+    }

@@ -37,8 +37,14 @@ from smartgo_analytics_tests.servers import dagster_dev_command
 DAYS = [(date(2025, 3, 1) + timedelta(days=n)).isoformat() for n in range(12)]
 SALES_PER_DAY = 400
 BUCKET = "smartgo-bench"
-PRICING = ["smartgo_sales", "product_image_embeddings", "smartgo_sales_iceberg", "similarity_index",
-           "embedding_quality", "price_bands"]  # fmt: skip
+PRICING = [
+    "smartgo_sales",
+    "product_image_embeddings",
+    "smartgo_sales_iceberg",
+    "similarity_index",
+    "embedding_quality",
+    "price_bands",
+]
 PROJECT_INSTANCE = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
@@ -68,8 +74,10 @@ def backfill_runs_at_once() -> dict:
     ratio = one["wall_s"] / four["wall_s"]
     runs_ratio = one["runs_s"] / four["runs_s"]
     equal = {part: one["data"][part] == four["data"][part] for part in one["data"]}
-    whole = all(side["data"]["index_equals_table"] and side["data"]["orphan_segment_files"] == 0
-                for side in sides.values())  # fmt: skip
+    whole = all(
+        side["data"]["index_equals_table"] and side["data"]["orphan_segment_files"] == 0
+        for side in sides.values()
+    )
     return {
         "name": "12-day pricing backfill through the webserver, 4 runs at once vs 1",
         "figure": f"{four['runs_s']:.0f} s with 4 at once, {one['runs_s']:.0f} s one at a time from "
@@ -80,13 +88,17 @@ def backfill_runs_at_once() -> dict:
         # From the launch, both sides also wait for the daemon's backfill loop to pick the backfill
         # up: up to 30 s (Dagster's fixed interval), the same whatever the runs at once.
         "met": runs_ratio >= 2 and all(equal.values()) and whole,
-        "values": {"wall_s": {runs: side["wall_s"] for runs, side in sides.items()}, "ratio": ratio,
-                   "from_first_run_s": {runs: side["runs_s"] for runs, side in sides.items()},
-                   "ratio_from_first_run": runs_ratio,
-                   "cores_busy": {runs: side["cores_busy"] for runs, side in sides.items()},
-                   "runs": {runs: side["runs"] for runs, side in sides.items()}, "equal": equal,
-                   "sales": one["data"]["sales_count"]},
-    }  # fmt: skip
+        "values": {
+            "wall_s": {runs: side["wall_s"] for runs, side in sides.items()},
+            "ratio": ratio,
+            "from_first_run_s": {runs: side["runs_s"] for runs, side in sides.items()},
+            "ratio_from_first_run": runs_ratio,
+            "cores_busy": {runs: side["cores_busy"] for runs, side in sides.items()},
+            "runs": {runs: side["runs"] for runs, side in sides.items()},
+            "equal": equal,
+            "sales": one["data"]["sales_count"],
+        },
+    }
 
 
 def _backfill(runs_at_once: int) -> dict:
@@ -111,7 +123,7 @@ def _backfill(runs_at_once: int) -> dict:
                 "FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS rank FROM smartgo.products) n "
                 "WHERE p.id = n.id AND p.image_url NOT LIKE '%%/bad/%%' AND p.image_url NOT LIKE '%%missing-%%'",
                 (cdn.url,),
-            )  # fmt: skip
+            )
         # The object store (image copies, hand-offs, the index) is the in-memory S3 server, as in the
         # throughput benchmark (moto spends ~4.5 ms of the shared cores on a PUT); the table's
         # files are on the local disk, its catalog in the stack's Postgres.
@@ -119,15 +131,21 @@ def _backfill(runs_at_once: int) -> dict:
         warehouse = (home / "warehouse").as_uri()
         catalog = {"type": "sql", "uri": info.catalog_uri, "warehouse": warehouse}
         environment = {
-            "SMARTGO_DEPLOYMENT": "prod", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_ENDPOINT_URL": info.aws_endpoint_url, "AWS_ENDPOINT_URL_S3": s3.url,
+            "SMARTGO_DEPLOYMENT": "prod",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_ENDPOINT_URL": info.aws_endpoint_url,
+            "AWS_ENDPOINT_URL_S3": s3.url,
             "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url,
-            "S3_BUCKET": BUCKET, "SMARTGO_DATABASE_URL": info.postgres_uri,
-            "ICEBERG_CATALOG_TYPE": "sql", "ICEBERG_CATALOG_URI": info.catalog_uri,
+            "S3_BUCKET": BUCKET,
+            "SMARTGO_DATABASE_URL": info.postgres_uri,
+            "ICEBERG_CATALOG_TYPE": "sql",
+            "ICEBERG_CATALOG_URI": info.catalog_uri,
             "ICEBERG_WAREHOUSE": warehouse,
-            "IMAGE_URL_ALLOWLIST": "127.0.0.1", "SMARTGO_PARTITIONS_START": "2025-01-01",
-        }  # fmt: skip
+            "IMAGE_URL_ALLOWLIST": "127.0.0.1",
+            "SMARTGO_PARTITIONS_START": "2025-01-01",
+        }
         dagster_home = home / "dagster"
         dagster_home.mkdir()
         (dagster_home / "dagster.yaml").write_text(instance_config(runs_at_once))
@@ -140,8 +158,11 @@ def _backfill(runs_at_once: int) -> dict:
         wall_s, runs_s, runs = _launch_and_wait(url)
         busy_after, total_after = _cpu_busy()
         busy = (busy_after - busy_before) / (total_after - total_before)
-        print(f"    {runs_at_once} run(s) at once: {wall_s:.0f} s ({runs_s:.0f} s from the first run), "
-              f"{runs} runs, the cores {busy:.0%} busy", flush=True)  # fmt: skip
+        print(
+            f"    {runs_at_once} run(s) at once: {wall_s:.0f} s ({runs_s:.0f} s from the first run), "
+            f"{runs} runs, the cores {busy:.0%} busy",
+            flush=True,
+        )
         data = _read_back(environment, catalog)
         # moto keeps its state in this process: the next side starts from an empty one.
         httpx.post(f"{info.aws_endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
@@ -195,35 +216,70 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
     catalog = load_catalog(
         "smartgo", **catalog_properties
     )  # the name the project's SQL catalog rows carry
-    sales = catalog.load_table("pricing_intelligence.smartgo_sales").scan(
-        selected_fields=("product_id", "tenant_id", "sold_price", "sold_date", "embedding_vector", "embedding_error")
-    ).to_arrow().sort_by("product_id")  # fmt: skip
+    sales = (
+        catalog.load_table("pricing_intelligence.smartgo_sales")
+        .scan(
+            selected_fields=(
+                "product_id",
+                "tenant_id",
+                "sold_price",
+                "sold_date",
+                "embedding_vector",
+                "embedding_error",
+            )
+        )
+        .to_arrow()
+        .sort_by("product_id")
+    )
     digest = hashlib.sha256()
     for row in sales.to_pylist():
         vector = row["embedding_vector"]
-        digest.update(repr((row["product_id"], row["tenant_id"], row["sold_price"],
-                            None if vector is None else [round(v, 5) for v in vector],
-                            row["embedding_error"])).encode())  # fmt: skip
+        digest.update(
+            repr(
+                (
+                    row["product_id"],
+                    row["tenant_id"],
+                    row["sold_price"],
+                    None if vector is None else [round(v, 5) for v in vector],
+                    row["embedding_error"],
+                )
+            ).encode()
+        )
     bands = catalog.load_table("pricing_intelligence.price_bands").scan().to_arrow()
     # A mean's last bits follow the order the window's files are read in: compared to 9 places.
     band_rows = sorted(
-        json.dumps({k: round(v, 9) if isinstance(v, float) else v for k, v in row.items()},
-                   sort_keys=True, default=str)
+        json.dumps(
+            {k: round(v, 9) if isinstance(v, float) else v for k, v in row.items()},
+            sort_keys=True,
+            default=str,
+        )
         for row in bands.to_pylist()
-    )  # fmt: skip
+    )
     store = S3ObjectStore(
-        bucket=environment["S3_BUCKET"], endpoint_url=environment["AWS_ENDPOINT_URL_S3"],
-        region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench",
-    )  # fmt: skip
+        bucket=environment["S3_BUCKET"],
+        endpoint_url=environment["AWS_ENDPOINT_URL_S3"],
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
     manifests = {tenant: load_manifest(store, tenant, 1024) for tenant in indexed_tenants(store)}
     index = {tenant: manifest.days() for tenant, manifest in manifests.items()}
     # The index against the table: each tenant-day's vectors, and no segment file left unnamed.
     with_vector = sales.filter(pc.is_valid(sales["embedding_vector"]))
-    table = Counter(zip(with_vector["tenant_id"].to_pylist(),
-                        [d.date().isoformat() for d in with_vector["sold_date"].to_pylist()], strict=True))  # fmt: skip
+    table = Counter(
+        zip(
+            with_vector["tenant_id"].to_pylist(),
+            [d.date().isoformat() for d in with_vector["sold_date"].to_pylist()],
+            strict=True,
+        )
+    )
     indexed = Counter({(t, d): n for t, days in index.items() for d, n in days.items()})
-    named = {key for m in manifests.values() for seg in m.segments
-             for key in sim.segment_keys(m.tenant, seg.name)}  # fmt: skip
+    named = {
+        key
+        for m in manifests.values()
+        for seg in m.segments
+        for key in sim.segment_keys(m.tenant, seg.name)
+    }
     segment_files = {k for k in store.list_keys(f"{sim.PREFIX}/") if "/segment-" in k}
     return {
         "index_equals_table": indexed == table,

@@ -55,8 +55,14 @@ def faults_that_pass() -> dict:
         aws = servers.FaultyAwsProxy(stack.aws_endpoint_url)
         closing.callback(aws.server.shutdown)
         database = servers.TcpProxy(_unix_socket(stack.postgres_uri))
-        rig = _Rig(stack, f"http://127.0.0.1:{bedrock.server_port}", f"http://localhost:{cdn.server_port}",
-                   aws.url, database, home)  # fmt: skip
+        rig = _Rig(
+            stack,
+            f"http://127.0.0.1:{bedrock.server_port}",
+            f"http://localhost:{cdn.server_port}",
+            aws.url,
+            database,
+            home,
+        )
         faults = {"bedrock": bedrock_state.fault, "cdn": cdn_state.fault, "aws": aws.fault}
         for n, (label, dependency, kind, seconds, share, after) in enumerate(ROWS):
             day = (datetime(2025, 11, 1, tzinfo=UTC) + timedelta(days=n)).date().isoformat()
@@ -71,22 +77,46 @@ def faults_that_pass() -> dict:
             try:
                 result = materialize(
                     [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg],
-                    resources=rig.resources(), partition_key=day, raise_on_error=False,
-                    run_config={"ops": {"product_image_embeddings": {"config": {"outage_allowance_s": allowance}}},
-                                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-                )  # fmt: skip
+                    resources=rig.resources(),
+                    partition_key=day,
+                    raise_on_error=False,
+                    run_config={
+                        "ops": {
+                            "product_image_embeddings": {
+                                "config": {"outage_allowance_s": allowance}
+                            }
+                        },
+                        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+                    },
+                )
             finally:
                 for fault in faults.values():
                     fault.close()
             wall_s = time.perf_counter() - started
             missing = rig.without_vector(day)
             # How many requests met the fault (the database: connections cut): 0 would measure nothing.
-            met = (database.cuts - cuts_before if dependency == "postgres"
-                   else faults[dependency].faulted if dependency else 0)  # fmt: skip
-            results.append({"fault": label, "without_vector": missing, "sales": SALES, "met_fault": met,
-                            "wall_s": round(wall_s, 1), "ended": _ended(result)})  # fmt: skip
-            print(f"    {label}: {missing} of {SALES} without a vector, {wall_s:.1f} s, {_ended(result)}"
-                  f" ({met} requests met the fault)", flush=True)  # fmt: skip
+            met = (
+                database.cuts - cuts_before
+                if dependency == "postgres"
+                else faults[dependency].faulted
+                if dependency
+                else 0
+            )
+            results.append(
+                {
+                    "fault": label,
+                    "without_vector": missing,
+                    "sales": SALES,
+                    "met_fault": met,
+                    "wall_s": round(wall_s, 1),
+                    "ended": _ended(result),
+                }
+            )
+            print(
+                f"    {label}: {missing} of {SALES} without a vector, {wall_s:.1f} s, {_ended(result)}"
+                f" ({met} requests met the fault)",
+                flush=True,
+            )
     transient = [r for r in results if not r["fault"].startswith("Bedrock down")]
     healed = all(r["without_vector"] == 0 and r["ended"] == "succeeded" for r in transient)
     healed = healed and all(r["met_fault"] > 0 for r in results[1:])  # each fault was met
@@ -116,8 +146,11 @@ def _ended(result) -> str:
 def _unix_socket(postgres_uri: str) -> str:
     from psycopg.conninfo import conninfo_to_dict
 
-    (path,) = [p for p in Path(conninfo_to_dict(postgres_uri)["host"]).glob(".s.PGSQL.*")
-               if not p.name.endswith(".lock")]  # fmt: skip
+    (path,) = [
+        p
+        for p in Path(conninfo_to_dict(postgres_uri)["host"]).glob(".s.PGSQL.*")
+        if not p.name.endswith(".lock")
+    ]
     return str(path)
 
 
@@ -126,8 +159,12 @@ class _Rig:
         from psycopg.conninfo import make_conninfo
 
         self.stack, self.bedrock_url, self.cdn_url, self.aws_url, self.home = (
-            stack, bedrock_url, cdn_url, aws_url, home,
-        )  # fmt: skip
+            stack,
+            bedrock_url,
+            cdn_url,
+            aws_url,
+            home,
+        )
         self.dsn = make_conninfo(stack.postgres_uri, host="127.0.0.1", port=database.port)
         self.bucket = "faults"
         boto3.client(
@@ -154,8 +191,10 @@ class _Rig:
             cdn_state.images[f"/{tag}/{n}.png"] = png(
                 (n % 256, salt % 256, (n * 7) % 256), size=(64, 60 + n % 40)
             )
-        insert_products(self.stack.postgres_uri, [sale(f"{tag}-{n:03d}", day, f"{self.cdn_url}/{tag}/{n}.png")
-                                                  for n in range(SALES)])  # fmt: skip
+        insert_products(
+            self.stack.postgres_uri,
+            [sale(f"{tag}-{n:03d}", day, f"{self.cdn_url}/{tag}/{n}.png") for n in range(SALES)],
+        )
 
     def resources(self) -> dict:
         from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors
@@ -174,17 +213,23 @@ class _Rig:
             "parquet_io_manager": ParquetIOManager(object_store=store),
             "image_fetcher": ImageFetcher(allowlist=["localhost"]),
             "image_embedder": TitanEmbedder(endpoint_url=self.bedrock_url, region_name="us-east-1"),
-            "image_vectors": ImageVectors(table_name="faults-vectors", endpoint_url=self.aws_url,
-                                          region_name="us-east-1"),
+            "image_vectors": ImageVectors(
+                table_name="faults-vectors", endpoint_url=self.aws_url, region_name="us-east-1"
+            ),
             "iceberg": self.catalog(),
             "export_progress": ExportProgressTracker(),
-        }  # fmt: skip
+        }
 
     def catalog(self):
         from smartgo_analytics.resources.iceberg import IcebergCatalog
 
-        return IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{self.home}/catalog.db",
-                                          "warehouse": (self.home / "warehouse").as_uri()})  # fmt: skip
+        return IcebergCatalog(
+            properties={
+                "type": "sql",
+                "uri": f"sqlite:///{self.home}/catalog.db",
+                "warehouse": (self.home / "warehouse").as_uri(),
+            }
+        )
 
     def without_vector(self, day: str) -> int:
         start = datetime.fromisoformat(day).replace(tzinfo=UTC)

@@ -31,8 +31,10 @@ def day_table(rows: int = ROWS) -> pa.Table:
         "brand": pa.array(["Sony"] * rows),
         "condition": pa.array(["Good"] * rows),
         "sold_price": pa.array(rng.uniform(5, 500, rows)),
-        "sold_date": pa.array([START + timedelta(seconds=n * 86_400 // rows) for n in range(rows)],
-                              pa.timestamp("us", tz="UTC")),
+        "sold_date": pa.array(
+            [START + timedelta(seconds=n * 86_400 // rows) for n in range(rows)],
+            pa.timestamp("us", tz="UTC"),
+        ),
         "season": pa.array(["winter"] * rows),
         "quarter": pa.array(["Q1"] * rows),
         "year": pa.array([2025] * rows, pa.int32()),
@@ -46,15 +48,20 @@ def day_table(rows: int = ROWS) -> pa.Table:
         "embedding_error": pa.nulls(rows, pa.string()),
         "source_system": pa.array(["smartgo"] * rows),
         "ingestion_timestamp": pa.array([START] * rows, pa.timestamp("us", tz="UTC")),
-    }  # fmt: skip
+    }
     return pa.table(columns).cast(ARROW_SCHEMA).sort_by(ROW_ORDER)
 
 
 def iceberg_write() -> dict:
     table = day_table()
     workdir = Path(tempfile.mkdtemp(prefix="smartgo-bench-iceberg-"))
-    catalog = IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{workdir}/catalog.db",
-                                         "warehouse": (workdir / "warehouse").as_uri()})  # fmt: skip
+    catalog = IcebergCatalog(
+        properties={
+            "type": "sql",
+            "uri": f"sqlite:///{workdir}/catalog.db",
+            "warehouse": (workdir / "warehouse").as_uri(),
+        }
+    )
     catalog.sales_table()  # created outside the timing, as it is once in the table's life
 
     def plain() -> None:

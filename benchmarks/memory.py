@@ -48,8 +48,18 @@ def materialise_demo_day(home: str, sales: int, day: str = "2025-01-15", **setti
     # leave 64 half-empty arenas behind; two arenas hold the same work (deploy/Dockerfile sets it too).
     environment.update(SMARTGO_HOME=home, IMAGE_DOWNLOAD_CONCURRENCY="64", MALLOC_ARENA_MAX="2")
     environment.update(settings)
-    command = [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "1", "--end-date", day,
-               "--sales-per-day", str(sales)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "smartgo_analytics.cli",
+        "demo",
+        "--days",
+        "1",
+        "--end-date",
+        day,
+        "--sales-per-day",
+        str(sales),
+    ]
     started = time.perf_counter()
     proc = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -100,11 +110,15 @@ def day_of_100k_sales(sales: int = SALES) -> dict:
     return {
         "name": "memory, one day of 100,000 sales end to end",
         "figure": f"peak {first.peak_pss / 1024**2:.0f} MiB for {first.rows} rows ({first.seconds:.0f} s), "
-                  f"{again.peak_pss / 1024**2:.0f} MiB written again reusing every vector ({again.seconds:.0f} s), "
-                  f"{following.peak_pss / 1024**2:.0f} MiB the next day; "
-                  f"{max(first.peak_rss, again.peak_rss, following.peak_rss) / 1024**2:.0f} MiB counting shared pages in every process",
+        f"{again.peak_pss / 1024**2:.0f} MiB written again reusing every vector ({again.seconds:.0f} s), "
+        f"{following.peak_pss / 1024**2:.0f} MiB the next day; "
+        f"{max(first.peak_rss, again.peak_rss, following.peak_rss) / 1024**2:.0f} MiB counting shared pages in every process",
         "target": "<= 1024 MiB",
         "met": peak <= LIMIT,
-        "values": {"sales": sales, "first": asdict(first), "again": asdict(again),
-                   "following": asdict(following)},
-    }  # fmt: skip
+        "values": {
+            "sales": sales,
+            "first": asdict(first),
+            "again": asdict(again),
+            "following": asdict(following),
+        },
+    }

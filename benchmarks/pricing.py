@@ -54,12 +54,19 @@ def sales_table(
     start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     images = images or list(range(count))
     rows = [
-        {"product_id": f"B-{day}-{n:06d}", "tenant_id": ("carousel-labs", "northwind-resale")[n % 2],
-         "category": "Electronics", "brand": "Sony", "condition": "Good", "sold_price": 10.0 + n % 90,
-         "sold_date": start + timedelta(seconds=n * 86_400 // count), "image_url": f"{cdn_url}/img/{images[n]}.jpg",
-         "description": "bench"}
+        {
+            "product_id": f"B-{day}-{n:06d}",
+            "tenant_id": ("carousel-labs", "northwind-resale")[n % 2],
+            "category": "Electronics",
+            "brand": "Sony",
+            "condition": "Good",
+            "sold_price": 10.0 + n % 90,
+            "sold_date": start + timedelta(seconds=n * 86_400 // count),
+            "image_url": f"{cdn_url}/img/{images[n]}.jpg",
+            "description": "bench",
+        }
         for n in range(count)
-    ]  # fmt: skip
+    ]
     return pa.Table.from_pylist(rows, schema=VALID_SALES_SCHEMA)
 
 
@@ -67,8 +74,14 @@ class PricingRig:
     """An S3 object server, a CDN and a Bedrock-compatible server, each in its own process; the CDN
     and Bedrock with the given latencies."""
 
-    def __init__(self, cdn_latency_s: float, bedrock_latency_s: float, sales: int = SALES,
-                 images: int | None = None, **bedrock_options):  # fmt: skip
+    def __init__(
+        self,
+        cdn_latency_s: float,
+        bedrock_latency_s: float,
+        sales: int = SALES,
+        images: int | None = None,
+        **bedrock_options,
+    ):
         self.cdn_latency_s, self.bedrock_latency_s = cdn_latency_s, bedrock_latency_s
         self.sales, self.images, self.bedrock_options = sales, images or sales, bedrock_options
         self._stack = ExitStack()
@@ -85,8 +98,11 @@ class PricingRig:
             ),
             "dynamodb": self._stack.enter_context(loopback("dynamodb")),
         }
-        vectors = ImageVectors(table_name="image-vectors", endpoint_url=self.servers["dynamodb"].url,
-                               region_name="us-east-1")  # fmt: skip
+        vectors = ImageVectors(
+            table_name="image-vectors",
+            endpoint_url=self.servers["dynamodb"].url,
+            region_name="us-east-1",
+        )
         create_image_vectors_table(vectors.boto3_client("dynamodb"), vectors.table_name)
         self.store = store = S3ObjectStore(
             bucket="bench", endpoint_url=self.servers["s3"].url, region_name="us-east-1"
@@ -96,14 +112,22 @@ class PricingRig:
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
             "image_fetcher": ImageFetcher(allowlist=["127.0.0.1"]),
-            "image_embedder": TitanEmbedder(endpoint_url=self.servers["bedrock"].url, region_name="us-east-1",
-                                            max_concurrency=CONCURRENCY),
-            "iceberg": IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{self.workdir}/catalog.db",
-                                                  "warehouse": (self.workdir / "warehouse").as_uri()}),
+            "image_embedder": TitanEmbedder(
+                endpoint_url=self.servers["bedrock"].url,
+                region_name="us-east-1",
+                max_concurrency=CONCURRENCY,
+            ),
+            "iceberg": IcebergCatalog(
+                properties={
+                    "type": "sql",
+                    "uri": f"sqlite:///{self.workdir}/catalog.db",
+                    "warehouse": (self.workdir / "warehouse").as_uri(),
+                }
+            ),
             "export_progress": ExportProgressTracker(),
             "image_vectors": vectors,
             "smartgo_db": SmartGoDatabase(dsn="postgresql://not-read-in-this-benchmark"),
-        }  # fmt: skip
+        }
         return self
 
     def add_day(self, day: str, sales: pa.Table) -> None:
@@ -149,10 +173,10 @@ class PricingRig:
         worker_server = [
             p.pid for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())
         ]
-        return {"pipeline": usage.ru_utime + usage.ru_stime,
-                "workers": sum(cpu_seconds(pid, children=True) for pid in worker_server)} | {
-            name: server.cpu_seconds() for name, server in self.servers.items()
-        }  # fmt: skip
+        return {
+            "pipeline": usage.ru_utime + usage.ru_stime,
+            "workers": sum(cpu_seconds(pid, children=True) for pid in worker_server),
+        } | {name: server.cpu_seconds() for name, server in self.servers.items()}
 
 
 def one_at_a_time(rig: PricingRig, sales: int = 200) -> dict[str, float]:
@@ -202,19 +226,26 @@ def embedding_throughput(trials: int = 3) -> dict:
     return {
         "name": "embedding pipeline throughput",
         "figure": f"{rate:.0f} sales/s = {rate / OLD_CEILING:.1f}x the old ceiling (median of {trials}); "
-                  f"{rate / bare_rate:.0%} of zero-latency; {slow['worker_processes']} worker processes, "
-                  f"{cpu_ms['pipeline'] + cpu_ms['workers']:.1f} ms CPU/sale ({sum(alone.values()):.1f} ms one at a time), "
-                  f"{cores:.2f} cores",
+        f"{rate / bare_rate:.0%} of zero-latency; {slow['worker_processes']} worker processes, "
+        f"{cpu_ms['pipeline'] + cpu_ms['workers']:.1f} ms CPU/sale ({sum(alone.values()):.1f} ms one at a time), "
+        f"{cores:.2f} cores",
         "target": ">= 10x 20 sales/s and >= 70% of zero-latency",
         "met": rate >= 10 * OLD_CEILING and rate >= 0.7 * bare_rate,
-        "values": {"sales": SALES, "sales_per_s": rate, "zero_latency_sales_per_s": bare_rate,
-                   "ratio_to_old_ceiling": rate / OLD_CEILING, "ratio_to_zero_latency": rate / bare_rate,
-                   "sales_per_s_each_run": [round(SALES / s) for s, _ in slow_runs],
-                   "zero_latency_sales_per_s_each_run": [round(SALES / s) for s, _ in bare_runs],
-                   "embedding_calls": slow["embedding_calls"], "cpu_ms_per_sale": cpu_ms,
-                   "cpu_ms_one_at_a_time": alone,
-                   "worker_processes": slow["worker_processes"], "pipeline_cores": cores},
-    }  # fmt: skip
+        "values": {
+            "sales": SALES,
+            "sales_per_s": rate,
+            "zero_latency_sales_per_s": bare_rate,
+            "ratio_to_old_ceiling": rate / OLD_CEILING,
+            "ratio_to_zero_latency": rate / bare_rate,
+            "sales_per_s_each_run": [round(SALES / s) for s, _ in slow_runs],
+            "zero_latency_sales_per_s_each_run": [round(SALES / s) for s, _ in bare_runs],
+            "embedding_calls": slow["embedding_calls"],
+            "cpu_ms_per_sale": cpu_ms,
+            "cpu_ms_one_at_a_time": alone,
+            "worker_processes": slow["worker_processes"],
+            "pipeline_cores": cores,
+        },
+    }
 
 
 def unchanged_rematerialisation(trials: int = 3) -> dict:
@@ -240,8 +271,8 @@ def unchanged_rematerialisation(trials: int = 3) -> dict:
     return {
         "name": "re-materialising an unchanged day",
         "figure": f"{ratio:.0%} of the first materialisation (median of {trials}), {again_calls} embedding calls"
-                  + (", no new snapshot" if unchanged else ", the day written again"),
+        + (", no new snapshot" if unchanged else ", the day written again"),
         "target": "<= 25% and 0 embedding calls",
         "met": ratio <= 0.25 and again_calls == 0,
         "values": {"ratio": ratio, "trials": pairs},
-    }  # fmt: skip
+    }

@@ -30,8 +30,21 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 
 
 def _run(tags: dict, env: dict, config: Path) -> None:
-    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "benchmarks.quicksight_defs",
-               "-j", "quicksight_job", "-c", str(config), "--tags", json.dumps(tags)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "execute",
+        "-m",
+        "benchmarks.quicksight_defs",
+        "-j",
+        "quicksight_job",
+        "-c",
+        str(config),
+        "--tags",
+        json.dumps(tags),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"run failed: {result.stderr[-2000:]}")
@@ -83,12 +96,23 @@ def _measure(workdir: Path) -> dict:
         # Steps in the run's own process: the cheapest kind of run, so the ratio is not flattered.
         config = workdir / "run.yaml"
         config.write_text("execution:\n  config:\n    in_process: {}\n")
-        env = {**os.environ, "BENCH_MOTO_URL": moto, "BENCH_LAKE": str(workdir / "lake"),
-               "DAGSTER_HOME": str(workdir / "dagster"), "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+        env = {
+            **os.environ,
+            "BENCH_MOTO_URL": moto,
+            "BENCH_LAKE": str(workdir / "lake"),
+            "DAGSTER_HOME": str(workdir / "dagster"),
+            "PYTHONPATH": str(Path(__file__).parents[1]),
+        }
 
         started = time.perf_counter()
-        _run({"dagster/asset_partition_range_start": DAYS[0].isoformat(),
-              "dagster/asset_partition_range_end": DAYS[-1].isoformat()}, env, config)  # fmt: skip
+        _run(
+            {
+                "dagster/asset_partition_range_start": DAYS[0].isoformat(),
+                "dagster/asset_partition_range_end": DAYS[-1].isoformat(),
+            },
+            env,
+            config,
+        )
         single_s = time.perf_counter() - started
         started = time.perf_counter()
         for day in DAYS:

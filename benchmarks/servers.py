@@ -101,12 +101,14 @@ def s3_app():
             wanted = bucket + query.get("prefix", [""])[0]
             keys = sorted(k for k in objects if k.startswith(wanted))
             contents = "".join(
-                f"<Contents><Key>{escape(k[len(bucket):])}</Key><ETag>{escape(etag(objects[k]))}</ETag>"
+                f"<Contents><Key>{escape(k[len(bucket) :])}</Key><ETag>{escape(etag(objects[k]))}</ETag>"
                 f"<Size>{len(objects[k])}</Size><LastModified>2025-01-15T00:00:00.000Z</LastModified></Contents>"
                 for k in keys
-            )  # fmt: skip
-            body = (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>{escape(bucket.strip("/"))}</Name>'
-                    f"<KeyCount>{len(keys)}</KeyCount><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>")  # fmt: skip
+            )
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>{escape(bucket.strip("/"))}</Name>'
+                f"<KeyCount>{len(keys)}</KeyCount><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
+            )
             return 200, {"Content-Type": "application/xml"}, body.encode()
         if method == "DELETE":
             objects.pop(path, None)
@@ -138,8 +140,12 @@ def s3_app():
         data = objects.get(path)
         if data is None:
             return xml(404, "Error", Code="NoSuchKey", Message="no such key")
-        found = {"ETag": etag(data), "Last-Modified": LAST_MODIFIED,
-                 "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}  # fmt: skip
+        found = {
+            "ETag": etag(data),
+            "Last-Modified": LAST_MODIFIED,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
         wanted = headers.get("range", "")
         if wanted.startswith("bytes="):
             first, _, last = wanted[6:].partition("-")
@@ -219,8 +225,11 @@ def bedrock_app(quota_per_minute: float = 0.0):
 
     def app(method: str, target: str, headers: dict, body: bytes) -> Reply:
         if quota is not None and method == "GET" and target == "/quota":
-            figures = {"admitted": len(quota.admitted), "refused": quota.refused,
-                       "admitted_per_minute": quota.admitted_per_minute()}  # fmt: skip
+            figures = {
+                "admitted": len(quota.admitted),
+                "refused": quota.refused,
+                "admitted_per_minute": quota.admitted_per_minute(),
+            }
             return 200, {"Content-Type": "application/json"}, json.dumps(figures).encode()
         if quota is not None and not quota.admit():
             return (

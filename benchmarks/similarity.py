@@ -70,13 +70,20 @@ def spool_of(vectors: ClusteredVectors, n: int, day: date, directory: Path) -> s
     row = 0
     for chunk in vectors.day(n):
         ids = [f"P-{day:%Y%m%d}-{row + i:06d}" for i in range(len(chunk))]
-        items = pa.record_batch({
-            "product_id": ids, "category": ["Electronics"] * len(ids), "brand": ["Sony"] * len(ids),
-            "condition": ["Good"] * len(ids), "sold_price": np.full(len(ids), 100.0),
-            "sold_date": pa.array([datetime.combine(day, datetime.min.time(), UTC)] * len(ids),
-                                  pa.timestamp("us", "UTC")),
-            "image_sha256": [None] * len(ids),
-        })  # fmt: skip
+        items = pa.record_batch(
+            {
+                "product_id": ids,
+                "category": ["Electronics"] * len(ids),
+                "brand": ["Sony"] * len(ids),
+                "condition": ["Good"] * len(ids),
+                "sold_price": np.full(len(ids), 100.0),
+                "sold_date": pa.array(
+                    [datetime.combine(day, datetime.min.time(), UTC)] * len(ids),
+                    pa.timestamp("us", "UTC"),
+                ),
+                "image_sha256": [None] * len(ids),
+            }
+        )
         spool.add(items, chunk)
         row += len(chunk)
     return spool
@@ -103,14 +110,22 @@ def add_day(lake: Path, n: int) -> dict:
         manifest = commit_day(store, TENANT, DIMENSION, day, spool, Path(work))
         seconds = time.perf_counter() - started
     peak = own_peak_rss()
-    return {"seconds": round(seconds, 1), "peak_rss": peak, "index_vectors": manifest.count,
-            "segments": len(manifest.segments)}  # fmt: skip
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss": peak,
+        "index_vectors": manifest.count,
+        "segments": len(manifest.segments),
+    }
 
 
 def in_child(*args: str) -> dict:
     """This module's `args` in a process of its own: what it measures is its own memory alone."""
-    output = subprocess.run([sys.executable, "-m", "benchmarks.similarity", *args],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.similarity", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -148,8 +163,10 @@ def similarity_index_at_1m() -> dict:
     manifest.segments = [
         s for s in manifest.segments if max(s.days) < (FIRST_DAY + timedelta(days=DAYS)).isoformat()
     ]
-    paths = {s.name: tuple(lake / LOCAL_BUCKET / key for key in sim.segment_keys(TENANT, s.name))
-             for s in manifest.segments}  # fmt: skip
+    paths = {
+        s.name: tuple(lake / LOCAL_BUCKET / key for key in sim.segment_keys(TENANT, s.name))
+        for s in manifest.segments
+    }
     index = sim.TenantIndex(manifest, paths)
     vectors = ClusteredVectors()
     queries = vectors.draw(999_999, QUERIES)  # new items of the same clusters
@@ -177,8 +194,18 @@ def similarity_index_at_1m() -> dict:
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
     }
     environment["SMARTGO_HOME"] = str(home)
-    command = [sys.executable, "-m", "smartgo_analytics.cli", "comparables", "--product-id", asked,
-               "--tenant", TENANT, "--k", "10"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "smartgo_analytics.cli",
+        "comparables",
+        "--product-id",
+        asked,
+        "--tenant",
+        TENANT,
+        "--k",
+        "10",
+    ]
     runs = []
     for _ in range(5):
         started = time.perf_counter()
@@ -193,25 +220,40 @@ def similarity_index_at_1m() -> dict:
     # a segment), and the update of one more day when the index already holds a million.
     worst_peak = max(d["peak_rss"] for d in [*days, *extra])
     extra_peak = max(d["peak_rss"] for d in extra)
-    met = (recall >= 0.95 and p95 <= 5 and command_s <= 2 and max(build) <= 60
-           and worst_peak <= MEMORY_LIMIT and page["p95_ms"] <= 300)  # fmt: skip
+    met = (
+        recall >= 0.95
+        and p95 <= 5
+        and command_s <= 2
+        and max(build) <= 60
+        and worst_peak <= MEMORY_LIMIT
+        and page["p95_ms"] <= 300
+    )
     cold_p95 = float(np.percentile(cold, 95)) * 1000
     return {
         "name": "similarity index, 1,000,000 clustered 1024-d vectors",
         "figure": f"recall@10 {recall:.3f}, query p95 {p95:.2f} ms ({cold_p95:.2f} ms for the first {QUERIES}), "
-                  f"`comparables` {command_s:.2f} s; the page p95 {page['p95_ms']:.0f} ms "
-                  f"(first answer {page['first_answer_s']:.2f} s after its start); "
-                  f"a 100,000-vector day built in {max(build):.0f} s at most ({sum(build):.0f} s in all), "
-                  f"{size / (total / 100_000) / 1024**2:.0f} MiB per 100,000; a day's update "
-                  f"{worst_peak / 1024**2:.0f} MiB at most ({extra_peak / 1024**2:.0f} MiB at 1M)",
+        f"`comparables` {command_s:.2f} s; the page p95 {page['p95_ms']:.0f} ms "
+        f"(first answer {page['first_answer_s']:.2f} s after its start); "
+        f"a 100,000-vector day built in {max(build):.0f} s at most ({sum(build):.0f} s in all), "
+        f"{size / (total / 100_000) / 1024**2:.0f} MiB per 100,000; a day's update "
+        f"{worst_peak / 1024**2:.0f} MiB at most ({extra_peak / 1024**2:.0f} MiB at 1M)",
         "target": "recall >= 0.95, p95 <= 5 ms, command <= 2 s, page p95 <= 300 ms, build <= 60 s a day, update <= 1 GiB",
         "met": met,
-        "values": {"recall_at_10": recall, "query_p95_ms": p95, "query_p50_ms": float(np.percentile(latencies, 50)) * 1000, "first_queries_p95_ms": cold_p95,
-                   "command_seconds": runs, "page": page, "day_build_seconds": build, "index_bytes": size,
-                   "segments": days[-1]["segments"], "day_update_peak_rss": [d["peak_rss"] for d in days],
-                   "update_at_1m_peak_rss": [d["peak_rss"] for d in extra],
-                   "update_at_1m_seconds": [d["seconds"] for d in extra]},
-    }  # fmt: skip
+        "values": {
+            "recall_at_10": recall,
+            "query_p95_ms": p95,
+            "query_p50_ms": float(np.percentile(latencies, 50)) * 1000,
+            "first_queries_p95_ms": cold_p95,
+            "command_seconds": runs,
+            "page": page,
+            "day_build_seconds": build,
+            "index_bytes": size,
+            "segments": days[-1]["segments"],
+            "day_update_peak_rss": [d["peak_rss"] for d in days],
+            "update_at_1m_peak_rss": [d["peak_rss"] for d in extra],
+            "update_at_1m_seconds": [d["seconds"] for d in extra],
+        },
+    }
 
 
 # (a) Comparables as price guidance on a held-out demo day.
@@ -237,8 +279,12 @@ def comparables_price_error() -> dict:
         name = url.rsplit("/", 1)[1].removesuffix(".jpg")
         if name not in pictures:
             slug, variant = name.rsplit("-", 1)
-            category, brand = next((c, b) for c, (_, brands) in demo_data.CATEGORIES.items()
-                                   for b in brands if demo_data.image_path(c, b, 0).endswith(f"/{slug}-0.jpg"))  # fmt: skip
+            category, brand = next(
+                (c, b)
+                for c, (_, brands) in demo_data.CATEGORIES.items()
+                for b in brands
+                if demo_data.image_path(c, b, 0).endswith(f"/{slug}-0.jpg")
+            )
             pictures[name] = prepare_for_titan(
                 demo_data.draw_product_image(category, brand, int(variant))
             ).data
@@ -246,9 +292,14 @@ def comparables_price_error() -> dict:
         return pictures[name], vectors[name]
 
     def sales_of(day: date):
-        return [s for s in demo_data.products_for_day(day, "http://cdn", SALES_PER_DAY)
-                if s.status == "SOLD" and s.sold_price is not None and "/products/" in s.image_url
-                and "missing" not in s.image_url]  # fmt: skip
+        return [
+            s
+            for s in demo_data.products_for_day(day, "http://cdn", SALES_PER_DAY)
+            if s.status == "SOLD"
+            and s.sold_price is not None
+            and "/products/" in s.image_url
+            and "missing" not in s.image_url
+        ]
 
     history = []
     with tempfile.TemporaryDirectory() as work:
@@ -259,16 +310,38 @@ def comparables_price_error() -> dict:
             for tenant in sorted({s.tenant_id for s in sales}):
                 spool = sim.DaySpool(Path(work), tenant, DIMENSION)
                 mine = [s for s in sales if s.tenant_id == tenant]
-                items = pa.Table.from_pylist([
-                    {"product_id": s.id, "category": s.category, "brand": s.brand, "condition": s.condition,
-                     "sold_price": float(s.sold_price), "sold_date": s.sold_date, "image_sha256": s.image_url}
-                    for s in mine], schema=sim.ITEM_SCHEMA.remove(0))  # fmt: skip
+                items = pa.Table.from_pylist(
+                    [
+                        {
+                            "product_id": s.id,
+                            "category": s.category,
+                            "brand": s.brand,
+                            "condition": s.condition,
+                            "sold_price": float(s.sold_price),
+                            "sold_date": s.sold_date,
+                            "image_sha256": s.image_url,
+                        }
+                        for s in mine
+                    ],
+                    schema=sim.ITEM_SCHEMA.remove(0),
+                )
                 spool.add(items.to_batches()[0], np.stack([picture(s.image_url)[1] for s in mine]))
                 commit_day(store, tenant, DIMENSION, day, spool, Path(work))
     last = HELD_OUT - timedelta(days=1)
-    sold = pa.Table.from_pylist([{"tenant_id": s.tenant_id, "category": s.category, "brand": s.brand,
-                                  "condition": s.condition, "sold_price": float(s.sold_price), "sold_date": s.sold_date}
-                                 for s in history], schema=bands_core.SALES_SCHEMA)  # fmt: skip
+    sold = pa.Table.from_pylist(
+        [
+            {
+                "tenant_id": s.tenant_id,
+                "category": s.category,
+                "brand": s.brand,
+                "condition": s.condition,
+                "sold_price": float(s.sold_price),
+                "sold_date": s.sold_date,
+            }
+            for s in history
+        ],
+        schema=bands_core.SALES_SCHEMA,
+    )
     bands = bands_core.price_bands(sold, last).to_pylist()
     median_of = {
         (b["level"], b["tenant_id"], b["category"], b["brand"], b["condition"]): b["median"]
@@ -278,13 +351,28 @@ def comparables_price_error() -> dict:
     resources = {"object_store": store, "image_embedder": embedder}
     for sale in sales_of(HELD_OUT):
         actual = float(sale.sold_price)
-        found = comparables(image=picture(sale.image_url)[0], tenant=sale.tenant_id,
-                            condition=sale.condition, k=10, resources=resources)  # fmt: skip
+        found = comparables(
+            image=picture(sale.image_url)[0],
+            tenant=sale.tenant_id,
+            condition=sale.condition,
+            k=10,
+            resources=resources,
+        )
         guesses = {
             "comparables": found.suggested.median,
-            "category_condition": median_of.get(("category_condition", sale.tenant_id, sale.category, None, sale.condition)),
-            "category_brand_condition": median_of.get(("category_brand_condition", sale.tenant_id, sale.category, sale.brand, sale.condition)),
-        }  # fmt: skip
+            "category_condition": median_of.get(
+                ("category_condition", sale.tenant_id, sale.category, None, sale.condition)
+            ),
+            "category_brand_condition": median_of.get(
+                (
+                    "category_brand_condition",
+                    sale.tenant_id,
+                    sale.category,
+                    sale.brand,
+                    sale.condition,
+                )
+            ),
+        }
         if None in guesses.values():
             continue  # a kind not sold in the 90 days: no baseline to compare with
         for name, guess in guesses.items():
@@ -294,12 +382,12 @@ def comparables_price_error() -> dict:
     return {
         "name": "comparables' suggested price on a held-out demo day",
         "figure": f"median absolute % error {mape['comparables']:.1%} (comparables) vs "
-                  f"{mape['category_condition']:.1%} (tenant x category x condition median) and "
-                  f"{mape['category_brand_condition']:.1%} (x brand), {len(errors['comparables'])} sales",
+        f"{mape['category_condition']:.1%} (tenant x category x condition median) and "
+        f"{mape['category_brand_condition']:.1%} (x brand), {len(errors['comparables'])} sales",
         "target": "comparables below both baselines",
         "met": met,
         "values": {"mape": mape, "sales": len(errors["comparables"]), "history_days": HISTORY_DAYS},
-    }  # fmt: skip
+    }
 
 
 if __name__ == "__main__":

@@ -12,8 +12,16 @@ from pathlib import Path
 from smartgo_analytics_tests.servers import dagster_dev, graphql
 
 DAY = "2025-01-15"
-ASSETS = [["smartgo_sales"], ["product_image_embeddings"], ["smartgo_sales_iceberg"], ["dynamodb_daily_metrics"],
-          *(["quicksight", d] for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations"))]  # fmt: skip
+ASSETS = [
+    ["smartgo_sales"],
+    ["product_image_embeddings"],
+    ["smartgo_sales_iceberg"],
+    ["dynamodb_daily_metrics"],
+    *(
+        ["quicksight", d]
+        for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
+    ),
+]
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
@@ -70,6 +78,11 @@ def ui_day_run() -> dict:
         f"the first run was created {waited_s:.1f} s after the backfill",
         "target": "<= 2x the step work",
         "met": ratio <= 2,
-        "values": {"run_s": run_s, "step_work_s": step_s, "ratio": ratio, "backfill_to_first_run_s": waited_s,
-                   "runs": len(runs)},
-    }  # fmt: skip
+        "values": {
+            "run_s": run_s,
+            "step_work_s": step_s,
+            "ratio": ratio,
+            "backfill_to_first_run_s": waited_s,
+            "runs": len(runs),
+        },
+    }

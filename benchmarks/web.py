@@ -33,8 +33,12 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
     extra = {"tenant": tenant} if tenant else {}
     draw = random.Random(5)
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "smartgo_analytics.cli", "web", "--port", str(port)],
-                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "smartgo_analytics.cli", "web", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         with httpx.Client(timeout=30) as client:
             while True:
@@ -63,8 +67,11 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
     finally:
         server.terminate()
         server.wait(30)
-    return {"first_answer_s": first_s, "p50_ms": float(np.percentile(latencies, 50)) * 1000,
-            "p95_ms": float(np.percentile(latencies, 95)) * 1000}  # fmt: skip
+    return {
+        "first_answer_s": first_s,
+        "p50_ms": float(np.percentile(latencies, 50)) * 1000,
+        "p95_ms": float(np.percentile(latencies, 95)) * 1000,
+    }
 
 
 def comparables_page() -> dict:
@@ -73,13 +80,28 @@ def comparables_page() -> dict:
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
     }
     environment["SMARTGO_HOME"] = str(home)
-    subprocess.run([sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "2"],
-                   env=environment, capture_output=True, check=True, timeout=900)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "2"],
+        env=environment,
+        capture_output=True,
+        check=True,
+        timeout=900,
+    )
     listed = subprocess.run(
-        [sys.executable, "-m", "smartgo_analytics.cli", "sql", "--format", "csv",
-         "SELECT product_id FROM smartgo_sales WHERE embedding_vector IS NOT NULL ORDER BY 1"],
-        env=environment, capture_output=True, text=True, check=True,
-    ).stdout.split()[1:]  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "smartgo_analytics.cli",
+            "sql",
+            "--format",
+            "csv",
+            "SELECT product_id FROM smartgo_sales WHERE embedding_vector IS NOT NULL ORDER BY 1",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[1:]
     timings = page_timings(home, listed)
     met = timings["p95_ms"] <= 300 and timings["first_answer_s"] <= 2
     return {

@@ -58,9 +58,12 @@ def price_bands_result(problems: list[str], bands: int) -> AssetCheckResult:
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
         description=f"{len(problems)} of {bands} bands break their rules",
-        metadata={"bands": bands, "broken": len(problems),
-                  "examples": MetadataValue.md("\n".join(f"- {p}" for p in problems[:5]) or "none")},
-    )  # fmt: skip
+        metadata={
+            "bands": bands,
+            "broken": len(problems),
+            "examples": MetadataValue.md("\n".join(f"- {p}" for p in problems[:5]) or "none"),
+        },
+    )
 
 
 index_matches_table = AssetCheckSpec(
@@ -83,11 +86,17 @@ def index_result(differences: list[str], day_vectors: int, tenants: int) -> Asse
         asset_key=index_matches_table.asset_key,
         passed=not differences,
         severity=AssetCheckSeverity.ERROR,
-        description=f"{len(differences)} tenant(s) differ from the table on the day" if differences
+        description=f"{len(differences)} tenant(s) differ from the table on the day"
+        if differences
         else f"the day's {day_vectors} vectors of {tenants} tenant(s) match the table",
-        metadata={"day_vectors": day_vectors, "tenants_differing": len(differences),
-                  "differences": MetadataValue.md("\n".join(f"- {d}" for d in differences[:10]) or "none")},
-    )  # fmt: skip
+        metadata={
+            "day_vectors": day_vectors,
+            "tenants_differing": len(differences),
+            "differences": MetadataValue.md(
+                "\n".join(f"- {d}" for d in differences[:10]) or "none"
+            ),
+        },
+    )
 
 
 def quality_result(problems: list[str], figures: dict, thresholds) -> AssetCheckResult:
@@ -97,11 +106,13 @@ def quality_result(problems: list[str], figures: dict, thresholds) -> AssetCheck
         passed=not problems,
         severity=AssetCheckSeverity.WARN,
         description="; ".join(problems) or "within thresholds",
-        metadata={**figures,
-                  "min_neighbour_agreement": thresholds.min_neighbour_agreement,
-                  "max_drift": thresholds.max_drift,
-                  "max_duplicate_share": thresholds.max_duplicate_share},
-    )  # fmt: skip
+        metadata={
+            **figures,
+            "min_neighbour_agreement": thresholds.min_neighbour_agreement,
+            "max_drift": thresholds.max_drift,
+            "max_duplicate_share": thresholds.max_duplicate_share,
+        },
+    )
 
 
 def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> AssetCheckResult:
@@ -126,9 +137,14 @@ def error_ratio_result(
         passed=ratio <= budget,
         severity=AssetCheckSeverity.ERROR,
         description=f"{errors} of {total} sales have no vector ({ratio:.1%}, budget {budget:.1%})",
-        metadata={"errors": errors, "sales": total, "error_ratio": ratio, "budget": budget,
-                  "reasons": reason_list(reasons)},
-    )  # fmt: skip
+        metadata={
+            "errors": errors,
+            "sales": total,
+            "error_ratio": ratio,
+            "budget": budget,
+            "reasons": reason_list(reasons),
+        },
+    )
 
 
 def vector_length_result(lengths: Counter[int], expected: int) -> AssetCheckResult:

@@ -124,8 +124,10 @@ class IndexFiles:
             manifest.require_current()
         except sim.StaleIndexError as error:
             raise ComparablesError(str(error)) from None
-        paths = {s.name: tuple(self.path(key) for key in sim.segment_keys(manifest.tenant, s.name))
-                 for s in manifest.segments}  # fmt: skip
+        paths = {
+            s.name: tuple(self.path(key) for key in sim.segment_keys(manifest.tenant, s.name))
+            for s in manifest.segments
+        }
         self._opened.append(sim.TenantIndex(manifest, paths))
         return self._opened[-1]
 
@@ -345,9 +347,11 @@ def _check_arguments(product_id, tenant, category, condition) -> None:
         raise ComparablesError(f"unknown product {_shown(product_id)} (ids are {IDENTIFIER_RULE})")
     for name, value in (("category", category), ("condition", condition)):
         if value is not None and (
-            not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL
+            not isinstance(value, str)
+            or not value.strip()
+            or len(value) > MAX_LABEL
             or any(ord(c) < 32 or ord(c) == 127 for c in value)
-        ):  # fmt: skip
+        ):
             raise ComparablesError(f"{_shown(value)} is not a {name} (1 to {MAX_LABEL} characters)")
 
 
@@ -431,8 +435,13 @@ def _nearest(index: sim.TenantIndex, vector, key, product_id, kind: dict, k) -> 
         keys, similarities = keys[0], similarities[0]
         items = index.items(keys[keys != 0]).to_pylist()
         similarity = dict(zip(keys.tolist(), similarities.tolist(), strict=True))
-        chosen = [item for item in items if item["key"] != key and item["product_id"] != product_id
-                  and all(item[name] == value for name, value in kind.items())][:k]  # fmt: skip
+        chosen = [
+            item
+            for item in items
+            if item["key"] != key
+            and item["product_id"] != product_id
+            and all(item[name] == value for name, value in kind.items())
+        ][:k]
         if len(chosen) >= k or searched >= len(index) or wanted >= MOST_SEARCHED:
             break
         wanted *= 4
@@ -441,6 +450,13 @@ def _nearest(index: sim.TenantIndex, vector, key, product_id, kind: dict, k) -> 
 
 def _comparable(item: dict, similarity: float) -> Comparable:
     sold: datetime = item["sold_date"]
-    return Comparable(item["product_id"], item["category"], item["brand"], item["condition"],
-                      float(item["sold_price"]), sold.date().isoformat(), round(similarity, 4),
-                      item.get("image_sha256"))  # fmt: skip
+    return Comparable(
+        item["product_id"],
+        item["category"],
+        item["brand"],
+        item["condition"],
+        float(item["sold_price"]),
+        sold.date().isoformat(),
+        round(similarity, 4),
+        item.get("image_sha256"),
+    )

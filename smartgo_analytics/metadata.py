@@ -35,9 +35,12 @@ def location(uri: str) -> MetadataValue:
 
 
 def table_metadata(
-    table_name: str, uri: str | None, columns: Iterable[TableColumn], partition_rows: int,
+    table_name: str,
+    uri: str | None,
+    columns: Iterable[TableColumn],
+    partition_rows: int,
     rows: int | None = None,
-) -> dict[str, object]:  # fmt: skip
+) -> dict[str, object]:
     """Dagster's standard keys for a table's materialisation: its columns, rows (of the day, and
     of the whole table when known), name and location (None: nothing written); the asset pages
     and the catalog show them."""
@@ -62,7 +65,7 @@ def iceberg_columns(schema, descriptions: Mapping[str, str]) -> list[TableColumn
             type=str(field.field_type),
             description=field.doc or descriptions.get(field.name),
             constraints=TableColumnConstraints(nullable=not field.required),
-        )  # fmt: skip
+        )
         for field in schema.fields
     ]
 

@@ -64,8 +64,18 @@ def s3_bucket(stack, request):
 
 
 def insert_products(postgres_uri: str, rows: list[dict]) -> None:
-    columns = ("id", "tenant_id", "category", "brand", "condition", "sold_price", "sold_date",
-               "image_url", "description", "status")  # fmt: skip
+    columns = (
+        "id",
+        "tenant_id",
+        "category",
+        "brand",
+        "condition",
+        "sold_price",
+        "sold_date",
+        "image_url",
+        "description",
+        "status",
+    )
     with psycopg.connect(postgres_uri) as conn:
         for row in rows:
             values = {c: row.get(c) for c in columns}
@@ -80,9 +90,16 @@ def insert_products(postgres_uri: str, rows: list[dict]) -> None:
 def sale(product_id: str, day: str, image_url: str, **overrides) -> dict:
     start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     row = {
-        "id": product_id, "tenant_id": "carousel-labs", "category": "Electronics", "brand": "Sony",
-        "condition": "Good", "sold_price": "120.50", "sold_date": start + timedelta(hours=10),
-        "image_url": image_url, "description": "Très bon état", "status": "SOLD",
-    }  # fmt: skip
+        "id": product_id,
+        "tenant_id": "carousel-labs",
+        "category": "Electronics",
+        "brand": "Sony",
+        "condition": "Good",
+        "sold_price": "120.50",
+        "sold_date": start + timedelta(hours=10),
+        "image_url": image_url,
+        "description": "Très bon état",
+        "status": "SOLD",
+    }
     row.update(overrides)
     return row

@@ -104,8 +104,12 @@ class FaultWindow:
     def open(self, kind: str, seconds: float, share: float = 1.0, after: int = 0) -> None:
         with self.lock:
             self.kind, self.seconds, self.share, self.faulted, self.after = (
-                kind, seconds, share, 0, after,
-            )  # fmt: skip
+                kind,
+                seconds,
+                share,
+                0,
+                after,
+            )
             self.until = time.monotonic() + seconds if after == 0 else float("inf")
 
     def close(self) -> None:
@@ -202,9 +206,25 @@ def hostile_answer(kind: str, dimension: int) -> bytes:
     raise ValueError(kind)
 
 
-HOSTILE_ANSWERS = ("not-json", "no-field", "not-a-list", "short", "strings", "booleans", "nan",
-                   "infinity", "beyond-float32", "zeros", "array", "hang", "reset", "deep",
-                   "huge-integers", "cut-short", "huge-body")  # fmt: skip
+HOSTILE_ANSWERS = (
+    "not-json",
+    "no-field",
+    "not-a-list",
+    "short",
+    "strings",
+    "booleans",
+    "nan",
+    "infinity",
+    "beyond-float32",
+    "zeros",
+    "array",
+    "hang",
+    "reset",
+    "deep",
+    "huge-integers",
+    "cut-short",
+    "huge-body",
+)
 
 
 def image_tokens(image: bytes) -> int:
@@ -261,8 +281,11 @@ def bedrock_server(state: BedrockState) -> _Server:
             if fault == "reset":
                 return reset_connection(self)
             if fault:
-                return self._error(int(fault), "ServiceUnavailableException" if fault == "503"
-                                   else "InternalServerException", "try again later")  # fmt: skip
+                return self._error(
+                    int(fault),
+                    "ServiceUnavailableException" if fault == "503" else "InternalServerException",
+                    "try again later",
+                )
             image = base64.b64decode(request["inputImage"])
             charge = image_tokens(image)
             if state.quota is not None and not state.quota.admit(charge):
@@ -531,8 +554,20 @@ def dagster_dev_command(dagster_home, env: dict[str, str]):
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_", "AWS_"))
     }
     environment.update(env, DAGSTER_HOME=str(dagster_home), DAGSTER_WEBSERVER_URL=url)
-    command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port),
-               "--log-level", "warning", "-m", "smartgo_analytics.definitions"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--log-level",
+        "warning",
+        "-m",
+        "smartgo_analytics.definitions",
+    ]
     with _serving(command, environment, dagster_home / "dev.log", url, cwd=dagster_home):
         yield url
 
@@ -544,8 +579,14 @@ def _serving(command: list[str], environment: dict, log_path, url: str, cwd):
     log = log_path.open("w")
     # Its own process group: Ctrl-C reaches the webserver and the daemon too, as from a terminal
     # (to `dagster dev` alone, they outlive it and keep the cores busy).
-    proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=cwd, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -608,8 +649,10 @@ class FaultyAwsProxy:
                         return self._reply(
                             503, [("Content-Type", "application/x-amz-json-1.0")], answer
                         )
-                    answer = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-                              b"<Message>Please reduce your request rate.</Message></Error>")  # fmt: skip
+                    answer = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                        b"<Message>Please reduce your request rate.</Message></Error>"
+                    )
                     return self._reply(503, [("Content-Type", "application/xml")], answer)
                 upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
                 try:
@@ -618,8 +661,11 @@ class FaultyAwsProxy:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     answer = response.read()
-                    kept = [(k, v) for k, v in response.getheaders()
-                            if k.lower() not in hop | {"content-length"}]  # fmt: skip
+                    kept = [
+                        (k, v)
+                        for k, v in response.getheaders()
+                        if k.lower() not in hop | {"content-length"}
+                    ]
                 finally:
                     upstream.close()
                 return self._reply(response.status, kept, answer)

@@ -69,12 +69,17 @@ def spool(directory, day: date, count: int, tag: str, rng) -> sim.DaySpool:
     directory.mkdir(exist_ok=True)
     spool = sim.DaySpool(directory, "t", 16)
     when = datetime.combine(day, datetime.min.time(), UTC)
-    items = pa.record_batch({
-        "product_id": [f"{tag}-{n}" for n in range(count)], "category": ["c"] * count,
-        "brand": [None] * count, "condition": [None] * count, "sold_price": [1.0] * count,
-        "sold_date": pa.array([when] * count, pa.timestamp("us", "UTC")),
-        "image_sha256": [None] * count,
-    })  # fmt: skip
+    items = pa.record_batch(
+        {
+            "product_id": [f"{tag}-{n}" for n in range(count)],
+            "category": ["c"] * count,
+            "brand": [None] * count,
+            "condition": [None] * count,
+            "sold_price": [1.0] * count,
+            "sold_date": pa.array([when] * count, pa.timestamp("us", "UTC")),
+            "image_sha256": [None] * count,
+        }
+    )
     spool.add(items, rng.standard_normal((count, 16)).astype(np.float32))
     return spool
 
@@ -86,8 +91,10 @@ def test_index_updates_of_one_tenant_at_once_all_land_and_leave_no_file_unnamed(
     rng = np.random.default_rng(3)
     days = [date(2025, 3, d) for d in (1, 2, 3, 4, 2)]
     counts = [6, 7, 8, 9, 7]
-    spools = [spool(tmp_path / str(n), day, count, f"{day}", rng)
-              for n, (day, count) in enumerate(zip(days, counts, strict=True))]  # fmt: skip
+    spools = [
+        spool(tmp_path / str(n), day, count, f"{day}", rng)
+        for n, (day, count) in enumerate(zip(days, counts, strict=True))
+    ]
     start = threading.Barrier(len(days))
     errors = []
 
@@ -187,8 +194,10 @@ def test_a_month_file_and_manifest_keep_every_day_when_another_run_exports_betwe
 
 # Runs truly at once: `dagster asset materialize` processes started together against one instance
 # (SQLite, with the project's pools), on the session's local stack.
-PRICING = ("smartgo_sales,product_image_embeddings,smartgo_sales_iceberg,price_bands,"
-           "similarity_index,embedding_quality")  # fmt: skip
+PRICING = (
+    "smartgo_sales,product_image_embeddings,smartgo_sales_iceberg,price_bands,"
+    "similarity_index,embedding_quality"
+)
 QUICKSIGHT = "dynamodb_daily_metrics," + ",".join(
     f"quicksight/{d}"
     for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
@@ -237,13 +246,30 @@ def start_together(stack, instance_home, runs: list[tuple[str, str]]) -> list[in
     env.update(stack_environment(stack), DAGSTER_HOME=str(instance_home))
     processes = []
     for n, (selection, partition) in enumerate(runs):
-        which = (["--partition-range", partition] if "..." in partition
-                 else ["--partition", partition])  # fmt: skip
+        which = (
+            ["--partition-range", partition] if "..." in partition else ["--partition", partition]
+        )
         log = (instance_home / f"run-{n}.log").open("w")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-             "smartgo_analytics.definitions", "--select", selection, *which],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=instance_home))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "smartgo_analytics.definitions",
+                    "--select",
+                    selection,
+                    *which,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=instance_home,
+            )
+        )
     return [process.wait(timeout=600) for process in processes]
 
 
@@ -271,16 +297,19 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
 
     demo_data.seed(stack, [date.fromisoformat(d) for d in [*DAYS, BROKEN]], 60)
     with psycopg.connect(stack.postgres_uri) as conn:
-        conn.execute("UPDATE smartgo.products SET image_url = image_url || '.gone' "
-                     "WHERE id LIKE 'SG-20240705-%%' AND id < 'SG-20240705-00015'")  # fmt: skip
+        conn.execute(
+            "UPDATE smartgo.products SET image_url = image_url || '.gone' "
+            "WHERE id LIKE 'SG-20240705-%%' AND id < 'SG-20240705-00015'"
+        )
 
     receiver = WebhookReceiver()
     alerter = Alerter(destinations=["slack"], slack_webhook_url=receiver.url)
 
     def tick(sensor, cursor):
         with DagsterInstance.from_config(str(instance_home)) as instance:
-            context = build_sensor_context(instance=instance, definitions=defs,
-                                           resources={"alerter": alerter}, cursor=cursor)  # fmt: skip
+            context = build_sensor_context(
+                instance=instance, definitions=defs, resources={"alerter": alerter}, cursor=cursor
+            )
             return sensor.evaluate_tick(context).cursor
 
     cursors = {
@@ -291,8 +320,12 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
         """What `stale_days_refresh` does on a tick: the price-band days to make again, made."""
         with DagsterInstance.from_config(str(instance_home)) as instance:
             result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-        stale = sorted(key for r in result.results if r.key == AssetKey("price_bands")
-                       for key in r.true_subset.expensively_compute_partition_keys())  # fmt: skip
+        stale = sorted(
+            key
+            for r in result.results
+            if r.key == AssetKey("price_bands")
+            for key in r.true_subset.expensively_compute_partition_keys()
+        )
         assert start_together(stack, instance_home, [("price_bands", d) for d in stale]) == [
             0
         ] * len(stale)
@@ -301,11 +334,20 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
     automation, _ = refresh_stale_bands(None)
     # Three days of the index and one of them twice, the broken day, two overlapping QuickSight
     # ranges and a QuickSight day inside them; then an earlier day, out of order.
-    codes = start_together(stack, instance_home, [
-        (PRICING, DAYS[1]), (PRICING, DAYS[2]), (PRICING, DAYS[3]), (PRICING, DAYS[2]),
-        (PRICING, BROKEN), (QUICKSIGHT, f"{DAYS[0]}...{DAYS[2]}"),
-        (QUICKSIGHT, f"{DAYS[1]}...{DAYS[3]}"), (QUICKSIGHT, DAYS[3]),
-    ])  # fmt: skip
+    codes = start_together(
+        stack,
+        instance_home,
+        [
+            (PRICING, DAYS[1]),
+            (PRICING, DAYS[2]),
+            (PRICING, DAYS[3]),
+            (PRICING, DAYS[2]),
+            (PRICING, BROKEN),
+            (QUICKSIGHT, f"{DAYS[0]}...{DAYS[2]}"),
+            (QUICKSIGHT, f"{DAYS[1]}...{DAYS[3]}"),
+            (QUICKSIGHT, DAYS[3]),
+        ],
+    )
     assert codes[:4] == [0, 0, 0, 0] and codes[4] != 0 and codes[5:] == [0, 0, 0], codes
     automation, _ = refresh_stale_bands(automation)  # days whose window another run changed
     assert start_together(stack, instance_home, [(PRICING, DAYS[0])]) == [0]
@@ -319,14 +361,18 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
         # Every check result is its day's, none left planned; no ERROR check failed on a good day.
         for asset, name in PRICING_CHECKS:
             records = instance.event_log_storage.get_asset_check_execution_history(
-                AssetCheckKey(AssetKey(asset), name), limit=100)  # fmt: skip
+                AssetCheckKey(AssetKey(asset), name), limit=100
+            )
             assert records and all(r.partition for r in records), (asset, name)
             # (The broken day's later steps did not run: Dagster shows their checks as skipped.)
             assert not [
                 r for r in records if r.partition in DAYS and r.status.value == "PLANNED"
             ], name
-            evaluations = [r.event.dagster_event.event_specific_data for r in records
-                           if r.event and r.status.value != "PLANNED"]  # fmt: skip
+            evaluations = [
+                r.event.dagster_event.event_specific_data
+                for r in records
+                if r.event and r.status.value != "PLANNED"
+            ]
             if name not in ("no_quarantined_rows", "embeddings_look_right"):
                 good = [e for e in evaluations if e.partition in DAYS]
                 assert good and all(e.passed for e in good), (name, [e.description for e in good])
@@ -335,8 +381,12 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
     for _ in range(6):
         cursors = {sensor: tick(sensor, cursor) for sensor, cursor in cursors.items()}
     receiver.server.shutdown()
-    partitions = [line for text in receiver.texts() for line in text.splitlines()
-                  if line.startswith("partition:")]  # fmt: skip
+    partitions = [
+        line
+        for text in receiver.texts()
+        for line in text.splitlines()
+        if line.startswith("partition:")
+    ]
     assert partitions == [f"partition: {BROKEN}"], receiver.texts()
 
     # The index holds each tenant-day's rows with a vector, once, and names every file it keeps.
@@ -368,8 +418,11 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
 
     # Each QuickSight month file holds its four days in order, whichever run wrote it last.
     for dataset in ("store_summaries", "top_products", "anomalies", "trends", "recommendations"):
-        days = b"".join(store.get_bytes(quicksight_export_key("quicksight/", dataset, d))
-                        for d in DAYS if store.list_keys(quicksight_export_key("quicksight/", dataset, d)))  # fmt: skip
+        days = b"".join(
+            store.get_bytes(quicksight_export_key("quicksight/", dataset, d))
+            for d in DAYS
+            if store.list_keys(quicksight_export_key("quicksight/", dataset, d))
+        )
         assert store.get_bytes(quicksight_month_key("quicksight/", dataset, "2024-07")) == days, (
             dataset
         )

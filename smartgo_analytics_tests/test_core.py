@@ -44,9 +44,17 @@ from smartgo_analytics_tests.servers import bomb_png, png
 
 
 def good_row(**changes):
-    row = {"id": "P1", "tenant_id": "carousel-labs", "category": "Books", "brand": "Penguin", "condition": "Good",
-           "sold_price": Decimal("12.50"), "sold_date": datetime(2025, 1, 15, 10, tzinfo=UTC),
-           "image_url": "https://cdn.example.com/p1.jpg", "description": "Café ✓"}  # fmt: skip
+    row = {
+        "id": "P1",
+        "tenant_id": "carousel-labs",
+        "category": "Books",
+        "brand": "Penguin",
+        "condition": "Good",
+        "sold_price": Decimal("12.50"),
+        "sold_date": datetime(2025, 1, 15, 10, tzinfo=UTC),
+        "image_url": "https://cdn.example.com/p1.jpg",
+        "description": "Café ✓",
+    }
     row.update(changes)
     return row
 
@@ -87,10 +95,19 @@ def test_unusable_source_rows_are_rejected_with_a_reason(changes, reason):
 @pytest.mark.parametrize(
     ("raw", "price"),
     [
-        (Decimal("12.50"), 12.5), (12, 12.0), (12.5, 12.5), ("12.50", 12.5), (" 12.50 ", 12.5),
-        ("12", 12.0), ("12.", 12.0), (".5", 0.5), ("+3.25", 3.25), ("0", 0.0), (Decimal("1000000"), 1e6),
+        (Decimal("12.50"), 12.5),
+        (12, 12.0),
+        (12.5, 12.5),
+        ("12.50", 12.5),
+        (" 12.50 ", 12.5),
+        ("12", 12.0),
+        ("12.", 12.0),
+        (".5", 0.5),
+        ("+3.25", 3.25),
+        ("0", 0.0),
+        (Decimal("1000000"), 1e6),
     ],
-)  # fmt: skip
+)
 def test_prices_accepted_are_plain_decimals_and_database_numbers(raw, price):
     assert validate_sale(good_row(sold_price=raw))["sold_price"] == price
 
@@ -98,14 +115,27 @@ def test_prices_accepted_are_plain_decimals_and_database_numbers(raw, price):
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        ("1_000", "unparseable"), ("1,000.00", "unparseable"), ("1e3", "unparseable"),
-        ("$12", "unparseable"), ("0x1F", "unparseable"), ("Infinity", "unparseable"),
-        ("nan", "unparseable"), ("١٢", "unparseable"), ("12.5.1", "unparseable"), ("", "unparseable"),
-        ("- 5", "unparseable"), (float("inf"), "non-finite"), (float("nan"), "non-finite"),
-        (Decimal("sNaN"), "non-finite"), (True, "unparseable"), ([12], "unparseable"),
-        ("-0.01", "negative"), ("1000000.01", "implausible"), (Decimal("1E+30"), "implausible"),
+        ("1_000", "unparseable"),
+        ("1,000.00", "unparseable"),
+        ("1e3", "unparseable"),
+        ("$12", "unparseable"),
+        ("0x1F", "unparseable"),
+        ("Infinity", "unparseable"),
+        ("nan", "unparseable"),
+        ("١٢", "unparseable"),
+        ("12.5.1", "unparseable"),
+        ("", "unparseable"),
+        ("- 5", "unparseable"),
+        (float("inf"), "non-finite"),
+        (float("nan"), "non-finite"),
+        (Decimal("sNaN"), "non-finite"),
+        (True, "unparseable"),
+        ([12], "unparseable"),
+        ("-0.01", "negative"),
+        ("1000000.01", "implausible"),
+        (Decimal("1E+30"), "implausible"),
     ],
-)  # fmt: skip
+)
 def test_anything_else_a_price_could_be_spelled_as_is_quarantined(raw, reason):
     outcome = validate_sale(good_row(sold_price=raw))
     assert isinstance(outcome, Rejected) and reason in outcome.reason
@@ -135,9 +165,17 @@ def test_a_product_sold_twice_in_a_day_keeps_its_latest_sale_and_quarantines_the
         row("C", 8, 6.0),
     ]
     kept, rejected = keep_latest_sale(pa.Table.from_pylist(rows, schema=VALID_SALES_SCHEMA))
-    assert sorted(zip(kept.column("product_id").to_pylist(), kept.column("sold_price").to_pylist(), strict=True)) == [
-        ("A", 3.0), ("B", 2.0), ("C", 6.0)  # C: a tie, the row read last
-    ]  # fmt: skip
+    assert sorted(
+        zip(
+            kept.column("product_id").to_pylist(),
+            kept.column("sold_price").to_pylist(),
+            strict=True,
+        )
+    ) == [
+        ("A", 3.0),
+        ("B", 2.0),
+        ("C", 6.0),  # C: a tie, the row read last
+    ]
     assert sorted(r.product_id for r in rejected) == ["A", "A", "C"]
     unique = pa.Table.from_pylist(rows[1:2], schema=VALID_SALES_SCHEMA)
     assert keep_latest_sale(unique) == (unique, [])
@@ -223,10 +261,12 @@ def test_a_value_read_back_with_another_json_type_than_declared_is_a_problem():
     records = [
         {"date": "2025-01-01", "total_revenue": 23187, "transaction_count": 3.0, "store_id": None}
     ]
-    assert type_problems(spec, records) == Counter({
-        "total_revenue: int where number is declared": 1,
-        "transaction_count: float where integer is declared": 1,
-    })  # fmt: skip
+    assert type_problems(spec, records) == Counter(
+        {
+            "total_revenue: int where number is declared": 1,
+            "transaction_count: float where integer is declared": 1,
+        }
+    )
     assert not type_problems(spec, [{"date": "d", "total_revenue": 1.0, "transaction_count": 3}])
 
 
@@ -253,8 +293,14 @@ def test_a_finished_month_is_written_again_only_when_one_of_its_days_was_exporte
 
 
 def test_top_products_keeps_twenty_by_revenue_with_ties_broken_by_id():
-    items = [{"GSI1SK": f"PRODUCT#P{n:02d}", "product_id": f"P{n:02d}", "revenue": 100 if n < 25 else 1000 + n}
-             for n in range(30)]  # fmt: skip
+    items = [
+        {
+            "GSI1SK": f"PRODUCT#P{n:02d}",
+            "product_id": f"P{n:02d}",
+            "revenue": 100 if n < 25 else 1000 + n,
+        }
+        for n in range(30)
+    ]
     build = build_dataset(DATASETS_BY_NAME["top_products"], items, "2025-01-15")
     ids = [r["product_id"] for r in build.records]
     assert ids[:5] == ["P29", "P28", "P27", "P26", "P25"] and ids[5:] == [
@@ -341,13 +387,27 @@ def test_the_local_embedder_is_deterministic_and_puts_similar_pictures_close():
 
 def test_reused_rows_get_the_tables_vector_and_a_vector_gone_since_is_an_error():
     def result(product_id, sha, vector=None, reused=False, error=None):
-        return {"product_id": product_id, "image_s3_key": None, "image_sha256": sha,
-                "embedding_model": "m", "embedding_vector": vector, "embedding_error": error,
-                "embedding_reused": reused, "image_url": None, "image_etag": None}  # fmt: skip
+        return {
+            "product_id": product_id,
+            "image_s3_key": None,
+            "image_sha256": sha,
+            "embedding_model": "m",
+            "embedding_vector": vector,
+            "embedding_error": error,
+            "embedding_reused": reused,
+            "image_url": None,
+            "image_etag": None,
+        }
 
     fresh = np.array([1, 2, 3], dtype=np.float32)
-    batch = embeddings_batch([result("A", "a", fresh), result("B", "b", reused=True),
-                              result("C", "gone", reused=True), result("D", None, error="HTTP 404")])  # fmt: skip
+    batch = embeddings_batch(
+        [
+            result("A", "a", fresh),
+            result("B", "b", reused=True),
+            result("C", "gone", reused=True),
+            result("D", None, error="HTTP 404"),
+        ]
+    )
 
     filled = with_reused_vectors(
         pa.Table.from_batches([batch]), {"b": np.array([4, 5, 6], np.float32)}
@@ -501,10 +561,18 @@ def test_a_urls_later_sales_are_deferred_and_take_the_first_sales_vector_or_erro
     assert repeated == {"x"}
 
     vector = np.ones(3, np.float32)
-    first = {"image_sha256": "s", "embedding_vector": vector, "embedding_reused": False,
-             "embedding_error": None}  # fmt: skip
-    later = {"image_sha256": "s", "embedding_vector": None, "embedding_reused": False,
-             "embedding_error": None}  # fmt: skip
+    first = {
+        "image_sha256": "s",
+        "embedding_vector": vector,
+        "embedding_reused": False,
+        "embedding_error": None,
+    }
+    later = {
+        "image_sha256": "s",
+        "embedding_vector": None,
+        "embedding_reused": False,
+        "embedding_error": None,
+    }
     assert from_first_sale(later, first)["embedding_vector"] is vector
     failed = {**first, "embedding_vector": None, "embedding_error": "embedding failed: x"}
     assert from_first_sale(later, failed)["embedding_error"] == "embedding failed: x"
@@ -538,11 +606,18 @@ def segment_of(days: dict, tmp_path, segment=None, index=None, items=None, old=N
     items = items if items is not None else sim.ITEM_SCHEMA.empty_table()
     for day, vectors in days.items():
         start, _ = sim.day_keys(day)
-        day_items = pa.table({
-            "key": pa.array(np.arange(start, start + len(vectors), dtype=np.uint64)),
-            **{name: [f"{day}-{row}" if name == "product_id" else None for row in range(len(vectors))]
-               for name in sim.ITEM_COLUMNS},
-        }).cast(sim.ITEM_SCHEMA)  # fmt: skip
+        day_items = pa.table(
+            {
+                "key": pa.array(np.arange(start, start + len(vectors), dtype=np.uint64)),
+                **{
+                    name: [
+                        f"{day}-{row}" if name == "product_id" else None
+                        for row in range(len(vectors))
+                    ]
+                    for name in sim.ITEM_COLUMNS
+                },
+            }
+        ).cast(sim.ITEM_SCHEMA)
         path = tmp_path / f"vectors-{day}-{len(items)}.f16"
         items, replaced = sim.segment_vectors(items, old, day, day_items, vectors, path)
         old = sim.SpooledVectors(path, items.num_rows, 8, np.float16)
@@ -700,8 +775,13 @@ def test_an_outage_in_the_middle_of_the_day_is_waited_out_by_the_calls_it_met():
     assert 30 <= time.now - started < 60
 
     # A host no call has reached yet (a few sales name it) is given its shorter allowance.
-    unproven = Outage("CDN gone.example", allowance_s=600, unproven_allowance_s=30,
-                      clock=time.clock, sleep=time.sleep)  # fmt: skip
+    unproven = Outage(
+        "CDN gone.example",
+        allowance_s=600,
+        unproven_allowance_s=30,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
     started = time.now
 
     def refused():

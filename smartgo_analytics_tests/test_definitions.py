@@ -32,8 +32,13 @@ def test_definitions_load_locally_with_local_resources():
 
 
 def test_definitions_load_in_prod_with_aws_resources_and_no_network():
-    result = load(SMARTGO_DEPLOYMENT="prod", S3_BUCKET="carousel-dev-analytics", SMARTGO_DB_SSM_PARAMETER="/tf/dev/smartgo/database/config",
-                  ICEBERG_CATALOG_TYPE="glue", AWS_REGION="eu-west-1")  # fmt: skip
+    result = load(
+        SMARTGO_DEPLOYMENT="prod",
+        S3_BUCKET="carousel-dev-analytics",
+        SMARTGO_DB_SSM_PARAMETER="/tf/dev/smartgo/database/config",
+        ICEBERG_CATALOG_TYPE="glue",
+        AWS_REGION="eu-west-1",
+    )
     assert result.returncode == 0, result.stderr
     assert "S3ObjectStore" in result.stdout and "TitanEmbedder" in result.stdout
 

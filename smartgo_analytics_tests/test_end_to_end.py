@@ -14,8 +14,16 @@ from smartgo_analytics_tests.browser import browser_page
 from smartgo_analytics_tests.servers import WebhookReceiver, graphql
 
 DAYS = ["2025-01-13", "2025-01-14", "2025-01-15"]
-ALL_ASSETS = [["smartgo_sales"], ["product_image_embeddings"], ["smartgo_sales_iceberg"], ["dynamodb_daily_metrics"],
-              *(["quicksight", d] for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations"))]  # fmt: skip
+ALL_ASSETS = [
+    ["smartgo_sales"],
+    ["product_image_embeddings"],
+    ["smartgo_sales_iceberg"],
+    ["dynamodb_daily_metrics"],
+    *(
+        ["quicksight", d]
+        for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
+    ),
+]
 PRICING = ALL_ASSETS[:3]
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -93,9 +101,11 @@ def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partiti
     from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
-        for asset, check in [("smartgo_sales", "no_quarantined_rows"),
-                             ("product_image_embeddings", "embedding_error_ratio_within_budget"),
-                             ("smartgo_sales_iceberg", "iceberg_rows_match_source")]:  # fmt: skip
+        for asset, check in [
+            ("smartgo_sales", "no_quarantined_rows"),
+            ("product_image_embeddings", "embedding_error_ratio_within_budget"),
+            ("smartgo_sales_iceberg", "iceberg_rows_match_source"),
+        ]:
             records = instance.event_log_storage.get_asset_check_execution_history(
                 AssetCheckKey(AssetKey(asset), check), limit=20
             )
@@ -108,8 +118,10 @@ def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partiti
 
     # Break 2025-01-14: a fifth of its images now 404, far over the 5% error budget.
     with psycopg.connect(running_stack(home).postgres_uri) as conn:
-        conn.execute("UPDATE smartgo.products SET image_url = image_url || '.gone' "
-                     "WHERE id LIKE 'SG-20250114-%%' AND status = 'SOLD' AND id < 'SG-20250114-00020'")  # fmt: skip
+        conn.execute(
+            "UPDATE smartgo.products SET image_url = image_url || '.gone' "
+            "WHERE id LIKE 'SG-20250114-%%' AND status = 'SOLD' AND id < 'SG-20250114-00020'"
+        )
     assert backfill(url, PRICING, ["2025-01-14"]) in {"COMPLETED_FAILED", "FAILED", "COMPLETED"}
 
     deadline = time.monotonic() + 120

@@ -16,10 +16,12 @@ def day_of_pictures(stack, cdn, cdn_state, day: str, tag: str) -> None:
     embedding call)."""
     salt = sum(tag.encode())
     for n in range(SALES):
-        cdn_state.images[f"/{tag}/{n}.png"] = png((n * 5 % 256, salt % 256, (200 - n) % 256),
-                                                  size=(64, 64 + salt % 50))  # fmt: skip
-    insert_products(stack.postgres_uri, [sale(f"{tag}-{n}", day, f"{cdn}/{tag}/{n}.png")
-                                         for n in range(SALES)])  # fmt: skip
+        cdn_state.images[f"/{tag}/{n}.png"] = png(
+            (n * 5 % 256, salt % 256, (200 - n) % 256), size=(64, 64 + salt % 50)
+        )
+    insert_products(
+        stack.postgres_uri, [sale(f"{tag}-{n}", day, f"{cdn}/{tag}/{n}.png") for n in range(SALES)]
+    )
 
 
 def embedding_metadata(result) -> dict:
@@ -29,10 +31,15 @@ def embedding_metadata(result) -> dict:
     return {k: v.value for k, v in materialisation.metadata.items()}
 
 
-FAULTS = [("bedrock", "503", 6, 1.0, 0), ("bedrock", "500", 3, 1.0, 0), ("bedrock", "reset", 2, 1.0, 0),
-          ("cdn", "reset", 5, 1.0, 0), ("cdn", "reset", 8, 0.5, 0),
-          # In the middle of the day: after 15 calls answered, down for everyone for 10 s.
-          ("bedrock", "503", 10, 1.0, 15)]  # fmt: skip
+FAULTS = [
+    ("bedrock", "503", 6, 1.0, 0),
+    ("bedrock", "500", 3, 1.0, 0),
+    ("bedrock", "reset", 2, 1.0, 0),
+    ("cdn", "reset", 5, 1.0, 0),
+    ("cdn", "reset", 8, 0.5, 0),
+    # In the middle of the day: after 15 calls answered, down for everyone for 10 s.
+    ("bedrock", "503", 10, 1.0, 15),
+]
 
 
 @pytest.mark.parametrize("dependency, kind, seconds, share, after", FAULTS)
@@ -96,8 +103,11 @@ def test_an_outage_longer_than_the_allowance_fails_the_step_naming_the_dependenc
     assert not result.success
     retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retried) == 3
-    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"
-                  and e.step_key == "product_image_embeddings"][-1:]  # fmt: skip
+    (failure,) = [
+        e
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_key == "product_image_embeddings"
+    ][-1:]
     error = failure.event_specific_data.error
     message = error.message + "".join(c.message for c in [error.cause] if c)
     assert "Bedrock was unavailable for" in message and "OUTAGE_ALLOWANCE_S" in message, message
@@ -116,8 +126,9 @@ def test_a_step_that_ends_on_an_outage_heals_in_its_retries_and_embeds_each_imag
     day = "2025-09-08"
     day_of_pictures(stack, cdn, cdn_state, day, "Fheal")
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    res["image_embedder"] = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1",
-                                          http_attempts=1, max_concurrency=4)  # fmt: skip
+    res["image_embedder"] = TitanEmbedder(
+        endpoint_url=bedrock, region_name="us-east-1", http_attempts=1, max_concurrency=4
+    )
     bedrock_calls.fault.open("503", 5, after=20)
     try:
         result = run(res, day, raise_on_error=False, outage_allowance_s=0.5)
@@ -151,9 +162,15 @@ def test_object_store_and_dynamodb_5xx_in_the_middle_of_a_day_are_retried_and_lo
     proxy = FaultyAwsProxy(stack.aws_endpoint_url)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     store = S3ObjectStore(bucket=s3_bucket, endpoint_url=proxy.url, region_name="us-east-1")
-    res |= {"object_store": store, "parquet_io_manager": ParquetIOManager(object_store=store),
-            "image_vectors": ImageVectors(table_name=res["image_vectors"].table_name,
-                                          endpoint_url=proxy.url, region_name="us-east-1")}  # fmt: skip
+    res |= {
+        "object_store": store,
+        "parquet_io_manager": ParquetIOManager(object_store=store),
+        "image_vectors": ImageVectors(
+            table_name=res["image_vectors"].table_name,
+            endpoint_url=proxy.url,
+            region_name="us-east-1",
+        ),
+    }
     proxy.fault.open("503", 4, after=15)
     try:
         result = run(res, day)
@@ -202,8 +219,9 @@ def test_a_database_restart_in_the_middle_of_the_read_is_waited_out_and_the_read
     from smartgo_analytics_tests.servers import TcpProxy
 
     day = f"2025-09-1{down_s}"
-    insert_products(stack.postgres_uri, [sale(f"PG{down_s}-{n:03d}", day, "http://x/a.png")
-                                         for n in range(300)])  # fmt: skip
+    insert_products(
+        stack.postgres_uri, [sale(f"PG{down_s}-{n:03d}", day, "http://x/a.png") for n in range(300)]
+    )
     # The embedded server listens on a Unix socket; the proxy makes it a TCP server that can be cut.
     (server,) = [
         p
@@ -213,9 +231,12 @@ def test_a_database_restart_in_the_middle_of_the_read_is_waited_out_and_the_read
     proxy = TcpProxy(str(server))
     proxied = make_conninfo(stack.postgres_uri, host="127.0.0.1", port=proxy.port)
     store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
-    res = {"smartgo_db": SmartGoDatabase(dsn=proxied, fetch_batch_size=20), "object_store": store,
-           "parquet_io_manager": ParquetIOManager(object_store=store),
-           "export_progress": ExportProgressTracker()}  # fmt: skip
+    res = {
+        "smartgo_db": SmartGoDatabase(dsn=proxied, fetch_batch_size=20),
+        "object_store": store,
+        "parquet_io_manager": ParquetIOManager(object_store=store),
+        "export_progress": ExportProgressTracker(),
+    }
     proxy.cut_after(20_000, down_s)  # a few batches in
     try:
         result = materialize([smartgo_sales], resources=res, partition_key=day)

@@ -71,8 +71,12 @@ def embedded_forms(v4: ipaddress.IPv4Address) -> list[str]:
         str(ipaddress.IPv6Address((0x2002 << 112) | (n << 80) | 1)),
         str(ipaddress.IPv6Address((0x0064FF9B << 96) | n)),
         str(ipaddress.IPv6Address((0x0064FF9B0001 << 80) | n)),
-        str(ipaddress.IPv6Address((0x20010000 << 96) | (int(ipaddress.IPv4Address("8.8.8.8")) << 64) | teredo_client)),
-    ]  # fmt: skip
+        str(
+            ipaddress.IPv6Address(
+                (0x20010000 << 96) | (int(ipaddress.IPv4Address("8.8.8.8")) << 64) | teredo_client
+            )
+        ),
+    ]
 
 
 def test_every_special_purpose_address_and_every_ipv6_form_of_one_is_refused():
@@ -221,8 +225,14 @@ def test_one_sale_of_each_crashing_kind_costs_only_itself(
     stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):
     day = "2025-10-07"  # a day no other test of the session uses
-    pictures = {"webp": _picture("WEBP"), "gif": _picture("GIF"), "tiff": _picture("TIFF"),
-                "bmp": _picture("BMP"), "rotated": _rotated_jpeg(), "cut-short": _cut_short_jpeg()}  # fmt: skip
+    pictures = {
+        "webp": _picture("WEBP"),
+        "gif": _picture("GIF"),
+        "tiff": _picture("TIFF"),
+        "bmp": _picture("BMP"),
+        "rotated": _rotated_jpeg(),
+        "cut-short": _cut_short_jpeg(),
+    }
     cdn_state.images.update({f"/kinds/{name}": data for name, data in pictures.items()})
     bad_urls = {
         "control": (f"{cdn}/ok\x01.png", "control character"),
@@ -263,8 +273,13 @@ def test_one_sale_of_each_crashing_kind_costs_only_itself(
     assert all(len(rows[s["id"]]["embedding_vector"]) == 1024 for s in good)
     # Each copy is the downloaded file, under its own format's extension and registered type.
     s3 = boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
-    expected = {"webp": ("webp", "image/webp"), "gif": ("gif", "image/gif"), "tiff": ("tiff", "image/tiff"),
-                "bmp": ("bmp", "image/bmp"), "rotated": ("jpg", "image/jpeg")}  # fmt: skip
+    expected = {
+        "webp": ("webp", "image/webp"),
+        "gif": ("gif", "image/gif"),
+        "tiff": ("tiff", "image/tiff"),
+        "bmp": ("bmp", "image/bmp"),
+        "rotated": ("jpg", "image/jpeg"),
+    }
     for name, (extension, content_type) in expected.items():
         row = rows[f"KIND-{name}"]
         assert row["embedding_error"] is None and row["image_s3_key"].endswith(f".{extension}"), row
@@ -305,20 +320,33 @@ def test_orientation_is_applied_at_every_size_and_a_cut_short_picture_is_refused
 def test_integers_beyond_64_bits_and_ids_that_are_not_ids_are_nulled_or_skipped_with_the_reason():
     nulls = Counter()
     raw = [
-        {"GSI1SK": "STORE#S1", "store_id": "S1", "transaction_count": Decimal("1E+125"), "items_sold": Decimal(2**63),
-         "unique_customers": Decimal(-(2**63)), "total_revenue": Decimal("1E+125")},
+        {
+            "GSI1SK": "STORE#S1",
+            "store_id": "S1",
+            "transaction_count": Decimal("1E+125"),
+            "items_sold": Decimal(2**63),
+            "unique_customers": Decimal(-(2**63)),
+            "total_revenue": Decimal("1E+125"),
+        },
         {"GSI1SK": "STORE#S2", "store_id": b"\x00\x01binary", "transaction_count": Decimal(3)},
         {"GSI1SK": "STORE#S3", "store_id": {"S3", "S4"}, "transaction_count": Decimal(4)},
-        {"GSI1SK": "STORE#S5", "store_id": Decimal(5), "store_name": b"\xffname", "transaction_count": Decimal(2**63 - 1)},
-    ]  # fmt: skip
+        {
+            "GSI1SK": "STORE#S5",
+            "store_id": Decimal(5),
+            "store_name": b"\xffname",
+            "transaction_count": Decimal(2**63 - 1),
+        },
+    ]
     # Through the hand-off's JSON, as the export asset stores and reads it.
     items = decode_ndjson(encode_ndjson([plain_value(item, nulls, "") for item in raw]))
     build = build_dataset(DATASETS_BY_NAME["store_summaries"], items, "2025-07-02")
 
     by_id = {r["store_id"]: r for r in build.records}
     assert set(by_id) == {"S1", "5"}  # the binary and the set ids are skipped
-    assert build.skipped == {"store_id: a binary value, not a string or whole number": 1,
-                             "store_id: a list, not a string or whole number": 1}  # fmt: skip
+    assert build.skipped == {
+        "store_id: a binary value, not a string or whole number": 1,
+        "store_id: a list, not a string or whole number": 1,
+    }
     s1 = by_id["S1"]
     assert s1["transaction_count"] is None and s1["items_sold"] is None
     assert s1["unique_customers"] == -(2**63) and s1["total_revenue"] == 1e125
@@ -356,9 +384,14 @@ def test_a_picture_file_must_be_a_regular_file_within_the_cap_and_is_never_waite
         file.truncate(10 * 2**30)  # 10 GB of nothing, on no disk
     picture = tmp_path / "ok.png"
     picture.write_bytes(_picture("PNG"))
-    for path, reason in [(fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
-                         (tmp_path, "not a regular file"), (sparse, "over the 10485760 byte limit"),
-                         (tmp_path / "none", "No such file"), ("a\0b", "cannot read")]:  # fmt: skip
+    for path, reason in [
+        (fifo, "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (tmp_path, "not a regular file"),
+        (sparse, "over the 10485760 byte limit"),
+        (tmp_path / "none", "No such file"),
+        ("a\0b", "cannot read"),
+    ]:
         with pytest.raises(ComparablesError, match=reason):
             read_image_file(str(path))
     assert read_image_file(str(picture)) == picture.read_bytes()
@@ -375,8 +408,13 @@ def test_a_picture_file_must_be_a_regular_file_within_the_cap_and_is_never_waite
 def test_the_comparables_command_answers_a_hostile_argument_in_one_line(arguments, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTGO_")}
     env["SMARTGO_HOME"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "smartgo_analytics.cli", "comparables", *arguments],
-                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "smartgo_analytics.cli", "comparables", *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, (
         done.stderr

@@ -64,16 +64,20 @@ def read(catalog) -> dict:
 def test_each_partition_file_holds_only_its_tenants_rows_clustered_or_not(catalog):
     interleaved = rows(30)
     clustered = rows(12, first=100).sort_by(sales_table.ROW_ORDER)
-    table = catalog.replace_day([interleaved, interleaved.schema.empty_table(), clustered],
-                                DAY, DAY + timedelta(days=1))  # fmt: skip
+    table = catalog.replace_day(
+        [interleaved, interleaved.schema.empty_table(), clustered], DAY, DAY + timedelta(days=1)
+    )
 
     files = table.inspect.files().to_pylist()
     assert sorted((f["partition"]["tenant_id"], f["record_count"]) for f in files) == sorted(
         [(t, 10) for t in TENANTS] + [(t, 4) for t in TENANTS]
     )
     for data_file in files:
-        tenants = set(pq.read_table(data_file["file_path"].removeprefix("file://"),
-                                            columns=["tenant_id"]).column(0).to_pylist())  # fmt: skip
+        tenants = set(
+            pq.read_table(data_file["file_path"].removeprefix("file://"), columns=["tenant_id"])
+            .column(0)
+            .to_pylist()
+        )
         assert tenants == {data_file["partition"]["tenant_id"]}
         assert (data_file["partition"]["year"], data_file["partition"]["month"]) == (2025, 3)
 
@@ -89,21 +93,29 @@ def test_each_partition_file_holds_only_its_tenants_rows_clustered_or_not(catalo
 def test_replacing_a_day_is_one_commit_and_leaves_other_days_alone(catalog):
     catalog.replace_day([rows(6)], DAY, DAY + timedelta(days=1))
     next_day = rows(3, first=50).set_column(
-        6, sales_table.ARROW_SCHEMA.field("sold_date"),
-        pa.array([DAY + timedelta(days=1, hours=n) for n in range(3)], pa.timestamp("us", tz="UTC")))  # fmt: skip
+        6,
+        sales_table.ARROW_SCHEMA.field("sold_date"),
+        pa.array(
+            [DAY + timedelta(days=1, hours=n) for n in range(3)], pa.timestamp("us", tz="UTC")
+        ),
+    )
     catalog.replace_day([next_day], DAY + timedelta(days=1), DAY + timedelta(days=2))
     before = catalog.sales_table().metadata
     commits = len(before.metadata_log)
 
-    table = catalog.replace_day([rows(4, price=99.0), rows(2, first=4, price=99.0)],
-                                DAY, DAY + timedelta(days=1))  # fmt: skip
+    table = catalog.replace_day(
+        [rows(4, price=99.0), rows(2, first=4, price=99.0)], DAY, DAY + timedelta(days=1)
+    )
 
     assert {r["sold_price"] >= 99.0 for r in read(catalog).values()} == {True}
     assert len(read(catalog)) == 6
     assert catalog.read_day(DAY + timedelta(days=1), DAY + timedelta(days=2)).num_rows == 3
     # A delete and an append per batch, committed together: one new metadata file.
-    operations = [s.summary.operation.value for s in table.snapshots()
-                  if s.sequence_number > before.last_sequence_number]  # fmt: skip
+    operations = [
+        s.summary.operation.value
+        for s in table.snapshots()
+        if s.sequence_number > before.last_sequence_number
+    ]
     assert operations == ["delete", "append", "append"]
     assert len(table.metadata.metadata_log) == commits + 1
 
@@ -112,8 +124,12 @@ def test_a_table_created_without_the_write_properties_gets_them(catalog):
     old = {"write.parquet.compression-codec": "zstd"}
     iceberg = catalog.catalog()
     iceberg.create_namespace_if_not_exists(sales_table.NAMESPACE)
-    iceberg.create_table(sales_table.IDENTIFIER, schema=sales_table.SCHEMA,
-                         partition_spec=sales_table.PARTITION_SPEC, properties=old)  # fmt: skip
+    iceberg.create_table(
+        sales_table.IDENTIFIER,
+        schema=sales_table.SCHEMA,
+        partition_spec=sales_table.PARTITION_SPEC,
+        properties=old,
+    )
 
     table = catalog.sales_table()
 
@@ -126,8 +142,12 @@ def test_a_days_files_are_read_a_few_rows_at_a_time_and_only_that_days_rows(cata
     day = rows(40)
     # One file per tenant holding this day and the next: the day's rows are picked out of it.
     next_day = rows(20, first=300).set_column(
-        6, sales_table.ARROW_SCHEMA.field("sold_date"),
-        pa.array([DAY + timedelta(days=1, hours=n) for n in range(20)], pa.timestamp("us", tz="UTC")))  # fmt: skip
+        6,
+        sales_table.ARROW_SCHEMA.field("sold_date"),
+        pa.array(
+            [DAY + timedelta(days=1, hours=n) for n in range(20)], pa.timestamp("us", tz="UTC")
+        ),
+    )
     catalog.replace_day([pa.concat_tables([day, next_day])], DAY, DAY + timedelta(days=2))
 
     columns = ("product_id", "embedding_vector")

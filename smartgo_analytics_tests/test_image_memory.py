@@ -59,8 +59,10 @@ MEASURE = textwrap.dedent(
 def measure(path, count: int) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path), str(count)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1])
 

@@ -59,8 +59,12 @@ def test_the_stack_serves_sql_dynamodb_and_images(stack):
     dynamodb = boto3.client(
         "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
     )
-    items = dynamodb.query(TableName="SalesData", IndexName="GSI1", KeyConditionExpression="GSI1PK = :d",
-                           ExpressionAttributeValues={":d": {"S": "DATE#2025-04-01"}})["Items"]  # fmt: skip
+    items = dynamodb.query(
+        TableName="SalesData",
+        IndexName="GSI1",
+        KeyConditionExpression="GSI1PK = :d",
+        ExpressionAttributeValues={":d": {"S": "DATE#2025-04-01"}},
+    )["Items"]
     kinds = {
         item["GSI1SK"]["S"].split("#")[0]
         + (
@@ -200,24 +204,43 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
         "demo", "--days", "1", "--end-date", "2025-01-15", "--sales-per-day", "100", home=home
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = {line.split()[0]: line.split()[1:4] for line in result.stdout.splitlines()
-               if line.startswith(("smartgo_", "product_", "dynamodb_", "quicksight/"))}  # fmt: skip
+    summary = {
+        line.split()[0]: line.split()[1:4]
+        for line in result.stdout.splitlines()
+        if line.startswith(("smartgo_", "product_", "dynamodb_", "quicksight/"))
+    }
     assert summary["smartgo_sales"] == ["1", "99", "1"]  # 100 sold, the null price quarantined
     assert summary["smartgo_sales_iceberg"] == ["1", "99", "3"]  # 404, HTML body, oversized image
     assert summary["quicksight/store_summaries"][:2] == ["1", "11"]
     assert summary["quicksight/top_products"][:2] == ["1", "20"]
-    assert {"dynamodb_daily_metrics", "product_image_embeddings", "quicksight/anomalies", "quicksight/trends",
-            "quicksight/recommendations"} <= set(summary)  # fmt: skip
+    assert {
+        "dynamodb_daily_metrics",
+        "product_image_embeddings",
+        "quicksight/anomalies",
+        "quicksight/trends",
+        "quicksight/recommendations",
+    } <= set(summary)
     assert not (home / "stack.json").exists() and processes_under(home) == []
     lake = home / "lake" / "smartgo-analytics-local"
     assert (lake / "quicksight/manifests/top_products.json").exists()
     assert len((lake / "quicksight/top_products/2025-01-15.json").read_text().splitlines()) == 20
 
-    query = cli("query", "smartgo_sales", "--where", "embedding_error is not null", "--columns",
-                "product_id,embedding_error", "--format", "json", home=home)  # fmt: skip
+    query = cli(
+        "query",
+        "smartgo_sales",
+        "--where",
+        "embedding_error is not null",
+        "--columns",
+        "product_id,embedding_error",
+        "--format",
+        "json",
+        home=home,
+    )
     assert query.returncode == 0, query.stderr
-    failed = {json.loads(line)["product_id"]: json.loads(line)["embedding_error"]
-              for line in query.stdout.splitlines()}  # fmt: skip
+    failed = {
+        json.loads(line)["product_id"]: json.loads(line)["embedding_error"]
+        for line in query.stdout.splitlines()
+    }
     errors = sorted(failed.values())
     assert (
         len(errors) == 3
@@ -233,8 +256,16 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
         ).returncode
         == 0
     )
-    everything = ("query", "smartgo_sales", "--limit", "1000", "--format", "json", "--columns",
-                  "product_id,tenant_id,sold_price,sold_date,embedding_vector,embedding_error")  # fmt: skip
+    everything = (
+        "query",
+        "smartgo_sales",
+        "--limit",
+        "1000",
+        "--format",
+        "json",
+        "--columns",
+        "product_id,tenant_id,sold_price,sold_date,embedding_vector,embedding_error",
+    )
     before = sorted(cli(*everything, home=home).stdout.splitlines())
     table_dir = lake / "warehouse" / "pricing_intelligence" / "smartgo_sales"
     data_before = list(table_dir.rglob("*.parquet"))
@@ -256,15 +287,21 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     assert report["snapshots_left"] == "1" and int(report["files_removed"]) > 0
     assert sorted(cli(*everything, home=home).stdout.splitlines()) == before and len(before) == 198
 
-    sql = cli("sql", "SELECT tenant_id, count(*) AS sales, sum(sold_price) AS revenue FROM smartgo_sales "
-              "GROUP BY 1 ORDER BY 1", "--format", "json", home=home)  # fmt: skip
+    sql = cli(
+        "sql",
+        "SELECT tenant_id, count(*) AS sales, sum(sold_price) AS revenue FROM smartgo_sales "
+        "GROUP BY 1 ORDER BY 1",
+        "--format",
+        "json",
+        home=home,
+    )
     assert sql.returncode == 0, sql.stderr
     by_tenant = {}
     for row in map(json.loads, before):
         by_tenant.setdefault(row["tenant_id"], []).append(row["sold_price"])
     assert [(r["tenant_id"], r["sales"]) for r in map(json.loads, sql.stdout.splitlines())] == [
         (tenant, len(prices)) for tenant, prices in sorted(by_tenant.items())
-    ]  # fmt: skip
+    ]
 
     # Comparables from the demo's index: the command a newcomer types, and its clear errors.
     sold = {row["product_id"]: row for row in map(json.loads, before)}
@@ -274,8 +311,10 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     found = json.loads(answer.stdout)
     tenant = sold[asked]["tenant_id"]
     assert found["tenant"] == tenant and len(found["comparables"]) == 5
-    assert all(sold[c["product_id"]]["tenant_id"] == tenant and c["product_id"] != asked
-               for c in found["comparables"])  # fmt: skip
+    assert all(
+        sold[c["product_id"]]["tenant_id"] == tenant and c["product_id"] != asked
+        for c in found["comparables"]
+    )
     assert [c["sold_price"] for c in found["comparables"]] == [
         sold[c["product_id"]]["sold_price"] for c in found["comparables"]
     ]
@@ -298,9 +337,14 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
 
     # One command's CSV piped into the next, as a shell user does: no "\r" rides along.
     command = " ".join(shlex.quote(part) for part in CLI)
-    piped = cli("-c", f"pid=$({command} query smartgo_sales --where {shlex.quote(f'product_id == {asked!r}')} "
-                f"--columns product_id --format csv | tail -n 1); {command} comparables --product-id \"$pid\" "
-                "--k 2 --format csv", home=home, shell=True)  # fmt: skip
+    piped = cli(
+        "-c",
+        f"pid=$({command} query smartgo_sales --where {shlex.quote(f'product_id == {asked!r}')} "
+        f'--columns product_id --format csv | tail -n 1); {command} comparables --product-id "$pid" '
+        "--k 2 --format csv",
+        home=home,
+        shell=True,
+    )
     assert piped.returncode == 0, piped.stderr
     assert "\r" not in piped.stdout and len(piped.stdout.splitlines()) == 3  # the header and 2 rows
 
@@ -322,9 +366,24 @@ def test_stopping_dev_stops_dagster_and_the_stack(tmp_path, stop, sigint_ignored
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-    proc = subprocess.Popen([*CLI, "dev", "--days", "1", "--end-date", "2025-01-15", "--sales-per-day", "10",
-                             "--port", str(port)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=ignore)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "dev",
+            "--days",
+            "1",
+            "--end-date",
+            "2025-01-15",
+            "--sales-per-day",
+            "10",
+            "--port",
+            str(port),
+        ],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=ignore,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -106,12 +106,18 @@ def test_a_failure_whose_error_quotes_secrets_alerts_without_them(tmp_path, webh
 
     @asset(partitions_def=daily_partitions)
     def leaky():
-        raise RuntimeError(f"connect postgresql://smartgo:{leaked[0]}@db.internal/smartgo failed; "
-                           f"retrying hook {leaked[1]} with key {leaked[2]}")  # fmt: skip
+        raise RuntimeError(
+            f"connect postgresql://smartgo:{leaked[0]}@db.internal/smartgo failed; "
+            f"retrying hook {leaked[1]} with key {leaked[2]}"
+        )
 
     job = define_asset_job("leaky_job", selection=[leaky])
-    defs = Definitions(assets=[leaky], jobs=[job], sensors=[failed_partition_alert],
-                       resources={"alerter": alerter(webhook)})  # fmt: skip
+    defs = Definitions(
+        assets=[leaky],
+        jobs=[job],
+        sensors=[failed_partition_alert],
+        resources={"alerter": alerter(webhook)},
+    )
     with instance_for_test() as instance:
         first = tick(failed_partition_alert, instance, defs, webhook)
         defs.resolve_job_def("leaky_job").execute_in_process(
@@ -135,11 +141,19 @@ def test_a_failed_error_check_alerts_with_its_partition_and_warn_checks_do_not(t
         yield from ()
         from dagster import MaterializeResult
 
-        yield MaterializeResult(check_results=[
-            AssetCheckResult(check_name="always_fails", passed=False, severity=AssetCheckSeverity.ERROR,
-                             description="12 of 40 sales have no vector"),
-            AssetCheckResult(check_name="only_warns", passed=False, severity=AssetCheckSeverity.WARN),
-        ])  # fmt: skip
+        yield MaterializeResult(
+            check_results=[
+                AssetCheckResult(
+                    check_name="always_fails",
+                    passed=False,
+                    severity=AssetCheckSeverity.ERROR,
+                    description="12 of 40 sales have no vector",
+                ),
+                AssetCheckResult(
+                    check_name="only_warns", passed=False, severity=AssetCheckSeverity.WARN
+                ),
+            ]
+        )
 
     defs = Definitions(
         assets=[checked], sensors=[failed_check_alert], resources={"alerter": alerter(webhook)}
@@ -245,11 +259,17 @@ def test_secrets_are_redacted_from_alert_text():
         ("url 'https://admin:a:b@c/d@example.com/path' refused", "a:b@c/d"),
         ("conninfo host=db user=smartgo password='with space@:/' dbname=x", "with space@:/"),
         ('{"password": "s3cr:t@/x", "port": 5432}', "s3cr:t@/x"),
-        ("posting to T0123ABCD/B0123ABCD/AbCdEfGhIjKlMnOpQrStUvWx failed", "AbCdEfGhIjKlMnOpQrStUvWx"),
-        ("signature mismatch for key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        (
+            "posting to T0123ABCD/B0123ABCD/AbCdEfGhIjKlMnOpQrStUvWx failed",
+            "AbCdEfGhIjKlMnOpQrStUvWx",
+        ),
+        (
+            "signature mismatch for key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
         ("aws_secret_access_key=abc/DEF+ghi", "abc/DEF+ghi"),
     ],
-)  # fmt: skip
+)
 def test_secrets_with_awkward_characters_or_no_context_are_redacted_too(text, secret):
     redacted = redact(text)
     assert secret not in redacted and "***" in redacted
@@ -350,36 +370,63 @@ def test_one_tick_that_sees_several_runs_alerts_each_failure_once_though_a_desti
     topic = sns.create_topic(Name="alerts-one-tick")["TopicArn"]
     queue = sqs.create_queue(QueueName="alerts-one-tick")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn["QueueArn"],
-                  Attributes={"RawMessageDelivery": "true"})  # fmt: skip
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=arn["QueueArn"],
+        Attributes={"RawMessageDelivery": "true"},
+    )
     broken_slack = WebhookReceiver(status=500)
-    alerts = Alerter(destinations=["slack", "sns"], slack_webhook_url=broken_slack.url,
-                     sns_topic_arn=topic, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")  # fmt: skip
+    alerts = Alerter(
+        destinations=["slack", "sns"],
+        slack_webhook_url=broken_slack.url,
+        sns_topic_arn=topic,
+        endpoint_url=stack.aws_endpoint_url,
+        region_name="us-east-1",
+    )
 
-    @asset(partitions_def=daily_partitions,
-           check_specs=[AssetCheckSpec("holds", asset="flaky", partitions_def=daily_partitions)])  # fmt: skip
+    @asset(
+        partitions_def=daily_partitions,
+        check_specs=[AssetCheckSpec("holds", asset="flaky", partitions_def=daily_partitions)],
+    )
     def flaky(context):
         if context.partition_key.endswith("-01"):
             raise RuntimeError(f"source down for {context.partition_key}")
         from dagster import MaterializeResult
 
         broken = context.partition_key.endswith("-03")
-        return MaterializeResult(check_results=[AssetCheckResult(
-            passed=not broken, severity=AssetCheckSeverity.ERROR, description="3 rows lost")])  # fmt: skip
+        return MaterializeResult(
+            check_results=[
+                AssetCheckResult(
+                    passed=not broken, severity=AssetCheckSeverity.ERROR, description="3 rows lost"
+                )
+            ]
+        )
 
     job = define_asset_job("flaky_job", selection=[flaky])
-    defs = Definitions(assets=[flaky], jobs=[job], resources={"alerter": alerts},
-                       sensors=[failed_partition_alert, failed_check_alert])  # fmt: skip
+    defs = Definitions(
+        assets=[flaky],
+        jobs=[job],
+        resources={"alerter": alerts},
+        sensors=[failed_partition_alert, failed_check_alert],
+    )
 
     def evaluate(sensor, cursor):
-        context = build_sensor_context(instance=instance, definitions=defs,
-                                       resources={"alerter": alerts}, cursor=cursor)  # fmt: skip
+        context = build_sensor_context(
+            instance=instance, definitions=defs, resources={"alerter": alerts}, cursor=cursor
+        )
         return sensor.evaluate_tick(context).cursor
 
     with instance_for_test() as instance:
         cursors = {s: evaluate(s, None) for s in (failed_partition_alert, failed_check_alert)}
-        runs = [("2025-04-01", {}), ("2025-05-01", {}), ("2025-06-01", {"dagster/will_retry": "true"}),
-                ("2025-04-02", {}), ("2025-04-03", {}), ("2025-04-04", {})]  # fmt: skip
+        runs = [
+            ("2025-04-01", {}),
+            ("2025-05-01", {}),
+            ("2025-06-01", {"dagster/will_retry": "true"}),
+            ("2025-04-02", {}),
+            ("2025-04-03", {}),
+            ("2025-04-04", {}),
+        ]
         for day, tags in runs:
             defs.resolve_job_def("flaky_job").execute_in_process(
                 partition_key=day, instance=instance, raise_on_error=False, tags=tags
@@ -387,13 +434,19 @@ def test_one_tick_that_sees_several_runs_alerts_each_failure_once_though_a_desti
         for _ in range(3):  # the daemon evaluates again and again
             cursors = {s: evaluate(s, c) for s, c in cursors.items()}
     bodies = []
-    while messages := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
-                                          WaitTimeSeconds=1).get("Messages"):  # fmt: skip
+    while messages := sqs.receive_message(
+        QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1
+    ).get("Messages"):
         bodies += [m["Body"] for m in messages]
-        sqs.delete_message_batch(QueueUrl=queue, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])  # fmt: skip
-    partitions = sorted(line for body in bodies for line in body.splitlines()
-                        if line.startswith("partition:"))  # fmt: skip
+        sqs.delete_message_batch(
+            QueueUrl=queue,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+    partitions = sorted(
+        line for body in bodies for line in body.splitlines() if line.startswith("partition:")
+    )
     assert partitions == ["partition: 2025-04-01", "partition: 2025-04-03", "partition: 2025-05-01"]
     assert len(broken_slack.messages) == 3  # each tried once, not again on the next ticks
     assert any("check holds failed" in b and "3 rows lost" in b for b in bodies)

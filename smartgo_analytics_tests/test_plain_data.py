@@ -32,19 +32,29 @@ def test_the_window_is_the_90_days_ending_with_the_day():
 
 def test_bands_are_interpolated_percentiles_per_kind_and_roll_up_to_coarser_kinds():
     table = sales(
-        *(("t", "Toys", "Lego", "Good", price, date(2025, 3, 1)) for price in (10.0, 20.0, 30.0, 40.0, 50.0)),
+        *(
+            ("t", "Toys", "Lego", "Good", price, date(2025, 3, 1))
+            for price in (10.0, 20.0, 30.0, 40.0, 50.0)
+        ),
         ("t", "Toys", "Duplo", "Good", 100.0, DAY),
         ("t", "Toys", "Lego", "Good", 999.0, date(2024, 12, 31)),  # the day before the window
         ("t", "Toys", "Lego", "Good", None, DAY),  # no price: not counted
         ("t", None, "Lego", "New", 7.0, DAY),  # an empty category stays a kind of its own
-    )  # fmt: skip
+    )
     rows = bands.price_bands(table, DAY).to_pylist()
     by_kind = {(r["level"], r["category"], r["brand"], r["condition"]): r for r in rows}
 
     lego = by_kind[("category_brand_condition", "Toys", "Lego", "Good")]
     # quantile_cont over 10..50: position q x 4 between the sorted prices.
-    assert (lego["sales_count"], lego["p10"], lego["p25"], lego["median"], lego["p75"], lego["p90"],
-            lego["mean"]) == (5, 14.0, 20.0, 30.0, 40.0, 46.0, 30.0)  # fmt: skip
+    assert (
+        lego["sales_count"],
+        lego["p10"],
+        lego["p25"],
+        lego["median"],
+        lego["p75"],
+        lego["p90"],
+        lego["mean"],
+    ) == (5, 14.0, 20.0, 30.0, 40.0, 46.0, 30.0)
     assert (lego["window_start"], lego["window_end"], lego["band_date"]) == (
         date(2025, 1, 1),
         DAY,
@@ -65,8 +75,16 @@ def test_no_sale_in_the_window_gives_an_empty_table_of_the_bands_schema():
 
 
 def test_a_band_breaking_its_own_rules_is_named():
-    good = {"tenant_id": "t", "category": "Toys", "brand": "Lego", "condition": "Good",
-            "sales_count": 3, "p10": 1.0, "median": 2.0, "p90": 3.0}  # fmt: skip
+    good = {
+        "tenant_id": "t",
+        "category": "Toys",
+        "brand": "Lego",
+        "condition": "Good",
+        "sales_count": 3,
+        "p10": 1.0,
+        "median": 2.0,
+        "p90": 3.0,
+    }
     broken = {**good, "brand": "Duplo", "sales_count": 0, "p10": 5.0}
     assert bands.band_problems(pa.Table.from_pylist([good, broken])) == [
         "t / Toys / Duplo / Good: 0 sales",

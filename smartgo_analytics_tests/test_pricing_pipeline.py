@@ -74,8 +74,9 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
         bucket=bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
     )
     # The image vectors of this test alone: another test's images are not found in them.
-    vectors = ImageVectors(table_name=f"vectors-{bucket}", endpoint_url=stack.aws_endpoint_url,
-                           region_name="us-east-1")  # fmt: skip
+    vectors = ImageVectors(
+        table_name=f"vectors-{bucket}", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
     with contextlib.suppress(ClientError):  # already made for this bucket
         create_image_vectors_table(vectors.boto3_client("dynamodb"), vectors.table_name)
     return {
@@ -94,7 +95,7 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
                 "type": "sql",
                 "uri": f"sqlite:///{tmp_path}/catalog.db",
                 "warehouse": (tmp_path / "warehouse").as_uri(),
-            }  # fmt: skip
+            }
         ),
         "export_progress": ExportProgressTracker(
             table_name=progress_table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
@@ -189,8 +190,10 @@ def test_a_day_over_the_error_budget_is_blocked_before_the_iceberg_write(
     # What the demo's last line says of such a day: the check's own description, whole.
     from smartgo_analytics.cli.stack import _failure
 
-    assert _failure(result) == ("product_image_embeddings check embedding_error_ratio_within_budget: "
-                                "1 of 2 sales have no vector (50.0%, budget 5.0%)")  # fmt: skip
+    assert _failure(result) == (
+        "product_image_embeddings check embedding_error_ratio_within_budget: "
+        "1 of 2 sales have no vector (50.0%, budget 5.0%)"
+    )
 
 
 def test_a_day_within_budget_writes_vectors_images_and_progress(
@@ -201,11 +204,16 @@ def test_a_day_within_budget_writes_vectors_images_and_progress(
         "dynamodb", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
     )
     create_progress_table(dynamodb, "progress-test")
-    insert_products(stack.postgres_uri, [sale(f"P-{n}", day, f"{cdn}/ok.png") for n in range(30)]
-                    + [sale("P-missing", day, f"{cdn}/missing.png"),
-                       sale("P-noprice", day, f"{cdn}/ok.png", sold_price=None),
-                       sale("P-unsold", day, f"{cdn}/ok.png", status="AVAILABLE"),
-                       sale("P-nextday", day, f"{cdn}/ok.png", sold_date=datetime(2025, 6, 3, tzinfo=UTC))])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [sale(f"P-{n}", day, f"{cdn}/ok.png") for n in range(30)]
+        + [
+            sale("P-missing", day, f"{cdn}/missing.png"),
+            sale("P-noprice", day, f"{cdn}/ok.png", sold_price=None),
+            sale("P-unsold", day, f"{cdn}/ok.png", status="AVAILABLE"),
+            sale("P-nextday", day, f"{cdn}/ok.png", sold_date=datetime(2025, 6, 3, tzinfo=UTC)),
+        ],
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path, progress_table="progress-test")
 
     result = run(res, day)
@@ -336,8 +344,20 @@ def test_identifiers_that_are_not_data_are_quarantined_and_every_key_stays_in_it
     stack, s3_bucket, bedrock, bedrock_calls, cdn, tmp_path
 ):
     day = "2025-06-07"
-    hostile_ids = ["../../staging/evil", "P1/../../../quicksight/x", "..", ".hidden", "P 1", "P1\n",
-                   "P1%2F..%2F..", "Ｐ１", "tenant_id=evil", "P" * 129, "-rf", "P1\\..\\x"]  # fmt: skip
+    hostile_ids = [
+        "../../staging/evil",
+        "P1/../../../quicksight/x",
+        "..",
+        ".hidden",
+        "P 1",
+        "P1\n",
+        "P1%2F..%2F..",
+        "Ｐ１",
+        "tenant_id=evil",
+        "P" * 129,
+        "-rf",
+        "P1\\..\\x",
+    ]
     hostile_tenants = [
         "../warehouse",
         "acme/other",
@@ -346,8 +366,17 @@ def test_identifiers_that_are_not_data_are_quarantined_and_every_key_stays_in_it
         "ACME\u200b",
         "",
     ]
-    good = [sale(f"OK-{n}", day, f"{cdn}/ok.png", category=ODD_TEXT, brand="\u202b" + "é" * 5_000,
-                 description=ODD_TEXT * 20_000) for n in range(30)]  # fmt: skip
+    good = [
+        sale(
+            f"OK-{n}",
+            day,
+            f"{cdn}/ok.png",
+            category=ODD_TEXT,
+            brand="\u202b" + "é" * 5_000,
+            description=ODD_TEXT * 20_000,
+        )
+        for n in range(30)
+    ]
     bad = [sale(pid, day, f"{cdn}/ok.png") for pid in hostile_ids]
     bad += [
         sale(f"TENANT-{n}", day, f"{cdn}/ok.png", tenant_id=t)
@@ -402,22 +431,41 @@ def source_database(stack, name: str, ddl_change: tuple[str, str]) -> str:
 
 def sales_only(dsn: str, tmp_path):
     store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
-    return store, {"smartgo_db": SmartGoDatabase(dsn=dsn), "object_store": store,
-                   "parquet_io_manager": ParquetIOManager(object_store=store), "export_progress": ExportProgressTracker()}  # fmt: skip
+    return store, {
+        "smartgo_db": SmartGoDatabase(dsn=dsn),
+        "object_store": store,
+        "parquet_io_manager": ParquetIOManager(object_store=store),
+        "export_progress": ExportProgressTracker(),
+    }
 
 
 def test_prices_a_source_holds_as_numbers_or_text_are_accepted_or_quarantined_with_the_reason(
     stack, tmp_path
 ):
     day = "2025-06-09"
-    insert = ("INSERT INTO smartgo.products VALUES (%s, 'carousel-labs', NULL, NULL, NULL, %s, "
-              "'2025-06-09T10:00:00Z', 'https://cdn.example.com/x.png', NULL, 'SOLD')")  # fmt: skip
-    numbers = {"NUM-nan": ("NaN", "non-finite sold_price"), "NUM-inf": ("Infinity", "non-finite sold_price"),
-               "NUM-negative": ("-5", "negative sold_price"),
-               "NUM-huge": ("99999999.99", "implausible sold_price above 1000000"), "NUM-ok": ("12.50", None)}  # fmt: skip
-    texts = {"TXT-separators": "1_000", "TXT-comma": "1,000.00", "TXT-exponent": "1e3", "TXT-currency": "$12",
-             "TXT-hex": "0x1F", "TXT-arabic": "١٢", "TXT-infinity": "Infinity", "TXT-words": "twelve",
-             "TXT-ok": " 12.50 ", "TXT-ok-int": "7"}  # fmt: skip
+    insert = (
+        "INSERT INTO smartgo.products VALUES (%s, 'carousel-labs', NULL, NULL, NULL, %s, "
+        "'2025-06-09T10:00:00Z', 'https://cdn.example.com/x.png', NULL, 'SOLD')"
+    )
+    numbers = {
+        "NUM-nan": ("NaN", "non-finite sold_price"),
+        "NUM-inf": ("Infinity", "non-finite sold_price"),
+        "NUM-negative": ("-5", "negative sold_price"),
+        "NUM-huge": ("99999999.99", "implausible sold_price above 1000000"),
+        "NUM-ok": ("12.50", None),
+    }
+    texts = {
+        "TXT-separators": "1_000",
+        "TXT-comma": "1,000.00",
+        "TXT-exponent": "1e3",
+        "TXT-currency": "$12",
+        "TXT-hex": "0x1F",
+        "TXT-arabic": "١٢",
+        "TXT-infinity": "Infinity",
+        "TXT-words": "twelve",
+        "TXT-ok": " 12.50 ",
+        "TXT-ok-int": "7",
+    }
     numeric_source = source_database(
         stack, "smartgo_numeric_prices", ("sold_price numeric(12, 2)", "sold_price numeric")
     )
@@ -446,9 +494,14 @@ def test_prices_a_source_holds_as_numbers_or_text_are_accepted_or_quarantined_wi
 
     assert outcomes == {
         **{pid: reason or 12.5 for pid, (_, reason) in numbers.items()},
-        **{pid: f"unparseable sold_price {price!r}" for pid, price in texts.items() if "ok" not in pid},
-        "TXT-ok": 12.5, "TXT-ok-int": 7.0,
-    }  # fmt: skip
+        **{
+            pid: f"unparseable sold_price {price!r}"
+            for pid, price in texts.items()
+            if "ok" not in pid
+        },
+        "TXT-ok": 12.5,
+        "TXT-ok-int": 7.0,
+    }
 
 
 def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tmp_path):
@@ -456,11 +509,15 @@ def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tm
     view = source_database(stack, "smartgo_view", ("id text PRIMARY KEY", "id text"))
     with psycopg.connect(view) as conn:
         for hour, price in ((9, "10.00"), (15, "12.00"), (11, "11.00")):
-            conn.execute("INSERT INTO smartgo.products VALUES ('TWICE', 'carousel-labs', 'Books', 'Penguin', "
-                         "'Good', %s, %s, 'https://cdn.example.com/x.png', NULL, 'SOLD')",
-                         (price, datetime(2025, 6, 8, hour, tzinfo=UTC)))  # fmt: skip
-        conn.execute("INSERT INTO smartgo.products VALUES ('ONCE', 'carousel-labs', NULL, NULL, NULL, 5, "
-                     "'2025-06-08T10:00:00Z', 'https://cdn.example.com/y.png', NULL, 'SOLD')")  # fmt: skip
+            conn.execute(
+                "INSERT INTO smartgo.products VALUES ('TWICE', 'carousel-labs', 'Books', 'Penguin', "
+                "'Good', %s, %s, 'https://cdn.example.com/x.png', NULL, 'SOLD')",
+                (price, datetime(2025, 6, 8, hour, tzinfo=UTC)),
+            )
+        conn.execute(
+            "INSERT INTO smartgo.products VALUES ('ONCE', 'carousel-labs', NULL, NULL, NULL, 5, "
+            "'2025-06-08T10:00:00Z', 'https://cdn.example.com/y.png', NULL, 'SOLD')"
+        )
     store, res = sales_only(view, tmp_path)
 
     result = materialize([smartgo_sales], resources=res, partition_key="2025-06-08")
@@ -468,9 +525,13 @@ def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tm
     metadata = result.asset_materializations_for_node("smartgo_sales")[0].metadata
     assert metadata["duplicate_product_ids"].value == 2 and metadata["valid_rows"].value == 2
     sales = pq.read_table(store.local_path(asset_output_key(["smartgo_sales"], "2025-06-08")))
-    assert sorted(zip(sales.column("product_id").to_pylist(), sales.column("sold_price").to_pylist(), strict=True)) == [
-        ("ONCE", 5.0), ("TWICE", 12.0)
-    ]  # fmt: skip
+    assert sorted(
+        zip(
+            sales.column("product_id").to_pylist(),
+            sales.column("sold_price").to_pylist(),
+            strict=True,
+        )
+    ) == [("ONCE", 5.0), ("TWICE", 12.0)]
     quarantine = pq.read_table(
         store.local_path("staging/quarantine/smartgo_sales/2025-06-08.parquet")
     )
@@ -478,14 +539,24 @@ def test_a_source_that_repeats_a_product_id_keeps_its_latest_sale_once(stack, tm
 
 
 UNTRUSTED = {
-    "not-json": "answer is not JSON", "no-field": "answer has no 'embedding'",
-    "not-a-list": "is a str, not a list", "short": "1023 values, asked for 1024",
-    "strings": "holds non-numbers", "booleans": "holds non-numbers", "nan": "NaN, infinity",
-    "infinity": "NaN, infinity", "beyond-float32": "beyond float32", "zeros": "all zeros",
-    "array": "answer has no 'embedding'", "hang": "did not answer: ReadTimeoutError",
-    "reset": "did not answer", "deep": "nests too deeply", "huge-integers": "too large for a float",
-    "cut-short": "did not answer", "huge-body": "over 1048576 bytes",
-}  # fmt: skip
+    "not-json": "answer is not JSON",
+    "no-field": "answer has no 'embedding'",
+    "not-a-list": "is a str, not a list",
+    "short": "1023 values, asked for 1024",
+    "strings": "holds non-numbers",
+    "booleans": "holds non-numbers",
+    "nan": "NaN, infinity",
+    "infinity": "NaN, infinity",
+    "beyond-float32": "beyond float32",
+    "zeros": "all zeros",
+    "array": "answer has no 'embedding'",
+    "hang": "did not answer: ReadTimeoutError",
+    "reset": "did not answer",
+    "deep": "nests too deeply",
+    "huge-integers": "too large for a float",
+    "cut-short": "did not answer",
+    "huge-body": "over 1048576 bytes",
+}
 
 
 def test_untrusted_model_answers_are_per_sale_errors_and_no_such_vector_is_stored(
@@ -506,8 +577,13 @@ def test_untrusted_model_answers_are_per_sale_errors_and_no_such_vector_is_store
     insert_products(stack.postgres_uri, good + hostile)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     # A silent endpoint costs at most 2 attempts x (1 + 0.5) s for its sale.
-    res["image_embedder"] = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1",
-                                          read_timeout_s=0.5, connect_timeout_s=1, http_attempts=2)  # fmt: skip
+    res["image_embedder"] = TitanEmbedder(
+        endpoint_url=bedrock,
+        region_name="us-east-1",
+        read_timeout_s=0.5,
+        connect_timeout_s=1,
+        http_attempts=2,
+    )
 
     result = run(res, day, max_error_ratio=0.5, own_failure_window_s=3)
 
@@ -529,8 +605,9 @@ def test_an_endpoint_that_stops_answering_is_waited_out_then_named_with_how_long
 
     silent = servers.png((1, 2, 3))
     bedrock_calls.hostile = {hashlib.sha256(silent).hexdigest(): "hang"}
-    embedder = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1", read_timeout_s=0.2,
-                             http_attempts=1)  # fmt: skip
+    embedder = TitanEmbedder(
+        endpoint_url=bedrock, region_name="us-east-1", read_timeout_s=0.2, http_attempts=1
+    )
     with pytest.raises(BedrockUnavailable, match="did not answer: ReadTimeoutError"):
         embedder.embed(silent)
     outage = Outage("Bedrock", allowance_s=1.0, backoff_s=0.1)
@@ -561,8 +638,14 @@ def test_a_crash_during_the_iceberg_write_leaves_the_previous_rows_readable(
 
     with monkeypatch.context() as patch:
         patch.setattr(pyiceberg.table.Transaction, "commit_transaction", crash)
-        failed = materialize(ASSETS, resources=res, partition_key=day, raise_on_error=False,
-                             selection=[AssetKey("smartgo_sales_iceberg")] + [AssetKey("smartgo_sales"), AssetKey("product_image_embeddings")])  # fmt: skip
+        failed = materialize(
+            ASSETS,
+            resources=res,
+            partition_key=day,
+            raise_on_error=False,
+            selection=[AssetKey("smartgo_sales_iceberg")]
+            + [AssetKey("smartgo_sales"), AssetKey("product_image_embeddings")],
+        )
     assert not failed.success
     assert day_rows(res, day) == before
 
@@ -598,12 +681,24 @@ def test_a_misconfigured_database_fails_with_the_setting_named_and_no_secret(dim
 
 def test_the_sales_query_is_a_half_open_utc_window_and_can_be_limited_to_one_tenant(stack):
     day = "2025-06-20"
-    insert_products(stack.postgres_uri, [
-        sale("W-first", day, "http://x/a.png", sold_date=datetime(2025, 6, 20, 0, 0, tzinfo=UTC)),
-        sale("W-last", day, "http://x/a.png", sold_date=datetime(2025, 6, 20, 23, 59, 59, tzinfo=UTC)),
-        sale("W-next", day, "http://x/a.png", sold_date=datetime(2025, 6, 21, 0, 0, tzinfo=UTC)),
-        sale("W-other", day, "http://x/a.png", tenant_id="northwind-resale"),
-    ])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [
+            sale(
+                "W-first", day, "http://x/a.png", sold_date=datetime(2025, 6, 20, 0, 0, tzinfo=UTC)
+            ),
+            sale(
+                "W-last",
+                day,
+                "http://x/a.png",
+                sold_date=datetime(2025, 6, 20, 23, 59, 59, tzinfo=UTC),
+            ),
+            sale(
+                "W-next", day, "http://x/a.png", sold_date=datetime(2025, 6, 21, 0, 0, tzinfo=UTC)
+            ),
+            sale("W-other", day, "http://x/a.png", tenant_id="northwind-resale"),
+        ],
+    )
     window = (datetime(2025, 6, 20, tzinfo=UTC), datetime(2025, 6, 21, tzinfo=UTC))
 
     def ids(db):
@@ -624,16 +719,27 @@ def test_the_database_can_be_configured_from_the_ssm_json_parameter(stack):
 
     target = conninfo_to_dict(stack.postgres_uri)
     ssm = boto3.client("ssm", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
-    config = {"host": target["host"], "port": 5432, "database": target["dbname"], "username": "postgres",
-              "password": "not-needed-locally", "maxConnections": 10, "connectionTimeoutMs": 5000, "queryTimeoutMs": 1500}  # fmt: skip
+    config = {
+        "host": target["host"],
+        "port": 5432,
+        "database": target["dbname"],
+        "username": "postgres",
+        "password": "not-needed-locally",
+        "maxConnections": 10,
+        "connectionTimeoutMs": 5000,
+        "queryTimeoutMs": 1500,
+    }
     ssm.put_parameter(
         Name="/tf/test/smartgo/database/config",
         Value=json.dumps(config),
         Type="SecureString",
         Overwrite=True,
     )
-    db = SmartGoDatabase(ssm_parameter_name="/tf/test/smartgo/database/config", endpoint_url=stack.aws_endpoint_url,
-                         region_name="us-east-1")  # fmt: skip
+    db = SmartGoDatabase(
+        ssm_parameter_name="/tf/test/smartgo/database/config",
+        endpoint_url=stack.aws_endpoint_url,
+        region_name="us-east-1",
+    )
     with db.connect() as conn:
         assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "1500ms"
         assert conn.execute("SELECT current_database() AS d").fetchone()["d"] == "smartgo"
@@ -695,8 +801,14 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     for n in range(12):
         cdn_state.images[f"/split-{n}.png"] = servers.png((20 * n, 10, 90))
     # Each picture is sold twice under the same URL, and three sales have unusable images.
-    insert_products(stack.postgres_uri, [sale(f"S-{n:02d}", day, f"{cdn}/split-{n % 12}.png") for n in range(24)]
-                    + [sale(f"S-{name}", day, f"{cdn}{HOSTILE[name][0]}") for name in ("missing", "page", "bomb")])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [sale(f"S-{n:02d}", day, f"{cdn}/split-{n % 12}.png") for n in range(24)]
+        + [
+            sale(f"S-{name}", day, f"{cdn}{HOSTILE[name][0]}")
+            for name in ("missing", "page", "bomb")
+        ],
+    )
     (tmp_path / "alone").mkdir(), (tmp_path / "split").mkdir()
     alone = resources(stack, s3_bucket, bedrock, cdn, tmp_path / "alone")
     run(alone, day, worker_processes=1, max_error_ratio=0.5)
@@ -771,9 +883,15 @@ def test_known_vectors_keep_one_usable_vector_per_image_out_of_memory_and_give_i
         }
     )
     batches = [
-        batch(["a", "b", "c", None], ["m", "m", "other", "m"], [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]]),
-        batch(["a", "d", "e", "f"], ["m", "m", "m", "m"], [[9, 9, 9], [1, 2], None, [0.5, -1, 2e30]]),
-    ]  # fmt: skip
+        batch(
+            ["a", "b", "c", None],
+            ["m", "m", "other", "m"],
+            [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]],
+        ),
+        batch(
+            ["a", "d", "e", "f"], ["m", "m", "m", "m"], [[9, 9, 9], [1, 2], None, [0.5, -1, 2e30]]
+        ),
+    ]
 
     with KnownVectors(iter(batches), "m", 3) as known:
         # The first vector of each image, for this model, of this length: not "c" (another model),
@@ -803,10 +921,17 @@ class DyingEmbedder(LocalVisualEmbedder):
     [(False, "exited with code 3"), (True, r"was killed by signal 9 \(SIGKILL\)")],
 )
 def test_a_worker_process_that_dies_fails_the_work_naming_it_and_how(cdn, tmp_path, killed, how):
-    work = SaleWork(ImageFetcher(allowlist=["localhost"]), LocalObjectStore(bucket="b", lake_dir=str(tmp_path)),
-                    DyingEmbedder(killed=killed), ImageVectors(), threads=2)  # fmt: skip
-    items = [({"product_id": f"D-{n}", "tenant_id": "t", "image_url": f"{cdn}/ok.png"}, None)
-             for n in range(4)]  # fmt: skip
+    work = SaleWork(
+        ImageFetcher(allowlist=["localhost"]),
+        LocalObjectStore(bucket="b", lake_dir=str(tmp_path)),
+        DyingEmbedder(killed=killed),
+        ImageVectors(),
+        threads=2,
+    )
+    items = [
+        ({"product_id": f"D-{n}", "tenant_id": "t", "image_url": f"{cdn}/ok.png"}, None)
+        for n in range(4)
+    ]
 
     with pytest.raises(WorkerFailed, match=rf"embedding worker process \d+ {how}"):
         list(run_sales(work, items, 2, Outcome(), Pace(context=worker_context())))
@@ -853,9 +978,12 @@ def test_a_quota_lower_than_configured_slows_the_calls_down_and_loses_no_vector(
     bedrock_calls.quota = servers.RequestQuota(per_minute=240)  # other runs share the account
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     res["image_embedder"] = TitanEmbedder(
-        endpoint_url=bedrock, region_name="us-east-1", requests_per_minute=480,
-        max_concurrency=8, model_timeout_backoff_s=0.05,
-    )  # fmt: skip
+        endpoint_url=bedrock,
+        region_name="us-east-1",
+        requests_per_minute=480,
+        max_concurrency=8,
+        model_timeout_backoff_s=0.05,
+    )
 
     result = run(res, day, worker_processes=2, worker_min_sales=1)
 
@@ -878,9 +1006,11 @@ def test_calls_are_paced_to_a_tokens_per_minute_quota_by_what_each_answer_says_i
     bedrock_calls.quota = servers.RequestQuota(per_minute, tokens=True)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     res["image_embedder"] = TitanEmbedder(
-        endpoint_url=bedrock, region_name="us-east-1", tokens_per_minute=per_minute,
+        endpoint_url=bedrock,
+        region_name="us-east-1",
+        tokens_per_minute=per_minute,
         max_concurrency=12,
-    )  # fmt: skip
+    )
 
     result = run(res, day, worker_processes=2, worker_min_sales=1)
 
@@ -899,8 +1029,11 @@ def test_an_image_embedded_on_an_earlier_day_is_not_embedded_again_for_the_same_
     first, second = "2025-07-03", "2025-07-04"
     for n in range(9):
         cdn_state.images[f"/seen-{n}.png"] = servers.png((n * 25, 90, 255 - n * 20))
-    insert_products(stack.postgres_uri, [sale(f"E-{n}", first, f"{cdn}/seen-{n}.png") for n in range(6)]
-                    + [sale(f"F-{n}", second, f"{cdn}/seen-{n}.png") for n in range(3, 9)])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [sale(f"E-{n}", first, f"{cdn}/seen-{n}.png") for n in range(6)]
+        + [sale(f"F-{n}", second, f"{cdn}/seen-{n}.png") for n in range(3, 9)],
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     run(res, first)
     assert bedrock_calls.calls == 6
@@ -931,11 +1064,21 @@ def test_price_bands_give_each_kind_and_its_roll_ups_their_quantiles_over_90_day
 ):
     days = ("2025-04-10", "2025-07-10", "2025-07-12")  # the first is outside the last's 90 days
     prices = {days[0]: [999, 999], days[1]: [10, 20, 30, 40], days[2]: [50, 60, 70, 80]}
-    insert_products(stack.postgres_uri, [
-        sale(f"PB-{day}-{n}", day, f"{cdn}/ok.png", sold_price=str(price),
-             brand=("Sony", "Bose")[n % 2], condition=("Good", "New")[n < 2])
-        for day, day_prices in prices.items() for n, price in enumerate(day_prices)
-    ])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [
+            sale(
+                f"PB-{day}-{n}",
+                day,
+                f"{cdn}/ok.png",
+                sold_price=str(price),
+                brand=("Sony", "Bose")[n % 2],
+                condition=("Good", "New")[n < 2],
+            )
+            for day, day_prices in prices.items()
+            for n, price in enumerate(day_prices)
+        ],
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     for day in days:
         run(res, day)
@@ -960,8 +1103,12 @@ def test_price_bands_give_each_kind_and_its_roll_ups_their_quantiles_over_90_day
     )
     assert whole["mean"] == pytest.approx(45.0)
     assert whole["window_start"].isoformat() == "2025-04-14"
-    sony_good = [r for r in rows if r["level"] == "category_brand_condition"
-                 and (r["brand"], r["condition"]) == ("Sony", "Good")]  # fmt: skip
+    sony_good = [
+        r
+        for r in rows
+        if r["level"] == "category_brand_condition"
+        and (r["brand"], r["condition"]) == ("Sony", "Good")
+    ]
     assert [(r["sales_count"], r["median"]) for r in sony_good] == [(2, 50.0)]  # 30 and 70
 
     # The sixth QuickSight dataset: the same bands, one JSON type per field on every line.

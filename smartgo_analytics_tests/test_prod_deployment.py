@@ -67,17 +67,34 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
         Name=SSM_PARAMETER,
         Type="SecureString",
         Overwrite=True,
-        Value=json.dumps({"host": db["host"], "port": int(db.get("port", 5432)), "database": db["dbname"],
-                          "username": db["user"], "password": "prod-secret",
-                          "maxConnections": 5, "connectionTimeoutMs": 5000, "queryTimeoutMs": 30000}),
-    )  # fmt: skip
+        Value=json.dumps(
+            {
+                "host": db["host"],
+                "port": int(db.get("port", 5432)),
+                "database": db["dbname"],
+                "username": db["user"],
+                "password": "prod-secret",
+                "maxConnections": 5,
+                "connectionTimeoutMs": 5000,
+                "queryTimeoutMs": 30000,
+            }
+        ),
+    )
     for n in range(6):
         cdn_state.images[f"/prod/{n}.png"] = servers.png(color=(40 * n, 200 - 30 * n, 90))
-    insert_products(stack.postgres_uri, [
-        sale(f"PROD-{n}", DAY, f"{cdn}/prod/{n % 6}.png", tenant_id=("carousel-labs", "northwind")[n % 2],
-             sold_price=f"{20 + n}.50")
-        for n in range(12)
-    ])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [
+            sale(
+                f"PROD-{n}",
+                DAY,
+                f"{cdn}/prod/{n % 6}.png",
+                tenant_id=("carousel-labs", "northwind")[n % 2],
+                sold_price=f"{20 + n}.50",
+            )
+            for n in range(12)
+        ],
+    )
     topic = aws.client("sns", **endpoint).create_topic(Name="smartgo-prod-alerts")["TopicArn"]
     sqs = aws.client("sqs", **endpoint)
     queue = sqs.create_queue(QueueName="smartgo-prod-alerts")["QueueUrl"]
@@ -204,9 +221,11 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     def command(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "smartgo_analytics.cli", "comparables", *args],
-            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")}, capture_output=True,
-            text=True, timeout=120,
-        )  # fmt: skip
+            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     asked = command("--product-id", "PROD-3", "--k", "3", "--format", "json")
     assert asked.returncode == 0, asked.stderr
@@ -220,8 +239,9 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     assert {i["product_id"] for i in items} <= {f"PROD-{n}" for n in range(1, 12, 2)}
     assert list((tmp_path / "home" / "cache" / "similarity_index").iterdir())
     calls = bedrock_calls.calls
-    by_picture = command("--image", f"{cdn}/prod/4.png", "--tenant", "carousel-labs", "--k", "2",
-                         "--format", "json")  # fmt: skip
+    by_picture = command(
+        "--image", f"{cdn}/prod/4.png", "--tenant", "carousel-labs", "--k", "2", "--format", "json"
+    )
     assert by_picture.returncode == 0, by_picture.stderr
     assert bedrock_calls.calls == calls + 1
     first = json.loads(by_picture.stdout)["comparables"][0]
@@ -234,9 +254,13 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     # The comparables page on the prod deployment, started as a person starts it: the answer of
     # the command, pictures presigned on S3 (and served by it), a sale's row from the Glue table.
     port = servers.free_port()
-    page = subprocess.Popen([sys.executable, "-m", "smartgo_analytics.cli", "web", "--port", str(port)],
-                            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    page = subprocess.Popen(
+        [sys.executable, "-m", "smartgo_analytics.cli", "web", "--port", str(port)],
+        env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -262,14 +286,23 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     # SQL and reads over the lake on S3, as a production user asks them: DuckDB reads the files the
     # Glue catalog's current metadata names, from S3; the same counts as pyiceberg.
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "smartgo_analytics.cli", *args], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")})  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "smartgo_analytics.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
+        )
 
     started = time.perf_counter()
     # A test on the vector itself too: DuckDB's Iceberg scan once pruned every file for it.
-    sql = cli("sql", "SELECT tenant_id, count(*) AS sales, count(embedding_vector) AS with_vector "
-                     "FROM smartgo_sales WHERE embedding_vector IS NOT NULL GROUP BY 1 ORDER BY 1",
-              "--format", "json")  # fmt: skip
+    sql = cli(
+        "sql",
+        "SELECT tenant_id, count(*) AS sales, count(embedding_vector) AS with_vector "
+        "FROM smartgo_sales WHERE embedding_vector IS NOT NULL GROUP BY 1 ORDER BY 1",
+        "--format",
+        "json",
+    )
     sql_s = time.perf_counter() - started
     assert sql.returncode == 0, sql.stderr
     by_tenant = {}
@@ -292,15 +325,19 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     )
     assert read.returncode == 0 and len(read.stdout.splitlines()) == 3, read.stderr
 
-    progress = boto3.client("dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1").get_item(
-        TableName="smartgo-export-progress-prod", Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}}
-    )["Item"]  # fmt: skip
+    progress = boto3.client(
+        "dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
+    ).get_item(
+        TableName="smartgo-export-progress-prod",
+        Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}},
+    )["Item"]
     assert progress["status"]["S"] == "COMPLETE" and progress["totalCount"]["N"] == "12"
 
     # The prod alerter publishes to SNS in the deployment's region.
     resources["alerter"].send(Alert(title="SmartGo analytics: test", error="none", partition=DAY))
-    (message,) = boto3.client("sqs", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
-                              ).receive_message(QueueUrl=prod_environment["queue"])["Messages"]  # fmt: skip
+    (message,) = boto3.client(
+        "sqs", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
+    ).receive_message(QueueUrl=prod_environment["queue"])["Messages"]
     assert f"partition: {DAY}" in json.loads(message["Body"])["Message"]
 
     snapshot = table.current_snapshot().snapshot_id
@@ -343,9 +380,14 @@ def test_the_s3_tables_settings_sign_the_catalog_requests_for_s3tables_in_the_re
         "ICEBERG_CATALOG_TYPE": "rest",
         "ICEBERG_CATALOG_URI": f"http://127.0.0.1:{server.server_port}/iceberg",
         "ICEBERG_WAREHOUSE": warehouse,
-        "ICEBERG_CATALOG_PROPERTIES": json.dumps({"rest.sigv4-enabled": "true", "rest.signing-name": "s3tables",
-                                                  "rest.signing-region": "eu-west-1"}),
-    }.items():  # fmt: skip
+        "ICEBERG_CATALOG_PROPERTIES": json.dumps(
+            {
+                "rest.sigv4-enabled": "true",
+                "rest.signing-name": "s3tables",
+                "rest.signing-region": "eu-west-1",
+            }
+        ),
+    }.items():
         monkeypatch.setenv(name, value)
     settings.cache_clear()
     try:

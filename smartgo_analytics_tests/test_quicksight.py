@@ -78,8 +78,17 @@ def test_a_day_exports_five_ndjson_datasets_and_manifests_to_s3(stack, table, s3
     assert result.success
     stores = lines(store, "store_summaries", "2025-02-10")
     assert len(stores) == 11 and all(r["date"] == "2025-02-10" for r in stores)
-    assert list(stores[0]) == ["date", "store_id", "store_name", "region", "total_revenue", "transaction_count",
-                               "avg_transaction_value", "items_sold", "unique_customers"]  # fmt: skip
+    assert list(stores[0]) == [
+        "date",
+        "store_id",
+        "store_name",
+        "region",
+        "total_revenue",
+        "transaction_count",
+        "avg_transaction_value",
+        "items_sold",
+        "unique_customers",
+    ]
     top = lines(store, "top_products", "2025-02-10")
     assert len(top) == 20 and [r["rank"] for r in top] == list(range(1, 21))
     assert [r["revenue"] for r in top] == sorted((r["revenue"] for r in top), reverse=True)
@@ -104,18 +113,47 @@ def test_bad_items_become_nulls_or_skips_with_reasons_and_never_kill_the_day(
     d = "2025-02-11"
 
     def store_item(store_id, **fields):
-        return {"PK": f"STORE#{store_id}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"STORE#{store_id}",
-                "store_id": store_id, **fields}  # fmt: skip
+        return {
+            "PK": f"STORE#{store_id}",
+            "SK": f"DATE#{d}",
+            "GSI1PK": f"DATE#{d}",
+            "GSI1SK": f"STORE#{store_id}",
+            "store_id": store_id,
+            **fields,
+        }
 
     huge = Decimal("12345678901234567890123456789012345678")
-    put_items(stack, table, [
-        store_item("S01", store_name="Köln Ehrenfeld 東京", total_revenue=Decimal("10.5"), transaction_count=huge),
-        store_item("S02", total_revenue="lots", transaction_count=Decimal("3")),  # string where a number belongs, missing name
-        # DynamoDB itself refuses NaN numbers; a NaN arrives as text (core tests cover Decimal NaN).
-        store_item("S03", total_revenue="NaN", transaction_count=Decimal("2.5")),
-        {"PK": "STORE#S01-copy", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": "STORE#S01-copy", "store_id": "S01"},
-        {"PK": f"INSIGHT#{d}", "SK": "WEIRD#1", "GSI1PK": f"DATE#{d}", "GSI1SK": "INSIGHT#WEIRD#1", "insight_id": "w1"},
-    ])  # fmt: skip
+    put_items(
+        stack,
+        table,
+        [
+            store_item(
+                "S01",
+                store_name="Köln Ehrenfeld 東京",
+                total_revenue=Decimal("10.5"),
+                transaction_count=huge,
+            ),
+            store_item(
+                "S02", total_revenue="lots", transaction_count=Decimal("3")
+            ),  # string where a number belongs, missing name
+            # DynamoDB itself refuses NaN numbers; a NaN arrives as text (core tests cover Decimal NaN).
+            store_item("S03", total_revenue="NaN", transaction_count=Decimal("2.5")),
+            {
+                "PK": "STORE#S01-copy",
+                "SK": f"DATE#{d}",
+                "GSI1PK": f"DATE#{d}",
+                "GSI1SK": "STORE#S01-copy",
+                "store_id": "S01",
+            },
+            {
+                "PK": f"INSIGHT#{d}",
+                "SK": "WEIRD#1",
+                "GSI1PK": f"DATE#{d}",
+                "GSI1SK": "INSIGHT#WEIRD#1",
+                "insight_id": "w1",
+            },
+        ],
+    )
     store, res = s3_resources(stack, table, s3_bucket)
 
     result = materialize(ASSETS, resources=res, partition_key=d)
@@ -151,11 +189,22 @@ def test_bad_items_become_nulls_or_skips_with_reasons_and_never_kill_the_day(
 def test_pagination_reads_every_item_of_a_day_over_one_megabyte(stack, table, s3_bucket):
     d = "2025-02-12"
     padding = "x" * 4000
-    put_items(stack, table, [
-        {"PK": f"PRODUCT#P{n:04d}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"PRODUCT#P{n:04d}",
-         "product_id": f"P{n:04d}", "revenue": Decimal(n), "notes": padding}
-        for n in range(400)
-    ])  # fmt: skip
+    put_items(
+        stack,
+        table,
+        [
+            {
+                "PK": f"PRODUCT#P{n:04d}",
+                "SK": f"DATE#{d}",
+                "GSI1PK": f"DATE#{d}",
+                "GSI1SK": f"PRODUCT#P{n:04d}",
+                "product_id": f"P{n:04d}",
+                "revenue": Decimal(n),
+                "notes": padding,
+            }
+            for n in range(400)
+        ],
+    )
     store, res = s3_resources(stack, table, s3_bucket)
 
     result = materialize(ASSETS, resources=res, partition_key=d)
@@ -204,11 +253,25 @@ def test_a_number_field_is_a_json_float_on_every_line_and_an_integer_field_an_in
     stack, table, s3_bucket
 ):
     d = "2025-02-15"
-    put_items(stack, table, [
-        {"PK": f"STORE#S{n}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"STORE#S{n}", "store_id": f"S{n}",
-         "total_revenue": revenue, "avg_transaction_value": Decimal(7), "transaction_count": count}
-        for n, (revenue, count) in enumerate([(Decimal("23187"), Decimal("12")), (Decimal("17694.37"), Decimal("9.0"))])
-    ])  # fmt: skip
+    put_items(
+        stack,
+        table,
+        [
+            {
+                "PK": f"STORE#S{n}",
+                "SK": f"DATE#{d}",
+                "GSI1PK": f"DATE#{d}",
+                "GSI1SK": f"STORE#S{n}",
+                "store_id": f"S{n}",
+                "total_revenue": revenue,
+                "avg_transaction_value": Decimal(7),
+                "transaction_count": count,
+            }
+            for n, (revenue, count) in enumerate(
+                [(Decimal("23187"), Decimal("12")), (Decimal("17694.37"), Decimal("9.0"))]
+            )
+        ],
+    )
     store, res = s3_resources(stack, table, s3_bucket)
 
     result = materialize(ASSETS, resources=res, partition_key=d)
@@ -228,8 +291,13 @@ def test_re_exporting_a_day_rewrites_its_finished_month_and_the_manifest_names_a
     from datetime import date
 
     store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
-    res = {"sales_data": SalesDataTable(table_name=table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"),
-           "object_store": store, "quicksight": QuickSightExport()}  # fmt: skip
+    res = {
+        "sales_data": SalesDataTable(
+            table_name=table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+        ),
+        "object_store": store,
+        "quicksight": QuickSightExport(),
+    }
     for day in (date(2025, 4, 29), date(2025, 4, 30), date(2025, 5, 1)):
         put_items(stack, table, sales_data_items(day))
         assert materialize(ASSETS, resources=res, partition_key=day.isoformat()).success
@@ -239,10 +307,20 @@ def test_re_exporting_a_day_rewrites_its_finished_month_and_the_manifest_names_a
         "quicksight/store_summaries/2025-04-29.json"
     ) + store.get_bytes("quicksight/store_summaries/2025-04-30.json")
 
-    put_items(stack, table, [
-        {"PK": "STORE#S-new", "SK": "DATE#2025-04-29", "GSI1PK": "DATE#2025-04-29", "GSI1SK": "STORE#S-new",
-         "store_id": "S-new", "total_revenue": Decimal("5")}
-    ])  # fmt: skip
+    put_items(
+        stack,
+        table,
+        [
+            {
+                "PK": "STORE#S-new",
+                "SK": "DATE#2025-04-29",
+                "GSI1PK": "DATE#2025-04-29",
+                "GSI1SK": "STORE#S-new",
+                "store_id": "S-new",
+                "total_revenue": Decimal("5"),
+            }
+        ],
+    )
     assert materialize(ASSETS, resources=res, partition_key="2025-04-29").success
 
     after = [json.loads(line) for line in store.get_bytes(april).decode().splitlines()]
@@ -364,8 +442,11 @@ def test_spice_refresh_is_called_only_for_configured_data_sets_with_one_id_per_p
 
     run_id = result.run_id
     assert QuickSightRecorder.requests == [
-        ("PUT", f"/accounts/123456789012/data-sets/qs-trends/ingestions/smartgo-trends-2025-02-16-{run_id}")
-    ]  # fmt: skip
+        (
+            "PUT",
+            f"/accounts/123456789012/data-sets/qs-trends/ingestions/smartgo-trends-2025-02-16-{run_id}",
+        )
+    ]
     metadata = result.asset_materializations_for_node("quicksight__trends")[0].metadata
     assert metadata["spice_ingestion_status"].value == "QUEUED"
     other = result.asset_materializations_for_node("quicksight__anomalies")[0].metadata
@@ -378,8 +459,14 @@ def test_records_without_a_usable_identity_are_skipped_and_any_text_survives_the
     d = "2025-02-17"
 
     def store(store_id, name="x"):
-        return {"PK": f"STORE#{store_id!s:.20}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}",
-                "GSI1SK": f"STORE#{store_id!s:.20}", "store_id": store_id, "store_name": name}  # fmt: skip
+        return {
+            "PK": f"STORE#{store_id!s:.20}",
+            "SK": f"DATE#{d}",
+            "GSI1PK": f"DATE#{d}",
+            "GSI1SK": f"STORE#{store_id!s:.20}",
+            "store_id": store_id,
+            "store_name": name,
+        }
 
     # (A lone surrogate is not valid UTF-8: DynamoDB refuses it; the NDJSON core test covers it.)
     texts = {
@@ -389,10 +476,20 @@ def test_records_without_a_usable_identity_are_skipped_and_any_text_survives_the
         "long": "ü" * 200_000,
         "emoji": "\U0001f6d2 cart",
     }
-    put_items(stack, table, [store(f"S-{name}", text) for name, text in texts.items()] + [
-        store(["S1"]), store({"id": "S2"}), store(True), store(" "), store(None), store(Decimal("3.5")),
-        store(Decimal("7"), "seven"),
-    ])  # fmt: skip
+    put_items(
+        stack,
+        table,
+        [store(f"S-{name}", text) for name, text in texts.items()]
+        + [
+            store(["S1"]),
+            store({"id": "S2"}),
+            store(True),
+            store(" "),
+            store(None),
+            store(Decimal("3.5")),
+            store(Decimal("7"), "seven"),
+        ],
+    )
     store_, res = s3_resources(stack, table, s3_bucket)
 
     result = materialize(ASSETS, resources=res, partition_key=d)

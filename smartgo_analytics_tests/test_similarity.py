@@ -41,10 +41,18 @@ def pictures(cdn_state, cdn, tag: str, brand_of=lambda brand: brand) -> dict:
 
 def day_sales(tenant, day, urls, count, prefix):
     kinds = list(urls)
-    return [sale(f"{prefix}-{day}-{n}", day, urls[kinds[n % len(kinds)]], tenant_id=tenant,
-                 category=kinds[n % len(kinds)][0], brand=kinds[n % len(kinds)][1],
-                 sold_price=str(10 + n))
-            for n in range(count)]  # fmt: skip
+    return [
+        sale(
+            f"{prefix}-{day}-{n}",
+            day,
+            urls[kinds[n % len(kinds)]],
+            tenant_id=tenant,
+            category=kinds[n % len(kinds)][0],
+            brand=kinds[n % len(kinds)][1],
+            sold_price=str(10 + n),
+        )
+        for n in range(count)
+    ]
 
 
 def indexed_products(res, tenant) -> list[str]:
@@ -61,8 +69,12 @@ def indexed_products(res, tenant) -> list[str]:
 
 
 def table_products(res, days, tenant) -> list[str]:
-    return [pid for day in days for pid, row in day_rows(res, day).items()
-            if row["tenant_id"] == tenant and row["embedding_vector"] is not None]  # fmt: skip
+    return [
+        pid
+        for day in days
+        for pid, row in day_rows(res, day).items()
+        if row["tenant_id"] == tenant and row["embedding_vector"] is not None
+    ]
 
 
 def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_answers_comparables(
@@ -71,11 +83,15 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     tenant, other = "index-a", "index-b"
     days = ("2025-08-04", "2025-08-05", "2025-08-06")
     urls = pictures(cdn_state, cdn, "index")
-    insert_products(stack.postgres_uri, [
-        *day_sales(tenant, days[1], urls, 12, "IX"), *day_sales(tenant, days[2], urls, 9, "IX"),
-        *day_sales(other, days[2], urls, 4, "IY"),
-        sale(f"IX-{days[2]}-gone", days[2], f"{cdn}/missing.png", tenant_id=tenant),
-    ])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [
+            *day_sales(tenant, days[1], urls, 12, "IX"),
+            *day_sales(tenant, days[2], urls, 9, "IX"),
+            *day_sales(other, days[2], urls, 4, "IY"),
+            sale(f"IX-{days[2]}-gone", days[2], f"{cdn}/missing.png", tenant_id=tenant),
+        ],
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     for day in days[1:]:
         assert materialize(ASSETS, resources=res, partition_key=day, run_config=RUN_CONFIG).success
@@ -83,15 +99,28 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     # are no longer sold and one is new; and the second day again, unchanged.
     insert_products(stack.postgres_uri, day_sales(tenant, days[0], urls, 5, "IX"))
     with psycopg.connect(stack.postgres_uri) as conn:
-        conn.execute("UPDATE smartgo.products SET status = 'AVAILABLE' WHERE id IN (%s, %s)",
-                     (f"IX-{days[1]}-0", f"IX-{days[1]}-1"))  # fmt: skip
-    insert_products(stack.postgres_uri, [sale(f"IX-{days[1]}-new", days[1], urls[KINDS[0] + (0,)],
-                                              tenant_id=tenant, sold_price="99")])  # fmt: skip
+        conn.execute(
+            "UPDATE smartgo.products SET status = 'AVAILABLE' WHERE id IN (%s, %s)",
+            (f"IX-{days[1]}-0", f"IX-{days[1]}-1"),
+        )
+    insert_products(
+        stack.postgres_uri,
+        [
+            sale(
+                f"IX-{days[1]}-new",
+                days[1],
+                urls[KINDS[0] + (0,)],
+                tenant_id=tenant,
+                sold_price="99",
+            )
+        ],
+    )
     for day in (days[0], days[1], days[1]):
         result = materialize(ASSETS, resources=res, partition_key=day, run_config=RUN_CONFIG)
         assert result.success
-    (index_check,) = [e for e in result.get_asset_check_evaluations()
-                      if e.check_name == "index_matches_table"]  # fmt: skip
+    (index_check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "index_matches_table"
+    ]
     assert index_check.passed, index_check.description
 
     indexed = indexed_products(res, tenant)
@@ -106,8 +135,9 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     manifest.segments[0].days[days[0]] += 5
     res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
     table = {tenant: 5, other: 0}
-    assert day_differences(res["object_store"], [tenant, other], date.fromisoformat(days[0]),
-                           Counter(table), 1024) == [f"{tenant} {days[0]}: index 10, table 5"]  # fmt: skip
+    assert day_differences(
+        res["object_store"], [tenant, other], date.fromisoformat(days[0]), Counter(table), 1024
+    ) == [f"{tenant} {days[0]}: index 10, table 5"]
     manifest.segments[0].days[days[0]] -= 5
     res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
 
@@ -120,8 +150,13 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     similarities = [item.similarity for item in found.items]
     assert similarities == sorted(similarities, reverse=True)
     rows = {pid: row for day in days for pid, row in day_rows(res, day).items()}
-    same_picture = {pid for pid, row in rows.items() if pid != asked and row["tenant_id"] == tenant
-                    and row["image_sha256"] == rows[asked]["image_sha256"]}  # fmt: skip
+    same_picture = {
+        pid
+        for pid, row in rows.items()
+        if pid != asked
+        and row["tenant_id"] == tenant
+        and row["image_sha256"] == rows[asked]["image_sha256"]
+    }
     assert 0 < len(same_picture) < 6
     assert {i.product_id for i in found.items[: len(same_picture)]} == same_picture
     assert found.items[0].similarity == pytest.approx(1.0, abs=1e-3)
@@ -197,20 +232,30 @@ def test_a_day_embedded_by_a_broken_model_fails_the_quality_check(
     stack, s3_bucket, bedrock, bedrock_state, cdn, cdn_state, tmp_path, broken
 ):
     tenant = f"quality-{broken}"
-    good_day, bad_day = {"random": ("2025-08-11", "2025-08-12"),
-                         "constant": ("2025-08-13", "2025-08-14")}[broken]  # fmt: skip
+    good_day, bad_day = {
+        "random": ("2025-08-11", "2025-08-12"),
+        "constant": ("2025-08-13", "2025-08-14"),
+    }[broken]
     # Other brands on the second day: new pictures, so nothing is reused from the first.
     good = pictures(cdn_state, cdn, f"{broken}-good")
     bad = pictures(cdn_state, cdn, f"{broken}-bad", brand_of=lambda brand: f"{brand} {broken}")
-    insert_products(stack.postgres_uri, [*day_sales(tenant, good_day, good, 36, "Q" + broken),
-                                         *day_sales(tenant, bad_day, bad, 36, "Q" + broken)])  # fmt: skip
+    insert_products(
+        stack.postgres_uri,
+        [
+            *day_sales(tenant, good_day, good, 36, "Q" + broken),
+            *day_sales(tenant, bad_day, bad, 36, "Q" + broken),
+        ],
+    )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
 
     def quality(day):
         result = materialize(ASSETS, resources=res, partition_key=day, run_config=RUN_CONFIG)
         assert result.success  # a WARN check: the day is written, and flagged
-        (evaluation,) = [e for e in result.get_asset_check_evaluations()
-                         if e.check_name == "embeddings_look_right"]  # fmt: skip
+        (evaluation,) = [
+            e
+            for e in result.get_asset_check_evaluations()
+            if e.check_name == "embeddings_look_right"
+        ]
         return evaluation
 
     healthy = quality(good_day)
@@ -251,12 +296,17 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
         spool = sim.DaySpool(tmp_path, "t", 16)
         ids = [f"{tag}-{n}" for n in range(count)]
         when = datetime.combine(day, datetime.min.time(), UTC)
-        items = pa.record_batch({
-            "product_id": ids, "category": [None] * count, "brand": [None] * count,
-            "condition": [None] * count, "sold_price": [1.0] * count,
-            "sold_date": pa.array([when] * count, pa.timestamp("us", "UTC")),
-            "image_sha256": [None] * count,
-        })  # fmt: skip
+        items = pa.record_batch(
+            {
+                "product_id": ids,
+                "category": [None] * count,
+                "brand": [None] * count,
+                "condition": [None] * count,
+                "sold_price": [1.0] * count,
+                "sold_date": pa.array([when] * count, pa.timestamp("us", "UTC")),
+                "image_sha256": [None] * count,
+            }
+        )
         vectors = rng.standard_normal((count, 16)).astype(np.float32)
         spool.add(items, vectors)
         commit_day(store, "t", 16, day, spool, tmp_path)

@@ -49,8 +49,11 @@ def live_and_unreferenced(catalog: IcebergCatalog):
     filesystem = table.io.fs_by_scheme(location.split("://")[0], location.split("/")[2] or None)
     from pyarrow.fs import FileSelector, FileType
 
-    listed = {i.path for i in filesystem.get_file_info(FileSelector(_path_of(location), recursive=True))
-              if i.type == FileType.File}  # fmt: skip
+    listed = {
+        i.path
+        for i in filesystem.get_file_info(FileSelector(_path_of(location), recursive=True))
+        if i.type == FileType.File
+    }
     referenced = {_path_of(table.metadata_location)} | {
         _path_of(e.metadata_file) for e in table.metadata.metadata_log
     }
@@ -75,8 +78,13 @@ def test_durations_and_sizes_are_read_as_the_command_takes_them():
 
 
 def test_maintenance_on_the_sql_catalog_leaves_live_files_only_and_the_same_rows(tmp_path):
-    catalog = IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
-                                         "warehouse": (tmp_path / "warehouse").as_uri()})  # fmt: skip
+    catalog = IcebergCatalog(
+        properties={
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path}/catalog.db",
+            "warehouse": (tmp_path / "warehouse").as_uri(),
+        }
+    )
     fill(catalog)
     before = fingerprint(catalog)
     files_before, _ = live_and_unreferenced(catalog)
@@ -104,9 +112,9 @@ def test_maintenance_on_the_sql_catalog_leaves_live_files_only_and_the_same_rows
     assert len(files_before) > 30 * len(TENANTS) // 2 and len(files_after) == len(
         TENANTS
     )  # one a partition
-    assert {p["tenant_id"]: (p["files_before"], p["files_after"]) for p in report.partitions_compacted} == {
-        t: (30, 1) for t in TENANTS
-    }  # fmt: skip
+    assert {
+        p["tenant_id"]: (p["files_before"], p["files_after"]) for p in report.partitions_compacted
+    } == {t: (30, 1) for t in TENANTS}
     # 33 writes (a re-written day adds a delete), then a delete and an append per compacted partition.
     assert snapshots_before == 36 and report.snapshots_left == 2
     assert report.snapshots_expired == snapshots_before + 2 * len(TENANTS) - 2
@@ -117,8 +125,13 @@ def test_maintenance_on_the_sql_catalog_leaves_live_files_only_and_the_same_rows
 
 
 def test_a_day_written_while_maintenance_compacts_is_kept_and_the_compaction_retried(tmp_path):
-    catalog = IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
-                                         "warehouse": (tmp_path / "warehouse").as_uri()})  # fmt: skip
+    catalog = IcebergCatalog(
+        properties={
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path}/catalog.db",
+            "warehouse": (tmp_path / "warehouse").as_uri(),
+        }
+    )
     fill(catalog)
     day = DAYS[20]
     written = []
@@ -127,8 +140,10 @@ def test_a_day_written_while_maintenance_compacts_is_kept_and_the_compaction_ret
         if not written:
             written.append(catalog.replace_day([day_rows(day, 99.0)], day, day + timedelta(days=1)))
 
-    report = catalog.maintain(Retention(timedelta(0), 1, timedelta(0), 128 * 2**20),
-                              on_group_read=a_day_is_materialised_meanwhile)  # fmt: skip
+    report = catalog.maintain(
+        Retention(timedelta(0), 1, timedelta(0), 128 * 2**20),
+        on_group_read=a_day_is_materialised_meanwhile,
+    )
 
     assert written and report.commit_retries == 1
     prices = {r["sold_price"] for r in catalog.read_day(day, day + timedelta(days=1)).to_pylist()}
@@ -141,10 +156,15 @@ def test_maintenance_on_the_glue_catalog_with_the_warehouse_on_s3(stack, monkeyp
         Bucket="care"
     )
     # A region of its own: the prod deployment's test has its table in us-east-1's Glue catalog.
-    catalog = IcebergCatalog(properties={
-        "type": "glue", "warehouse": "s3://care/warehouse", "client.region": "eu-central-1",
-        "glue.endpoint": stack.aws_endpoint_url, "s3.endpoint": stack.aws_endpoint_url,
-    })  # fmt: skip
+    catalog = IcebergCatalog(
+        properties={
+            "type": "glue",
+            "warehouse": "s3://care/warehouse",
+            "client.region": "eu-central-1",
+            "glue.endpoint": stack.aws_endpoint_url,
+            "s3.endpoint": stack.aws_endpoint_url,
+        }
+    )
     fill(catalog, days=12)
     before = fingerprint(catalog)
 
@@ -175,8 +195,13 @@ def test_the_weekly_job_runs_the_maintenance_and_reports_it(tmp_path):
     schedule = defs.resolve_schedule_def("iceberg_maintenance_schedule")
     assert schedule.cron_schedule == "0 5 * * 0" and schedule.execution_timezone == "UTC"
     assert schedule.default_status.value == "RUNNING"
-    catalog = IcebergCatalog(properties={"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
-                                         "warehouse": (tmp_path / "warehouse").as_uri()})  # fmt: skip
+    catalog = IcebergCatalog(
+        properties={
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path}/catalog.db",
+            "warehouse": (tmp_path / "warehouse").as_uri(),
+        }
+    )
     fill(catalog, days=4)
     config = {
         "expire_older_than": "0s",

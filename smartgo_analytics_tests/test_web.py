@@ -63,11 +63,19 @@ def lake(stack, bedrock, cdn, cdn_state, tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(stack, lake):
     # The page's own keys: the secret must never reach a page, the key id only in a signature.
-    store = S3ObjectStore(bucket=lake["object_store"].bucket, endpoint_url=stack.aws_endpoint_url,
-                          region_name="us-east-1", aws_access_key_id="AKIAWEBPAGE",
-                          aws_secret_access_key=SECRET)  # fmt: skip
-    answers = Answers(store=store, resources=lake, dagster_url="http://127.0.0.1:3000",
-                      catalog=lambda: contextlib.nullcontext(lake["iceberg"].catalog()))  # fmt: skip
+    store = S3ObjectStore(
+        bucket=lake["object_store"].bucket,
+        endpoint_url=stack.aws_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAWEBPAGE",
+        aws_secret_access_key=SECRET,
+    )
+    answers = Answers(
+        store=store,
+        resources=lake,
+        dagster_url="http://127.0.0.1:3000",
+        catalog=lambda: contextlib.nullcontext(lake["iceberg"].catalog()),
+    )
     with serving(create_app(answers)) as url:
         yield url
 
@@ -79,8 +87,12 @@ def test_the_api_answers_as_the_command_and_refuses_what_it_cannot_answer(lake, 
     assert len(answer["comparables"]) == 5 and answer["tenant"] == TENANT
 
     picture = servers.png((30, 140, 200))
-    by_picture = httpx.post(f"{page}/api/comparables", params={"tenant": TENANT, "k": 3},
-                            content=picture, headers={"Content-Type": "image/png"})  # fmt: skip
+    by_picture = httpx.post(
+        f"{page}/api/comparables",
+        params={"tenant": TENANT, "k": 3},
+        content=picture,
+        headers={"Content-Type": "image/png"},
+    )
     assert by_picture.status_code == 200 and len(by_picture.json()["comparables"]) == 3
 
     for params, status, message in [
@@ -89,19 +101,31 @@ def test_the_api_answers_as_the_command_and_refuses_what_it_cannot_answer(lake, 
         ({"product_id": asked, "k": "0"}, 400, "k must be at least 1"),
         ({"product_id": asked, "k": "lots"}, 400, "k must be a whole number"),
         ({"image_url": "file:///etc/passwd", "tenant": TENANT}, 400, "must start with http"),
-        ({"image_url": "http://169.254.169.254/latest/meta-data/", "tenant": TENANT}, 400, "cannot fetch"),
+        (
+            {"image_url": "http://169.254.169.254/latest/meta-data/", "tenant": TENANT},
+            400,
+            "cannot fetch",
+        ),
         ({"product_id": asked, "tenant": "no-such-shop"}, 400, "no sold items"),
-    ]:  # fmt: skip
+    ]:
         refused = httpx.get(f"{page}/api/comparables", params=params)
         assert (refused.status_code, message in refused.json()["error"]) == (status, True), (
             refused.text
         )
 
-    too_big = httpx.post(f"{page}/api/comparables", params={"tenant": TENANT},
-                         content=b"\xff" * (11 * 2**20), headers={"Content-Type": "image/jpeg"})  # fmt: skip
+    too_big = httpx.post(
+        f"{page}/api/comparables",
+        params={"tenant": TENANT},
+        content=b"\xff" * (11 * 2**20),
+        headers={"Content-Type": "image/jpeg"},
+    )
     assert too_big.status_code == 413
-    bomb = httpx.post(f"{page}/api/comparables", params={"tenant": TENANT},
-                      content=servers.bomb_png(), headers={"Content-Type": "image/png"})  # fmt: skip
+    bomb = httpx.post(
+        f"{page}/api/comparables",
+        params={"tenant": TENANT},
+        content=servers.bomb_png(),
+        headers={"Content-Type": "image/png"},
+    )
     assert bomb.status_code == 400 and "decompression bomb" in bomb.json()["error"]
 
     sale = httpx.get(f"{page}/api/sales/{asked}", params={"tenant": TENANT})
@@ -123,16 +147,26 @@ def test_the_local_lake_serves_only_its_pictures(tmp_path):
     (root / "staging" / "secret.png").write_bytes(b"not for the page")
     (tmp_path / "outside.png").write_bytes(b"outside the lake")
     (picture.parent / "link.png").symlink_to(tmp_path / "outside.png")
-    answers = Answers(store=LocalLake(root), resources={}, catalog=contextlib.nullcontext,
-                      why_no_vector=lambda product_id: None)  # fmt: skip
+    answers = Answers(
+        store=LocalLake(root),
+        resources={},
+        catalog=contextlib.nullcontext,
+        why_no_vector=lambda product_id: None,
+    )
     with serving(create_app(answers)) as url:
         served = httpx.get(f"{url}/pictures/{IMAGE_PREFIX}/shop/SG-1/{'a' * 64}.png")
         assert served.status_code == 200 and served.headers["content-type"] == "image/png"
         assert served.content == picture.read_bytes()
-        for path in ["staging/secret.png", f"{IMAGE_PREFIX}/shop/SG-1/link.png",
-                     f"{IMAGE_PREFIX}/../staging/secret.png", f"{IMAGE_PREFIX}/%2e%2e/staging/secret.png",
-                     f"{IMAGE_PREFIX}/shop/..%2f..%2fstaging/secret.png", "%2fetc/passwd",
-                     f"{IMAGE_PREFIX}/shop/SG-1/{'a' * 64}.png%00.txt", f"{IMAGE_PREFIX}/shop/SG-1/"]:  # fmt: skip
+        for path in [
+            "staging/secret.png",
+            f"{IMAGE_PREFIX}/shop/SG-1/link.png",
+            f"{IMAGE_PREFIX}/../staging/secret.png",
+            f"{IMAGE_PREFIX}/%2e%2e/staging/secret.png",
+            f"{IMAGE_PREFIX}/shop/..%2f..%2fstaging/secret.png",
+            "%2fetc/passwd",
+            f"{IMAGE_PREFIX}/shop/SG-1/{'a' * 64}.png%00.txt",
+            f"{IMAGE_PREFIX}/shop/SG-1/",
+        ]:
             refused = httpx.get(f"{url}/pictures/{path}")
             assert refused.status_code == 404 and b"outside" not in refused.content, path
         # No index yet: a message on the page, not a traceback.

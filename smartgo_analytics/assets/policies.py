@@ -36,9 +36,13 @@ def outage_fails_the_step():
     except OutageTooLong as error:
         raise Failure(
             description=str(error),
-            metadata={"dependency": error.dependency, "down_s": round(error.down_s, 1),
-                      "allowance_s": error.allowance_s, "last_error": MetadataValue.text(error.reason)},
-        ) from None  # fmt: skip
+            metadata={
+                "dependency": error.dependency,
+                "down_s": round(error.down_s, 1),
+                "allowance_s": error.allowance_s,
+                "last_error": MetadataValue.text(error.reason),
+            },
+        ) from None
 
 
 @contextmanager

@@ -82,8 +82,11 @@ def price_bands(
     table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
     table = replace(table, EqualTo("band_date", day.isoformat()), [bands])
     records = bands_core.quicksight_records(bands)
-    object_store.put_bytes(staged_records_key("price_bands", day.isoformat()), encode_ndjson(records),
-                           "application/x-ndjson")  # fmt: skip
+    object_store.put_bytes(
+        staged_records_key("price_bands", day.isoformat()),
+        encode_ndjson(records),
+        "application/x-ndjson",
+    )
     problems = bands_core.band_problems(bands)
     levels = bands.column("level").to_pylist()
     context.log.info(f"{context.partition_key}: {bands.num_rows} price bands")
@@ -103,7 +106,7 @@ def price_bands(
                 iceberg_columns(table.schema(), bands_core.DESCRIPTIONS),
                 bands.num_rows,
                 snapshot_rows(table),
-            ),  # fmt: skip
+            ),
         },
         check_results=[checks.price_bands_result(problems, bands.num_rows)],
     )

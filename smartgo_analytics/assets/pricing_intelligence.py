@@ -206,21 +206,35 @@ def product_image_embeddings(
     previous = previous_downloads(_last_downloads(object_store, context.partition_key), usable)
     sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
     items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
-    pace = Pace(image_embedder.requests_per_minute, image_embedder.tokens_per_minute,
-                context=worker_context())  # fmt: skip
+    pace = Pace(
+        image_embedder.requests_per_minute,
+        image_embedder.tokens_per_minute,
+        context=worker_context(),
+    )
     image_embedder.use_pace(pace)
-    work = SaleWork(image_fetcher, object_store, image_embedder, image_vectors,
-                    config.download_concurrency, config.outage_allowance_s,
-                    minor_hosts([s["image_url"] for s in sales], config.max_error_ratio),
-                    config.own_failure_window_s)  # fmt: skip
+    work = SaleWork(
+        image_fetcher,
+        object_store,
+        image_embedder,
+        image_vectors,
+        config.download_concurrency,
+        config.outage_allowance_s,
+        minor_hosts([s["image_url"] for s in sales], config.max_error_ratio),
+        config.own_failure_window_s,
+    )
     outcome, tally = Outcome(), EmbeddingTally(image_embedder.dimension)
     fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
     os.close(fd)
     with outage_fails_the_step(), disk_full_is_named():
         write_results(
-            run_sales(work, items, processes, outcome, pace), path, config.batch_rows, tally,
-            lambda n: context.log.info(f"{context.partition_key}: {n} of {len(items)} images processed"),
-        )  # fmt: skip
+            run_sales(work, items, processes, outcome, pace),
+            path,
+            config.batch_rows,
+            tally,
+            lambda n: context.log.info(
+                f"{context.partition_key}: {n} of {len(items)} images processed"
+            ),
+        )
     paced = pace.report()
     context.log.info(
         f"{context.partition_key}: {tally.embedded} embedded, {tally.errors} errors, "
@@ -320,8 +334,15 @@ def smartgo_sales_iceberg(
     )
 
 
-def _write_day(day: DayRows, results: pq.ParquetFile, iceberg: IcebergCatalog,
-               embedder: ImageEmbedder, image_vectors: ImageVectors, start, end):  # fmt: skip
+def _write_day(
+    day: DayRows,
+    results: pq.ParquetFile,
+    iceberg: IcebergCatalog,
+    embedder: ImageEmbedder,
+    image_vectors: ImageVectors,
+    start,
+    end,
+):
     """The day's rows written in one commit, unless the table holds them already: the table, the
     rows written, and whether the day was left unchanged."""
     model_id, dimension = embedder.model_id, embedder.dimension

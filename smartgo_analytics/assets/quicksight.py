@@ -111,8 +111,13 @@ def _export_day(day: str, sales_data: SalesDataTable, object_store: ObjectStore,
     if unknown:
         log.warning(f"{day}: items of no known kind, not exported: {dict(unknown)}")
     kinds = Counter(item_kind(item) or "unknown" for item in items)
-    return {"date": day, "items": len(items), "pages": pages, "non_finite_numbers": sum(nulls.values()),
-            **{kind: count for kind, count in sorted(kinds.items())}}  # fmt: skip
+    return {
+        "date": day,
+        "items": len(items),
+        "pages": pages,
+        "non_finite_numbers": sum(nulls.values()),
+        **{kind: count for kind, count in sorted(kinds.items())},
+    }
 
 
 def _metrics_metadata(per_day: list[dict], table_name: str) -> dict:
@@ -122,7 +127,7 @@ def _metrics_metadata(per_day: list[dict], table_name: str) -> dict:
             "items": per_day[0]["items"],
             "pages_read": per_day[0]["pages"],
             "dagster/partition_row_count": per_day[0]["items"],
-        }  # fmt: skip
+        }
         if len(per_day) == 1
         else {}
     )
@@ -254,15 +259,22 @@ def _export_dataset_day(spec: DatasetSpec, day: str, object_store: ObjectStore, 
 def _file_check(key: AssetKey, check_name: str, day: str, export: DayExport):
     problems = export.problems
     return AssetCheckEvaluation(
-        asset_key=key, check_name=check_name, passed=not problems, partition=day,
+        asset_key=key,
+        check_name=check_name,
+        passed=not problems,
+        partition=day,
         description="; ".join(problems[:3]) or f"{export.exported} records as declared",
-        metadata={"exported": export.exported, "expected": export.expected,
-                  "problems": MetadataValue.md("\n".join(problems[:10])) if problems else "none"},
-    )  # fmt: skip
+        metadata={
+            "exported": export.exported,
+            "expected": export.expected,
+            "problems": MetadataValue.md("\n".join(problems[:10])) if problems else "none",
+        },
+    )
 
 
-def _refreshed(quicksight: QuickSightExport, spec: DatasetSpec, days: list[str], run_id: str,
-               passed: bool) -> dict:  # fmt: skip
+def _refreshed(
+    quicksight: QuickSightExport, spec: DatasetSpec, days: list[str], run_id: str, passed: bool
+) -> dict:
     """A SPICE refresh of the dataset's data set, when configured and every file passed its check
     (a file that failed is not refreshed into SPICE): its id and status."""
     if not passed:
@@ -298,8 +310,13 @@ def write_manifest(
     for _ in range(MANIFEST_ATTEMPTS):
         days = object_store.versions(day_prefix)
         try:
-            written = _write_months_and_manifest(object_store, prefix, dataset, exported_days,
-                                                 _dated(list(days), day_prefix, DAY_FILE))  # fmt: skip
+            written = _write_months_and_manifest(
+                object_store,
+                prefix,
+                dataset,
+                exported_days,
+                _dated(list(days), day_prefix, DAY_FILE),
+            )
         except FileNotFoundError:  # a day file removed since the listing (its day became empty)
             continue
         if object_store.versions(day_prefix) == days:

@@ -50,7 +50,7 @@ QUALITY = "embedding_quality"
             description="The day's vectors: norms, duplicates from different images, "
             "neighbours that share a category, and drift of the per-category means",
         ),
-    ],  # fmt: skip
+    ],
     partitions_def=daily_partitions,
     retry_policy=IO_RETRY,
     pool=pools.SIMILARITY_INDEX,
@@ -69,15 +69,26 @@ def similarity_index(
         batches = iceberg.scan_day_files(start, end, READ_COLUMNS)
         spooled = spool_day(batches, config.embedding_dimension, work)
         tenants = sorted(set(spooled.spools) | set(indexed_tenants(object_store)))
-        manifests = {tenant: commit_day(object_store, tenant, config.embedding_dimension, day,
-                                        spooled.spools.get(tenant), work)
-                     for tenant in tenants}  # fmt: skip
+        manifests = {
+            tenant: commit_day(
+                object_store,
+                tenant,
+                config.embedding_dimension,
+                day,
+                spooled.spools.get(tenant),
+                work,
+            )
+            for tenant in tenants
+        }
         quality = measure_tenants(object_store, manifests, day, spooled.spools)
-    differences = day_differences(object_store, tenants, day, spooled.with_vector,
-                                  config.embedding_dimension)  # fmt: skip
+    differences = day_differences(
+        object_store, tenants, day, spooled.with_vector, config.embedding_dimension
+    )
     indexed = sum(manifest.count for manifest in manifests.values())
-    context.log.info(f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
-                     f"tenant(s) indexed; the index holds {indexed} in all")  # fmt: skip
+    context.log.info(
+        f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
+        f"tenant(s) indexed; the index holds {indexed} in all"
+    )
     yield MaterializeResult(
         asset_key=INDEX,
         metadata={

@@ -109,16 +109,18 @@ def parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--columns", help="comma-separated column names (default: all)")
     query.add_argument("--limit", type=_positive, default=20, help="at most this many rows")
-    query.add_argument("--format", choices=["table", "json", "csv"], default="table",
-                       help="output format")  # fmt: skip
+    query.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="output format"
+    )
     query.set_defaults(run=cmd_query)
     sql = commands.add_parser(
         "sql",
         help="SQL over the tables' current snapshots, with DuckDB (smartgo_sales, price_bands)",
     )
     sql.add_argument("query", help='e.g. "SELECT category, count(*) FROM smartgo_sales GROUP BY 1"')
-    sql.add_argument("--format", choices=["table", "json", "csv"], default="table",
-                     help="output format")  # fmt: skip
+    sql.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="output format"
+    )
     sql.set_defaults(run=cmd_sql)
     similar = commands.add_parser(
         "comparables",
@@ -131,15 +133,19 @@ def parser() -> argparse.ArgumentParser:
     similar.add_argument("--category", help="only comparables of this category")
     similar.add_argument("--condition", help="only comparables in this condition (New, Good, ...)")
     similar.add_argument("--k", type=_positive, default=10, help="how many comparables")
-    similar.add_argument("--format", choices=["table", "json", "csv"], default="table",
-                         help="output format")  # fmt: skip
+    similar.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="output format"
+    )
     similar.set_defaults(run=cmd_comparables)
     web = commands.add_parser(
         "web", help="the comparables page: pictures, prices and the suggested band, in a browser"
     )
     web.add_argument("--port", type=_port, default=8765, help="port to serve on")
-    web.add_argument("--host", default="127.0.0.1",
-                     help="address to serve on (another than loopback opens the page to the network)")  # fmt: skip
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (another than loopback opens the page to the network)",
+    )
     web.set_defaults(run=cmd_web)
     maintain = commands.add_parser(
         "maintain",
@@ -160,8 +166,12 @@ def parser() -> argparse.ArgumentParser:
         type=_checked(parse_duration),
         help="keep unreferenced files younger than this",
     )
-    maintain.add_argument("--target-file-size", default="128MB", type=_checked(parse_size),
-                          help="compact files below this size (B, KB, MB, GB)")  # fmt: skip
+    maintain.add_argument(
+        "--target-file-size",
+        default="128MB",
+        type=_checked(parse_size),
+        help="compact files below this size (B, KB, MB, GB)",
+    )
     maintain.set_defaults(run=cmd_maintain)
     return root
 

@@ -14,21 +14,38 @@ def cmd_comparables(args) -> int:
     from smartgo_analytics.comparables import SHOWN, ComparablesError, comparables
 
     try:
-        found = comparables(product_id=args.product_id, image=args.image, tenant=args.tenant,
-                            category=args.category, condition=args.condition, k=args.k, why_no_vector=why_no_vector,
-                            cache_dir=smartgo_home() / "cache" / "similarity_index")  # fmt: skip
+        found = comparables(
+            product_id=args.product_id,
+            image=args.image,
+            tenant=args.tenant,
+            category=args.category,
+            condition=args.condition,
+            k=args.k,
+            why_no_vector=why_no_vector,
+            cache_dir=smartgo_home() / "cache" / "similarity_index",
+        )
     except ComparablesError as error:
         raise UsageError(str(error)) from None
     band = found.suggested
     if args.format == "json":
-        say(json.dumps({"tenant": found.tenant, "query": found.query,
-                        "suggested_price": band.__dict__, "comparables": found.rows()}))  # fmt: skip
+        say(
+            json.dumps(
+                {
+                    "tenant": found.tenant,
+                    "query": found.query,
+                    "suggested_price": band.__dict__,
+                    "comparables": found.rows(),
+                }
+            )
+        )
         return 0
     if args.format == "table":
         say(f"{len(found.items)} sold items of {found.tenant} most like {found.query}:")
     print_rows(found.rows(), list(SHOWN), args.format)
-    summary = (f"suggested price {band.median:.2f} (p25 {band.p25:.2f}, p75 {band.p75:.2f}; "
-               f"similarity-weighted, from {band.comparables} comparables)")  # fmt: skip
+    summary = (
+        f"suggested price {band.median:.2f} (p25 {band.p25:.2f}, p75 {band.p75:.2f}; "
+        f"similarity-weighted, from {band.comparables} comparables)"
+    )
     print(summary, file=sys.stderr if args.format == "csv" else sys.stdout, flush=True)
     return 0
 
@@ -54,10 +71,17 @@ def cmd_web(args) -> int:
                 f"--port: cannot serve on {args.host}:{args.port}: {error.strerror}"
             ) from None
     if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
-        print(f"warning: the comparables page on {args.host}:{args.port} is open to every machine "
-              "that reaches it, with no login", file=sys.stderr, flush=True)  # fmt: skip
-    answers = Answers(cache_dir=smartgo_home() / "cache" / "similarity_index",
-                      dagster_url=settings().webserver_url, why_no_vector=why_no_vector)  # fmt: skip
+        print(
+            f"warning: the comparables page on {args.host}:{args.port} is open to every machine "
+            "that reaches it, with no login",
+            file=sys.stderr,
+            flush=True,
+        )
+    answers = Answers(
+        cache_dir=smartgo_home() / "cache" / "similarity_index",
+        dagster_url=settings().webserver_url,
+        why_no_vector=why_no_vector,
+    )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     say(f"comparables page on http://{shown}:{args.port}/ (Ctrl-C stops it)")
     uvicorn.run(create_app(answers), host=args.host, port=args.port, log_level="warning")

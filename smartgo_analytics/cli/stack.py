@@ -113,8 +113,10 @@ def cmd_demo(args) -> int:
                     if not e.passed
                 ]
                 state = "ok" if result.success else "FAILED"
-                say(f"  {day}: {state} in {time.monotonic() - started:.1f} s"
-                    + (f"; checks not passed: {', '.join(not_passed)}" if not_passed else ""))  # fmt: skip
+                say(
+                    f"  {day}: {state} in {time.monotonic() - started:.1f} s"
+                    + (f"; checks not passed: {', '.join(not_passed)}" if not_passed else "")
+                )
                 if not result.success:
                     failed.append((day, _failure(result)))
         _print_summary(summary, info)
@@ -227,8 +229,20 @@ def cmd_dev(args) -> int:
         env = {**os.environ, **stack_environment(info), "DAGSTER_HOME": str(dagster_home)}
         # Warnings and errors only: run events are in the UI, not the terminal; `dagster dev` is the
         # command this Dagster release runs a local deployment with (`dg dev` needs a dg project).
-        command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port),
-                   "--log-level", "warning", "-m", "smartgo_analytics.definitions"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(args.port),
+            "--log-level",
+            "warning",
+            "-m",
+            "smartgo_analytics.definitions",
+        ]
         env["PYTHONWARNINGS"] = "ignore:Function `dev_command` is superseded"
         say(
             f"Dagster UI: http://127.0.0.1:{args.port}   data: {home}   (Ctrl-C stops it and the stack)"
@@ -255,12 +269,26 @@ def cmd_stack_info(args) -> int:
     home = smartgo_home()
     try:
         info = running_stack(home)
-        details = {"running": True, **info.__dict__, "warehouse_uri": info.warehouse_uri,
-                   "iceberg_catalog": {"type": "sql", "uri": info.catalog_uri, "warehouse": info.warehouse_uri}}  # fmt: skip
+        details = {
+            "running": True,
+            **info.__dict__,
+            "warehouse_uri": info.warehouse_uri,
+            "iceberg_catalog": {
+                "type": "sql",
+                "uri": info.catalog_uri,
+                "warehouse": info.warehouse_uri,
+            },
+        }
     except StackError:
         lake = home / "lake"
-        details = {"running": False, "home": str(home), "lake_dir": str(lake), "bucket": LOCAL_BUCKET,
-                   "warehouse_uri": (lake / LOCAL_BUCKET / "warehouse").as_uri(), "postgres_data": str(home / "postgres")}  # fmt: skip
+        details = {
+            "running": False,
+            "home": str(home),
+            "lake_dir": str(lake),
+            "bucket": LOCAL_BUCKET,
+            "warehouse_uri": (lake / LOCAL_BUCKET / "warehouse").as_uri(),
+            "postgres_data": str(home / "postgres"),
+        }
     if args.json:
         say(json.dumps(details, indent=2))
     else:

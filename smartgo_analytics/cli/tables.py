@@ -31,8 +31,11 @@ def cmd_query(args) -> int:
         row_filter = parse(args.where) if args.where else None
     except Exception as error:  # pyiceberg raises ParseException from pyparsing
         raise UsageError(f"--where {args.where!r} is not a filter expression: {error}") from None
-    scan = table.scan(**({"row_filter": row_filter} if row_filter is not None else {}),
-                      selected_fields=columns or ("*",), limit=args.limit)  # fmt: skip
+    scan = table.scan(
+        **({"row_filter": row_filter} if row_filter is not None else {}),
+        selected_fields=columns or ("*",),
+        limit=args.limit,
+    )
     print_rows(scan.to_arrow().to_pylist(), list(columns or names), args.format)
     return 0
 
@@ -45,8 +48,10 @@ def _load_table(catalog, name: str, required: bool = True):
     except (NoSuchTableError, NoSuchNamespaceError):
         if not required:
             return None
-        raise UsageError(f"the table {TABLES[name]} does not exist yet: materialise a day first "
-                         "(locally, `make demo`)") from None  # fmt: skip
+        raise UsageError(
+            f"the table {TABLES[name]} does not exist yet: materialise a day first "
+            "(locally, `make demo`)"
+        ) from None
 
 
 def cmd_sql(args) -> int:
@@ -97,10 +102,17 @@ def _s3_access(catalog) -> dict[str, object]:
     frozen = credentials.get_frozen_credentials()
     properties = getattr(catalog, "properties", {}) or {}
     region = settings().aws_region or session.region_name or properties.get("client.region")
-    access: dict[str, object] = {"KEY_ID": frozen.access_key, "SECRET": frozen.secret_key,
-                                 "SESSION_TOKEN": frozen.token, "REGION": region or "us-east-1"}  # fmt: skip
-    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                or properties.get("s3.endpoint"))  # fmt: skip
+    access: dict[str, object] = {
+        "KEY_ID": frozen.access_key,
+        "SECRET": frozen.secret_key,
+        "SESSION_TOKEN": frozen.token,
+        "REGION": region or "us-east-1",
+    }
+    endpoint = (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or properties.get("s3.endpoint")
+    )
     if endpoint:
         parts = urlsplit(endpoint)
         access |= {
@@ -117,8 +129,12 @@ def cmd_maintain(args) -> int:
     from smartgo_analytics.resources.iceberg import IcebergCatalog
 
     local_deployment()
-    config = MaintenanceConfig(expire_older_than=args.expire_older_than, keep_last=args.keep_last,
-                               orphan_grace=args.orphan_grace, target_file_size=args.target_file_size)  # fmt: skip
+    config = MaintenanceConfig(
+        expire_older_than=args.expire_older_than,
+        keep_last=args.keep_last,
+        orphan_grace=args.orphan_grace,
+        target_file_size=args.target_file_size,
+    )
     with local_catalog_properties() as properties:
         report = IcebergCatalog(properties=properties).maintain(config.retention())
     for key, value in report_metadata(report).items():

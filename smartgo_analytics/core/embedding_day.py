@@ -157,9 +157,12 @@ class DayRows:
 
 
 def write_results(
-    results: Iterable[dict], path: str, batch_rows: int, tally: EmbeddingTally,
+    results: Iterable[dict],
+    path: str,
+    batch_rows: int,
+    tally: EmbeddingTally,
     on_progress: Callable[[int], None] = lambda n: None,
-) -> None:  # fmt: skip
+) -> None:
     """Stream the results to a Parquet file, `batch_rows` at a time, counting them in `tally`:
     a day of any size is never held in memory at once."""
     pending: list[dict] = []
@@ -231,8 +234,10 @@ def from_first_sale(result: dict, first: dict | None) -> dict:
     """A deferred sale's result completed with the vector (or error) of its URL's first sale."""
     if first is not None and first["image_sha256"] == result["image_sha256"]:
         if first["embedding_vector"] is not None or first["embedding_reused"]:
-            return result | {"embedding_vector": first["embedding_vector"],
-                             "embedding_reused": first["embedding_reused"]}  # fmt: skip
+            return result | {
+                "embedding_vector": first["embedding_vector"],
+                "embedding_reused": first["embedding_reused"],
+            }
         if first["embedding_error"]:
             return result | {"embedding_error": first["embedding_error"]}
     return result | {

@@ -49,8 +49,9 @@ class DayQuality:
     @property
     def duplicate_share(self) -> float:
         """Share of the vectors equal to a vector of another image."""
-        shared = sum(self.rows_by_vector[p] for p, images in self.images_by_vector.items()
-                     if len(images) > 1)  # fmt: skip
+        shared = sum(
+            self.rows_by_vector[p] for p, images in self.images_by_vector.items() if len(images) > 1
+        )
         return shared / self.vectors if self.vectors else 0.0
 
     @property
@@ -90,13 +91,20 @@ class DayQuality:
         if worst and worst[1] > limits.max_drift:
             found.append(f"drift {worst[1]:.3f} of {worst[0]} > {limits.max_drift}")
         if self.duplicate_share > limits.max_duplicate_share:
-            found.append(f"{self.duplicate_share:.1%} of the vectors equal another image's "
-                         f"(> {limits.max_duplicate_share:.1%})")  # fmt: skip
+            found.append(
+                f"{self.duplicate_share:.1%} of the vectors equal another image's "
+                f"(> {limits.max_duplicate_share:.1%})"
+            )
         return found
 
 
-def neighbour_agreement(index: sim.TenantIndex, day: date, keys: np.ndarray, queries: np.ndarray,
-                        categories: list[str | None]) -> list[float]:  # fmt: skip
+def neighbour_agreement(
+    index: sim.TenantIndex,
+    day: date,
+    keys: np.ndarray,
+    queries: np.ndarray,
+    categories: list[str | None],
+) -> list[float]:
     """For each query, the share of its nearest NEIGHBOURS sold in the TRAILING_DAYS ending with the
     day (itself left out) whose category is its own."""
     found, _ = index.search(queries, SEARCHED)
@@ -106,8 +114,9 @@ def neighbour_agreement(index: sim.TenantIndex, day: date, keys: np.ndarray, que
     chosen = [row[keep][:NEIGHBOURS] for row, keep in zip(found, usable, strict=True)]
     wanted = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.uint64)
     items = index.items(wanted)
-    category_of = dict(zip(items.column("key").to_pylist(), items.column("category").to_pylist(),
-                           strict=True))  # fmt: skip
+    category_of = dict(
+        zip(items.column("key").to_pylist(), items.column("category").to_pylist(), strict=True)
+    )
     shares = []
     for row, category in zip(chosen, categories, strict=True):
         if len(row):
@@ -115,8 +124,13 @@ def neighbour_agreement(index: sim.TenantIndex, day: date, keys: np.ndarray, que
     return shares
 
 
-def measure_day(quality: DayQuality, index: sim.TenantIndex, day: date, spool: sim.DaySpool,
-                trailing: list[pa.Table]) -> None:  # fmt: skip
+def measure_day(
+    quality: DayQuality,
+    index: sim.TenantIndex,
+    day: date,
+    spool: sim.DaySpool,
+    trailing: list[pa.Table],
+) -> None:
     """Add one tenant's day to the day's quality figures."""
     items = spool.item_table(day)
     vectors = spool.vectors()
@@ -128,8 +142,9 @@ def measure_day(quality: DayQuality, index: sim.TenantIndex, day: date, spool: s
     rng = np.random.default_rng(day.toordinal())
     sample = np.sort(rng.choice(len(vectors), min(SAMPLE, len(vectors)), replace=False))
     keys = items.column("key").to_numpy()[sample]
-    shares = neighbour_agreement(index, day, keys, vectors.take(sample),
-                                 [categories[i] for i in sample])  # fmt: skip
+    shares = neighbour_agreement(
+        index, day, keys, vectors.take(sample), [categories[i] for i in sample]
+    )
     quality.agreement_sum += sum(shares)
     quality.agreement_sales += len(shares)
     before = sim.combined_means(trailing)

@@ -49,13 +49,19 @@ class SourceFormat:
 
 # The formats Pillow reads that product pictures come in; another is named by Pillow's own name.
 SOURCE_FORMATS = {
-    "JPEG": SourceFormat("jpg", "image/jpeg"), "PNG": SourceFormat("png", "image/png"),
-    "WEBP": SourceFormat("webp", "image/webp"), "GIF": SourceFormat("gif", "image/gif"),
-    "AVIF": SourceFormat("avif", "image/avif"), "HEIF": SourceFormat("heic", "image/heic"),
-    "TIFF": SourceFormat("tiff", "image/tiff"), "BMP": SourceFormat("bmp", "image/bmp"),
-    "ICO": SourceFormat("ico", "image/vnd.microsoft.icon"), "JPEG2000": SourceFormat("jp2", "image/jp2"),
-    "MPO": SourceFormat("jpg", "image/jpeg"), "QOI": SourceFormat("qoi", "image/qoi"),
-}  # fmt: skip
+    "JPEG": SourceFormat("jpg", "image/jpeg"),
+    "PNG": SourceFormat("png", "image/png"),
+    "WEBP": SourceFormat("webp", "image/webp"),
+    "GIF": SourceFormat("gif", "image/gif"),
+    "AVIF": SourceFormat("avif", "image/avif"),
+    "HEIF": SourceFormat("heic", "image/heic"),
+    "TIFF": SourceFormat("tiff", "image/tiff"),
+    "BMP": SourceFormat("bmp", "image/bmp"),
+    "ICO": SourceFormat("ico", "image/vnd.microsoft.icon"),
+    "JPEG2000": SourceFormat("jp2", "image/jp2"),
+    "MPO": SourceFormat("jpg", "image/jpeg"),
+    "QOI": SourceFormat("qoi", "image/qoi"),
+}
 EXIF_ORIENTATION = 0x0112
 
 

@@ -53,8 +53,11 @@ def connect_to_snapshots(
             # DuckDB's Iceberg scan prunes every file for a filter on a list column (IS NULL, IS
             # NOT NULL: the manifests' counts are the elements'): such a column is read through
             # an identity slice, which the filter cannot be pushed below.
-            lists = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
-                     if row[1].endswith("[]")]  # fmt: skip
+            lists = [
+                row[0]
+                for row in connection.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
+                if row[1].endswith("[]")
+            ]
             replaced = ", ".join(f'"{c}"[:] AS "{c}"' for c in lists)
             columns = f"* REPLACE ({replaced})" if lists else "*"
             for name in names_of(table):

@@ -34,8 +34,11 @@ class OutageTooLong(Exception):
     def __init__(self, dependency: str, down_s: float, allowance_s: float, reason: str):
         super().__init__(dependency, down_s, allowance_s, reason)
         self.dependency, self.down_s, self.allowance_s, self.reason = (
-            dependency, down_s, allowance_s, reason,
-        )  # fmt: skip
+            dependency,
+            down_s,
+            allowance_s,
+            reason,
+        )
 
     def __str__(self) -> str:
         return (
@@ -65,11 +68,18 @@ class Outage:
     simply not exist). The circuit's pause doubles from `backoff_s` to `max_backoff_s` while probes
     fail, so a dependency that is back is tried again within `max_backoff_s`."""
 
-    def __init__(self, dependency: str, allowance_s: float = DEFAULT_ALLOWANCE_S,
-                 own_retries: int = 2, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, own_window_s: float = 30.0,
-                 unproven_allowance_s: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        dependency: str,
+        allowance_s: float = DEFAULT_ALLOWANCE_S,
+        own_retries: int = 2,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        own_window_s: float = 30.0,
+        unproven_allowance_s: float | None = None,
+    ):
         self.dependency, self.allowance_s, self.own_retries = dependency, allowance_s, own_retries
         self.own_window_s, self.unproven_allowance_s = own_window_s, unproven_allowance_s
         self._successes = 0
@@ -177,5 +187,10 @@ class Outage:
 
     def report(self) -> OutageReport:
         with self._lock:
-            return OutageReport(self.dependency, self._retries, self._requeued,
-                                round(self._outage_s, 1), self._outages)  # fmt: skip
+            return OutageReport(
+                self.dependency,
+                self._retries,
+                self._requeued,
+                round(self._outage_s, 1),
+                self._outages,
+            )

@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 
 # Slots of the shared schedule.
-(_NEXT, _SLOW, _CALLS, _THROTTLED, _FIRST, _LAST, _TOKENS, _CHARGED, _ESTIMATE,
- _PROBING) = range(10)  # fmt: skip
+(_NEXT, _SLOW, _CALLS, _THROTTLED, _FIRST, _LAST, _TOKENS, _CHARGED, _ESTIMATE, _PROBING) = range(
+    10
+)
 
 
 @dataclass(frozen=True)
@@ -132,5 +133,12 @@ class Pace:
         tokens_per_minute = (
             tokens * (calls - 1) / calls * 60 / span if calls > 1 and span > 0 else None
         )
-        return PaceReport(calls, throttled, per_minute, self.quota_per_minute, tokens,
-                          tokens_per_minute, self.token_quota_per_minute)  # fmt: skip
+        return PaceReport(
+            calls,
+            throttled,
+            per_minute,
+            self.quota_per_minute,
+            tokens,
+            tokens_per_minute,
+            self.token_quota_per_minute,
+        )

@@ -37,13 +37,22 @@ _COLUMNS = (
     ("window_end", DateType(), True),
 )
 DESCRIPTIONS = {
-    "band_date": "the day the 90-day window ends", "level": "the grouping: which of category, brand, condition it is by",
-    "tenant_id": "the tenant", "category": "category (null: rolled up)", "brand": "brand (null: rolled up)",
-    "condition": "condition (null: rolled up)", "sales_count": "sales in the window",
-    "p10": "10th percentile of the sold prices", "p25": "25th percentile", "median": "median sold price",
-    "p75": "75th percentile", "p90": "90th percentile", "mean": "mean sold price",
-    "window_start": "first day of the window", "window_end": "last day of the window",
-}  # fmt: skip
+    "band_date": "the day the 90-day window ends",
+    "level": "the grouping: which of category, brand, condition it is by",
+    "tenant_id": "the tenant",
+    "category": "category (null: rolled up)",
+    "brand": "brand (null: rolled up)",
+    "condition": "condition (null: rolled up)",
+    "sales_count": "sales in the window",
+    "p10": "10th percentile of the sold prices",
+    "p25": "25th percentile",
+    "median": "median sold price",
+    "p75": "75th percentile",
+    "p90": "90th percentile",
+    "mean": "mean sold price",
+    "window_start": "first day of the window",
+    "window_end": "last day of the window",
+}
 SCHEMA = Schema(
     *(
         NestedField(field_id=n, name=name, field_type=kind, required=required)

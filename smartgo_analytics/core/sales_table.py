@@ -53,17 +53,27 @@ _COLUMNS = (
 )
 # What each column holds, for the Dagster catalog (`dagster/column_schema`).
 DESCRIPTIONS = {
-    "product_id": "SmartGo product id (the sale)", "tenant_id": "the tenant (store group) that sold it",
-    "category": "product category", "brand": "brand", "condition": "condition grade",
-    "sold_price": "sold price, in the tenant's currency", "sold_date": "when it sold (UTC)",
-    "season": "season of the sold date (SEASON_HEMISPHERE)", "quarter": "quarter of the sold date, Q1-Q4",
-    "year": "year of the sold date (partition)", "month": "month of the sold date (partition)",
-    "image_s3_key": "the image copy in the object store", "image_sha256": "sha256 of the downloaded image",
-    "embedding_id": "the vector's id: product and model", "embedding_model": "model that made the vector",
-    "embedding_dimension": "length of the vector", "embedding_vector": "the image's vector (null: see embedding_error)",
-    "embedding_error": "why the sale has no vector", "source_system": "where the sale came from",
+    "product_id": "SmartGo product id (the sale)",
+    "tenant_id": "the tenant (store group) that sold it",
+    "category": "product category",
+    "brand": "brand",
+    "condition": "condition grade",
+    "sold_price": "sold price, in the tenant's currency",
+    "sold_date": "when it sold (UTC)",
+    "season": "season of the sold date (SEASON_HEMISPHERE)",
+    "quarter": "quarter of the sold date, Q1-Q4",
+    "year": "year of the sold date (partition)",
+    "month": "month of the sold date (partition)",
+    "image_s3_key": "the image copy in the object store",
+    "image_sha256": "sha256 of the downloaded image",
+    "embedding_id": "the vector's id: product and model",
+    "embedding_model": "model that made the vector",
+    "embedding_dimension": "length of the vector",
+    "embedding_vector": "the image's vector (null: see embedding_error)",
+    "embedding_error": "why the sale has no vector",
+    "source_system": "where the sale came from",
     "ingestion_timestamp": "when the row was written",
-}  # fmt: skip
+}
 # pyiceberg numbers nested fields after the top-level ones when it creates a table.
 _VECTOR_ELEMENT_ID = len(_COLUMNS) + 1
 
@@ -198,8 +208,11 @@ def vector_array(vectors: list[np.ndarray | None]) -> pa.ListArray:
     present = [v is not None for v in vectors]
     offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
     np.cumsum([len(v) if v is not None else 0 for v in vectors], out=offsets[1:])
-    flat = (np.concatenate([v for v in vectors if v is not None]).astype(np.float32, copy=False)
-            if any(present) else np.zeros(0, dtype=np.float32))  # fmt: skip
+    flat = (
+        np.concatenate([v for v in vectors if v is not None]).astype(np.float32, copy=False)
+        if any(present)
+        else np.zeros(0, dtype=np.float32)
+    )
     return pa.ListArray.from_arrays(
         pa.array(offsets), pa.array(flat), mask=pa.array([not p for p in present])
     )
@@ -207,8 +220,11 @@ def vector_array(vectors: list[np.ndarray | None]) -> pa.ListArray:
 
 def embeddings_batch(results: list[dict]) -> pa.RecordBatch:
     """Per-sale results (vectors as float32 arrays) as one Arrow batch."""
-    columns = [pa.array([r[name] for r in results], type=EMBEDDINGS_SCHEMA.field(name).type)
-               for name in EMBEDDINGS_SCHEMA.names if name != "embedding_vector"]  # fmt: skip
+    columns = [
+        pa.array([r[name] for r in results], type=EMBEDDINGS_SCHEMA.field(name).type)
+        for name in EMBEDDINGS_SCHEMA.names
+        if name != "embedding_vector"
+    ]
     columns.insert(
         EMBEDDINGS_SCHEMA.names.index("embedding_vector"),
         vector_array([r["embedding_vector"] for r in results]),
@@ -238,8 +254,10 @@ def with_reused_vectors(embeddings: pa.Table, known: Mapping[str, np.ndarray]) -
         else:
             vectors.append(None)
             errors[index] = REUSED_VECTOR_GONE
-    for name, values in (("embedding_vector", vector_array(vectors)),
-                         ("embedding_error", pa.array(errors, pa.string()))):  # fmt: skip
+    for name, values in (
+        ("embedding_vector", vector_array(vectors)),
+        ("embedding_error", pa.array(errors, pa.string())),
+    ):
         index = embeddings.schema.get_field_index(name)
         embeddings = embeddings.set_column(index, embeddings.schema.field(index), values)
     return embeddings

@@ -89,17 +89,29 @@ class SaleWork:
         """One sale and its previous download (or None): the result row, or a per-sale error."""
         sale, before = item
         model_id = self.image_embedder.model_id
-        result = {"product_id": sale["product_id"], "image_s3_key": None, "image_sha256": None,
-                  "embedding_model": None, "embedding_vector": None, "embedding_error": None,
-                  "embedding_reused": False, "image_url": sale["image_url"], "image_etag": None}  # fmt: skip
+        result = {
+            "product_id": sale["product_id"],
+            "image_s3_key": None,
+            "image_sha256": None,
+            "embedding_model": None,
+            "embedding_vector": None,
+            "embedding_error": None,
+            "embedding_reused": False,
+            "image_url": sale["image_url"],
+            "image_etag": None,
+        }
         try:
             etag = before["image_etag"] if before else None
             fetched = self._download(sale["image_url"], etag)
             result["image_etag"] = fetched.etag
             if fetched.data is None:
                 # Unchanged since the last materialisation: its copy and vector stand.
-                result.update(image_sha256=before["image_sha256"], image_s3_key=before["image_s3_key"],
-                              embedding_model=model_id, embedding_reused=True)  # fmt: skip
+                result.update(
+                    image_sha256=before["image_sha256"],
+                    image_s3_key=before["image_s3_key"],
+                    embedding_model=model_id,
+                    embedding_reused=True,
+                )
                 return result
             prepared = prepare_for_titan(fetched.data)
             sha = hashlib.sha256(fetched.data).hexdigest()
@@ -164,9 +176,11 @@ class SaleWork:
         with self._lock:
             if dependency not in self._outages:
                 self._outages[dependency] = Outage(
-                    dependency, self.outage_allowance_s, own_window_s=self.own_window_s,
+                    dependency,
+                    self.outage_allowance_s,
+                    own_window_s=self.own_window_s,
                     unproven_allowance_s=self.own_window_s if minor else None,
-                )  # fmt: skip
+                )
             return self._outages[dependency]
 
     def outages(self) -> dict[str, OutageReport]:
@@ -245,8 +259,14 @@ _work: SaleWork | None = None  # in a worker process: its share of the work
 _setup_error: BaseException | None = None
 
 
-def _start_worker(settings: list[tuple[type, dict]], threads: int, pace: Pace,
-                  allowance_s: float, minor: frozenset[str], own_window_s: float) -> None:  # fmt: skip
+def _start_worker(
+    settings: list[tuple[type, dict]],
+    threads: int,
+    pace: Pace,
+    allowance_s: float,
+    minor: frozenset[str],
+    own_window_s: float,
+) -> None:
     """ProcessPoolExecutor's initializer: the worker's resources, built from their settings. A
     failure is kept and raised by the worker's first chunk, with its traceback, not lost in a log."""
     global _work, _setup_error
@@ -288,9 +308,12 @@ def start_worker_server() -> None:
 
 
 def run_sales(
-    work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, outcome: Outcome,
+    work: SaleWork,
+    items: list[tuple[dict, dict | None]],
+    processes: int,
+    outcome: Outcome,
     pace: Pace,
-) -> Iterator[dict]:  # fmt: skip
+) -> Iterator[dict]:
     """Every item's result in the items' order: in this process, or in chunks over `processes`
     worker processes that divide the work's download and Bedrock bounds and share one `pace`."""
     # Each worker has at least one thread and one Bedrock call in flight.
@@ -308,10 +331,12 @@ def run_sales(
     settings = [
         _settings_of(work.image_fetcher),
         _settings_of(work.object_store),
-        _settings_of(work.image_embedder,
-                     max_concurrency=max(1, work.image_embedder.max_concurrency // processes)),
+        _settings_of(
+            work.image_embedder,
+            max_concurrency=max(1, work.image_embedder.max_concurrency // processes),
+        ),
         _settings_of(work.image_vectors),
-    ]  # fmt: skip
+    ]
     # Each worker waits for a chunk's slowest sale before it starts the next: chunks as large as
     # its threads' window, at least two per worker so that they end about together.
     size = max(1, min(threads * 4, math.ceil(len(marked) / (processes * 2))))
@@ -321,9 +346,19 @@ def run_sales(
     first_results: dict[str, dict] = {}
     before = set(multiprocessing.active_children())
     workers: set = set()
-    pool = ProcessPoolExecutor(processes, mp_context=worker_context(), initializer=_start_worker,
-                               initargs=(settings, threads, pace, work.outage_allowance_s,
-                                         work.minor_hosts, work.own_window_s))  # fmt: skip
+    pool = ProcessPoolExecutor(
+        processes,
+        mp_context=worker_context(),
+        initializer=_start_worker,
+        initargs=(
+            settings,
+            threads,
+            pace,
+            work.outage_allowance_s,
+            work.minor_hosts,
+            work.own_window_s,
+        ),
+    )
     finished = False
     try:
         pending: deque[Future] = deque()
@@ -373,8 +408,11 @@ def _how_workers_ended(workers: set, processes: int) -> str:
     said = []
     for process in ended:
         code = process.exitcode
-        how = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code and code < 0
-               else f"exited with code {code}")  # fmt: skip
+        how = (
+            f"was killed by signal {-code} ({signal.Signals(-code).name})"
+            if code and code < 0
+            else f"exited with code {code}"
+        )
         said.append(f"embedding worker process {process.pid} {how}")
     return (
         "; ".join(said)

@@ -54,14 +54,21 @@ STORES = tuple(
     (f"S{n:02d}", name, region)
     for n, (name, region) in enumerate(
         [
-            ("Dublin Docklands", "IE"), ("Cork Centre", "IE"), ("Galway Quay", "IE"),
-            ("London Soho", "UK"), ("Manchester Arndale", "UK"), ("Paris Marais", "FR"),
-            ("Lyon Presqu'île", "FR"), ("Berlin Mitte", "DE"), ("München Glockenbach", "DE"),
-            ("Amsterdam Jordaan", "NL"), ("Tokyo Shimokitazawa", "JP"),
+            ("Dublin Docklands", "IE"),
+            ("Cork Centre", "IE"),
+            ("Galway Quay", "IE"),
+            ("London Soho", "UK"),
+            ("Manchester Arndale", "UK"),
+            ("Paris Marais", "FR"),
+            ("Lyon Presqu'île", "FR"),
+            ("Berlin Mitte", "DE"),
+            ("München Glockenbach", "DE"),
+            ("Amsterdam Jordaan", "NL"),
+            ("Tokyo Shimokitazawa", "JP"),
         ],
         start=1,
     )
-)  # fmt: skip
+)
 DEMO_PRODUCTS = 25
 
 
@@ -163,8 +170,20 @@ def draw_product_image(category: str, brand: str, variant: int) -> bytes:
         d.rounded_rectangle((40 + o, 60, 216 - o, 180), radius=10, fill=fg, outline=accent, width=6)
         d.rectangle((110, 180, 146, 215), fill=accent)
     elif category == "Clothing":
-        d.polygon([(70, 50), (186, 50), (226, 100), (196, 120), (186, 220), (70, 220), (60, 120),
-                   (30, 100)], fill=fg, outline=accent)  # fmt: skip
+        d.polygon(
+            [
+                (70, 50),
+                (186, 50),
+                (226, 100),
+                (196, 120),
+                (186, 220),
+                (70, 220),
+                (60, 120),
+                (30, 100),
+            ],
+            fill=fg,
+            outline=accent,
+        )
         d.ellipse((108, 40, 148, 70), fill=bg)
     elif category == "Furniture":
         d.rectangle((60, 40 + o, 90, 220), fill=fg)
@@ -234,58 +253,113 @@ def sales_data_items(day: date, seed: int = DEFAULT_SEED) -> list[dict[str, Any]
         revenue = money(transactions * rng.uniform(25, 140))
         company_revenue += revenue
         company_transactions += transactions
-        items.append({
-            "PK": f"STORE#{store_id}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"STORE#{store_id}",
-            "store_id": store_id, "store_name": name, "region": region, "total_revenue": revenue,
-            "transaction_count": transactions, "avg_transaction_value": money(float(revenue) / transactions),
-            "items_sold": transactions + rng.randint(0, transactions), "unique_customers": rng.randint(30, transactions),
-        })  # fmt: skip
+        items.append(
+            {
+                "PK": f"STORE#{store_id}",
+                "SK": f"DATE#{d}",
+                "GSI1PK": f"DATE#{d}",
+                "GSI1SK": f"STORE#{store_id}",
+                "store_id": store_id,
+                "store_name": name,
+                "region": region,
+                "total_revenue": revenue,
+                "transaction_count": transactions,
+                "avg_transaction_value": money(float(revenue) / transactions),
+                "items_sold": transactions + rng.randint(0, transactions),
+                "unique_customers": rng.randint(30, transactions),
+            }
+        )
     for n in range(1, DEMO_PRODUCTS + 1):
         category = sorted(CATEGORIES)[n % len(CATEGORIES)]
         brand = CATEGORIES[category][1][n % 5]
         units = rng.randint(1, 60)
         avg_price = money(CATEGORIES[category][0] * rng.uniform(0.5, 1.5))
-        items.append({
-            "PK": f"PRODUCT#P{n:03d}", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": f"PRODUCT#P{n:03d}",
-            "product_id": f"P{n:03d}", "product_name": f"{brand} {category} #{n}", "category": category,
-            "units_sold": units, "avg_price": avg_price, "revenue": money(units * float(avg_price)),
-        })  # fmt: skip
-    items.append({
-        "PK": "COMPANY", "SK": f"DATE#{d}", "GSI1PK": f"DATE#{d}", "GSI1SK": "COMPANY",
-        "total_revenue": company_revenue, "transaction_count": company_transactions, "store_count": len(STORES),
-    })  # fmt: skip
+        items.append(
+            {
+                "PK": f"PRODUCT#P{n:03d}",
+                "SK": f"DATE#{d}",
+                "GSI1PK": f"DATE#{d}",
+                "GSI1SK": f"PRODUCT#P{n:03d}",
+                "product_id": f"P{n:03d}",
+                "product_name": f"{brand} {category} #{n}",
+                "category": category,
+                "units_sold": units,
+                "avg_price": avg_price,
+                "revenue": money(units * float(avg_price)),
+            }
+        )
+    items.append(
+        {
+            "PK": "COMPANY",
+            "SK": f"DATE#{d}",
+            "GSI1PK": f"DATE#{d}",
+            "GSI1SK": "COMPANY",
+            "total_revenue": company_revenue,
+            "transaction_count": company_transactions,
+            "store_count": len(STORES),
+        }
+    )
 
     def insight(kind: str, n: int, **fields: Any) -> dict[str, Any]:
         insight_id = f"{kind[:3]}-{day:%Y%m%d}-{n}"
-        return {"PK": f"INSIGHT#{d}", "SK": f"{kind}#{insight_id}", "GSI1PK": f"DATE#{d}",
-                "GSI1SK": f"INSIGHT#{kind}#{insight_id}", "insight_id": insight_id, "type": kind, **fields}  # fmt: skip
+        return {
+            "PK": f"INSIGHT#{d}",
+            "SK": f"{kind}#{insight_id}",
+            "GSI1PK": f"DATE#{d}",
+            "GSI1SK": f"INSIGHT#{kind}#{insight_id}",
+            "insight_id": insight_id,
+            "type": kind,
+            **fields,
+        }
 
     for n in range(rng.randint(2, 4)):
         store = rng.choice(STORES)
         expected = rng.uniform(800, 4000)
         observed = expected * rng.choice((rng.uniform(0.2, 0.6), rng.uniform(1.6, 3.0)))
-        items.append(insight(
-            "ANOMALY", n, severity=rng.choice(("LOW", "MEDIUM", "HIGH")), metric="revenue",
-            store_id=store[0], product_id=f"P{rng.randint(1, DEMO_PRODUCTS):03d}", observed_value=money(observed),
-            expected_value=money(expected), deviation_pct=money((observed - expected) / expected * 100),
-            description=f"Revenue at {store[1]} far from its usual level",
-        ))  # fmt: skip
+        items.append(
+            insight(
+                "ANOMALY",
+                n,
+                severity=rng.choice(("LOW", "MEDIUM", "HIGH")),
+                metric="revenue",
+                store_id=store[0],
+                product_id=f"P{rng.randint(1, DEMO_PRODUCTS):03d}",
+                observed_value=money(observed),
+                expected_value=money(expected),
+                deviation_pct=money((observed - expected) / expected * 100),
+                description=f"Revenue at {store[1]} far from its usual level",
+            )
+        )
     for n in range(rng.randint(3, 5)):
         store = rng.choice(STORES)
         change = rng.uniform(-25, 40)
-        items.append(insight(
-            "TREND", n, metric=rng.choice(("revenue", "units_sold", "avg_price")),
-            direction="up" if change >= 0 else "down", change_pct=money(change), period_days=rng.choice((7, 14, 28)),
-            store_id=store[0], description=f"{'Rising' if change >= 0 else 'Falling'} sales at {store[1]}",
-        ))  # fmt: skip
+        items.append(
+            insight(
+                "TREND",
+                n,
+                metric=rng.choice(("revenue", "units_sold", "avg_price")),
+                direction="up" if change >= 0 else "down",
+                change_pct=money(change),
+                period_days=rng.choice((7, 14, 28)),
+                store_id=store[0],
+                description=f"{'Rising' if change >= 0 else 'Falling'} sales at {store[1]}",
+            )
+        )
     for n in range(rng.randint(2, 4)):
         store = rng.choice(STORES)
-        items.append(insight(
-            "RECOMMENDATION", n, priority=rng.choice(("LOW", "MEDIUM", "HIGH")),
-            action=rng.choice(("restock", "reprice", "promote", "transfer stock")), store_id=store[0],
-            product_id=f"P{rng.randint(1, DEMO_PRODUCTS):03d}", expected_impact=money(rng.uniform(100, 5000)),
-            confidence=money(rng.uniform(0.5, 0.99)), description=f"Suggested action for {store[1]}",
-        ))  # fmt: skip
+        items.append(
+            insight(
+                "RECOMMENDATION",
+                n,
+                priority=rng.choice(("LOW", "MEDIUM", "HIGH")),
+                action=rng.choice(("restock", "reprice", "promote", "transfer stock")),
+                store_id=store[0],
+                product_id=f"P{rng.randint(1, DEMO_PRODUCTS):03d}",
+                expected_impact=money(rng.uniform(100, 5000)),
+                confidence=money(rng.uniform(0.5, 0.99)),
+                description=f"Suggested action for {store[1]}",
+            )
+        )
     return items
 
 

@@ -122,8 +122,11 @@ class ImageVectors(AwsResource):
         for start in range(0, len(wanted), 100):
             keys = [self._key(model_id, dimension, sha) for sha in wanted[start : start + 100]]
             for attempt in range(1, 100):
-                answer = client.batch_get_item(RequestItems={self.table_name: {
-                    "Keys": keys, "ProjectionExpression": projection}})  # fmt: skip
+                answer = client.batch_get_item(
+                    RequestItems={
+                        self.table_name: {"Keys": keys, "ProjectionExpression": projection}
+                    }
+                )
                 yield from answer["Responses"].get(self.table_name, [])
                 keys = answer.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
                 if not keys:
@@ -155,10 +158,17 @@ class ImageVectors(AwsResource):
         client = self.boto3_client("dynamodb")
         now = datetime.now(UTC).isoformat()
         requests = [
-            {"PutRequest": {"Item": self._key(model_id, dimension, sha) | {
-                "vector": {"B": np.asarray(vector, np.float32).tobytes()}, "embeddedAt": {"S": now}}}}
+            {
+                "PutRequest": {
+                    "Item": self._key(model_id, dimension, sha)
+                    | {
+                        "vector": {"B": np.asarray(vector, np.float32).tobytes()},
+                        "embeddedAt": {"S": now},
+                    }
+                }
+            }
             for sha, vector in vectors.items()
-        ]  # fmt: skip
+        ]
         for start in range(0, len(requests), 25):
             batch = requests[start : start + 25]
             for attempt in range(1, 100):

@@ -35,11 +35,23 @@ MAX_ANSWER_BYTES = 1024 * 1024  # an answer's body read at most: 40 times a 1024
 TITAN_PRICE_PER_IMAGE = 0.00006
 # Errors of an endpoint that does not answer: a connection refused, reset or left silent, or an
 # answer cut short (a body shorter than its length, a broken stream).
-UNANSWERED = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError,
-              HTTPClientError, IncompleteReadError)  # fmt: skip
+UNANSWERED = (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    HTTPClientError,
+    IncompleteReadError,
+)
 # Answers that say "not now" rather than "not this image".
-UNAVAILABLE_CODES = {"ThrottlingException", "ServiceUnavailableException", "InternalServerException",
-                     "ModelNotReadyException", "ModelTimeoutException", "InternalFailure"}  # fmt: skip
+UNAVAILABLE_CODES = {
+    "ThrottlingException",
+    "ServiceUnavailableException",
+    "InternalServerException",
+    "ModelNotReadyException",
+    "ModelTimeoutException",
+    "InternalFailure",
+}
 
 
 # What bedrock-runtime says a call was charged, counted against the model's tokens-per-minute quota.

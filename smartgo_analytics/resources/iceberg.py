@@ -179,9 +179,13 @@ class IcebergCatalog(ConfigurableResource):
         return table.scan(row_filter=day_filter(start, end), selected_fields=columns).to_arrow()
 
     def scan_day_files(
-        self, start: datetime, end: datetime, columns: tuple[str, ...], batch_rows: int = 4_000,
+        self,
+        start: datetime,
+        end: datetime,
+        columns: tuple[str, ...],
+        batch_rows: int = 4_000,
         tenant: str | None = None,
-    ) -> Iterator[pa.RecordBatch]:  # fmt: skip
+    ) -> Iterator[pa.RecordBatch]:
         """The day's rows, `batch_rows` at a time, read straight from its data files: pyiceberg's
         own batch reader holds a whole file in memory, several files at once, and a day's vectors
         are hundreds of megabytes. Rows removed by delete files are not left out (this project's
@@ -338,8 +342,13 @@ def _files_by_partition(table: Table) -> dict[tuple, list[DataFileInfo]]:
         bounds = f["readable_metrics"]["sold_date"]
         key = tuple(f["partition"][field.name] for field in sales_table.PARTITION_SPEC.fields)
         by_partition.setdefault(key, []).append(
-            DataFileInfo(f["file_path"], f["file_size_in_bytes"], bounds["lower_bound"], bounds["upper_bound"])
-        )  # fmt: skip
+            DataFileInfo(
+                f["file_path"],
+                f["file_size_in_bytes"],
+                bounds["lower_bound"],
+                bounds["upper_bound"],
+            )
+        )
     return by_partition
 
 

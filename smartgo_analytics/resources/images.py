@@ -197,16 +197,21 @@ class ImageFetcher(ConfigurableResource):
         still names the host: Host header, TLS server name and certificate check."""
         target = httpx.URL(url)
         # Images come compressed already: ask for the bytes as they are.
-        named = {**headers, "Host": target.netloc.decode("ascii"), "User-Agent": USER_AGENT,
-                 "Accept-Encoding": "identity"}  # fmt: skip
+        named = {
+            **headers,
+            "Host": target.netloc.decode("ascii"),
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "identity",
+        }
         extensions = {
             "timeout": httpx.Timeout(self.timeout_s).as_dict(),
             "sni_hostname": target.host,
         }
         transport = self.transport()
         for n, address in enumerate(addresses, start=1):
-            request = httpx.Request("GET", target.copy_with(host=address), headers=named,
-                                    extensions=extensions)  # fmt: skip
+            request = httpx.Request(
+                "GET", target.copy_with(host=address), headers=named, extensions=extensions
+            )
             try:
                 response = transport.handle_request(request)
                 break

@@ -114,8 +114,13 @@ class S3ObjectStore(ObjectStore, AwsResource):
         # S3's conditional writes: If-Match an ETag, or If-None-Match * for a new object.
         condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
         try:
-            self.client().put_object(Bucket=self.bucket, Key=check_key(key), Body=data,
-                                     ContentType=content_type, **condition)  # fmt: skip
+            self.client().put_object(
+                Bucket=self.bucket,
+                Key=check_key(key),
+                Body=data,
+                ContentType=content_type,
+                **condition,
+            )
         except ClientError as error:
             # 412: another write came first; 409: one is in progress; NoSuchKey: it was deleted.
             if error.response["Error"]["Code"] in CONDITION_FAILED:

@@ -46,7 +46,7 @@ class ParquetIOManager(ConfigurableIOManager):
                 "dagster/uri": uri,
                 # Dagster's standard row count: of the day, for a day's hand-off.
                 "dagster/partition_row_count" if partitioned else "dagster/row_count": rows,
-            }  # fmt: skip
+            }
         )
 
     def load_input(self, context: InputContext) -> pa.Table | pq.ParquetFile:

@@ -29,8 +29,15 @@ SSM_KEYS = ("host", "port", "database", "username", "password")
 T = TypeVar("T")
 # What a server that cannot be used as configured answers; anything else of a connection is
 # worth trying again (refused, reset, timed out, starting up, shutting down, too many clients).
-_PERMANENT_CONNECT = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
-                      "role ", "invalid dsn", "invalid connection option", "certificate")  # fmt: skip
+_PERMANENT_CONNECT = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "role ",
+    "invalid dsn",
+    "invalid connection option",
+    "certificate",
+)
 
 
 class SmartGoDatabaseError(Exception):
@@ -138,8 +145,11 @@ class SmartGoDatabase(AwsResource):
                     )
                     while batch := cursor.fetchmany(self.fetch_batch_size):
                         yield batch
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
-                psycopg.errors.InsufficientPrivilege) as error:  # fmt: skip
+        except (
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedColumn,
+            psycopg.errors.InsufficientPrivilege,
+        ) as error:
             raise SmartGoDatabaseError(
                 f"the SmartGo database cannot be read: {error}".splitlines()[0]
             ) from None
@@ -151,9 +161,12 @@ class SmartGoDatabase(AwsResource):
             ) from None
 
     def read_sold_products(
-        self, start: datetime, end: datetime,
-        consume: Callable[[Iterator[list[dict[str, Any]]]], T], allowance_s: float,
-    ) -> tuple[T, OutageReport]:  # fmt: skip
+        self,
+        start: datetime,
+        end: datetime,
+        consume: Callable[[Iterator[list[dict[str, Any]]]], T],
+        allowance_s: float,
+    ) -> tuple[T, OutageReport]:
         """consume(the day's SOLD products), read again from the start each time the server cannot
         be reached or drops the connection, until it has been unavailable longer than `allowance_s`
         (OutageTooLong). `consume` must be a function of the rows alone: it is called afresh."""

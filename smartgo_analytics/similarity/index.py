@@ -146,12 +146,20 @@ class Manifest:
 
     def to_json(self) -> bytes:
         segments = [
-            {"name": s.name, "days": dict(sorted(s.days.items())), "centred_on": s.centred_on,
-             "centre": None if s.centre is None else [round(float(x), 6) for x in s.centre]}
+            {
+                "name": s.name,
+                "days": dict(sorted(s.days.items())),
+                "centred_on": s.centred_on,
+                "centre": None if s.centre is None else [round(float(x), 6) for x in s.centre],
+            }
             for s in self.segments
-        ]  # fmt: skip
-        body = {"tenant": self.tenant, "dimension": self.dimension, "index": INDEX_OPTIONS,
-                "segments": segments}  # fmt: skip
+        ]
+        body = {
+            "tenant": self.tenant,
+            "dimension": self.dimension,
+            "index": INDEX_OPTIONS,
+            "segments": segments,
+        }
         return json.dumps(body, indent=1).encode()
 
     @classmethod
@@ -159,11 +167,14 @@ class Manifest:
         body = json.loads(data)
         current = body.get("index") == INDEX_OPTIONS
         segments = [
-            Segment(s["name"], dict(s["days"]),
-                    np.asarray(s["centre"], np.float32) if current and s.get("centre") else None,
-                    int(s.get("centred_on", 0)))
+            Segment(
+                s["name"],
+                dict(s["days"]),
+                np.asarray(s["centre"], np.float32) if current and s.get("centre") else None,
+                int(s.get("centred_on", 0)),
+            )
             for s in body["segments"]
-        ]  # fmt: skip
+        ]
         return cls(body["tenant"], int(body["dimension"]), segments)
 
 
@@ -217,9 +228,11 @@ class DaySpool:
 
     def item_table(self, day: date) -> pa.Table:
         """The items, each keyed by the day and its row."""
-        table = pa.Table.from_batches(self.items, ITEM_SCHEMA.remove(0)) if self.items else (
-            ITEM_SCHEMA.remove(0).empty_table()
-        )  # fmt: skip
+        table = (
+            pa.Table.from_batches(self.items, ITEM_SCHEMA.remove(0))
+            if self.items
+            else (ITEM_SCHEMA.remove(0).empty_table())
+        )
         start, _ = day_keys(day)
         keys = pa.array(np.arange(start, start + table.num_rows, dtype=np.uint64))
         return table.add_column(0, ITEM_SCHEMA.field("key"), keys)
@@ -257,9 +270,13 @@ def batches(vectors, rows: int = ADD_ROWS) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def segment_vectors(
-    items: pa.Table, old_vectors: SpooledVectors | None, day: date, day_items: pa.Table,
-    day_vectors, new_vectors: Path,
-) -> tuple[pa.Table, np.ndarray]:  # fmt: skip
+    items: pa.Table,
+    old_vectors: SpooledVectors | None,
+    day: date,
+    day_items: pa.Table,
+    day_vectors,
+    new_vectors: Path,
+) -> tuple[pa.Table, np.ndarray]:
     """The segment's items with the day's in place of those it held for it, and its float16 unit
     vectors written so to `new_vectors`; with the keys the day had. A day's keys are one run of
     rows, so the rows before and after it are copied a piece at a time."""
@@ -297,14 +314,18 @@ def built_graph(keys: np.ndarray, vectors: SpooledVectors, threads: int):
     return index, centre
 
 
-def graph_with_day(index, segment: Segment, replaced: np.ndarray, day_keys_: np.ndarray,
-                   day_vectors, threads: int):  # fmt: skip
+def graph_with_day(
+    index, segment: Segment, replaced: np.ndarray, day_keys_: np.ndarray, day_vectors, threads: int
+):
     """The segment's loaded graph with the day's vectors in place of the keys it had for it."""
     if len(replaced):
         index.remove(replaced)
     for start, chunk in batches(day_vectors):
-        index.add(day_keys_[start : start + len(chunk)], signs(unit(chunk), segment.centre),
-                  threads=threads)  # fmt: skip
+        index.add(
+            day_keys_[start : start + len(chunk)],
+            signs(unit(chunk), segment.centre),
+            threads=threads,
+        )
     return index
 
 
@@ -351,10 +372,13 @@ def category_sums(categories: list[str | None], vectors) -> pa.Table:
             counts[name] = counts.get(name, 0) + int(mine.sum())
     ordered = sorted(sums)
     return pa.table(
-        {"category": ordered, "count": [counts[n] for n in ordered],
-         "sum": [sums[n].tolist() for n in ordered]},
+        {
+            "category": ordered,
+            "count": [counts[n] for n in ordered],
+            "sum": [sums[n].tolist() for n in ordered],
+        },
         schema=CATEGORY_SUMS_SCHEMA,
-    )  # fmt: skip
+    )
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -459,8 +483,11 @@ class TenantIndex:
             keys = pq.read_table(items_path, columns=["key"]).column("key").to_numpy()
             # A plain array over the map: numpy's memmap class costs time on every row lookup.
             shape = (len(keys), manifest.dimension)
-            vectors = (np.asarray(np.memmap(vectors_path, np.float16, "r", shape=shape))
-                       if len(keys) else np.zeros(shape, np.float16))  # fmt: skip
+            vectors = (
+                np.asarray(np.memmap(vectors_path, np.float16, "r", shape=shape))
+                if len(keys)
+                else np.zeros(shape, np.float16)
+            )
             index = open_index(index_path, view=True)
             self._segments[name] = OpenSegment(index, centres[name], keys, vectors)
         self._items: dict[str, pa.Table] = {}

@@ -101,8 +101,14 @@ class Update:
     retired: list[str] = field(default_factory=list)  # deleted once it is
 
 
-def commit_day(store: ObjectStore, tenant: str, dimension: int, day: date,
-               spool: sim.DaySpool | None, work: Path) -> sim.Manifest:  # fmt: skip
+def commit_day(
+    store: ObjectStore,
+    tenant: str,
+    dimension: int,
+    day: date,
+    spool: sim.DaySpool | None,
+    work: Path,
+) -> sim.Manifest:
     """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
     manifest; built again on the newer manifest when another run committed first."""
     for attempt in range(COMMIT_ATTEMPTS):
@@ -147,8 +153,9 @@ def delete_orphans(
     return deleted
 
 
-def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
-                  work: Path) -> Update:  # fmt: skip
+def update_tenant(
+    store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None, work: Path
+) -> Update:
     """The tenant's manifest changed to hold the day's vectors (none when `spool` is None), their
     segment files written under new names; the manifest itself is the caller's to commit.
     Segments whose graph was built with other options are built again first, one at a time."""
@@ -162,8 +169,14 @@ def update_tenant(store: ObjectStore, manifest: sim.Manifest, day: date, spool: 
     return update
 
 
-def _update(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None,
-            work: Path, update: Update) -> None:  # fmt: skip
+def _update(
+    store: ObjectStore,
+    manifest: sim.Manifest,
+    day: date,
+    spool: sim.DaySpool | None,
+    work: Path,
+    update: Update,
+) -> None:
     rows = spool.rows if spool else 0
     target = sim.target_segment(manifest, day, rows)
     tenant = manifest.tenant
@@ -194,8 +207,14 @@ def _update(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.Da
         )
         keys = items.column("key").to_numpy()
         if keep and target.centre is not None and target.centred_on >= sim.CENTRE_FROM:
-            index = sim.graph_with_day(sim.open_index(files[0], view=False), target, replaced,
-                                       day_items.column("key").to_numpy(), vectors, THREADS)  # fmt: skip
+            index = sim.graph_with_day(
+                sim.open_index(files[0], view=False),
+                target,
+                replaced,
+                day_items.column("key").to_numpy(),
+                vectors,
+                THREADS,
+            )
             centre, centred_on = target.centre, target.centred_on
         else:
             written = sim.SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
@@ -229,15 +248,24 @@ def _update(store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.Da
     update.retired += old
 
 
-def _put_segment(store: ObjectStore, tenant: str, day: date, index, items_path: Path,
-                 vectors_path: Path, work: Path, update: Update) -> str:  # fmt: skip
+def _put_segment(
+    store: ObjectStore,
+    tenant: str,
+    day: date,
+    index,
+    items_path: Path,
+    vectors_path: Path,
+    work: Path,
+    update: Update,
+) -> str:
     """A segment's files stored under a new name (named by its first day); the name."""
     name = sim.new_segment_name(day)
     index_path = work / f"{name}.usearch"
     index.save(str(index_path))
     try:
-        for path, key in zip((index_path, items_path, vectors_path), sim.segment_keys(tenant, name),
-                             strict=True):  # fmt: skip
+        for path, key in zip(
+            (index_path, items_path, vectors_path), sim.segment_keys(tenant, name), strict=True
+        ):
             update.added.append(key)
             store.put_file(key, path)
     finally:
@@ -245,8 +273,9 @@ def _put_segment(store: ObjectStore, tenant: str, day: date, index, items_path: 
     return name
 
 
-def _rebuild(store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path,
-             update: Update) -> None:  # fmt: skip
+def _rebuild(
+    store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path, update: Update
+) -> None:
     """The segment's graph built again from its float16 vectors, under a new name."""
     old = list(sim.segment_keys(manifest.tenant, segment.name))
     files = []
@@ -277,8 +306,9 @@ def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) 
     return sim.TenantIndex(manifest, paths)
 
 
-def day_differences(store: ObjectStore, tenants: list[str], day: date, table: Counter,
-                    dimension: int) -> list[str]:  # fmt: skip
+def day_differences(
+    store: ObjectStore, tenants: list[str], day: date, table: Counter, dimension: int
+) -> list[str]:
     """Each tenant whose index, read back, holds another count of vectors for the day than the
     table's rows with a vector (`table`: tenant -> rows)."""
     differences = []
@@ -289,8 +319,12 @@ def day_differences(store: ObjectStore, tenants: list[str], day: date, table: Co
     return differences
 
 
-def measure_tenants(store: ObjectStore, manifests: dict[str, sim.Manifest], day: date,
-                    spools: dict[str, sim.DaySpool]) -> DayQuality:  # fmt: skip
+def measure_tenants(
+    store: ObjectStore,
+    manifests: dict[str, sim.Manifest],
+    day: date,
+    spools: dict[str, sim.DaySpool],
+) -> DayQuality:
     """The day's vectors of each tenant that sold that day, against its index and trailing days."""
     quality = DayQuality()
     for tenant, spool in spools.items():

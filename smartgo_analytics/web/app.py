@@ -40,8 +40,16 @@ from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key
 log = logging.getLogger("smartgo_analytics.web")
 PICTURE_SECONDS = 300  # a presigned picture URL's life
 FORM_BYTES = 64 * 1024  # an upload's form fields and multipart framing, beside the picture
-PICTURE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",
-                 "webp": "image/webp", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}  # fmt: skip
+PICTURE_TYPES = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+}
 FIELDS = ("product_id", "image_url", "tenant", "category", "condition", "k")
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -61,8 +69,15 @@ class Answers:
     """The deployment's comparables for the page: the indexes kept open between questions, the
     deployment's resources (embedder, fetcher, catalog) built when a question first needs them."""
 
-    def __init__(self, store=None, resources: dict | None = None, cache_dir: Path | None = None,
-                 dagster_url: str | None = None, why_no_vector=None, catalog=None):  # fmt: skip
+    def __init__(
+        self,
+        store=None,
+        resources: dict | None = None,
+        cache_dir: Path | None = None,
+        dagster_url: str | None = None,
+        why_no_vector=None,
+        catalog=None,
+    ):
         """`catalog`: a context manager factory yielding the Iceberg catalog (the deployment's
         by default); `why_no_vector(product_id)` as comparables() takes it."""
         self.catalog = catalog or _deployment_catalog
@@ -76,8 +91,12 @@ class Answers:
         self._lookups = ThreadPoolExecutor(8, thread_name_prefix="picture-lookup")
 
     def ask(self, question: dict) -> Comparables:
-        return comparables(**question, resources=self.resources, index_files=self.files,
-                           why_no_vector=self.why_no_vector)  # fmt: skip
+        return comparables(
+            **question,
+            resources=self.resources,
+            index_files=self.files,
+            why_no_vector=self.why_no_vector,
+        )
 
     def picture_url(self, tenant: str, product_id: str, sha256: str | None) -> str | None:
         """Where the browser gets a sale's picture: its copy's key (the one with `sha256`, else the
@@ -96,10 +115,12 @@ class Answers:
         return self.store.presigned_url(chosen, PICTURE_SECONDS)
 
     def picture_urls(self, found: Comparables) -> list[str | None]:
-        return list(self._lookups.map(
-            lambda item: self.picture_url(found.tenant, item.product_id, item.image_sha256),
-            found.items,
-        ))  # fmt: skip
+        return list(
+            self._lookups.map(
+                lambda item: self.picture_url(found.tenant, item.product_id, item.image_sha256),
+                found.items,
+            )
+        )
 
     def local_picture(self, key: str) -> Path | None:
         """The local lake's file of a picture key, or None: only a plain key under the image
@@ -187,8 +208,12 @@ def form_fields(body: bytes, content_type: str) -> tuple[dict[str, str], bytes |
 
 def answer_json(found: Comparables) -> dict:
     """What `smartgo-analytics comparables --format json` prints."""
-    return {"tenant": found.tenant, "query": found.query, "suggested_price": found.suggested.__dict__,
-            "comparables": found.rows()}  # fmt: skip
+    return {
+        "tenant": found.tenant,
+        "query": found.query,
+        "suggested_price": found.suggested.__dict__,
+        "comparables": found.rows(),
+    }
 
 
 def create_app(answers: Answers | None = None) -> Starlette:
@@ -243,14 +268,18 @@ def create_app(answers: Answers | None = None) -> Starlette:
         path = answers.local_picture(request.path_params["key"])
         if path is None:
             return Response("no such picture", 404, media_type="text/plain")
-        return FileResponse(path, media_type=PICTURE_TYPES[path.suffix[1:].lower()],
-                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})  # fmt: skip
+        return FileResponse(
+            path,
+            media_type=PICTURE_TYPES[path.suffix[1:].lower()],
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"},
+        )
 
     async def sale(request: Request) -> Response:
         product_id = request.path_params["product_id"]
         try:
-            rows = await run_in_threadpool(_sale_rows, answers.catalog, product_id,
-                                           request.query_params.get("tenant"))  # fmt: skip
+            rows = await run_in_threadpool(
+                _sale_rows, answers.catalog, product_id, request.query_params.get("tenant")
+            )
         except Exception:
             log.exception("reading a sale failed")
             return JSONResponse(
@@ -260,12 +289,15 @@ def create_app(answers: Answers | None = None) -> Starlette:
             return JSONResponse({"error": f"no sale of product {product_id[:100]!r}"}, 404)
         return JSONResponse(rows)
 
-    app = Starlette(routes=[
-        Route("/", page, methods=["GET", "POST"]),
-        Route("/api/comparables", api, methods=["GET", "POST"]),
-        Route("/api/sales/{product_id}", sale),
-        Route("/pictures/{key:path}", picture),
-    ], lifespan=_closing(answers))  # fmt: skip
+    app = Starlette(
+        routes=[
+            Route("/", page, methods=["GET", "POST"]),
+            Route("/api/comparables", api, methods=["GET", "POST"]),
+            Route("/api/sales/{product_id}", sale),
+            Route("/pictures/{key:path}", picture),
+        ],
+        lifespan=_closing(answers),
+    )
     app.state.answers = answers
     return app
 
@@ -284,8 +316,15 @@ def _shown_answer(answers: Answers, found: Comparables, question: dict) -> dict:
 
     band = found.suggested
     urls = answers.picture_urls(found)
-    items = [{**item.__dict__, "picture": url, "sale": answers.sale_link(item.product_id, found.tenant),
-              "day": answers.day_link(item.sold_date)} for item, url in zip(found.items, urls, strict=True)]  # fmt: skip
+    items = [
+        {
+            **item.__dict__,
+            "picture": url,
+            "sale": answers.sale_link(item.product_id, found.tenant),
+            "day": answers.day_link(item.sold_date),
+        }
+        for item, url in zip(found.items, urls, strict=True)
+    ]
     image = question["image"]
     if isinstance(image, bytes):
         query_picture = _data_uri(image)
@@ -293,10 +332,21 @@ def _shown_answer(answers: Answers, found: Comparables, question: dict) -> dict:
         query_picture = _fetched_data_uri(answers.resources["image_fetcher"], image)
     else:
         query_picture = answers.picture_url(found.tenant, question["product_id"], None)
-    chart = price_chart([i.sold_price for i in found.items], [i.similarity for i in found.items],
-                        band.median, band.p25, band.p75)  # fmt: skip
-    return {"tenant": found.tenant, "query": found.query, "band": band, "items": items,
-            "query_picture": query_picture, "chart": chart}  # fmt: skip
+    chart = price_chart(
+        [i.sold_price for i in found.items],
+        [i.similarity for i in found.items],
+        band.median,
+        band.p25,
+        band.p75,
+    )
+    return {
+        "tenant": found.tenant,
+        "query": found.query,
+        "band": band,
+        "items": items,
+        "query_picture": query_picture,
+        "chart": chart,
+    }
 
 
 def _fetched_data_uri(fetcher, url: str) -> str | None:
@@ -318,9 +368,12 @@ def _data_uri(data: bytes) -> str | None:
 
 def _render(fields: dict, answer: dict | None = None, error: str | None = None, status: int = 200):
     html = TEMPLATES.get_template("page.html").render(
-        fields={name: fields.get(name, "") for name in FIELDS}, answer=answer, error=error,
-        max_k=MAX_K, max_mb=MAX_IMAGE_BYTES // 2**20,
-    )  # fmt: skip
+        fields={name: fields.get(name, "") for name in FIELDS},
+        answer=answer,
+        error=error,
+        max_k=MAX_K,
+        max_mb=MAX_IMAGE_BYTES // 2**20,
+    )
     return HTMLResponse(html, status, headers={"X-Content-Type-Options": "nosniff"})
 
 
@@ -353,5 +406,7 @@ def _sale_rows(opened_catalog, product_id: str, tenant: str | None) -> list[dict
     if tenant:
         where = And(where, EqualTo("tenant_id", tenant))
     rows = table.scan(row_filter=where, selected_fields=tuple(names)).to_arrow().to_pylist()
-    return [{k: v if isinstance(v, int | float | str | None) else str(v) for k, v in row.items()}
-            for row in rows]  # fmt: skip
+    return [
+        {k: v if isinstance(v, int | float | str | None) else str(v) for k, v in row.items()}
+        for row in rows
+    ]

@@ -16,8 +16,14 @@ class Mark:
     title: str
 
 
-def price_chart(prices: list[float], similarities: list[float], median: float, p25: float,
-                p75: float, currency: str = "") -> str:  # fmt: skip
+def price_chart(
+    prices: list[float],
+    similarities: list[float],
+    median: float,
+    p25: float,
+    p75: float,
+    currency: str = "",
+) -> str:
     """An SVG: one dot per comparable at its sold price (higher and larger the more alike than the
     answer's others), the suggested band p25-p75 as a shaded box and its median as a line, with
     the price axis's ends."""
@@ -37,10 +43,14 @@ def price_chart(prices: list[float], similarities: list[float], median: float, p
         return (s - least) / (most - least) if most > least else 1.0
 
     marks = [
-        Mark(x(price), base - 10 - alike(s) * (base - 30), 3 + 4 * alike(s),
-             f"{currency}{price:,.2f} (similarity {s:.3f})")
+        Mark(
+            x(price),
+            base - 10 - alike(s) * (base - 30),
+            3 + 4 * alike(s),
+            f"{currency}{price:,.2f} (similarity {s:.3f})",
+        )
         for price, s in zip(prices, similarities, strict=True)
-    ]  # fmt: skip
+    ]
     parts = [
         f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
         f'height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg">',
@@ -58,7 +68,9 @@ def price_chart(prices: list[float], similarities: list[float], median: float, p
         for m in marks
     ]
     for price, anchor in ((low, "start"), (median, "middle"), (high, "end")):
-        parts.append(f'<text x="{x(price):.1f}" y="{HEIGHT - 8}" font-size="11" '
-                     f'text-anchor="{anchor}">{currency}{price:,.2f}</text>')  # fmt: skip
+        parts.append(
+            f'<text x="{x(price):.1f}" y="{HEIGHT - 8}" font-size="11" '
+            f'text-anchor="{anchor}">{currency}{price:,.2f}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)
