@@ -155,17 +155,14 @@ class EmbeddingConfig(Config):
 
 def _last_downloads(object_store: ObjectStore, day: str) -> list[dict]:
     """The day's previous embedding results (product, URL, ETag, image), if a run wrote them."""
-    try:
-        path = object_store.local_path(asset_output_key(["product_image_embeddings"], day))
-    except FileNotFoundError:
-        return []
     columns = ["product_id", "image_url", "image_etag", "image_sha256", "image_s3_key"]
     try:
-        return pq.read_table(path, columns=columns).to_pylist()
+        with object_store.local_copy(asset_output_key(["product_image_embeddings"], day)) as path:
+            return pq.read_table(path, columns=columns).to_pylist()
+    except FileNotFoundError:
+        return []
     except (pa.ArrowInvalid, KeyError):
         return []  # written before these columns existed: download everything once more
-    finally:
-        object_store.release(path)
 
 
 @asset(

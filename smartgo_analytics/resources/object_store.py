@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,6 +57,15 @@ class ObjectStore(ConfigurableResource):
 
     def release(self, path: Path) -> None:
         """Done with a `local_path`: a downloaded copy is removed, the object itself is kept."""
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """A local file with the object's bytes for the block (`local_path`, then `release`)."""
+        path = self.local_path(key)
+        try:
+            yield path
+        finally:
+            self.release(path)
 
     def uri(self, key: str) -> str:
         raise NotImplementedError

@@ -50,10 +50,8 @@ class ParquetIOManager(ConfigurableIOManager):
         )
 
     def load_input(self, context: InputContext) -> pa.Table | pq.ParquetFile:
-        path = self.object_store.local_path(self._key(context))
         if context.dagster_type.typing_type is pq.ParquetFile:
-            return pq.ParquetFile(path)  # read by the step; a downloaded copy goes with its process
-        try:
+            # Read by the step; a downloaded copy goes with its process.
+            return pq.ParquetFile(self.object_store.local_path(self._key(context)))
+        with self.object_store.local_copy(self._key(context)) as path:
             return pq.read_table(path)
-        finally:
-            self.object_store.release(path)

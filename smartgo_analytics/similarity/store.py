@@ -350,11 +350,8 @@ def trailing_sums(
         earlier = day - timedelta(days=back)
         if earlier.isoformat() in days:
             try:
-                path = store.local_path(sim.category_means_key(tenant, earlier))
+                with store.local_copy(sim.category_means_key(tenant, earlier)) as path:
+                    tables.append(sim.read_items(path))
             except FileNotFoundError:
                 continue
-            try:
-                tables.append(sim.read_items(path))
-            finally:
-                store.release(path)
     return tables
