@@ -934,7 +934,7 @@ def test_a_worker_process_that_dies_fails_the_work_naming_it_and_how(cdn, tmp_pa
     ]
 
     with pytest.raises(WorkerFailed, match=rf"embedding worker process \d+ {how}"):
-        list(run_sales(work, items, 2, Outcome(), Pace(context=worker_context())))
+        list(run_sales(work, items, 2, Outcome(), Pace(processes=worker_context())))
 
 
 def paced_day(stack, cdn, cdn_state, day: str, sales: int, tag: str) -> None:

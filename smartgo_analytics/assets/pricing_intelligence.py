@@ -206,7 +206,7 @@ def product_image_embeddings(
     pace = Pace(
         image_embedder.requests_per_minute,
         image_embedder.tokens_per_minute,
-        context=worker_context(),
+        processes=worker_context(),
     )
     image_embedder.use_pace(pace)
     work = SaleWork(

@@ -48,6 +48,7 @@ class Pace:
     throttled narrows it by FASTER, never below the quota's. Quotas are aimed at with HEADROOM, so
     that calls sent on time but arriving a little early still fit. Without a quota it only counts.
 
+    `processes` is the multiprocessing context its shared memory comes from (the worker pool's).
     Pass it to worker processes when they are started (as ProcessPoolExecutor's initargs)."""
 
     SLOWER = 1.25
@@ -59,7 +60,7 @@ class Pace:
         self,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
-        context=multiprocessing,
+        processes=multiprocessing,
     ):
         for name, quota in (("requests", requests_per_minute), ("tokens", tokens_per_minute)):
             if quota is not None and quota <= 0:
@@ -68,7 +69,7 @@ class Pace:
         self.token_quota_per_minute = tokens_per_minute
         self._per_call = 60 / (requests_per_minute * self.HEADROOM) if requests_per_minute else 0.0
         self._per_token = 60 / (tokens_per_minute * self.HEADROOM) if tokens_per_minute else 0.0
-        self._state = context.Array("d", [0.0, 1.0, 0, 0, 0.0, 0.0, 0, 0, -1.0, 0])
+        self._state = processes.Array("d", [0.0, 1.0, 0, 0, 0.0, 0.0, 0, 0, -1.0, 0])
 
     def _spacing(self, state) -> float:
         """Seconds between two slots now: the stricter quota, slowed while throttled."""
