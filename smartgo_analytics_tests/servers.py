@@ -554,21 +554,9 @@ def dagster_dev_command(dagster_home, env: dict[str, str]):
         k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_", "AWS_"))
     }
     environment.update(env, DAGSTER_HOME=str(dagster_home), DAGSTER_WEBSERVER_URL=url)
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--log-level",
-        "warning",
-        "-m",
-        "smartgo_analytics.definitions",
-    ]
-    with _serving(command, environment, dagster_home / "dev.log", url, cwd=dagster_home):
+    from smartgo_analytics.cli.stack import dagster_dev_command as command_of
+
+    with _serving(command_of(port), environment, dagster_home / "dev.log", url, cwd=dagster_home):
         yield url
 
 

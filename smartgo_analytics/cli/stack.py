@@ -229,20 +229,7 @@ def cmd_dev(args) -> int:
         env = {**os.environ, **stack_environment(info), "DAGSTER_HOME": str(dagster_home)}
         # Warnings and errors only: run events are in the UI, not the terminal; `dagster dev` is the
         # command this Dagster release runs a local deployment with (`dg dev` needs a dg project).
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(args.port),
-            "--log-level",
-            "warning",
-            "-m",
-            "smartgo_analytics.definitions",
-        ]
+        command = dagster_dev_command(args.port)
         env["PYTHONWARNINGS"] = "ignore:Function `dev_command` is superseded"
         say(
             f"Dagster UI: http://127.0.0.1:{args.port}   data: {home}   (Ctrl-C stops it and the stack)"
@@ -295,3 +282,9 @@ def cmd_stack_info(args) -> int:
         for key, value in details.items():
             say(f"{key}: {value}")
     return 0
+
+
+def dagster_dev_command(port: int) -> list[str]:
+    """`dagster dev` of the project's definitions on 127.0.0.1:`port`, logging warnings and errors."""
+    return [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port),
+            "--log-level", "warning", "-m", "smartgo_analytics.definitions"]  # fmt: skip
