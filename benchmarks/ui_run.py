@@ -9,19 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from smartgo_analytics_tests.servers import dagster_dev, graphql
+from smartgo_analytics_tests.servers import DAILY_ASSETS, dagster_dev, graphql
 
 DAY = "2025-01-15"
-ASSETS = [
-    ["smartgo_sales"],
-    ["product_image_embeddings"],
-    ["smartgo_sales_iceberg"],
-    ["dynamodb_daily_metrics"],
-    *(
-        ["quicksight", d]
-        for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
-    ),
-]
+ASSETS = DAILY_ASSETS
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {

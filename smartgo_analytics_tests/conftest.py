@@ -9,6 +9,7 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
+from smartgo_analytics.core.sales import SOURCE_COLUMNS  # noqa: E402
 from smartgo_analytics.local.demo_data import PRODUCTS_DDL  # noqa: E402
 from smartgo_analytics.local.stack import local_stack  # noqa: E402
 from smartgo_analytics_tests import servers  # noqa: E402
@@ -64,18 +65,7 @@ def s3_bucket(stack, request):
 
 
 def insert_products(postgres_uri: str, rows: list[dict]) -> None:
-    columns = (
-        "id",
-        "tenant_id",
-        "category",
-        "brand",
-        "condition",
-        "sold_price",
-        "sold_date",
-        "image_url",
-        "description",
-        "status",
-    )
+    columns = (*SOURCE_COLUMNS, "status")
     with psycopg.connect(postgres_uri) as conn:
         for row in rows:
             values = {c: row.get(c) for c in columns}

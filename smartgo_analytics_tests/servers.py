@@ -508,6 +508,19 @@ class WebhookReceiver:
         return [m["text"] for m in self.messages]
 
 
+# The daily job's assets, as a person selects them in the UI ("Materialize all").
+DAILY_ASSETS = [
+    ["smartgo_sales"],
+    ["product_image_embeddings"],
+    ["smartgo_sales_iceberg"],
+    ["dynamodb_daily_metrics"],
+    *(
+        ["quicksight", d]
+        for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
+    ),
+]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -14,16 +14,7 @@ from smartgo_analytics_tests.browser import browser_page
 from smartgo_analytics_tests.servers import WebhookReceiver, graphql
 
 DAYS = ["2025-01-13", "2025-01-14", "2025-01-15"]
-ALL_ASSETS = [
-    ["smartgo_sales"],
-    ["product_image_embeddings"],
-    ["smartgo_sales_iceberg"],
-    ["dynamodb_daily_metrics"],
-    *(
-        ["quicksight", d]
-        for d in ("store_summaries", "top_products", "anomalies", "trends", "recommendations")
-    ),
-]
+ALL_ASSETS = servers.DAILY_ASSETS
 PRICING = ALL_ASSETS[:3]
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
