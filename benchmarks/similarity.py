@@ -1,7 +1,6 @@
 """The similarity index at a million vectors, and what its comparables are worth as price guidance."""
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.web import page_timings
+from benchmarks.web import home_environment, page_timings
 from smartgo_analytics.comparables import comparables
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.imaging import prepare_for_titan
@@ -190,10 +189,7 @@ def similarity_index_at_1m() -> dict:
     p95 = float(np.percentile(latencies, 95)) * 1000
     # The whole command, as a user runs it: a new process, the index opened, a query, the output.
     asked = index.items([int(exact[0][0])]).column("product_id")[0].as_py()
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
-    }
-    environment["SMARTGO_HOME"] = str(home)
+    environment = home_environment(home)
     command = [
         sys.executable,
         "-m",

@@ -21,14 +21,19 @@ from smartgo_analytics_tests.servers import free_port
 ANSWERS = 200
 
 
+def home_environment(home: Path) -> dict[str, str]:
+    """This process's environment for a command on the local deployment in `home`."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
+    }
+    return {**environment, "SMARTGO_HOME": str(home)}
+
+
 def page_timings(home: Path, products: list[str], tenant: str | None = None) -> dict:
     """Start the page on `home`'s lake; seconds to its first answer, then the p50 and p95 in ms of
     ANSWERS product-id pages asked one after another for products drawn from `products`."""
     port = free_port()
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
-    }
-    environment["SMARTGO_HOME"] = str(home)
+    environment = home_environment(home)
     url = f"http://127.0.0.1:{port}/"
     extra = {"tenant": tenant} if tenant else {}
     draw = random.Random(5)
@@ -76,10 +81,7 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
 
 def comparables_page() -> dict:
     home = Path(tempfile.mkdtemp(prefix="smartgo-bench-web-"))
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SMARTGO_", "DAGSTER_HOME"))
-    }
-    environment["SMARTGO_HOME"] = str(home)
+    environment = home_environment(home)
     subprocess.run(
         [sys.executable, "-m", "smartgo_analytics.cli", "demo", "--days", "2"],
         env=environment,

@@ -153,13 +153,19 @@ class KeptIndexFiles(IndexFiles):
         with self._lock:
             kept = self._kept.get(manifest.tenant)
             if kept is None or kept[0] != names:
-                self._kept[manifest.tenant] = (names, super().open(manifest))
+                index = super().open(manifest)
+                # Kept here alone: an index replaced by a newer one is let go (its maps and
+                # threads with it) once the questions still using it are answered.
+                self._opened.remove(index)
+                self._kept[manifest.tenant] = (names, index)
             return self._kept[manifest.tenant][1]
 
     def close(self) -> None:
         """Nothing: the indexes stay open for the next question."""
 
     def close_all(self) -> None:
+        for _, index in self._kept.values():
+            index.close()
         super().close()
 
 
@@ -207,7 +213,7 @@ def comparables(
             vector = index.vector(key)
             query = f"product {product_id}"
         else:
-            picture = _picture(image, resources)  # a bad picture is told before a bad tenant
+            picture = read_picture(image, resources)  # a bad picture is told before a bad tenant
             manifest = _tenant_manifest(files, tenant)
             index = files.open(manifest)
             vector = _embed(picture, resources, manifest.dimension)
@@ -388,7 +394,7 @@ def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def _picture(image: str | bytes, resources: dict) -> bytes:
+def read_picture(image: str | bytes, resources: dict) -> bytes:
     """The picture's bytes, at most MAX_IMAGE_BYTES: given, fetched from an http(s) URL (the
     fetcher's cap is the same), or read from a file."""
     if isinstance(image, bytes):

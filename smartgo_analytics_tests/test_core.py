@@ -479,6 +479,19 @@ def test_a_pace_spaces_calls_by_the_tokens_their_answers_say_they_were_charged()
         Pace(tokens_per_minute=-1)
 
 
+def test_a_probe_whose_answer_never_comes_lets_another_call_go_after_its_patience():
+    clock = FakeClock()
+    pace = Pace(tokens_per_minute=600)
+    pace.wait(clock, clock.sleep)  # the probe; say its worker process dies before the answer
+
+    def ten_second_polls(seconds: float) -> None:
+        clock.sleep(10.0 if seconds == 0.01 else seconds)
+
+    pace.wait(clock, ten_second_polls)
+    assert clock.slept == [10.0] * 6  # held while the probe could still answer, then let go
+    assert Pace.PROBE_PATIENCE_S == 60.0
+
+
 def test_a_pace_without_a_quota_only_counts():
     clock = FakeClock()
     pace = Pace()

@@ -138,6 +138,21 @@ def test_the_api_answers_as_the_command_and_refuses_what_it_cannot_answer(lake, 
     assert SECRET not in httpx.get(f"{page}/api/comparables", params={"product_id": asked}).text
 
 
+def test_a_picture_asked_by_its_url_is_fetched_once_and_shown(lake, page, cdn, cdn_state):
+    path = "/web/Toys-1.png"
+    url = f"{cdn}{path}"
+    before = cdn_state.hits.get(path, 0)
+    shown = httpx.get(f"{page}/", params={"image_url": url, "tenant": TENANT, "k": 4})
+    assert shown.status_code == 200 and cdn_state.hits[path] == before + 1
+    assert 'class="query-picture" src="data:image/jpeg;base64,' in shown.text
+    assert shown.text.count('class="comparable-picture"') == 4
+    answer = httpx.get(
+        f"{page}/api/comparables", params={"image_url": url, "tenant": TENANT, "k": 4}
+    )
+    command = comparables(image=url, tenant=TENANT, k=4, resources=lake)
+    assert answer.json() == answer_json(command) and command.query == f"image {url}"
+
+
 def test_the_local_lake_serves_only_its_pictures(tmp_path):
     root = tmp_path / "lake"
     picture = root / IMAGE_PREFIX / "shop" / "SG-1" / f"{'a' * 64}.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import time
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Pace:
     FASTER = 0.99
     HEADROOM = 0.97
     LONGEST_SLOWDOWN = 64
+    PROBE_PATIENCE_S = 60.0  # longer than a call's answer takes (TitanEmbedder: 3 x 25 s at most)
 
     def __init__(
         self,
@@ -69,7 +71,7 @@ class Pace:
         self.token_quota_per_minute = tokens_per_minute
         self._per_call = 60 / (requests_per_minute * self.HEADROOM) if requests_per_minute else 0.0
         self._per_token = 60 / (tokens_per_minute * self.HEADROOM) if tokens_per_minute else 0.0
-        self._state = processes.Array("d", [0.0, 1.0, 0, 0, 0.0, 0.0, 0, 0, -1.0, 0])
+        self._state = processes.Array("d", [0.0, 1.0, 0, 0, 0.0, 0.0, 0, 0, -1.0, -math.inf])
 
     def _spacing(self, state) -> float:
         """Seconds between two slots now: the stricter quota, slowed while throttled."""
@@ -81,10 +83,13 @@ class Pace:
         state = self._state
         while True:
             with state.get_lock():
-                # A token quota with no charge known yet: the first call goes alone to learn it.
-                if not (self._per_token and state[_ESTIMATE] < 0 and state[_PROBING]):
-                    state[_PROBING] = 1 if self._per_token and state[_ESTIMATE] < 0 else 0
-                    now = clock()
+                now = clock()
+                # A token quota with no charge known yet: one call goes alone to learn it (another
+                # goes if its answer has not come in PROBE_PATIENCE_S: its process may be gone).
+                learning = self._per_token and state[_ESTIMATE] < 0
+                if not (learning and now - state[_PROBING] < self.PROBE_PATIENCE_S):
+                    if learning:
+                        state[_PROBING] = now
                     slot = max(state[_NEXT], now)
                     state[_NEXT] = slot + self._spacing(state)
                     state[_CALLS] += 1
@@ -109,7 +114,8 @@ class Pace:
                 # The slot after this call was spaced for the charge expected: move it by the
                 # difference, so the schedule follows what was really charged.
                 state[_NEXT] += (tokens - expected) * self._per_token * state[_SLOW]
-            state[_PROBING] = 0  # any answer ends a probe; one without a charge starts another
+            # Any answer ends a probe; when it told no charge, the next call probes again.
+            state[_PROBING] = -math.inf
             if throttled:
                 state[_THROTTLED] += 1
                 if self._per_call or self._per_token:
@@ -121,7 +127,7 @@ class Pace:
     def unanswered(self) -> None:
         """A call got no answer (a reset, a timeout): let another call learn the charge."""
         with self._state.get_lock():
-            self._state[_PROBING] = 0
+            self._state[_PROBING] = -math.inf
 
     def report(self) -> PaceReport:
         state = self._state

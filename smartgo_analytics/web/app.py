@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import email.parser
 import email.policy
 import logging
@@ -33,6 +34,7 @@ from smartgo_analytics.comparables import (
     KeptIndexFiles,
     LocalLake,
     comparables,
+    read_picture,
 )
 from smartgo_analytics.core.imaging import BadImage, thumbnail_jpeg
 from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key
@@ -90,13 +92,21 @@ class Answers:
         self.why_no_vector = why_no_vector
         self._lookups = ThreadPoolExecutor(8, thread_name_prefix="picture-lookup")
 
-    def ask(self, question: dict) -> Comparables:
-        return comparables(
+    def ask(self, question: dict) -> tuple[Comparables, bytes | None]:
+        """The answer, and the picture asked about (a URL's fetched once, for both the answer
+        and the page's thumbnail)."""
+        image = question["image"]
+        if isinstance(image, str):
+            question = {**question, "image": read_picture(image, self.resources)}
+        found = comparables(
             **question,
             resources=self.resources,
             index_files=self.files,
             why_no_vector=self.why_no_vector,
         )
+        if isinstance(image, str):
+            found = dataclasses.replace(found, query=f"image {image}")  # as the command says it
+        return found, question["image"]
 
     def picture_url(self, tenant: str, product_id: str, sha256: str | None) -> str | None:
         """Where the browser gets a sale's picture: its copy's key (the one with `sha256`, else the
@@ -166,8 +176,8 @@ def question_of(fields: dict[str, str], picture: bytes | None = None) -> dict:
         raise ComparablesError(
             f"k must be a whole number from 1 to {MAX_K}, got {raw_k[:20]!r}"
         ) from None
-    image: str | bytes | None = picture if picture is not None else given.pop("image_url")
-    given.pop("image_url", None)
+    url = given.pop("image_url")
+    image: str | bytes | None = picture if picture is not None else url
     if isinstance(image, str) and not image.startswith(("http://", "https://")):
         raise ComparablesError("the picture's URL must start with http:// or https://")
     return {**given, "image": image, "k": k}
@@ -234,8 +244,8 @@ def create_app(answers: Answers | None = None) -> Starlette:
             ):
                 return _render(fields)
             question = question_of(fields, picture)
-            found = await run_in_threadpool(answers.ask, question)
-            shown = await run_in_threadpool(_shown_answer, answers, found, question)
+            found, picture = await run_in_threadpool(answers.ask, question)
+            shown = await run_in_threadpool(_shown_answer, answers, found, question, picture)
             return _render(fields, answer=shown)
         except (ComparablesError, Refused) as error:
             return _render(fields, error=str(error), status=getattr(error, "status", 400))
@@ -256,7 +266,7 @@ def create_app(answers: Answers | None = None) -> Starlette:
                 else:
                     form, picture = form_fields(body, content_type)
                     fields |= form
-            found = await run_in_threadpool(answers.ask, question_of(fields, picture))
+            found, _ = await run_in_threadpool(answers.ask, question_of(fields, picture))
             return JSONResponse(answer_json(found))
         except (ComparablesError, Refused) as error:
             return JSONResponse({"error": str(error)}, status_code=getattr(error, "status", 400))
@@ -311,7 +321,9 @@ def _closing(answers: Answers):
     return lifespan
 
 
-def _shown_answer(answers: Answers, found: Comparables, question: dict) -> dict:
+def _shown_answer(
+    answers: Answers, found: Comparables, question: dict, picture: bytes | None
+) -> dict:
     from smartgo_analytics.web.chart import price_chart
 
     band = found.suggested
@@ -325,11 +337,8 @@ def _shown_answer(answers: Answers, found: Comparables, question: dict) -> dict:
         }
         for item, url in zip(found.items, urls, strict=True)
     ]
-    image = question["image"]
-    if isinstance(image, bytes):
-        query_picture = _data_uri(image)
-    elif image is not None:
-        query_picture = _fetched_data_uri(answers.resources["image_fetcher"], image)
+    if picture is not None:
+        query_picture = _data_uri(picture)
     else:
         query_picture = answers.picture_url(found.tenant, question["product_id"], None)
     chart = price_chart(
@@ -347,16 +356,6 @@ def _shown_answer(answers: Answers, found: Comparables, question: dict) -> dict:
         "query_picture": query_picture,
         "chart": chart,
     }
-
-
-def _fetched_data_uri(fetcher, url: str) -> str | None:
-    """The picture at `url` (already embedded: fetched again, as safely) as a thumbnail."""
-    from smartgo_analytics.resources.images import ImageFetchError
-
-    try:
-        return _data_uri(fetcher.fetch(url).data)
-    except ImageFetchError:
-        return None
 
 
 def _data_uri(data: bytes) -> str | None:
