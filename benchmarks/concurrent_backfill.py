@@ -209,8 +209,9 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
     """What the backfill wrote, in a form two lakes can be compared by."""
     from pyiceberg.catalog import load_catalog
 
+    from smartgo_analytics.layout import SIMILARITY_PREFIX
     from smartgo_analytics.resources.object_store import S3ObjectStore
-    from smartgo_analytics.similarity import index as sim
+    from smartgo_analytics.similarity.segments import segment_keys
     from smartgo_analytics.similarity.store import indexed_tenants, load_manifest
 
     catalog = load_catalog(
@@ -278,9 +279,9 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
         key
         for m in manifests.values()
         for seg in m.segments
-        for key in sim.segment_keys(m.tenant, seg.name)
+        for key in segment_keys(m.tenant, seg.name)
     }
-    segment_files = {k for k in store.list_keys(f"{sim.PREFIX}/") if "/segment-" in k}
+    segment_files = {k for k in store.list_keys(f"{SIMILARITY_PREFIX}/") if "/segment-" in k}
     return {
         "index_equals_table": indexed == table,
         "orphan_segment_files": len(segment_files - named),

@@ -16,11 +16,13 @@ from benchmarks.web import home_environment, page_timings
 from smartgo_analytics.comparables import comparables
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.imaging import prepare_for_titan
+from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.local import demo_data
 from smartgo_analytics.local.stack import LOCAL_BUCKET
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder
 from smartgo_analytics.resources.object_store import LocalObjectStore
-from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.index import TenantIndex
+from smartgo_analytics.similarity.segments import ITEM_SCHEMA, DaySpool, day_keys, segment_keys
 from smartgo_analytics.similarity.store import commit_day, load_manifest
 
 DIMENSION = 1024
@@ -64,8 +66,8 @@ class ClusteredVectors:
             yield self.draw(n * 1000 + start // chunk, min(chunk, PER_DAY - start))
 
 
-def spool_of(vectors: ClusteredVectors, n: int, day: date, directory: Path) -> sim.DaySpool:
-    spool = sim.DaySpool(directory, TENANT, DIMENSION)
+def spool_of(vectors: ClusteredVectors, n: int, day: date, directory: Path) -> DaySpool:
+    spool = DaySpool(directory, TENANT, DIMENSION)
     row = 0
     for chunk in vectors.day(n):
         ids = [f"P-{day:%Y%m%d}-{row + i:06d}" for i in range(len(chunk))]
@@ -134,7 +136,7 @@ def exact_top10(vectors: ClusteredVectors, queries: np.ndarray) -> np.ndarray:
     best = np.zeros((len(queries), 0), np.float32)
     for n in range(DAYS):
         day = FIRST_DAY + timedelta(days=n)
-        start, _ = sim.day_keys(day)
+        start, _ = day_keys(day)
         row = 0
         for chunk in vectors.day(n):
             scores = queries @ chunk.T
@@ -155,7 +157,7 @@ def similarity_index_at_1m() -> dict:
     total = DAYS * PER_DAY
     # Two more days when the index already holds a million: one starts a segment, the other joins it.
     extra = [in_child("add-day", str(lake), str(n)) for n in (DAYS, DAYS + 1)]
-    files = [f for f in (lake / LOCAL_BUCKET / sim.PREFIX / TENANT).glob("segment-*")]
+    files = [f for f in (lake / LOCAL_BUCKET / SIMILARITY_PREFIX / TENANT).glob("segment-*")]
     size = sum(f.stat().st_size for f in files)
     store = LocalObjectStore(lake_dir=str(lake), bucket=LOCAL_BUCKET)
     manifest = load_manifest(store, TENANT, DIMENSION)
@@ -163,10 +165,10 @@ def similarity_index_at_1m() -> dict:
         s for s in manifest.segments if max(s.days) < (FIRST_DAY + timedelta(days=DAYS)).isoformat()
     ]
     paths = {
-        s.name: tuple(lake / LOCAL_BUCKET / key for key in sim.segment_keys(TENANT, s.name))
+        s.name: tuple(lake / LOCAL_BUCKET / key for key in segment_keys(TENANT, s.name))
         for s in manifest.segments
     }
-    index = sim.TenantIndex(manifest, paths)
+    index = TenantIndex(manifest, paths)
     vectors = ClusteredVectors()
     queries = vectors.draw(999_999, QUERIES)  # new items of the same clusters
     cold = []
@@ -304,7 +306,7 @@ def comparables_price_error() -> dict:
             sales = sales_of(day)
             history += sales
             for tenant in sorted({s.tenant_id for s in sales}):
-                spool = sim.DaySpool(Path(work), tenant, DIMENSION)
+                spool = DaySpool(Path(work), tenant, DIMENSION)
                 mine = [s for s in sales if s.tenant_id == tenant]
                 items = pa.Table.from_pylist(
                     [
@@ -319,7 +321,7 @@ def comparables_price_error() -> dict:
                         }
                         for s in mine
                     ],
-                    schema=sim.ITEM_SCHEMA.remove(0),
+                    schema=ITEM_SCHEMA.remove(0),
                 )
                 spool.add(items.to_batches()[0], np.stack([picture(s.image_url)[1] for s in mine]))
                 commit_day(store, tenant, DIMENSION, day, spool, Path(work))

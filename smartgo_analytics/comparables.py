@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.core.price_bands import round_price, weighted_quantiles
 from smartgo_analytics.core.sales import IDENTIFIER
-from smartgo_analytics.layout import check_key
-from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.layout import SIMILARITY_PREFIX, check_key, similarity_manifest_key
+from smartgo_analytics.similarity.index import TenantIndex
+from smartgo_analytics.similarity.manifest import Manifest, StaleIndexError
+from smartgo_analytics.similarity.segments import segment_keys, tenants_of
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # a picture asked about, as the image fetcher's cap
 MAX_LABEL = 200  # characters of a category or condition
@@ -78,10 +81,8 @@ def suggested_band(items: list[Comparable]) -> PriceBand | None:
         return None
     prices = np.array([item.sold_price for item in items])
     weights = np.array([max(item.similarity, 0.0) for item in items])
-    p25, median, p75 = sim.weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
-    return PriceBand(
-        sim.round_price(median), sim.round_price(p25), sim.round_price(p75), len(items)
-    )
+    p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    return PriceBand(round_price(median), round_price(p25), round_price(p75), len(items))
 
 
 class IndexFiles:
@@ -92,16 +93,16 @@ class IndexFiles:
         self.store = store
         self.cache_dir = cache_dir
         self._released: list[Path] = []
-        self._opened: list[sim.TenantIndex] = []
+        self._opened: list[TenantIndex] = []
 
-    def manifest(self, tenant: str) -> sim.Manifest | None:
+    def manifest(self, tenant: str) -> Manifest | None:
         try:
-            return sim.Manifest.from_json(self.store.get_bytes(sim.manifest_key(tenant)))
+            return Manifest.from_json(self.store.get_bytes(similarity_manifest_key(tenant)))
         except FileNotFoundError:
             return None
 
     def tenants(self) -> list[str]:
-        return sim.tenants_of(self.store.list_keys(f"{sim.PREFIX}/"))
+        return tenants_of(self.store.list_keys(f"{SIMILARITY_PREFIX}/"))
 
     def path(self, key: str) -> Path:
         if self.cache_dir is None:
@@ -119,16 +120,16 @@ class IndexFiles:
                 self.store.release(downloaded)
         return cached
 
-    def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
+    def open(self, manifest: Manifest) -> TenantIndex:
         try:
             manifest.require_current()
-        except sim.StaleIndexError as error:
+        except StaleIndexError as error:
             raise ComparablesError(str(error)) from None
         paths = {
-            s.name: tuple(self.path(key) for key in sim.segment_keys(manifest.tenant, s.name))
+            s.name: tuple(self.path(key) for key in segment_keys(manifest.tenant, s.name))
             for s in manifest.segments
         }
-        self._opened.append(sim.TenantIndex(manifest, paths))
+        self._opened.append(TenantIndex(manifest, paths))
         return self._opened[-1]
 
     def close(self) -> None:
@@ -145,10 +146,10 @@ class KeptIndexFiles(IndexFiles):
 
     def __init__(self, store, cache_dir: Path | None = None):
         super().__init__(store, cache_dir)
-        self._kept: dict[str, tuple[tuple[str, ...], sim.TenantIndex]] = {}
+        self._kept: dict[str, tuple[tuple[str, ...], TenantIndex]] = {}
         self._lock = threading.Lock()
 
-    def open(self, manifest: sim.Manifest) -> sim.TenantIndex:
+    def open(self, manifest: Manifest) -> TenantIndex:
         names = tuple(segment.name for segment in manifest.segments)
         with self._lock:
             kept = self._kept.get(manifest.tenant)
@@ -284,7 +285,7 @@ class DeploymentResources(dict):
         return self[name]
 
 
-def _tenant_manifest(files: IndexFiles, tenant: str | None) -> sim.Manifest:
+def _tenant_manifest(files: IndexFiles, tenant: str | None) -> Manifest:
     if tenant is None:
         tenants = files.tenants()
         if len(tenants) != 1:
@@ -431,7 +432,7 @@ def _embed(data: bytes, resources: dict, dimension: int) -> np.ndarray:
         raise ComparablesError(f"the picture could not be embedded: {error}") from None
 
 
-def _nearest(index: sim.TenantIndex, vector, key, product_id, kind: dict, k) -> list[Comparable]:
+def _nearest(index: TenantIndex, vector, key, product_id, kind: dict, k) -> list[Comparable]:
     """The k nearest items other than the query's own sales, of the kind (category, condition) asked."""
     kind = {name: value for name, value in kind.items() if value is not None}
     wanted = k * SEARCHED_PER_WANTED if kind else k

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 
+from smartgo_analytics.similarity.thresholds import QualityThresholds
+
 DEPLOYMENTS = ("local", "prod")
 TITAN_DIMENSIONS = (256, 384, 1024)
 CATALOG_TYPES = ("sql", "rest", "glue")
@@ -52,15 +54,6 @@ def _quota(name: str) -> float | None:
 
 def _list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
-
-
-@dataclass(frozen=True)
-class QualityThresholds:
-    """Below or above these the embedding-quality check warns (docs/operating.md, "Embedding quality")."""
-
-    min_neighbour_agreement: float = 0.5
-    max_drift: float = 0.2
-    max_duplicate_share: float = 0.01
 
 
 def _share(name: str, default: float) -> float:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
-from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.segments import DaySpool, new_segment_name, segment_keys
 from smartgo_analytics.similarity.store import commit_day, delete_orphans, load_manifest
 
 
@@ -65,9 +65,9 @@ def test_conditional_writes_from_many_threads_at_once_lose_no_increment(store):
     assert store.get_bytes("c/count") == b"30"
 
 
-def spool(directory, day: date, count: int, tag: str, rng) -> sim.DaySpool:
+def spool(directory, day: date, count: int, tag: str, rng) -> DaySpool:
     directory.mkdir(exist_ok=True)
-    spool = sim.DaySpool(directory, "t", 16)
+    spool = DaySpool(directory, "t", 16)
     when = datetime.combine(day, datetime.min.time(), UTC)
     items = pa.record_batch(
         {
@@ -115,7 +115,7 @@ def test_index_updates_of_one_tenant_at_once_all_land_and_leave_no_file_unnamed(
     assert not errors
     manifest = load_manifest(store, "t", 16)
     assert manifest.days() == {"2025-03-01": 6, "2025-03-02": 7, "2025-03-03": 8, "2025-03-04": 9}
-    named = {key for s in manifest.segments for key in sim.segment_keys("t", s.name)}
+    named = {key for s in manifest.segments for key in segment_keys("t", s.name)}
     assert set(store.list_keys("similarity_index/t/segment-")) == named
 
 
@@ -126,18 +126,16 @@ def test_a_crashed_runs_segment_files_are_deleted_once_they_are_an_hour_old(stor
     manifest = commit_day(
         store, "t", 16, date(2025, 3, 1), spool(tmp_path, date(2025, 3, 1), 5, "a", rng), work
     )
-    crashed = sim.new_segment_name(date(2025, 3, 2))
-    for key in sim.segment_keys("t", crashed):
+    crashed = new_segment_name(date(2025, 3, 2))
+    for key in segment_keys("t", crashed):
         store.put_bytes(key, b"half written")
     store.put_bytes("similarity_index/t/segment-2025-03-02-0123456789ab.f16", b"an older layout's")
     assert delete_orphans(store, manifest) == [
         "similarity_index/t/segment-2025-03-02-0123456789ab.f16"
     ]
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert sorted(delete_orphans(store, manifest, now=later)) == sorted(
-        sim.segment_keys("t", crashed)
-    )
-    named = {key for s in manifest.segments for key in sim.segment_keys("t", s.name)}
+    assert sorted(delete_orphans(store, manifest, now=later)) == sorted(segment_keys("t", crashed))
+    named = {key for s in manifest.segments for key in segment_keys("t", s.name)}
     assert set(store.list_keys("similarity_index/t/segment-")) == named
 
 
@@ -405,7 +403,7 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
     for tenant in {t for t, _ in table}:
         manifest = load_manifest(store, tenant, 1024)
         indexed |= {(tenant, d): n for d, n in manifest.days().items() if d in DAYS}
-        named = {key for s in manifest.segments for key in sim.segment_keys(tenant, s.name)}
+        named = {key for s in manifest.segments for key in segment_keys(tenant, s.name)}
         assert set(store.list_keys(f"similarity_index/{tenant}/segment-")) == named
     assert indexed == table and len(table) >= 8
 

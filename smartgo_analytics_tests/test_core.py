@@ -614,11 +614,19 @@ def test_demo_prices_follow_brand_condition_and_the_model_only_the_picture_shows
 def segment_of(days: dict, tmp_path, segment=None, index=None, items=None, old=None):
     """A segment built a day at a time: {day: vectors}, each vector's product id its day and row.
     Its graph is built from the first day's vectors, the others added to it."""
-    from smartgo_analytics.similarity import index as sim
+    from smartgo_analytics.similarity.graph import built_graph, graph_with_day
+    from smartgo_analytics.similarity.manifest import Segment
+    from smartgo_analytics.similarity.segments import (
+        ITEM_COLUMNS,
+        ITEM_SCHEMA,
+        SpooledVectors,
+        day_keys,
+        segment_vectors,
+    )
 
-    items = items if items is not None else sim.ITEM_SCHEMA.empty_table()
+    items = items if items is not None else ITEM_SCHEMA.empty_table()
     for day, vectors in days.items():
-        start, _ = sim.day_keys(day)
+        start, _ = day_keys(day)
         day_items = pa.table(
             {
                 "key": pa.array(np.arange(start, start + len(vectors), dtype=np.uint64)),
@@ -627,25 +635,28 @@ def segment_of(days: dict, tmp_path, segment=None, index=None, items=None, old=N
                         f"{day}-{row}" if name == "product_id" else None
                         for row in range(len(vectors))
                     ]
-                    for name in sim.ITEM_COLUMNS
+                    for name in ITEM_COLUMNS
                 },
             }
-        ).cast(sim.ITEM_SCHEMA)
+        ).cast(ITEM_SCHEMA)
         path = tmp_path / f"vectors-{day}-{len(items)}.f16"
-        items, replaced = sim.segment_vectors(items, old, day, day_items, vectors, path)
-        old = sim.SpooledVectors(path, items.num_rows, 8, np.float16)
+        items, replaced = segment_vectors(items, old, day, day_items, vectors, path)
+        old = SpooledVectors(path, items.num_rows, 8, np.float16)
         if index is None:
-            index, centre = sim.built_graph(items.column("key").to_numpy(), old, 1)
-            segment = sim.Segment("s", {}, centre, items.num_rows)
+            index, centre = built_graph(items.column("key").to_numpy(), old, 1)
+            segment = Segment("s", {}, centre, items.num_rows)
         else:
             keys = day_items.column("key").to_numpy()
-            index = sim.graph_with_day(index, segment, replaced, keys, vectors, 1)
+            index = graph_with_day(index, segment.centre, replaced, keys, vectors, 1)
         segment.days[day.isoformat()] = len(vectors)
     return segment, index, items, old
 
 
 def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced_day(tmp_path):
-    from smartgo_analytics.similarity import index as sim
+    from smartgo_analytics.core.vectors import unit
+    from smartgo_analytics.similarity.index import TenantIndex
+    from smartgo_analytics.similarity.manifest import Manifest
+    from smartgo_analytics.similarity.segments import write_items
 
     rng = np.random.default_rng(3)
     first, middle, last = date(2025, 5, 1), date(2025, 5, 2), date(2025, 5, 3)
@@ -663,28 +674,28 @@ def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced
     assert len(index) == 3 + 2 + 2 and items.column("key").to_numpy().tolist() == sorted(
         items.column("key").to_numpy().tolist()
     )
-    expected = np.concatenate([sim.unit(vectors[d]) for d in (first, middle, last)])
+    expected = np.concatenate([unit(vectors[d]) for d in (first, middle, last)])
     assert np.allclose(old.read(0, len(ids)), expected, atol=2e-3)  # float16 rows in key order
 
     index_path = tmp_path / "segment.usearch"
     index.save(str(index_path))
-    sim.write_items(items, tmp_path / "segment.parquet")
+    write_items(items, tmp_path / "segment.parquet")
     assert segment.days == {first.isoformat(): 3, last.isoformat(): 2, middle.isoformat(): 2}
     # The manifest keeps the segment's centre: the graph is searched against the same one.
-    manifest = sim.Manifest.from_json(sim.Manifest("t", 8, [segment]).to_json())
+    manifest = Manifest.from_json(Manifest("t", 8, [segment]).to_json())
     assert np.allclose(manifest.segments[0].centre, segment.centre, atol=1e-6)
-    opened = sim.TenantIndex(manifest, {"s": (index_path, tmp_path / "segment.parquet", old.path)})
+    opened = TenantIndex(manifest, {"s": (index_path, tmp_path / "segment.parquet", old.path)})
     keys, similarities = opened.search(vectors[middle][1], 3)
     assert opened.items(keys[0]).column("product_id")[0].as_py() == f"{middle}-1"
     assert similarities[0][0] == pytest.approx(1.0, abs=1e-3) and list(similarities[0]) == sorted(
         similarities[0], reverse=True
     )
-    assert np.allclose(opened.vector(int(keys[0][0])), sim.unit(vectors[middle][1:2])[0], atol=2e-3)
+    assert np.allclose(opened.vector(int(keys[0][0])), unit(vectors[middle][1:2])[0], atol=2e-3)
     opened.close()
 
 
 def test_weighted_quantiles_follow_the_weights():
-    from smartgo_analytics.similarity.index import weighted_quantiles
+    from smartgo_analytics.core.price_bands import weighted_quantiles
 
     assert weighted_quantiles(np.array([10.0, 20, 30]), np.ones(3), [0.5]) == [20.0]
     # Nearly all the weight on 30: the median moves to it.

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.core import price_bands as bands
-from smartgo_analytics.core.embedding_quality import DayQuality
-from smartgo_analytics.settings import QualityThresholds
+from smartgo_analytics.similarity.quality import DayQuality
+from smartgo_analytics.similarity.thresholds import QualityThresholds
 
 DAY = date(2025, 3, 31)
 

@@ -28,10 +28,9 @@ from smartgo_analytics.assets.pricing_intelligence import (
 from smartgo_analytics.assets.quicksight import price_bands_dataset
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.embedding.work import (
-    Outcome,
+    SalesRun,
     SaleWork,
     WorkerFailed,
-    run_sales,
     worker_context,
 )
 from smartgo_analytics.layout import asset_output_key
@@ -934,7 +933,7 @@ def test_a_worker_process_that_dies_fails_the_work_naming_it_and_how(cdn, tmp_pa
     ]
 
     with pytest.raises(WorkerFailed, match=rf"embedding worker process \d+ {how}"):
-        list(run_sales(work, items, 2, Outcome(), Pace(processes=worker_context())))
+        list(SalesRun(work, items, 2, Pace(processes=worker_context())))
 
 
 def paced_day(stack, cdn, cdn_state, day: str, sales: int, tag: str) -> None:

@@ -17,8 +17,14 @@ from smartgo_analytics.assets.pricing_intelligence import (
 )
 from smartgo_analytics.assets.similarity import similarity_index as similarity_assets
 from smartgo_analytics.comparables import ComparablesError, comparables
+from smartgo_analytics.core.price_bands import weighted_quantiles
+from smartgo_analytics.layout import (
+    SIMILARITY_PREFIX,
+    similarity_manifest_key,
+    similarity_segment_key,
+)
 from smartgo_analytics.local.demo_data import draw_product_image
-from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.segments import DaySpool, read_items, segment_keys
 from smartgo_analytics.similarity.store import day_differences, load_manifest
 from smartgo_analytics_tests.conftest import insert_products, sale
 from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources
@@ -60,9 +66,9 @@ def indexed_products(res, tenant) -> list[str]:
     manifest = load_manifest(store, tenant, 1024)
     ids = []
     for segment in manifest.segments:
-        path = store.local_path(sim.segment_key(tenant, segment.name, ".parquet"))
+        path = store.local_path(similarity_segment_key(tenant, segment.name, ".parquet"))
         try:
-            ids += sim.read_items(path).column("product_id").to_pylist()
+            ids += read_items(path).column("product_id").to_pylist()
         finally:
             store.release(path)
     return ids
@@ -133,13 +139,13 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     # The check judges its own day, read back from the index: a day counted twice is caught.
     assert index_check.metadata["day_vectors"].value == 11
     manifest.segments[0].days[days[0]] += 5
-    res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
+    res["object_store"].put_bytes(similarity_manifest_key(tenant), manifest.to_json())
     table = {tenant: 5, other: 0}
     assert day_differences(
         res["object_store"], [tenant, other], date.fromisoformat(days[0]), Counter(table), 1024
     ) == [f"{tenant} {days[0]}: index 10, table 5"]
     manifest.segments[0].days[days[0]] -= 5
-    res["object_store"].put_bytes(sim.manifest_key(tenant), manifest.to_json())
+    res["object_store"].put_bytes(similarity_manifest_key(tenant), manifest.to_json())
 
     # Comparables of a sold product: its tenant's, not itself, best first, the same picture first.
     asked = f"IX-{days[2]}-4"  # Clothing, Zara, the second model
@@ -162,7 +168,7 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     assert found.items[0].similarity == pytest.approx(1.0, abs=1e-3)
     prices = np.array([i.sold_price for i in found.items])
     weights = np.array([i.similarity for i in found.items])
-    p25, median, p75 = sim.weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
     assert (found.suggested.median, found.suggested.p25, found.suggested.p75) == (
         pytest.approx(median, abs=0.006),
         pytest.approx(p25, abs=0.006),
@@ -209,7 +215,7 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
         body["index"] = {"metric": "cos", "dtype": "i8", "connectivity": 32, "expansion_add": 64}
         for segment in body["segments"]:
             del segment["centre"], segment["centred_on"]
-        store.put_bytes(sim.manifest_key(name), json.dumps(body).encode())
+        store.put_bytes(similarity_manifest_key(name), json.dumps(body).encode())
     assert error(product_id=asked).endswith(
         "materialise similarity_index for any day to build it again"
     )
@@ -218,10 +224,8 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
         after = load_manifest(store, name, 1024)
         assert not after.stale() and after.days() == manifest.days()
         assert {s.name for s in after.segments}.isdisjoint(s.name for s in manifest.segments)
-        listed = set(store.list_keys(f"{sim.PREFIX}/{name}/"))
-        assert listed.isdisjoint(
-            k for s in manifest.segments for k in sim.segment_keys(name, s.name)
-        )
+        listed = set(store.list_keys(f"{SIMILARITY_PREFIX}/{name}/"))
+        assert listed.isdisjoint(k for s in manifest.segments for k in segment_keys(name, s.name))
     assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
     again = comparables(product_id=asked, k=6, resources=res)
     assert [i.product_id for i in again.items] == [i.product_id for i in found.items]
@@ -285,15 +289,16 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
     import pyarrow as pa
 
     from smartgo_analytics.resources.object_store import LocalObjectStore
+    from smartgo_analytics.similarity import store as upkeep
     from smartgo_analytics.similarity.store import commit_day, open_tenant
 
-    monkeypatch.setattr(sim, "CENTRE_FROM", 4)
+    monkeypatch.setattr(upkeep, "CENTRE_FROM", 4)
     store = LocalObjectStore(lake_dir=str(tmp_path / "lake"), bucket="b")
     rng = np.random.default_rng(5)
     first, second = date(2025, 9, 1), date(2025, 9, 2)
 
     def materialise(day, count, tag):
-        spool = sim.DaySpool(tmp_path, "t", 16)
+        spool = DaySpool(tmp_path, "t", 16)
         ids = [f"{tag}-{n}" for n in range(count)]
         when = datetime.combine(day, datetime.min.time(), UTC)
         items = pa.record_batch(

@@ -12,11 +12,11 @@ from smartgo_analytics.assets.pricing_intelligence import (
     IO_RETRY,
     smartgo_sales_iceberg,
 )
+from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.settings import settings
-from smartgo_analytics.similarity import index as sim
 from smartgo_analytics.similarity.store import (
     READ_COLUMNS,
     commit_day,
@@ -97,7 +97,7 @@ def similarity_index(
             "tenants": len(tenants),
             "rows_without_vector": spooled.without_vector,
             "vectors_of_another_length": spooled.of_another_length,
-            "dagster/uri": object_store.uri(f"{sim.PREFIX}/"),
+            "dagster/uri": object_store.uri(f"{SIMILARITY_PREFIX}/"),
             "dagster/row_count": indexed,
             "dagster/partition_row_count": spooled.vectors,
         },

@@ -160,11 +160,12 @@ def write_results(
     results: Iterable[dict],
     path: str,
     batch_rows: int,
-    tally: EmbeddingTally,
+    dimension: int,
     on_progress: Callable[[int], None] = lambda n: None,
-) -> None:
-    """Stream the results to a Parquet file, `batch_rows` at a time, counting them in `tally`:
-    a day of any size is never held in memory at once."""
+) -> EmbeddingTally:
+    """Stream the results to a Parquet file, `batch_rows` at a time, and count them (against the
+    vectors' expected `dimension`): a day of any size is never held in memory at once."""
+    tally = EmbeddingTally(dimension)
     pending: list[dict] = []
     with pq.ParquetWriter(
         path, sales_table.EMBEDDINGS_SCHEMA, **sales_table.EMBEDDINGS_PARQUET_OPTIONS
@@ -179,6 +180,7 @@ def write_results(
                 on_progress(tally.sales)
         if pending:
             writer.write_batch(sales_table.embeddings_batch(pending))
+    return tally
 
 
 @dataclass

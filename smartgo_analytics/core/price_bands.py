@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import date, timedelta
 
-import duckdb
+import numpy as np
 import pyarrow as pa
 from pyiceberg.schema import Schema
 from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
@@ -91,6 +92,8 @@ def price_bands(sales: pa.Table | pa.RecordBatchReader, day: date) -> pa.Table:
           AND CAST(sold_date AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{first}' AND DATE '{last}'
         GROUP BY GROUPING SETS ({sets})
         ORDER BY level, tenant_id, category, brand, condition"""  # noqa: S608 - dates, not input
+    import duckdb  # here, not above: comparables and the web page import this module without it
+
     with duckdb.connect() as connection:
         # One scan, in one thread: a stream of batches is read once, and aggregated as it comes
         # (only each group's prices are held).
@@ -134,3 +137,20 @@ def quicksight_records(bands: pa.Table) -> list[dict]:
             band[name] = band[name].isoformat()
         records.append(band)
     return records
+
+
+# The suggested price of comparables: their prices, each weighted by its similarity.
+
+
+def weighted_quantiles(values: np.ndarray, weights: np.ndarray, quantiles) -> list[float]:
+    """Quantiles of `values` where each counts by its weight: the value where the running share
+    of weight (taken at each value's middle) reaches the quantile, interpolated linearly."""
+    order = np.argsort(values)
+    values = np.asarray(values, dtype=float)[order]
+    weights = np.clip(np.asarray(weights, dtype=float)[order], 1e-9, None)
+    positions = (np.cumsum(weights) - weights / 2) / weights.sum()
+    return [float(np.interp(q, positions, values)) for q in quantiles]
+
+
+def round_price(value: float) -> float:
+    return math.floor(value * 100 + 0.5) / 100

@@ -39,3 +39,9 @@ def vector_from_answer(body: bytes, dimension: int, field: str = "embedding") ->
     if not vector.any():
         raise ValueError("the vector is all zeros")
     return vector
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """The vectors scaled to length 1 (a zero vector stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)

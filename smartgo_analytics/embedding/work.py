@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -307,15 +307,31 @@ def start_worker_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def run_sales(
-    work: SaleWork,
-    items: list[tuple[dict, dict | None]],
-    processes: int,
-    outcome: Outcome,
-    pace: Pace,
-) -> Iterator[dict]:
-    """Every item's result in the items' order: in this process, or in chunks over `processes`
-    worker processes that divide the work's download and Bedrock bounds and share one `pace`."""
+class SalesRun:
+    """The day's sales through the work: iterating gives every item's result in the items' order,
+    in this process or in chunks over `processes` worker processes that divide the work's download
+    and Bedrock bounds and share one `pace`; then `outcome` says what the run did besides."""
+
+    def __init__(
+        self, work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, pace: Pace
+    ):
+        self.work, self.items, self.processes, self.pace = work, items, processes, pace
+        self._outcome: Outcome | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        self._outcome = yield from _results(self.work, self.items, self.processes, self.pace)
+
+    @property
+    def outcome(self) -> Outcome:
+        if self._outcome is None:
+            raise RuntimeError("the sales' run has not ended: its results are not all read")
+        return self._outcome
+
+
+def _results(
+    work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, pace: Pace
+) -> Generator[dict, None, Outcome]:
+    outcome = Outcome()
     # Each worker has at least one thread and one Bedrock call in flight.
     processes = min(processes, work.threads, work.image_embedder.max_concurrency)
     if processes <= 1:
@@ -325,7 +341,7 @@ def run_sales(
             work.close()
             outcome.outages = list(work.outages().values())
         outcome.embedding_calls = work.embedding_calls
-        return
+        return outcome
     marked, repeated = mark_deferred(items)
     threads = max(1, work.threads // processes)
     settings = [
@@ -400,6 +416,7 @@ def run_sales(
     outcome.processes = processes
     outcome.sales_per_process = sorted(per_process.values(), reverse=True)
     outcome.outages = [report for reports in outages.values() for report in reports.values()]
+    return outcome
 
 
 def _how_workers_ended(workers: set, processes: int) -> str:

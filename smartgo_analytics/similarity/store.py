@@ -14,11 +14,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from smartgo_analytics.core.embedding_quality import DayQuality, measure_day
+from smartgo_analytics.layout import (
+    SIMILARITY_PREFIX,
+    similarity_manifest_key,
+    similarity_segment_key,
+)
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.similarity.graph import CENTRE_FROM, built_graph, graph_with_day, open_index
+from smartgo_analytics.similarity.index import TenantIndex
+from smartgo_analytics.similarity.manifest import Manifest, Segment
+from smartgo_analytics.similarity.quality import DayQuality, category_sums, measure_day
+from smartgo_analytics.similarity.segments import (
+    ITEM_COLUMNS,
+    ITEM_SCHEMA,
+    DaySpool,
+    SpooledVectors,
+    category_means_key,
+    new_segment_name,
+    read_items,
+    segment_keys,
+    segment_vectors,
+    tenants_of,
+    write_items,
+    write_parquet,
+)
 
-READ_COLUMNS = ("tenant_id", *sim.ITEM_COLUMNS, "embedding_vector")
+READ_COLUMNS = ("tenant_id", *ITEM_COLUMNS, "embedding_vector")
 THREADS = 2
 
 
@@ -27,7 +48,7 @@ class SpooledDay:
     """The day's rows with a vector of the index's length, by tenant, spooled to disk, and the
     table's figures for the day."""
 
-    spools: dict[str, sim.DaySpool] = field(default_factory=dict)
+    spools: dict[str, DaySpool] = field(default_factory=dict)
     with_vector: Counter = field(
         default_factory=Counter
     )  # tenant -> rows with a vector of any length
@@ -55,28 +76,26 @@ def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
             rows = batch.filter(pc.equal(batch.column("tenant_id"), tenant))
             flat = rows.column("embedding_vector").flatten().to_numpy(zero_copy_only=False)
             if tenant not in day.spools:
-                day.spools[tenant] = sim.DaySpool(directory, tenant, dimension)
-            day.spools[tenant].add(rows.select(list(sim.ITEM_COLUMNS)), flat.reshape(-1, dimension))
+                day.spools[tenant] = DaySpool(directory, tenant, dimension)
+            day.spools[tenant].add(rows.select(list(ITEM_COLUMNS)), flat.reshape(-1, dimension))
     return day
 
 
 def indexed_tenants(store: ObjectStore) -> list[str]:
-    return sim.tenants_of(store.list_keys(f"{sim.PREFIX}/"))
+    return tenants_of(store.list_keys(f"{SIMILARITY_PREFIX}/"))
 
 
-def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> sim.Manifest:
+def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> Manifest:
     return load_versioned(store, tenant, dimension)[0]
 
 
-def load_versioned(
-    store: ObjectStore, tenant: str, dimension: int
-) -> tuple[sim.Manifest, str | None]:
+def load_versioned(store: ObjectStore, tenant: str, dimension: int) -> tuple[Manifest, str | None]:
     """The tenant's manifest and the version it was read at (None: there is none yet)."""
     try:
-        data, version = store.get_versioned(sim.manifest_key(tenant))
+        data, version = store.get_versioned(similarity_manifest_key(tenant))
     except FileNotFoundError:
-        return sim.Manifest(tenant, dimension), None
-    return sim.Manifest.from_json(data), version
+        return Manifest(tenant, dimension), None
+    return Manifest.from_json(data), version
 
 
 # Runs of the index step are serialised by the `similarity_index` pool (pools.py); the manifest is also written only if it is still the one the update was made from, so
@@ -106,9 +125,9 @@ def commit_day(
     tenant: str,
     dimension: int,
     day: date,
-    spool: sim.DaySpool | None,
+    spool: DaySpool | None,
     work: Path,
-) -> sim.Manifest:
+) -> Manifest:
     """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
     manifest; built again on the newer manifest when another run committed first."""
     for attempt in range(COMMIT_ATTEMPTS):
@@ -119,7 +138,7 @@ def commit_day(
             continue
         if not update.changed:
             return manifest
-        if store.put_if_version(sim.manifest_key(tenant), manifest.to_json(), version):
+        if store.put_if_version(similarity_manifest_key(tenant), manifest.to_json(), version):
             for key in update.retired:
                 store.delete(key)
             delete_orphans(store, manifest)
@@ -134,14 +153,14 @@ def commit_day(
 
 
 def delete_orphans(
-    store: ObjectStore, manifest: sim.Manifest, now: datetime | None = None
+    store: ObjectStore, manifest: Manifest, now: datetime | None = None
 ) -> list[str]:
     """Delete the tenant's segment files that its manifest does not name and that are older than
     ORPHAN_AGE (a name without its time is older than the time in names); their keys."""
     named = {segment.name for segment in manifest.segments}
     oldest = (now or datetime.now(UTC)) - ORPHAN_AGE
     deleted = []
-    for key in store.list_keys(sim.segment_key(manifest.tenant, "segment-", "")):
+    for key in store.list_keys(similarity_segment_key(manifest.tenant, "segment-", "")):
         name = key.rsplit("/", 1)[-1].split(".", 1)[0]
         match = _SEGMENT_NAME.fullmatch(name)
         if not match or name in named:
@@ -154,7 +173,7 @@ def delete_orphans(
 
 
 def update_tenant(
-    store: ObjectStore, manifest: sim.Manifest, day: date, spool: sim.DaySpool | None, work: Path
+    store: ObjectStore, manifest: Manifest, day: date, spool: DaySpool | None, work: Path
 ) -> Update:
     """The tenant's manifest changed to hold the day's vectors (none when `spool` is None), their
     segment files written under new names; the manifest itself is the caller's to commit.
@@ -171,14 +190,14 @@ def update_tenant(
 
 def _update(
     store: ObjectStore,
-    manifest: sim.Manifest,
+    manifest: Manifest,
     day: date,
-    spool: sim.DaySpool | None,
+    spool: DaySpool | None,
     work: Path,
     update: Update,
 ) -> None:
     rows = spool.rows if spool else 0
-    target = sim.target_segment(manifest, day, rows)
+    target = manifest.target(day, rows)
     tenant = manifest.tenant
     for segment in manifest.stale():
         if segment is not target:
@@ -187,29 +206,25 @@ def _update(
         return
     update.changed = True
     new_vectors = work / "vectors.f16"
-    day_items = spool.item_table(day) if spool else sim.ITEM_SCHEMA.empty_table()
+    day_items = spool.item_table(day) if spool else ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
     # A segment holding only this day is built anew without reading it.
     keep = target is not None and set(target.days) != {day.isoformat()}
-    old = list(sim.segment_keys(tenant, target.name)) if target else []
+    old = list(segment_keys(tenant, target.name)) if target else []
     files = []
     try:
         for key in old if keep else []:
             files.append(store.local_path(key))
-        items, old_vectors = sim.ITEM_SCHEMA.empty_table(), None
+        items, old_vectors = ITEM_SCHEMA.empty_table(), None
         if keep:
-            items = sim.read_items(files[1])
-            old_vectors = sim.SpooledVectors(
-                files[2], items.num_rows, manifest.dimension, np.float16
-            )
-        items, replaced = sim.segment_vectors(
-            items, old_vectors, day, day_items, vectors, new_vectors
-        )
+            items = read_items(files[1])
+            old_vectors = SpooledVectors(files[2], items.num_rows, manifest.dimension, np.float16)
+        items, replaced = segment_vectors(items, old_vectors, day, day_items, vectors, new_vectors)
         keys = items.column("key").to_numpy()
-        if keep and target.centre is not None and target.centred_on >= sim.CENTRE_FROM:
-            index = sim.graph_with_day(
-                sim.open_index(files[0], view=False),
-                target,
+        if keep and target.centre is not None and target.centred_on >= CENTRE_FROM:
+            index = graph_with_day(
+                open_index(files[0], view=False),
+                target.centre,
                 replaced,
                 day_items.column("key").to_numpy(),
                 vectors,
@@ -217,8 +232,8 @@ def _update(
             )
             centre, centred_on = target.centre, target.centred_on
         else:
-            written = sim.SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
-            index, centre = sim.built_graph(keys, written, THREADS)
+            written = SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
+            index, centre = built_graph(keys, written, THREADS)
             centred_on = len(keys)
     finally:
         for path in files:
@@ -230,18 +245,18 @@ def _update(
     segments = [s for s in manifest.segments if s is not target]
     if days:
         items_path = work / "items.parquet"
-        sim.write_items(items, items_path)
+        write_items(items, items_path)
         name = _put_segment(store, tenant, day, index, items_path, new_vectors, work, update)
-        segments.append(sim.Segment(name, days, centre, centred_on))
+        segments.append(Segment(name, days, centre, centred_on))
     for path in (new_vectors, work / "items.parquet"):
         path.unlink(missing_ok=True)
     manifest.segments = sorted(segments, key=lambda s: min(s.days))
-    sums_key = sim.category_means_key(tenant, day)
+    sums_key = category_means_key(tenant, day)
     if spool:
         categories = day_items.column("category").to_pylist()
-        sums = sim.category_sums(categories, vectors)
+        sums = category_sums(categories, vectors)
         sums_path = work / "sums.parquet"
-        sim.write_parquet(sums, sums_path)
+        write_parquet(sums, sums_path)
         store.put_file(sums_key, sums_path)
     else:
         store.delete(sums_key)
@@ -259,12 +274,12 @@ def _put_segment(
     update: Update,
 ) -> str:
     """A segment's files stored under a new name (named by its first day); the name."""
-    name = sim.new_segment_name(day)
+    name = new_segment_name(day)
     index_path = work / f"{name}.usearch"
     index.save(str(index_path))
     try:
         for path, key in zip(
-            (index_path, items_path, vectors_path), sim.segment_keys(tenant, name), strict=True
+            (index_path, items_path, vectors_path), segment_keys(tenant, name), strict=True
         ):
             update.added.append(key)
             store.put_file(key, path)
@@ -274,17 +289,17 @@ def _put_segment(
 
 
 def _rebuild(
-    store: ObjectStore, manifest: sim.Manifest, segment: sim.Segment, work: Path, update: Update
+    store: ObjectStore, manifest: Manifest, segment: Segment, work: Path, update: Update
 ) -> None:
     """The segment's graph built again from its float16 vectors, under a new name."""
-    old = list(sim.segment_keys(manifest.tenant, segment.name))
+    old = list(segment_keys(manifest.tenant, segment.name))
     files = []
     try:
         for key in old:
             files.append(store.local_path(key))
-        keys = sim.read_items(files[1], ["key"]).column("key").to_numpy()
-        vectors = sim.SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
-        index, centre = sim.built_graph(keys, vectors, THREADS)
+        keys = read_items(files[1], ["key"]).column("key").to_numpy()
+        vectors = SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
+        index, centre = built_graph(keys, vectors, THREADS)
         first = date.fromisoformat(min(segment.days))
         name = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work, update)
     finally:
@@ -295,15 +310,13 @@ def _rebuild(
     update.retired += old
 
 
-def open_tenant(store: ObjectStore, manifest: sim.Manifest, opened: list[Path]) -> sim.TenantIndex:
+def open_tenant(store: ObjectStore, manifest: Manifest, opened: list[Path]) -> TenantIndex:
     paths = {}
     for segment in manifest.segments:
-        pair = tuple(
-            store.local_path(key) for key in sim.segment_keys(manifest.tenant, segment.name)
-        )
+        pair = tuple(store.local_path(key) for key in segment_keys(manifest.tenant, segment.name))
         opened.extend(pair)
         paths[segment.name] = pair
-    return sim.TenantIndex(manifest, paths)
+    return TenantIndex(manifest, paths)
 
 
 def day_differences(
@@ -321,9 +334,9 @@ def day_differences(
 
 def measure_tenants(
     store: ObjectStore,
-    manifests: dict[str, sim.Manifest],
+    manifests: dict[str, Manifest],
     day: date,
-    spools: dict[str, sim.DaySpool],
+    spools: dict[str, DaySpool],
 ) -> DayQuality:
     """The day's vectors of each tenant that sold that day, against its index and trailing days."""
     quality = DayQuality()
@@ -332,7 +345,7 @@ def measure_tenants(
         try:
             tenant_index = open_tenant(store, manifests[tenant], opened)
             trailing = trailing_sums(store, tenant, day, manifests[tenant])
-            measure_day(quality, tenant_index, day, spool, trailing)
+            quality += measure_day(tenant_index, day, spool, trailing)
             tenant_index.close()
         finally:
             for path in opened:
@@ -340,9 +353,7 @@ def measure_tenants(
     return quality
 
 
-def trailing_sums(
-    store: ObjectStore, tenant: str, day: date, manifest: sim.Manifest
-) -> list[pa.Table]:
+def trailing_sums(store: ObjectStore, tenant: str, day: date, manifest: Manifest) -> list[pa.Table]:
     """The per-category sums of the 30 days before the day that the tenant's index holds."""
     days = set(manifest.days())
     tables = []
@@ -350,8 +361,8 @@ def trailing_sums(
         earlier = day - timedelta(days=back)
         if earlier.isoformat() in days:
             try:
-                with store.local_copy(sim.category_means_key(tenant, earlier)) as path:
-                    tables.append(sim.read_items(path))
+                with store.local_copy(category_means_key(tenant, earlier)) as path:
+                    tables.append(read_items(path))
             except FileNotFoundError:
                 continue
     return tables

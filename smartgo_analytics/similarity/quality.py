@@ -1,16 +1,21 @@
-"""How good a day's vectors look: norms, duplicates, neighbours and drift, with plain data."""
+"""How good a day's vectors look: norms, duplicates, neighbours and drift, with plain data; and the
+per-category sums drift is measured against."""
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
 import pyarrow as pa
 
-from smartgo_analytics.settings import QualityThresholds
-from smartgo_analytics.similarity import index as sim
+from smartgo_analytics.core.vectors import unit
+from smartgo_analytics.similarity.index import TenantIndex
+from smartgo_analytics.similarity.segments import DaySpool, batches, key_days
+from smartgo_analytics.similarity.thresholds import QualityThresholds
 
 NEIGHBOURS = 10
 TRAILING_DAYS = 30
@@ -31,6 +36,26 @@ class DayQuality:
     agreement_sum: float = 0.0
     agreement_sales: int = 0
     drifts: dict[str, float] = field(default_factory=dict)  # "tenant/category" -> distance
+
+    def __add__(self, other: DayQuality) -> DayQuality:
+        """The figures of both (of two tenants' days, say): a vector equal to one of the other's
+        images counts as a duplicate."""
+        images = {print_: set(found) for print_, found in self.images_by_vector.items()}
+        for print_, found in other.images_by_vector.items():
+            images.setdefault(print_, set()).update(found)
+        rows = Counter(self.rows_by_vector) + Counter(other.rows_by_vector)
+        return DayQuality(
+            vectors=self.vectors + other.vectors,
+            norm_sum=self.norm_sum + other.norm_sum,
+            norm_squares=self.norm_squares + other.norm_squares,
+            norm_min=min(self.norm_min, other.norm_min),
+            norm_max=max(self.norm_max, other.norm_max),
+            images_by_vector=images,
+            rows_by_vector=dict(rows),
+            agreement_sum=self.agreement_sum + other.agreement_sum,
+            agreement_sales=self.agreement_sales + other.agreement_sales,
+            drifts={**self.drifts, **other.drifts},
+        )
 
     def add_norms(self, vectors: np.ndarray) -> None:
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
@@ -99,7 +124,7 @@ class DayQuality:
 
 
 def neighbour_agreement(
-    index: sim.TenantIndex,
+    index: TenantIndex,
     day: date,
     keys: np.ndarray,
     queries: np.ndarray,
@@ -109,7 +134,7 @@ def neighbour_agreement(
     day (itself left out) whose category is its own."""
     found, _ = index.search(queries, SEARCHED)
     first = (day - timedelta(days=TRAILING_DAYS - 1)).toordinal()
-    days = sim.key_days(found)
+    days = key_days(found)
     usable = (found != 0) & (found != keys[:, None]) & (days >= first) & (days <= day.toordinal())
     chosen = [row[keep][:NEIGHBOURS] for row, keep in zip(found, usable, strict=True)]
     wanted = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.uint64)
@@ -125,18 +150,16 @@ def neighbour_agreement(
 
 
 def measure_day(
-    quality: DayQuality,
-    index: sim.TenantIndex,
-    day: date,
-    spool: sim.DaySpool,
-    trailing: list[pa.Table],
-) -> None:
-    """Add one tenant's day to the day's quality figures."""
+    index: TenantIndex, day: date, spool: DaySpool, trailing: list[pa.Table]
+) -> DayQuality:
+    """One tenant's day: its vectors' quality figures, against its index and the per-category
+    sums of its `trailing` days."""
+    quality = DayQuality()
     items = spool.item_table(day)
     vectors = spool.vectors()
     images = items.column("image_sha256").to_pylist()
     categories = items.column("category").to_pylist()
-    for start, chunk in sim.batches(vectors):
+    for start, chunk in batches(vectors):
         quality.add_norms(chunk)
         quality.add_fingerprints(chunk, images[start : start + len(chunk)])
     rng = np.random.default_rng(day.toordinal())
@@ -147,10 +170,59 @@ def measure_day(
     )
     quality.agreement_sum += sum(shares)
     quality.agreement_sales += len(shares)
-    before = sim.combined_means(trailing)
-    now = sim.combined_means([sim.category_sums(categories, vectors)])
+    before = combined_means(trailing)
+    now = combined_means([category_sums(categories, vectors)])
     for category, (count, total) in now.items():
         earlier = before.get(category)
         if count >= MIN_DRIFT_SALES and earlier and earlier[0] >= MIN_DRIFT_SALES:
-            distance = sim.cosine_distance(total, earlier[1])
+            distance = cosine_distance(total, earlier[1])
             quality.drifts[f"{spool.tenant}/{category}"] = distance
+    return quality
+
+
+# Category sums: what drift is measured against.
+
+CATEGORY_SUMS_SCHEMA = pa.schema(
+    [
+        pa.field("category", pa.string()),
+        pa.field("count", pa.int64()),
+        pa.field("sum", pa.list_(pa.float64())),
+    ]
+)
+
+
+def category_sums(categories: list[str | None], vectors) -> pa.Table:
+    """Per category, the count and the sum of its unit vectors."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    names = np.array([category or "" for category in categories], dtype=object)
+    for start, chunk in batches(vectors):
+        units = unit(chunk).astype(np.float64)
+        of_chunk = names[start : start + len(chunk)]
+        for name in set(of_chunk):
+            mine = of_chunk == name
+            sums[name] = sums.get(name, 0) + units[mine].sum(axis=0)
+            counts[name] = counts.get(name, 0) + int(mine.sum())
+    ordered = sorted(sums)
+    return pa.table(
+        {
+            "category": ordered,
+            "count": [counts[n] for n in ordered],
+            "sum": [sums[n].tolist() for n in ordered],
+        },
+        schema=CATEGORY_SUMS_SCHEMA,
+    )
+
+
+def combined_means(tables: Iterable[pa.Table]) -> dict[str, tuple[int, np.ndarray]]:
+    total: dict[str, tuple[int, np.ndarray]] = {}
+    for table in tables:
+        for row in table.to_pylist():
+            count, vector = total.get(row["category"], (0, 0))
+            total[row["category"]] = (count + row["count"], vector + np.asarray(row["sum"]))
+    return total
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 if norm == 0 else 1.0 - float(np.dot(a, b)) / norm

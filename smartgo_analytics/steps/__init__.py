@@ -1,0 +1,1 @@
+"""The plain functions asset bodies call: one module per asset group."""
