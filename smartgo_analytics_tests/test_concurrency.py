@@ -162,8 +162,8 @@ def test_a_month_file_and_manifest_keep_every_day_when_another_run_exports_betwe
     """Run A exports 2025-01-02 and lists the month's days; before it writes the month file, run B
     exports 2025-01-03 and 2025-02-01 and writes the month file and the manifest. A's month file and
     manifest, written last, still hold B's days."""
-    from smartgo_analytics.assets.quicksight import write_manifest
     from smartgo_analytics.layout import quicksight_export_key, quicksight_month_key
+    from smartgo_analytics.steps.quicksight import write_manifest
 
     prefix, dataset = "quicksight/", "anomalies"
 
@@ -283,7 +283,6 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
         evaluate_automation_conditions,
     )
 
-    from smartgo_analytics.assets.price_bands import bands_of_day
     from smartgo_analytics.core import price_bands as bands_core
     from smartgo_analytics.definitions import defs
     from smartgo_analytics.layout import quicksight_export_key, quicksight_month_key
@@ -291,6 +290,7 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
     from smartgo_analytics.resources.alerts import Alerter
     from smartgo_analytics.resources.iceberg import IcebergCatalog
     from smartgo_analytics.sensors import failed_check_alert, failed_partition_alert
+    from smartgo_analytics.steps.price_bands import bands_of_day
     from smartgo_analytics_tests.servers import WebhookReceiver
 
     demo_data.seed(stack, [date.fromisoformat(d) for d in [*DAYS, BROKEN]], 60)

@@ -1,9 +1,8 @@
 """SmartGo sales -> safe image download -> image embeddings -> Iceberg table."""
 
-import os
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,19 +20,13 @@ from smartgo_analytics.assets.policies import (
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.core.embedding_day import (
     DayRows,
-    previous_downloads,
-    usable_images,
     write_results,
 )
-from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.sales import DUPLICATE_REASON, validated_day
 from smartgo_analytics.embedding.config import EmbeddingConfig
 from smartgo_analytics.embedding.work import (
     SalesRun,
-    SaleWork,
-    minor_hosts,
     start_worker_server,
-    worker_context,
 )
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import DynamoDBError, ExportProgressTracker, ImageVectors
@@ -44,12 +37,15 @@ from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
 from smartgo_analytics.settings import settings
 from smartgo_analytics.steps.pricing import (
-    USABILITY_COLUMNS,
     embedding_metadata,
-    last_downloads,
+    log_progress,
     quarantine,
     record_progress,
+    results_file,
+    sale_work,
     sales_table_metadata,
+    sales_with_downloads,
+    shared_pace,
     write_day,
 )
 
@@ -134,29 +130,10 @@ def product_image_embeddings(
     processes = config.worker_processes if smartgo_sales.num_rows >= config.worker_min_sales else 1
     if processes > 1:
         start_worker_server()  # it starts while the table and the last run's downloads are read
-    held = iceberg.read_day(start, end, USABILITY_COLUMNS)
-    usable = usable_images(held, image_embedder.model_id, image_embedder.dimension)
-    previous = previous_downloads(last_downloads(object_store, context.partition_key), usable)
-    sales = smartgo_sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
-    items = [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in sales]
-    pace = Pace(
-        image_embedder.requests_per_minute,
-        image_embedder.tokens_per_minute,
-        processes=worker_context(),
-    )
-    image_embedder.use_pace(pace)
-    work = SaleWork(
-        image_fetcher,
-        object_store,
-        image_embedder,
-        image_vectors,
-        config.download_concurrency,
-        config.outage_allowance_s,
-        minor_hosts([s["image_url"] for s in sales], config.max_error_ratio),
-        config.own_failure_window_s,
-    )
-    fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
-    os.close(fd)
+    items = sales_with_downloads(smartgo_sales, iceberg, object_store, image_embedder, start, end)
+    pace = shared_pace(image_embedder)
+    work = sale_work(config, items, image_fetcher, object_store, image_embedder, image_vectors)
+    path = results_file()
     run = SalesRun(work, items, processes, pace)
     with outage_fails_the_step(), disk_full_is_named():
         tally = write_results(
@@ -164,9 +141,7 @@ def product_image_embeddings(
             path,
             config.batch_rows,
             image_embedder.dimension,
-            lambda n: context.log.info(
-                f"{context.partition_key}: {n} of {len(items)} images processed"
-            ),
+            partial(log_progress, context.log, context.partition_key, len(items)),
         )
     outcome = run.outcome
     paced = pace.report()

@@ -6,12 +6,8 @@ from pathlib import Path
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_asset
 
 from smartgo_analytics import checks, pools
-from smartgo_analytics.assets.policies import disk_full_is_named
-from smartgo_analytics.assets.pricing_intelligence import (
-    GROUP,
-    IO_RETRY,
-    smartgo_sales_iceberg,
-)
+from smartgo_analytics.assets.policies import IO_RETRY, PRICING, disk_full_is_named
+from smartgo_analytics.assets.pricing_intelligence import smartgo_sales_iceberg
 from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.iceberg import IcebergCatalog
@@ -19,9 +15,9 @@ from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.settings import settings
 from smartgo_analytics.similarity.store import (
     READ_COLUMNS,
-    commit_day,
+    commit_tenants,
     day_differences,
-    indexed_tenants,
+    index_metadata,
     measure_tenants,
     spool_day,
 )
@@ -35,7 +31,7 @@ QUALITY = "embedding_quality"
         AssetSpec(
             INDEX,
             deps=[smartgo_sales_iceberg],
-            group_name=GROUP,
+            group_name=PRICING,
             kinds={"usearch", "s3"},
             owners=settings().asset_owners,
             description="Per tenant, an HNSW index (cosine) of the sold items' vectors, in "
@@ -44,7 +40,7 @@ QUALITY = "embedding_quality"
         AssetSpec(
             QUALITY,
             deps=[smartgo_sales_iceberg],
-            group_name=GROUP,
+            group_name=PRICING,
             kinds={"numpy"},
             owners=settings().asset_owners,
             description="The day's vectors: norms, duplicates from different images, "
@@ -64,45 +60,23 @@ def similarity_index(
     config = settings()
     day = context.partition_time_window.start.date()
     start, end = context.partition_time_window.start, context.partition_time_window.end
-    with disk_full_is_named(), tempfile.TemporaryDirectory(prefix="smartgo-index-") as work:
-        work = Path(work)
+    with disk_full_is_named(), tempfile.TemporaryDirectory(prefix="smartgo-index-") as directory:
         batches = iceberg.scan_day_files(start, end, READ_COLUMNS)
-        spooled = spool_day(batches, config.embedding_dimension, work)
-        tenants = sorted(set(spooled.spools) | set(indexed_tenants(object_store)))
-        manifests = {
-            tenant: commit_day(
-                object_store,
-                tenant,
-                config.embedding_dimension,
-                day,
-                spooled.spools.get(tenant),
-                work,
-            )
-            for tenant in tenants
-        }
+        spooled = spool_day(batches, config.embedding_dimension, Path(directory))
+        manifests = commit_tenants(
+            object_store, spooled, config.embedding_dimension, day, Path(directory)
+        )
         quality = measure_tenants(object_store, manifests, day, spooled.spools)
     differences = day_differences(
-        object_store, tenants, day, spooled.with_vector, config.embedding_dimension
+        object_store, list(manifests), day, spooled.with_vector, config.embedding_dimension
     )
-    indexed = sum(manifest.count for manifest in manifests.values())
+    metadata = index_metadata(spooled, manifests, object_store.uri(f"{SIMILARITY_PREFIX}/"))
     context.log.info(
         f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
-        f"tenant(s) indexed; the index holds {indexed} in all"
+        f"tenant(s) indexed; the index holds {metadata['index_vectors']} in all"
     )
-    yield MaterializeResult(
-        asset_key=INDEX,
-        metadata={
-            "day_vectors": spooled.vectors,
-            "index_vectors": indexed,
-            "tenants": len(tenants),
-            "rows_without_vector": spooled.without_vector,
-            "vectors_of_another_length": spooled.of_another_length,
-            "dagster/uri": object_store.uri(f"{SIMILARITY_PREFIX}/"),
-            "dagster/row_count": indexed,
-            "dagster/partition_row_count": spooled.vectors,
-        },
-    )
-    yield checks.index_result(differences, spooled.vectors, len(tenants))
+    yield MaterializeResult(asset_key=INDEX, metadata=metadata)
+    yield checks.index_result(differences, spooled.vectors, len(manifests))
     thresholds = config.embedding_quality
     yield MaterializeResult(asset_key=QUALITY, metadata=quality.metadata())
     yield checks.quality_result(quality.problems(thresholds), quality.metadata(), thresholds)

@@ -81,6 +81,32 @@ def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
     return day
 
 
+def commit_tenants(
+    store: ObjectStore, spooled: SpooledDay, dimension: int, day: date, directory: Path
+) -> dict[str, Manifest]:
+    """The day committed to the index of each tenant that sold that day or that the index holds
+    (a day materialised again may have lost a tenant's sales): each tenant's manifest."""
+    tenants = sorted(set(spooled.spools) | set(indexed_tenants(store)))
+    return {
+        tenant: commit_day(store, tenant, dimension, day, spooled.spools.get(tenant), directory)
+        for tenant in tenants
+    }
+
+
+def index_metadata(spooled: SpooledDay, manifests: dict[str, Manifest], uri: str) -> dict:
+    indexed = sum(manifest.count for manifest in manifests.values())
+    return {
+        "day_vectors": spooled.vectors,
+        "index_vectors": indexed,
+        "tenants": len(manifests),
+        "rows_without_vector": spooled.without_vector,
+        "vectors_of_another_length": spooled.of_another_length,
+        "dagster/uri": uri,
+        "dagster/row_count": indexed,
+        "dagster/partition_row_count": spooled.vectors,
+    }
+
+
 def indexed_tenants(store: ObjectStore) -> list[str]:
     return tenants_of(store.list_keys(f"{SIMILARITY_PREFIX}/"))
 

@@ -2,6 +2,8 @@
 their bodies call."""
 
 import io
+import os
+import tempfile
 from datetime import UTC, datetime
 from functools import partial
 
@@ -15,10 +17,13 @@ from smartgo_analytics.core.embedding_day import (
     DayRows,
     EmbeddingTally,
     ReusedVectors,
+    previous_downloads,
+    usable_images,
 )
-from smartgo_analytics.core.pacing import PaceReport
+from smartgo_analytics.core.pacing import Pace, PaceReport
 from smartgo_analytics.core.sales import QUARANTINE_SCHEMA, Rejected
-from smartgo_analytics.embedding.work import Outcome
+from smartgo_analytics.embedding.config import EmbeddingConfig
+from smartgo_analytics.embedding.work import Outcome, SaleWork, minor_hosts, worker_context
 from smartgo_analytics.layout import asset_output_key, quarantine_key
 from smartgo_analytics.metadata import (
     iceberg_columns,
@@ -31,6 +36,7 @@ from smartgo_analytics.metadata import reasons as reason_list
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors
 from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import ObjectStore
 
 # Rows per Iceberg append: reading nested vectors back from Parquet costs several times their size.
@@ -65,6 +71,64 @@ def last_downloads(object_store: ObjectStore, day: str) -> list[dict]:
         return []
     except (pa.ArrowInvalid, KeyError):
         return []  # written before these columns existed: download everything once more
+
+
+def sales_with_downloads(
+    sales: pa.Table,
+    iceberg: IcebergCatalog,
+    object_store: ObjectStore,
+    embedder: ImageEmbedder,
+    start: datetime,
+    end: datetime,
+) -> list[tuple[dict, dict | None]]:
+    """The day's sales, each with the last run's download of its image when that image's vector is
+    still usable (same ETag, and a vector of the embedder's model and length), else None."""
+    held = iceberg.read_day(start, end, USABILITY_COLUMNS)
+    usable = usable_images(held, embedder.model_id, embedder.dimension)
+    previous = previous_downloads(last_downloads(object_store, start.date().isoformat()), usable)
+    rows = sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
+    return [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in rows]
+
+
+def shared_pace(embedder: ImageEmbedder) -> Pace:
+    """One pace for the day's Bedrock calls, shared by every worker process, given to the embedder."""
+    pace = Pace(
+        embedder.requests_per_minute, embedder.tokens_per_minute, processes=worker_context()
+    )
+    embedder.use_pace(pace)
+    return pace
+
+
+def sale_work(
+    config: EmbeddingConfig,
+    items: list[tuple[dict, dict | None]],
+    fetcher: ImageFetcher,
+    object_store: ObjectStore,
+    embedder: ImageEmbedder,
+    image_vectors: ImageVectors,
+) -> SaleWork:
+    """What each sale goes through (download, copy, embed), bounded as configured."""
+    return SaleWork(
+        fetcher,
+        object_store,
+        embedder,
+        image_vectors,
+        config.download_concurrency,
+        config.outage_allowance_s,
+        minor_hosts([sale["image_url"] for sale, _ in items], config.max_error_ratio),
+        config.own_failure_window_s,
+    )
+
+
+def log_progress(log, day: str, sales: int, done: int) -> None:
+    log.info(f"{day}: {done} of {sales} images processed")
+
+
+def results_file() -> str:
+    """A new local file for the day's results (the IO manager moves it to the object store)."""
+    fd, path = tempfile.mkstemp(prefix="product_image_embeddings-", suffix=".parquet")
+    os.close(fd)
+    return path
 
 
 def embedding_metadata(
