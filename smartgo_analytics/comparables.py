@@ -23,7 +23,8 @@ import numpy as np
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.price_bands import round_price, weighted_quantiles
 from smartgo_analytics.core.sales import IDENTIFIER
-from smartgo_analytics.layout import SIMILARITY_PREFIX, check_key, similarity_manifest_key
+from smartgo_analytics.lake_directory import LakeDirectory
+from smartgo_analytics.layout import SIMILARITY_PREFIX, similarity_manifest_key
 from smartgo_analytics.similarity.index import TenantIndex
 from smartgo_analytics.similarity.manifest import Manifest, StaleIndexError
 from smartgo_analytics.similarity.segments import segment_keys, tenants_of
@@ -200,11 +201,13 @@ def comparables(
     if index_files is not None:
         store = index_files.store
     elif resources is None:
-        store = LocalLake.of_deployment() or _deployment()["object_store"]
+        store = local_lake() or _deployment()["object_store"]
     else:
         store = resources["object_store"]
     resources = DeploymentResources() if resources is None else resources
-    files = index_files or IndexFiles(store, None if isinstance(store, LocalLake) else cache_dir)
+    files = index_files or IndexFiles(
+        store, None if isinstance(store, LakeDirectory) else cache_dir
+    )
     try:
         if product_id is not None:
             why = why_no_vector or (
@@ -231,44 +234,17 @@ def comparables(
         files.close()
 
 
-class LocalLake:
-    """The local deployment's objects, read as files without building the Dagster resources: the
-    command answers in a fraction of the time (Dagster's import alone takes about a second)."""
+def local_lake() -> LakeDirectory | None:
+    """The local deployment's lake, read as files without building the Dagster resources (the
+    command so answers in a fraction of the time: Dagster's import alone takes about a second);
+    None in production."""
+    from smartgo_analytics.local.stack import LOCAL_BUCKET, smartgo_home
+    from smartgo_analytics.settings import settings
 
-    def __init__(self, root: Path):
-        self.root = root
-
-    @classmethod
-    def of_deployment(cls) -> LocalLake | None:
-        from smartgo_analytics.local.stack import LOCAL_BUCKET, smartgo_home
-        from smartgo_analytics.settings import settings
-
-        config = settings()
-        if config.deployment != "local":
-            return None
-        return cls(smartgo_home(config.smartgo_home) / "lake" / LOCAL_BUCKET)
-
-    def get_bytes(self, key: str) -> bytes:
-        return self.local_path(key).read_bytes()
-
-    def local_path(self, key: str) -> Path:
-        path = self.root / check_key(key)
-        if not path.is_file():
-            raise FileNotFoundError(self.uri(key))
-        return path
-
-    def release(self, path: Path) -> None:
-        pass
-
-    def uri(self, key: str) -> str:
-        return (self.root / key).as_uri()
-
-    def list_keys(self, prefix: str) -> list[str]:
-        directory = self.root / check_key(prefix)
-        if not directory.is_dir():
-            return []
-        keys = (p.relative_to(self.root).as_posix() for p in directory.rglob("*") if p.is_file())
-        return sorted(k for k in keys if not k.rsplit("/", 1)[-1].startswith(".tmp-"))
+    config = settings()
+    if config.deployment != "local":
+        return None
+    return LakeDirectory(smartgo_home(config.smartgo_home) / "lake" / LOCAL_BUCKET)
 
 
 def _deployment() -> dict:

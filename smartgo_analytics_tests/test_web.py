@@ -15,7 +15,8 @@ import uvicorn
 from dagster import materialize
 from PIL import Image
 
-from smartgo_analytics.comparables import LocalLake, comparables
+from smartgo_analytics.comparables import comparables
+from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.layout import IMAGE_PREFIX
 from smartgo_analytics.resources.object_store import S3ObjectStore
 from smartgo_analytics.web.app import Answers, answer_json, create_app
@@ -163,7 +164,7 @@ def test_the_local_lake_serves_only_its_pictures(tmp_path):
     (tmp_path / "outside.png").write_bytes(b"outside the lake")
     (picture.parent / "link.png").symlink_to(tmp_path / "outside.png")
     answers = Answers(
-        store=LocalLake(root),
+        store=LakeDirectory(root),
         resources={},
         catalog=contextlib.nullcontext,
         why_no_vector=lambda product_id: None,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +11,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
 
+from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.layout import check_key
 from smartgo_analytics.resources.aws import AwsResource
 
@@ -178,112 +177,44 @@ class S3ObjectStore(ObjectStore, AwsResource):
 
 
 class LocalObjectStore(ObjectStore):
-    """`<lake_dir>/<bucket>/<key>`: the S3 layout on a local disk."""
+    """`<lake_dir>/<bucket>/<key>`: the S3 layout on a local disk (a `LakeDirectory`)."""
 
     lake_dir: str
 
-    def _path(self, key: str) -> Path:
-        root = (Path(self.lake_dir) / self.bucket).resolve()
-        if not key:
-            return root
-        path = (root / check_key(key)).resolve()
-        if not path.is_relative_to(root):  # a symbolic link in the lake, say
-            raise ValueError(f"object key escapes the bucket: {key!r}")
-        return path
+    @property
+    def directory(self) -> LakeDirectory:
+        return LakeDirectory(Path(self.lake_dir) / self.bucket)
 
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> str:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, as S3 does: a reader never sees half an object.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return self.uri(key)
+        return self.directory.put_bytes(key, data)
 
     def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        return self.directory.get_bytes(key)
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
-        path = self._path(key)
-        with open(path, "rb") as handle:  # the version of the file read, not of a later one
-            return handle.read(), _version(os.fstat(handle.fileno()))
+        return self.directory.get_versioned(key)
 
     def put_if_version(
         self, key: str, data: bytes, version: str | None, content_type: str = "application/json"
     ) -> bool:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path.parent):  # every conditional writer of the directory, in any process
-            try:
-                current = _version(path.stat())
-            except FileNotFoundError:
-                current = None
-            if current != version:
-                return False
-            self.put_bytes(key, data, content_type)
-        return True
+        return self.directory.put_if_version(key, data, version)
 
     def versions(self, prefix: str) -> dict[str, str]:
-        root, found = self._path(""), {}
-        for key in self.list_keys(prefix):
-            try:
-                found[key] = _version((root / key).stat())
-            except FileNotFoundError:  # deleted since it was listed
-                continue
-        return found
+        return self.directory.versions(prefix)
 
     def put_file(self, key: str, path: Path) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{target.name}")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
-        return self.uri(key)
+        return self.directory.put_file(key, path)
 
     def local_path(self, key: str) -> Path:
-        path = self._path(key)
-        if not path.is_file():
-            raise FileNotFoundError(self.uri(key))
-        return path
+        return self.directory.local_path(key)
 
     def uri(self, key: str) -> str:
-        uri = self._path(key).as_uri()
-        return uri + "/" if key.endswith("/") else uri
+        return self.directory.uri(key)
 
     def list_keys(self, prefix: str) -> list[str]:
-        root = self._path("")
-        directory = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else root
-        if not directory.is_dir():
-            return []
-        keys = (
-            path.relative_to(root).as_posix()
-            for path in directory.rglob("*")
-            if path.is_file() and not path.name.startswith(".tmp-")
-        )
-        return sorted(key for key in keys if key.startswith(prefix))
+        return self.directory.list_keys(prefix)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-
-def _version(stat: os.stat_result) -> str:
-    # Every write replaces the file (a new inode), so inode and time tell versions apart.
-    return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
-
-
-@contextmanager
-def _locked(directory: Path):
-    """An exclusive lock on a directory, held by the kernel for this process until released."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        self.directory.delete(key)

@@ -32,11 +32,12 @@ from smartgo_analytics.comparables import (
     ComparablesError,
     DeploymentResources,
     KeptIndexFiles,
-    LocalLake,
     comparables,
+    local_lake,
     read_picture,
 )
 from smartgo_analytics.core.imaging import BadImage, thumbnail_jpeg
+from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key
 
 log = logging.getLogger("smartgo_analytics.web")
@@ -85,9 +86,9 @@ class Answers:
         self.catalog = catalog or _deployment_catalog
         self.resources = DeploymentResources() if resources is None else resources
         if store is None:
-            store = LocalLake.of_deployment() or self.resources["object_store"]
+            store = local_lake() or self.resources["object_store"]
         self.store = store
-        self.files = KeptIndexFiles(store, None if isinstance(store, LocalLake) else cache_dir)
+        self.files = KeptIndexFiles(store, None if isinstance(store, LakeDirectory) else cache_dir)
         self.dagster_url = dagster_url
         self.why_no_vector = why_no_vector
         self._lookups = ThreadPoolExecutor(8, thread_name_prefix="picture-lookup")
@@ -120,7 +121,7 @@ class Answers:
         chosen = (named or keys or [None])[-1]
         if chosen is None:
             return None
-        if isinstance(self.store, LocalLake):
+        if isinstance(self.store, LakeDirectory):
             return f"/pictures/{quote(chosen)}"
         return self.store.presigned_url(chosen, PICTURE_SECONDS)
 
@@ -135,7 +136,7 @@ class Answers:
     def local_picture(self, key: str) -> Path | None:
         """The local lake's file of a picture key, or None: only a plain key under the image
         prefix whose real path (links followed) stays inside it, and only a picture's type."""
-        if not isinstance(self.store, LocalLake):
+        if not isinstance(self.store, LakeDirectory):
             return None
         try:
             check_key(key)
