@@ -71,15 +71,16 @@ class Comparables:
     tenant: str
     query: str
     items: list[Comparable]
-    suggested: PriceBand | None
+    suggested: PriceBand
 
     def rows(self) -> list[dict]:
         return [asdict(item) for item in self.items]
 
 
-def suggested_band(items: list[Comparable]) -> PriceBand | None:
+def suggested_band(items: list[Comparable]) -> PriceBand:
+    """The comparables' prices, each weighted by its similarity: median, p25 and p75."""
     if not items:
-        return None
+        raise ValueError("a suggested price needs at least one comparable")
     prices = np.array([item.sold_price for item in items])
     weights = np.array([max(item.similarity, 0.0) for item in items])
     p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
@@ -217,6 +218,7 @@ def comparables(
             vector = index.vector(key)
             query = f"product {product_id}"
         else:
+            assert image is not None  # exactly one of the two, checked above
             picture = read_picture(image, resources)  # a bad picture is told before a bad tenant
             manifest = _tenant_manifest(files, tenant)
             index = files.open(manifest)
@@ -277,7 +279,8 @@ def _tenant_manifest(files: IndexFiles, tenant: str | None) -> Manifest:
 def no_vector_reason(catalog, product_id: str) -> str | None:
     """Why a sold product has no vector, from the table; None when the table has no such sale."""
     from pyiceberg.exceptions import NoSuchTableError
-    from pyiceberg.expressions import EqualTo
+    from pyiceberg.expressions import EqualTo, Reference
+    from pyiceberg.expressions.literals import literal
 
     from smartgo_analytics.core.sales_table import IDENTIFIER
 
@@ -286,7 +289,8 @@ def no_vector_reason(catalog, product_id: str) -> str | None:
     except NoSuchTableError:
         return None
     scan = table.scan(
-        row_filter=EqualTo("product_id", product_id), selected_fields=("embedding_error",)
+        row_filter=EqualTo(term=Reference("product_id"), value=literal(product_id)),
+        selected_fields=("embedding_error",),
     )
     errors = scan.to_arrow().column("embedding_error").to_pylist()
     if not errors:

@@ -1,6 +1,7 @@
 import warnings
 
 from dagster import (
+    AssetsDefinition,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
@@ -54,7 +55,14 @@ defs = Definitions(
         stale_days_refresh,
         failed_partition_alert,
         failed_check_alert,
-        build_freshness_alert([key for a in assets if a.is_executable for key in a.keys]),
+        build_freshness_alert(
+            [
+                key
+                for a in assets
+                if isinstance(a, AssetsDefinition) and a.is_executable
+                for key in a.keys
+            ]
+        ),
     ],
     resources=resources_for_deployment(),
     # Runs print INFO and above (the assets' own progress lines); step events stay in the UI.

@@ -65,8 +65,8 @@ def failed_partition_alert(context: RunFailureSensorContext, alerter: Alerter) -
     failed_checks = _failed_error_checks(context.instance, run.run_id)
     if failed_checks:  # a blocking check stopped the day: say which, with its figures
         error = "failed checks: " + "; ".join(_describe(e) for e in failed_checks)
-    elif failures and failures[0].event_specific_data.error:
-        error = root_cause(failures[0].event_specific_data.error)
+    elif failures and failures[0].step_failure_data.error:
+        error = root_cause(failures[0].step_failure_data.error)
     else:
         error = context.failure_event.message or "run failed"
     _send(

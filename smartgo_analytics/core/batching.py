@@ -28,7 +28,7 @@ class Batched:
     def __call__(self, key: Hashable, item: Any = None) -> Any:
         with self._lock:
             leader = self._open is None
-            if leader:
+            if self._open is None:
                 self._open, self._full = {}, threading.Event()
             batch, full = self._open, self._full
             _, future = batch.setdefault(key, (item, Future()))

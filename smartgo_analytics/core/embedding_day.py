@@ -4,9 +4,10 @@ become in the Iceberg table. Plain data in, plain data out; the assets read and 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -183,6 +184,14 @@ def write_results(
     return tally
 
 
+class VectorLookup(Protocol):
+    """Vectors by image sha256: a mapping, or the table's KnownVectors spooled to disk."""
+
+    def __contains__(self, sha: object) -> bool: ...
+
+    def __getitem__(self, sha: str) -> np.ndarray: ...
+
+
 @dataclass
 class ReusedVectors:
     """The vectors of a day's reused images: `stored` (the image vectors' lookup) or, for an image
@@ -190,9 +199,9 @@ class ReusedVectors:
     be), which are then handed to `store` so the next lookup finds them."""
 
     stored: Callable[[set[str]], dict]
-    older: Callable[[], Mapping[str, np.ndarray]]
+    older: Callable[[], VectorLookup]
     store: Callable[[dict], None]
-    _older: Mapping[str, np.ndarray] | None = field(default=None, init=False)
+    _older: VectorLookup | None = field(default=None, init=False)
 
     def __call__(self, shas: list[str]) -> dict[str, np.ndarray]:
         wanted = set(shas)

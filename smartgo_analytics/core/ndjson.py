@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from boto3.dynamodb.types import Binary
@@ -77,12 +78,14 @@ def encode_ndjson(
     lines = []
     for record in records:
         ordered = {name: record.get(name) for name in fields} if fields is not None else record
-        options = {"separators": (",", ":"), "allow_nan": False, "sort_keys": fields is None}
-        line = json.dumps(ordered, ensure_ascii=False, **options)
+        dumps = partial(
+            json.dumps, separators=(",", ":"), allow_nan=False, sort_keys=fields is None
+        )
+        line = dumps(ordered, ensure_ascii=False)
         try:
             lines.append(line.encode("utf-8"))
         except UnicodeEncodeError:
-            lines.append(json.dumps(ordered, ensure_ascii=True, **options).encode("ascii"))
+            lines.append(dumps(ordered, ensure_ascii=True).encode("ascii"))
     return b"\n".join(lines) + b"\n" if lines else b""
 
 

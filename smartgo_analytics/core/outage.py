@@ -152,8 +152,10 @@ class Outage:
 
     def _allowance(self) -> float:
         with self._lock:
-            unproven = self._successes == 0 and self.unproven_allowance_s is not None
-        return min(self.allowance_s, self.unproven_allowance_s) if unproven else self.allowance_s
+            proven = self._successes > 0
+        if proven or self.unproven_allowance_s is None:
+            return self.allowance_s
+        return min(self.allowance_s, self.unproven_allowance_s)
 
     def _wait_for_circuit(self) -> None:
         with self._lock:

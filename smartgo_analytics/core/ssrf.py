@@ -22,7 +22,7 @@ def resolve(host: str, port: int) -> list[str]:
         raise UnsafeUrl(f"cannot resolve host {host[:80]!r}: {error.strerror}") from None
     except (UnicodeError, ValueError, OSError) as error:  # not a name IDNA can encode, and the like
         raise UnsafeUrl(f"cannot resolve host {host[:80]!r}: {type(error).__name__}") from None
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 # Not globally reachable by the IANA special-purpose registries, though this Python's `ipaddress`

@@ -106,6 +106,7 @@ class SaleWork:
             result["image_etag"] = fetched.etag
             if fetched.data is None:
                 # Unchanged since the last materialisation: its copy and vector stand.
+                assert before is not None  # only a download that sent an ETag is answered so
                 result.update(
                     image_sha256=before["image_sha256"],
                     image_s3_key=before["image_s3_key"],
@@ -153,7 +154,7 @@ class SaleWork:
         with self._lock:
             future = self._in_flight.get(sha)
             owner = future is None
-            if owner:
+            if future is None:
                 future = self._in_flight[sha] = Future()
         if owner:
             try:
@@ -285,9 +286,12 @@ def _run_chunk(items: list[tuple[dict, dict | None]]) -> tuple[int, list[dict], 
     the worker's outages so far."""
     if _setup_error is not None:
         raise _setup_error
-    calls = _work.embedding_calls
-    results = list(_work.run(items))
-    return os.getpid(), results, _work.embedding_calls - calls, _work.outages()
+    work = _work
+    if work is None:
+        raise RuntimeError("the embedding worker process was not set up")
+    calls = work.embedding_calls
+    results = list(work.run(items))
+    return os.getpid(), results, work.embedding_calls - calls, work.outages()
 
 
 def worker_context():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -145,14 +145,14 @@ def products_for_day(
     # The failures the pipeline must survive, in the first sold rows of the day: a null price
     # (quarantined), and as many of the three image failures as the day's 5% error budget allows,
     # so a small demo day succeeds and a normal one (60 sales or more) shows all three.
-    image_failures = [
+    image_failures: list[dict[str, Any]] = [
         {"image_url": f"{cdn_url}/products/missing-{day:%Y%m%d}.jpg"},
         {"image_url": f"{cdn_url}/bad/not-an-image.jpg"},
         {"image_url": f"{cdn_url}/bad/oversized.jpg"},
     ][: int((sales_per_day - 1) * DEMO_ERROR_BUDGET)]
     bad = [*image_failures, {"sold_price": None}] if sales_per_day >= 2 else []
     for index, change in enumerate(bad):
-        sales[index] = Sale(**{**sales[index].__dict__, **change})
+        sales[index] = replace(sales[index], **change)
     return sales
 
 

@@ -181,22 +181,30 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
                     events.register("needs-retry.bedrock-runtime.InvokeModel", self._answered)
         return client
 
+    def _shared_pace(self) -> Pace:
+        """The pace of the calls: the one `use_pace` gave, else this embedder's own."""
+        pace = self._pace
+        if pace is None:
+            pace = Pace(self.requests_per_minute, self.tokens_per_minute)
+            self.use_pace(pace)
+        return pace
+
     def _before_send(self, **_) -> None:
-        if self._pace is None:
-            self.use_pace(Pace(self.requests_per_minute, self.tokens_per_minute))
-        self._pace.wait()
+        self._shared_pace().wait()
 
     def _answered(self, response=None, **_) -> None:
         if response is None:  # no answer (a reset, a timeout)
-            self._pace.unanswered()
+            self._shared_pace().unanswered()
             return
         http, parsed = response
         code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
         throttled = http.status_code == 429 or code == "ThrottlingException"
-        self._pace.answered(throttled, charged_tokens(http.status_code, http.headers))
+        self._shared_pace().answered(throttled, charged_tokens(http.status_code, http.headers))
 
     def embed(self, image: bytes) -> np.ndarray:
         client = self._client()
+        slots = self._slots
+        assert slots is not None  # made with the client
         body = json.dumps(
             {
                 "inputImage": base64.b64encode(image).decode("ascii"),
@@ -205,7 +213,7 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
         )
 
         def invoke() -> bytes:
-            with self._slots:
+            with slots:
                 response = client.invoke_model(
                     modelId=self.titan_model_id,
                     body=body,

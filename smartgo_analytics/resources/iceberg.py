@@ -31,7 +31,10 @@ from pyiceberg.expressions import (
     GreaterThanOrEqual,
     LessThan,
     LessThanOrEqual,
+    Reference,
 )
+from pyiceberg.expressions.literals import literal
+from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import NullOrder
 from pyiceberg.transforms import IdentityTransform
@@ -97,7 +100,8 @@ class KnownVectors:
 
 def day_filter(start: datetime, end: datetime) -> BooleanExpression:
     return And(
-        GreaterThanOrEqual("sold_date", start.isoformat()), LessThan("sold_date", end.isoformat())
+        GreaterThanOrEqual(term=Reference("sold_date"), value=literal(start.isoformat())),
+        LessThan(term=Reference("sold_date"), value=literal(end.isoformat())),
     )
 
 
@@ -196,7 +200,9 @@ class IcebergCatalog(ConfigurableResource):
             return
         row_filter = day_filter(start, end)
         if tenant is not None:
-            row_filter = And(row_filter, EqualTo("tenant_id", tenant))
+            row_filter = And(
+                row_filter, EqualTo(term=Reference("tenant_id"), value=literal(tenant))
+            )
         scan = table.scan(row_filter=row_filter, selected_fields=columns)
         window = (
             pa.scalar(start, pa.timestamp("us", "UTC")),
@@ -354,9 +360,9 @@ def _files_by_partition(table: Table) -> dict[tuple, list[DataFileInfo]]:
 
 def _partition_filter(partition: dict, first: datetime, last: datetime) -> BooleanExpression:
     return And(
-        *(EqualTo(name, value) for name, value in partition.items()),
-        GreaterThanOrEqual("sold_date", first.isoformat()),
-        LessThanOrEqual("sold_date", last.isoformat()),
+        *(EqualTo(term=Reference(name), value=literal(value)) for name, value in partition.items()),
+        GreaterThanOrEqual(term=Reference("sold_date"), value=literal(first.isoformat())),
+        LessThanOrEqual(term=Reference("sold_date"), value=literal(last.isoformat())),
     )
 
 
@@ -376,6 +382,11 @@ def _remove_unreferenced(
                 for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
             }
     location = urlsplit(table.location())
+    if not isinstance(table.io, PyArrowFileIO):
+        raise TypeError(
+            f"removing orphan files lists the table's files through pyarrow; its FileIO is "
+            f"{type(table.io).__name__} (set py-io-impl to pyiceberg.io.pyarrow.PyArrowFileIO)"
+        )
     filesystem = table.io.fs_by_scheme(location.scheme, location.netloc)
     listing = filesystem.get_file_info(FileSelector(_path_of(table.location()), recursive=True))
     found = {info.path: info for info in listing if info.type == FileType.File}

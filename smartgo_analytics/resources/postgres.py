@@ -102,24 +102,21 @@ class SmartGoDatabase(AwsResource):
     )
 
     def _conninfo(self) -> tuple[str, int]:
-        if bool(self.dsn) == bool(self.ssm_parameter_name):
+        dsn, name = self.dsn, self.ssm_parameter_name
+        if dsn and not name:
+            return dsn, self.query_timeout_ms
+        if dsn or not name:
             raise SmartGoDatabaseError(
                 "configure exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
             )
-        if self.dsn:
-            return self.dsn, self.query_timeout_ms
         ssm = self.boto3_client("ssm")
         try:
-            raw = ssm.get_parameter(Name=self.ssm_parameter_name, WithDecryption=True)["Parameter"][
-                "Value"
-            ]
+            raw = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
         except ssm.exceptions.ParameterNotFound:
-            raise SmartGoDatabaseError(
-                f"SSM parameter {self.ssm_parameter_name} does not exist"
-            ) from None
-        return conninfo_from_ssm_json(raw, self.ssm_parameter_name)
+            raise SmartGoDatabaseError(f"SSM parameter {name} does not exist") from None
+        return conninfo_from_ssm_json(raw, name)
 
-    def connect(self) -> psycopg.Connection:
+    def connect(self) -> psycopg.Connection[dict[str, Any]]:
         conninfo, query_timeout_ms = self._conninfo()
         try:
             conn = psycopg.connect(conninfo, row_factory=dict_row)

@@ -13,13 +13,22 @@ vectors, which the bits alone misorder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from smartgo_analytics.core.vectors import unit
 from smartgo_analytics.similarity.segments import SpooledVectors, batches
 
-INDEX_OPTIONS = {"metric": "hamming", "dtype": "b1", "connectivity": 32, "expansion_add": 128}
+if TYPE_CHECKING:
+    from usearch.index import Index
+
+INDEX_OPTIONS: dict[str, Any] = {
+    "metric": "hamming",
+    "dtype": "b1",
+    "connectivity": 32,
+    "expansion_add": 128,
+}
 EXPANSION_SEARCH = 64
 CANDIDATES = 20
 # A segment whose centre comes from fewer vectors than this is built again when a day joins it.
@@ -31,22 +40,23 @@ def signs(units: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return np.packbits(np.atleast_2d(units) > centre, axis=1)
 
 
-def new_index(dimension: int):
+def new_index(dimension: int) -> Index:
     from usearch.index import Index
 
     return Index(ndim=dimension, expansion_search=EXPANSION_SEARCH, **INDEX_OPTIONS)
 
 
-def open_index(path: Path, view: bool):
+def open_index(path: Path, view: bool) -> Index:
     """A segment's index: memory-mapped (`view`) to search, or loaded to change it."""
     from usearch.index import Index
 
     index = Index.restore(str(path), view=view)
     if index is None:
         raise ValueError(f"{path} is not a usearch index")
-    # usearch's file keeps neither: a restored index would take its defaults.
-    index.expansion_search = EXPANSION_SEARCH
-    index.expansion_add = INDEX_OPTIONS["expansion_add"]
+    # usearch's file keeps neither: a restored index would take its defaults. (usearch declares
+    # these setters apart from their getters, which mypy reads as read-only properties.)
+    index.expansion_search = EXPANSION_SEARCH  # type: ignore[misc]
+    index.expansion_add = INDEX_OPTIONS["expansion_add"]  # type: ignore[misc]
     return index
 
 

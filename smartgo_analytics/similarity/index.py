@@ -11,11 +11,12 @@ memory-mapped (`view=True`): nothing is read whole.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +27,13 @@ from smartgo_analytics.similarity.graph import CANDIDATES, open_index, signs
 from smartgo_analytics.similarity.manifest import Manifest
 from smartgo_analytics.similarity.segments import ITEM_SCHEMA, key_days, read_items
 
+if TYPE_CHECKING:
+    from usearch.index import Index
+
 
 @dataclass
 class OpenSegment:
-    index: object  # usearch, memory-mapped
+    index: Index  # usearch's, memory-mapped
     centre: np.ndarray  # what the graph's bits are taken against
     keys: np.ndarray  # every key, ascending: a key's row in `vectors`
     vectors: np.ndarray  # float16 unit vectors, memory-mapped: only the rows a query ranks are read
@@ -48,7 +52,7 @@ def _walk(segment: OpenSegment, units: np.ndarray, k: int) -> tuple[np.ndarray, 
         counts = np.array([len(matches.keys)])
     else:
         found[:] = matches.keys
-        counts = np.asarray(matches.counts)
+        counts = np.asarray(matches.counts)  # type: ignore[union-attr]  # a batch's matches
     return found, np.arange(wanted)[None, :] < counts[:, None]
 
 
@@ -71,12 +75,12 @@ def _distances(segment: OpenSegment, found: np.ndarray, valid: np.ndarray, units
 class TenantIndex:
     """A tenant's segments opened to search: each memory-mapped, its items read when asked."""
 
-    def __init__(self, manifest: Manifest, paths: dict[str, tuple[Path, Path, Path]]):
+    def __init__(self, manifest: Manifest, paths: Mapping[str, Sequence[Path]]):
         manifest.require_current()
         self.manifest = manifest
         self._paths = paths  # segment name -> (index file, items file, vectors file)
         self._segments = {}
-        centres = {segment.name: segment.centre for segment in manifest.segments}
+        centres = {s.name: s.centre for s in manifest.segments if s.centre is not None}
         for name, (index_path, items_path, vectors_path) in paths.items():
             keys = pq.read_table(items_path, columns=["key"]).column("key").to_numpy()
             # A plain array over the map: numpy's memmap class costs time on every row lookup.
@@ -107,7 +111,8 @@ class TenantIndex:
         # The graphs are walked at once, this thread walking its share; their candidates are ranked
         # together after.
         shares = [list(self._segments.values())[n :: self._workers] for n in range(self._workers)]
-        pending = [self._pool.submit(_walk_all, share, units, k) for share in shares[1:]]
+        pool = self._pool
+        pending = [pool.submit(_walk_all, share, units, k) for share in shares[1:]] if pool else []
         found = _walk_all(shares[0], units, k) + [w for f in pending for w in f.result()]
         if not found:
             empty = np.zeros((len(units), 0))

@@ -83,7 +83,7 @@ class DayQuality:
     def neighbour_agreement(self) -> float | None:
         return self.agreement_sum / self.agreement_sales if self.agreement_sales else None
 
-    def metadata(self) -> dict[str, object]:
+    def metadata(self) -> dict[str, float | int | str]:
         mean = self.norm_sum / self.vectors if self.vectors else 0.0
         spread = (
             max(self.norm_squares / self.vectors - mean**2, 0.0) ** 0.5 if self.vectors else 0.0

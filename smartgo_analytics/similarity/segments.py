@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +59,8 @@ SEGMENT_FILES = (".usearch", ".parquet", ".f16")  # the graph, the items, the fl
 
 
 def segment_keys(tenant: str, name: str) -> tuple[str, str, str]:
-    return tuple(similarity_segment_key(tenant, name, suffix) for suffix in SEGMENT_FILES)
+    graph, items, vectors = (similarity_segment_key(tenant, name, s) for s in SEGMENT_FILES)
+    return graph, items, vectors
 
 
 def tenants_of(keys: Iterable[str]) -> list[str]:
@@ -159,21 +161,21 @@ def segment_vectors(
     keys = items.column("key").to_numpy()
     first, last = (int(n) for n in np.searchsorted(keys, [low, high]))
     with new_vectors.open("wb") as out:
-        for start, end in ((0, first), (None, None), (last, len(keys))):
-            if start is None:
-                for _, chunk in batches(day_vectors):
-                    out.write(unit(chunk).astype(np.float16).tobytes())
-                continue
-            for offset in range(start, end, ADD_ROWS):
-                out.write(
-                    old_vectors.read(offset, min(ADD_ROWS, end - offset))
-                    .astype(np.float16)
-                    .tobytes()
-                )
+        if old_vectors is not None:
+            _copy_rows(old_vectors, 0, first, out)
+        for _, chunk in batches(day_vectors):
+            out.write(unit(chunk).astype(np.float16).tobytes())
+        if old_vectors is not None:
+            _copy_rows(old_vectors, last, len(keys), out)
     items = pa.concat_tables(
         [items.slice(0, first), day_items.cast(ITEM_SCHEMA), items.slice(last)]
     )
     return items, keys[first:last]
+
+
+def _copy_rows(vectors: SpooledVectors, start: int, end: int, out: BinaryIO) -> None:
+    for offset in range(start, end, ADD_ROWS):
+        out.write(vectors.read(offset, min(ADD_ROWS, end - offset)).astype(np.float16).tobytes())
 
 
 def read_items(path: Path, columns: Iterable[str] | None = None) -> pa.Table:

@@ -235,28 +235,28 @@ def _update(
     day_items = spool.item_table(day) if spool else ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
     # A segment holding only this day is built anew without reading it.
-    keep = target is not None and set(target.days) != {day.isoformat()}
+    kept = target if target is not None and set(target.days) != {day.isoformat()} else None
     old = list(segment_keys(tenant, target.name)) if target else []
     files = []
     try:
-        for key in old if keep else []:
+        for key in old if kept else []:
             files.append(store.local_path(key))
         items, old_vectors = ITEM_SCHEMA.empty_table(), None
-        if keep:
+        if kept:
             items = read_items(files[1])
             old_vectors = SpooledVectors(files[2], items.num_rows, manifest.dimension, np.float16)
         items, replaced = segment_vectors(items, old_vectors, day, day_items, vectors, new_vectors)
         keys = items.column("key").to_numpy()
-        if keep and target.centre is not None and target.centred_on >= CENTRE_FROM:
+        if kept and kept.centre is not None and kept.centred_on >= CENTRE_FROM:
             index = graph_with_day(
                 open_index(files[0], view=False),
-                target.centre,
+                kept.centre,
                 replaced,
                 day_items.column("key").to_numpy(),
                 vectors,
                 THREADS,
             )
-            centre, centred_on = target.centre, target.centred_on
+            centre, centred_on = kept.centre, kept.centred_on
         else:
             written = SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
             index, centre = built_graph(keys, written, THREADS)

@@ -3,7 +3,8 @@
 from datetime import UTC, date, datetime, time, timedelta
 
 import pyarrow as pa
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import EqualTo, Reference
+from pyiceberg.expressions.literals import literal
 
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.ndjson import encode_ndjson
@@ -41,7 +42,9 @@ def replace_bands(iceberg: IcebergCatalog, object_store: ObjectStore, day: date,
     """The day's bands in place of those the table held for it, in one commit, and staged for the
     QuickSight dataset `price_bands`: the table."""
     table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
-    table = replace(table, EqualTo("band_date", day.isoformat()), [bands])
+    table = replace(
+        table, EqualTo(term=Reference("band_date"), value=literal(day.isoformat())), [bands]
+    )
     object_store.put_bytes(
         staged_records_key("price_bands", day.isoformat()),
         encode_ndjson(bands_core.quicksight_records(bands)),

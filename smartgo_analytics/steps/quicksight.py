@@ -44,7 +44,9 @@ MONTH_FILE = re.compile(r"(\d{4}-\d{2})\.json")
 
 def export_day(day: str, sales_data: SalesDataTable, object_store: ObjectStore, log) -> dict:
     """A day's SalesData items staged as NDJSON; its figures."""
-    items, nulls, pages = [], Counter(), 0
+    items: list[dict] = []
+    nulls: Counter[str] = Counter()
+    pages = 0
     for page in sales_data.query_day(day):
         pages += 1
         items.extend(plain_value(item, nulls, "") for item in page)
@@ -109,7 +111,7 @@ def export_dataset_day(spec: DatasetSpec, day: str, object_store: ObjectStore, p
         file_uri = object_store.put_bytes(
             file_key, encode_ndjson(build.records, spec.field_names), NDJSON
         )
-        uri = location(file_uri)
+        uri: MetadataValue | str = location(file_uri)
     else:  # an empty day has no file (QuickSight reads no empty file); nothing to show
         object_store.delete(file_key)
         file_uri, uri = None, "none (no records)"

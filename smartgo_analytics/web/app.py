@@ -209,7 +209,8 @@ def form_fields(body: bytes, content_type: str) -> tuple[dict[str, str], bytes |
     fields, picture = {}, None
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         if name == "picture" and part.get_filename() is not None:
             picture = data or None
         elif isinstance(name, str) and name in FIELDS:
@@ -395,16 +396,17 @@ def _deployment_catalog():
 
 def _sale_rows(opened_catalog, product_id: str, tenant: str | None) -> list[dict]:
     """The table's rows of a product (its vector left out), as `smartgo-analytics query` reads them."""
-    from pyiceberg.expressions import And, EqualTo
+    from pyiceberg.expressions import And, BooleanExpression, EqualTo, Reference
+    from pyiceberg.expressions.literals import literal
 
     from smartgo_analytics.core.sales_table import IDENTIFIER
 
     with opened_catalog() as catalog:
         table = catalog.load_table(IDENTIFIER)
     names = [f.name for f in table.schema().fields if f.name != "embedding_vector"]
-    where = EqualTo("product_id", product_id)
+    where: BooleanExpression = EqualTo(term=Reference("product_id"), value=literal(product_id))
     if tenant:
-        where = And(where, EqualTo("tenant_id", tenant))
+        where = And(where, EqualTo(term=Reference("tenant_id"), value=literal(tenant)))
     rows = table.scan(row_filter=where, selected_fields=tuple(names)).to_arrow().to_pylist()
     return [
         {k: v if isinstance(v, int | float | str | None) else str(v) for k, v in row.items()}
