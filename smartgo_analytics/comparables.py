@@ -238,8 +238,8 @@ def comparables(
 
 def local_lake() -> LakeDirectory | None:
     """The local deployment's lake, read as files without building the Dagster resources (the
-    command so answers in a fraction of the time: Dagster's import alone takes about a second);
-    None in production."""
+    command so answers in a fraction of the time: Dagster's import alone takes about a second; the
+    `comparables_page` benchmark's first answer); None in production."""
     from smartgo_analytics.local.stack import LOCAL_BUCKET, smartgo_home
     from smartgo_analytics.settings import settings
 

@@ -68,6 +68,7 @@ defs = Definitions(
     # Runs print INFO and above (the assets' own progress lines); step events stay in the UI.
     loggers={"console": colored_console_logger.configured({"log_level": "INFO"})},
     # A run's steps share its process: a process per step cost more than the steps' own work (a
-    # 200-sale day: 17 s for 4 s of work). The embedding step still splits big days over workers.
+    # 200-sale day: 17 s for 4 s of work; the `ui_day_run` benchmark). The embedding step still
+    # splits big days over workers.
     executor=in_process_executor,
 )

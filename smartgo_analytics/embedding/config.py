@@ -18,7 +18,7 @@ class EmbeddingConfig(Config):
     )
     worker_min_sales: int = Field(
         default=1_000,
-        description="smaller days stay in the step's process (a worker takes ~1 s to start)",
+        description="smaller days stay in the step's process (a worker takes ~1 s to start; the `embedding_throughput` benchmark)",
     )
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
     outage_allowance_s: float = Field(

@@ -10,8 +10,8 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 # One boto3 session for every client: a client built from a session that has built one before
-# reuses its parsed service model (milliseconds instead of a tenth of a second). Sessions are not
-# thread-safe, so clients are made one at a time.
+# reuses its parsed service model (milliseconds instead of a tenth of a second; the
+# `embedding_throughput` benchmark). Sessions are not thread-safe, so clients are made one at a time.
 _session: boto3.session.Session | None = None
 _session_lock = threading.Lock()
 

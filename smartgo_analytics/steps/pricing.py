@@ -39,7 +39,8 @@ from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import ObjectStore
 
-# Rows per Iceberg append: reading nested vectors back from Parquet costs several times their size.
+# Rows per Iceberg append: reading nested vectors back from Parquet costs several times their size
+# (the `day_of_100k_sales` benchmark).
 ICEBERG_BATCH_ROWS = 4_000
 USABILITY_COLUMNS = ("image_sha256", "embedding_model", "embedding_dimension", "embedding_error")
 RESULT_COLUMNS_WITHOUT_VECTORS = [
