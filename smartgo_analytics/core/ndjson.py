@@ -22,12 +22,16 @@ def decimal_to_json(value: Decimal) -> int | float | None:
     return float(value)
 
 
-def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
+def plain_value(value: Any) -> tuple[Any, Counter[str]]:
     """A DynamoDB attribute value (as boto3's resource layer returns it) as a plain value: numbers
     as int or float, sets as sorted lists, binary as `{"$binary": base64}` (see `binary_text`).
+    Every non-finite number becomes None; they are counted by where they were (`a.b: non-finite
+    number`), beside the value."""
+    nulls: Counter[str] = Counter()
+    return _plain(value, nulls, ""), nulls
 
-    Every non-finite number becomes None and is counted in `nulls` under `path`.
-    """
+
+def _plain(value: Any, nulls: Counter[str], path: str) -> Any:
     if isinstance(value, Decimal):
         converted = decimal_to_json(value)
         if converted is None:
@@ -39,15 +43,15 @@ def plain_value(value: Any, nulls: Counter[str], path: str) -> Any:
             return None
         return value
     if isinstance(value, Mapping):
-        return {str(k): plain_value(v, nulls, f"{path}.{k}") for k, v in value.items()}
+        return {str(k): _plain(v, nulls, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
-        members = [plain_value(v, nulls, path) for v in value]
+        members = [_plain(v, nulls, path) for v in value]
         try:
             return sorted(members)
         except TypeError:  # a binary set: its members are objects
             return sorted(members, key=repr)
     if isinstance(value, (list, tuple)):
-        return [plain_value(v, nulls, path) for v in value]
+        return [_plain(v, nulls, path) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return {BINARY: base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, Binary):

@@ -49,7 +49,10 @@ def export_day(day: str, sales_data: SalesDataTable, object_store: ObjectStore, 
     pages = 0
     for page in sales_data.query_day(day):
         pages += 1
-        items.extend(plain_value(item, nulls, "") for item in page)
+        for item in page:
+            plain, nulled = plain_value(item)
+            items.append(plain)
+            nulls += nulled
     object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), NDJSON)
     unknown = unknown_kinds(items)
     if unknown:
