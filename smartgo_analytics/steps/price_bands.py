@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import pyarrow as pa
 from pyiceberg.expressions import EqualTo, Reference
 from pyiceberg.expressions.literals import literal
+from pyiceberg.table import Table
 
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.ndjson import encode_ndjson
@@ -38,7 +39,9 @@ def bands_of_day(iceberg: IcebergCatalog, day: date) -> tuple[pa.Table, int]:
     return bands, sales
 
 
-def replace_bands(iceberg: IcebergCatalog, object_store: ObjectStore, day: date, bands: pa.Table):
+def replace_bands(
+    iceberg: IcebergCatalog, object_store: ObjectStore, day: date, bands: pa.Table
+) -> Table:
     """The day's bands in place of those the table held for it, in one commit, and staged for the
     QuickSight dataset `price_bands`: the table."""
     table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
@@ -53,7 +56,9 @@ def replace_bands(iceberg: IcebergCatalog, object_store: ObjectStore, day: date,
     return table
 
 
-def bands_metadata(bands: pa.Table, sales_in_window: int, day: date, table, catalog: str) -> dict:
+def bands_metadata(
+    bands: pa.Table, sales_in_window: int, day: date, table: Table, catalog: str
+) -> dict:
     first, _ = bands_core.window(day)
     levels = bands.column("level").to_pylist()
     snapshot = table.current_snapshot()

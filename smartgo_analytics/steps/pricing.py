@@ -10,6 +10,7 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import MetadataValue
+from pyiceberg.table import Table
 
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.core.embedding_day import (
@@ -177,9 +178,9 @@ def write_day(
     iceberg: IcebergCatalog,
     embedder: ImageEmbedder,
     image_vectors: ImageVectors,
-    start,
-    end,
-):
+    start: datetime,
+    end: datetime,
+) -> tuple[Table, int, bool]:
     """The day's rows written in one commit, unless the table holds them already: the table, the
     rows written, and whether the day was left unchanged."""
     model_id, dimension = embedder.model_id, embedder.dimension
@@ -200,7 +201,9 @@ def write_day(
     return table, day.rows, False
 
 
-def record_progress(export_progress: ExportProgressTracker, partition_key: str, day: DayRows):
+def record_progress(
+    export_progress: ExportProgressTracker, partition_key: str, day: DayRows
+) -> None:
     export_progress.record(
         partition_key,
         "COMPLETE",
@@ -213,8 +216,8 @@ def record_progress(export_progress: ExportProgressTracker, partition_key: str, 
 
 
 def sales_table_metadata(
-    day: DayRows, table, written: int, unchanged: bool, iceberg: IcebergCatalog
-):
+    day: DayRows, table: Table, written: int, unchanged: bool, iceberg: IcebergCatalog
+) -> dict:
     snapshot = table.current_snapshot()
     return {
         "table": sales_table.IDENTIFIER,
