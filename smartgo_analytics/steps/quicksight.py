@@ -104,7 +104,9 @@ class DayExport:
     metadata: dict
 
 
-def export_dataset_day(spec: DatasetSpec, day: str, object_store: ObjectStore, prefix: str):
+def export_dataset_day(
+    spec: DatasetSpec, day: str, object_store: ObjectStore, prefix: str
+) -> DayExport:
     """The day's file of the dataset from its staged records (none for a day without records),
     read back and judged: the checks judge the file, not the intention."""
     items = decode_ndjson(object_store.get_bytes(staged_records_key(spec.staged_by, day)))
@@ -145,7 +147,9 @@ def export_dataset_day(spec: DatasetSpec, day: str, object_store: ObjectStore, p
     return DayExport(len(written), expected, problems, metadata)
 
 
-def file_check_evaluation(key: AssetKey, check_name: str, day: str, export: DayExport):
+def file_check_evaluation(
+    key: AssetKey, check_name: str, day: str, export: DayExport
+) -> AssetCheckEvaluation:
     problems = export.problems
     return AssetCheckEvaluation(
         asset_key=key,
