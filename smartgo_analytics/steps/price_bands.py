@@ -1,5 +1,6 @@
 """What the price-bands asset does between reading the table and reporting."""
 
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
 import pyarrow as pa
@@ -26,17 +27,22 @@ def bands_of_day(iceberg: IcebergCatalog, day: date) -> tuple[pa.Table, int]:
     first, _ = bands_core.window(day)
     start = datetime.combine(first, time(), UTC)
     end = datetime.combine(day + timedelta(days=1), time(), UTC)
-    batches = iceberg.scan_day_files(start, end, bands_core.SALES_COLUMNS)
-    sales = 0
-
-    def counted(batch: pa.RecordBatch) -> pa.RecordBatch:
-        nonlocal sales
-        sales += batch.num_rows
-        return batch.cast(bands_core.SALES_SCHEMA)
-
-    reader = pa.RecordBatchReader.from_batches(bands_core.SALES_SCHEMA, map(counted, batches))
+    sales = SalesBatches(iceberg.scan_day_files(start, end, bands_core.SALES_COLUMNS))
+    reader = pa.RecordBatchReader.from_batches(bands_core.SALES_SCHEMA, iter(sales))
     bands = bands_core.price_bands(reader, day)
-    return bands, sales
+    return bands, sales.rows
+
+
+class SalesBatches:
+    """The sales' batches typed as the bands read them; `rows` says how many went through."""
+
+    def __init__(self, batches: Iterable[pa.RecordBatch]):
+        self.batches, self.rows = batches, 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for batch in self.batches:
+            self.rows += batch.num_rows
+            yield batch.cast(bands_core.SALES_SCHEMA)
 
 
 def replace_bands(
