@@ -24,10 +24,14 @@ from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.price_bands import round_price, weighted_quantiles
 from smartgo_analytics.core.sales import IDENTIFIER
 from smartgo_analytics.lake_directory import LakeDirectory
-from smartgo_analytics.layout import SIMILARITY_PREFIX, similarity_manifest_key
+from smartgo_analytics.layout import (
+    SIMILARITY_PREFIX,
+    similarity_manifest_key,
+    similarity_tenants,
+)
 from smartgo_analytics.similarity.index import TenantIndex
 from smartgo_analytics.similarity.manifest import Manifest, StaleIndexError
-from smartgo_analytics.similarity.segments import segment_keys, tenants_of
+from smartgo_analytics.similarity.segments import segment_keys
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # a picture asked about, as the image fetcher's cap
 MAX_LABEL = 200  # characters of a category or condition
@@ -104,7 +108,7 @@ class IndexFiles:
             return None
 
     def tenants(self) -> list[str]:
-        return tenants_of(self.store.list_keys(f"{SIMILARITY_PREFIX}/"))
+        return similarity_tenants(self.store.list_keys(f"{SIMILARITY_PREFIX}/"))
 
     def path(self, key: str) -> Path:
         if self.cache_dir is None:

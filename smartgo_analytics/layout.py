@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from smartgo_analytics.core.sales import IDENTIFIER
 
@@ -46,6 +47,11 @@ def image_key(tenant_id: str, product_id: str, sha256: str, extension: str) -> s
     return f"{IMAGE_PREFIX}/{tenant_id}/{product_id}/{sha256}.{extension}"
 
 
+def product_images_prefix(tenant_id: str, product_id: str) -> str:
+    """Where a product's image copies are (`image_key`); UnsafeKey for a part that is not a key's."""
+    return check_key(f"{IMAGE_PREFIX}/{tenant_id}/{product_id}/")
+
+
 def quicksight_dataset_prefix(quicksight_prefix: str, dataset: str) -> str:
     return f"{quicksight_prefix}{dataset}/"
 
@@ -78,6 +84,12 @@ SIMILARITY_PREFIX = "similarity_index"
 def similarity_manifest_key(tenant: str) -> str:
     """A tenant's index: its segments and the vectors of each day."""
     return f"{SIMILARITY_PREFIX}/{tenant}/manifest.json"
+
+
+def similarity_tenants(keys: Iterable[str]) -> list[str]:
+    """The tenants whose index manifests are among these object keys."""
+    start, end = len(SIMILARITY_PREFIX) + 1, -len("/manifest.json")
+    return [key[start:end] for key in keys if key.endswith("/manifest.json")]
 
 
 def similarity_segment_key(tenant: str, name: str, suffix: str) -> str:

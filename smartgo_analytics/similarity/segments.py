@@ -20,8 +20,6 @@ import pyarrow.parquet as pq
 
 from smartgo_analytics.core.vectors import unit
 from smartgo_analytics.layout import (
-    SIMILARITY_PREFIX,
-    similarity_category_sums_key,
     similarity_segment_key,
 )
 
@@ -61,16 +59,6 @@ SEGMENT_FILES = (".usearch", ".parquet", ".f16")  # the graph, the items, the fl
 def segment_keys(tenant: str, name: str) -> tuple[str, str, str]:
     graph, items, vectors = (similarity_segment_key(tenant, name, s) for s in SEGMENT_FILES)
     return graph, items, vectors
-
-
-def tenants_of(keys: Iterable[str]) -> list[str]:
-    """The tenants whose manifests are among these object keys."""
-    start, end = len(SIMILARITY_PREFIX) + 1, -len("/manifest.json")
-    return [key[start:end] for key in keys if key.endswith("/manifest.json")]
-
-
-def category_means_key(tenant: str, day: date) -> str:
-    return similarity_category_sums_key(tenant, day.isoformat())
 
 
 def new_segment_name(day: date) -> str:

@@ -16,8 +16,10 @@ import pyarrow.compute as pc
 
 from smartgo_analytics.layout import (
     SIMILARITY_PREFIX,
+    similarity_category_sums_key,
     similarity_manifest_key,
     similarity_segment_key,
+    similarity_tenants,
 )
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.similarity.graph import CENTRE_FROM, built_graph, graph_with_day, open_index
@@ -29,12 +31,10 @@ from smartgo_analytics.similarity.segments import (
     ITEM_SCHEMA,
     DaySpool,
     SpooledVectors,
-    category_means_key,
     new_segment_name,
     read_items,
     segment_keys,
     segment_vectors,
-    tenants_of,
     write_items,
     write_parquet,
 )
@@ -108,7 +108,7 @@ def index_metadata(spooled: SpooledDay, manifests: dict[str, Manifest], uri: str
 
 
 def indexed_tenants(store: ObjectStore) -> list[str]:
-    return tenants_of(store.list_keys(f"{SIMILARITY_PREFIX}/"))
+    return similarity_tenants(store.list_keys(f"{SIMILARITY_PREFIX}/"))
 
 
 def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> Manifest:
@@ -277,7 +277,7 @@ def _update(
     for path in (new_vectors, work / "items.parquet"):
         path.unlink(missing_ok=True)
     manifest.segments = sorted(segments, key=lambda s: min(s.days))
-    sums_key = category_means_key(tenant, day)
+    sums_key = similarity_category_sums_key(tenant, day.isoformat())
     if spool:
         categories = day_items.column("category").to_pylist()
         sums = category_sums(categories, vectors)
@@ -387,7 +387,9 @@ def trailing_sums(store: ObjectStore, tenant: str, day: date, manifest: Manifest
         earlier = day - timedelta(days=back)
         if earlier.isoformat() in days:
             try:
-                with store.local_copy(category_means_key(tenant, earlier)) as path:
+                with store.local_copy(
+                    similarity_category_sums_key(tenant, earlier.isoformat())
+                ) as path:
                     tables.append(read_items(path))
             except FileNotFoundError:
                 continue

@@ -38,7 +38,7 @@ from smartgo_analytics.comparables import (
 )
 from smartgo_analytics.core.imaging import BadImage, thumbnail_jpeg
 from smartgo_analytics.lake_directory import LakeDirectory
-from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key
+from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key, product_images_prefix
 
 log = logging.getLogger("smartgo_analytics.web")
 PICTURE_SECONDS = 300  # a presigned picture URL's life
@@ -113,7 +113,7 @@ class Answers:
         """Where the browser gets a sale's picture: its copy's key (the one with `sha256`, else the
         newest), served by this app from the local lake or presigned on S3; None without a copy."""
         try:
-            prefix = check_key(f"{IMAGE_PREFIX}/{tenant}/{product_id}/")
+            prefix = product_images_prefix(tenant, product_id)
             keys = self.store.list_keys(prefix)
         except (UnsafeKey, OSError):
             return None
