@@ -120,9 +120,10 @@ def product_image_embeddings(
     """Every valid sale's image: downloaded safely, copied to object storage, embedded.
 
     An image is embedded once, ever: one whose vector (same sha256, model and length) is in the
-    image vectors (IMAGE_VECTORS_TABLE) from any earlier day is not sent to Bedrock, and the result has no vector of its
-    own (the table's row gets the stored one). An image unchanged since the day's last run (same
-    ETag) is not even downloaded. Calls are paced to BEDROCK_REQUESTS_PER_MINUTE and BEDROCK_TOKENS_PER_MINUTE when set.
+    image vectors (IMAGE_VECTORS_TABLE) from any earlier day is not sent to Bedrock, and the result
+    has no vector of its own (the table's row gets the stored one). An image unchanged since the
+    day's last run (same ETag) is not even downloaded. Calls are paced to
+    BEDROCK_REQUESTS_PER_MINUTE and BEDROCK_TOKENS_PER_MINUTE when set.
     """
     start, end = context.partition_time_window
     with permanent_errors(DynamoDBError):
