@@ -138,3 +138,27 @@ def test_norm_spread_of_a_day():
         1.0
     )
     assert DayQuality().metadata()["vectors"] == 0
+
+
+def test_two_tenants_days_add_up_as_one_day_with_a_duplicate_across_them():
+    a, b = np.array([[1.0, 0.0]], np.float32), np.array([[0.0, 3.0]], np.float32)
+    first, second = DayQuality(), DayQuality()
+    first.add_norms(np.vstack([a, b]))
+    first.add_fingerprints(np.vstack([a, b]), ["p1", "p2"])
+    first.agreement_sum, first.agreement_sales, first.drifts = 0.5, 1, {"t1/Toys": 0.1}
+    second.add_norms(a)
+    second.add_fingerprints(a, ["p9"])  # another tenant's picture with the first's vector
+    second.agreement_sum, second.agreement_sales, second.drifts = 1.0, 1, {"t2/Toys": 0.3}
+
+    both = first + second
+    assert both.vectors == 3 and both.duplicate_share == pytest.approx(2 / 3)
+    assert (both.norm_min, both.norm_max) == (1.0, 3.0)
+    assert both.neighbour_agreement == 0.75
+    assert both.drifts == {"t1/Toys": 0.1, "t2/Toys": 0.3}
+    # Neither side is changed by the sum.
+    assert (
+        first.vectors == 2
+        and first.duplicate_share == 0.0
+        and second.images_by_vector != (both.images_by_vector)
+    )
+    assert (DayQuality() + first).metadata() == first.metadata()
