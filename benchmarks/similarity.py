@@ -16,6 +16,7 @@ from benchmarks.web import home_environment, page_timings
 from smartgo_analytics.comparables import comparables
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.imaging import prepare_for_titan
+from smartgo_analytics.core.price_bands_table import SALES_SCHEMA
 from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.local import demo_data
 from smartgo_analytics.local.stack import LOCAL_BUCKET
@@ -338,7 +339,7 @@ def comparables_price_error() -> dict:
             }
             for s in history
         ],
-        schema=bands_core.SALES_SCHEMA,
+        schema=SALES_SCHEMA,
     )
     bands = bands_core.price_bands(sold, last).to_pylist()
     median_of = {

@@ -8,10 +8,6 @@ from datetime import date, timedelta
 
 import numpy as np
 import pyarrow as pa
-from pyiceberg.schema import Schema
-from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
-
-from smartgo_analytics.core import sales_table
 
 NAMESPACE = "pricing_intelligence"
 IDENTIFIER = f"{NAMESPACE}.price_bands"
@@ -24,46 +20,8 @@ LEVELS = {
 }
 PERCENTILES = {"p10": 0.10, "p25": 0.25, "median": 0.50, "p75": 0.75, "p90": 0.90}
 
-_COLUMNS = (
-    ("band_date", DateType(), True),
-    ("level", StringType(), True),
-    ("tenant_id", StringType(), True),
-    ("category", StringType(), False),
-    ("brand", StringType(), False),
-    ("condition", StringType(), False),
-    ("sales_count", LongType(), True),
-    *((name, DoubleType(), True) for name in PERCENTILES),
-    ("mean", DoubleType(), True),
-    ("window_start", DateType(), True),
-    ("window_end", DateType(), True),
-)
-DESCRIPTIONS = {
-    "band_date": "the day the 90-day window ends",
-    "level": "the grouping: which of category, brand, condition it is by",
-    "tenant_id": "the tenant",
-    "category": "category (null: rolled up)",
-    "brand": "brand (null: rolled up)",
-    "condition": "condition (null: rolled up)",
-    "sales_count": "sales in the window",
-    "p10": "10th percentile of the sold prices",
-    "p25": "25th percentile",
-    "median": "median sold price",
-    "p75": "75th percentile",
-    "p90": "90th percentile",
-    "mean": "mean sold price",
-    "window_start": "first day of the window",
-    "window_end": "last day of the window",
-}
-SCHEMA = Schema(
-    *(
-        NestedField(field_id=n, name=name, field_type=kind, required=required)
-        for n, (name, kind, required) in enumerate(_COLUMNS, start=1)
-    )
-)
-ARROW_SCHEMA = SCHEMA.as_arrow()
-# The columns of the sales table the bands are made from, typed as the table declares them.
+# The columns of the sales table the bands are made from (`price_bands_table.SALES_SCHEMA`).
 SALES_COLUMNS = ("tenant_id", "category", "brand", "condition", "sold_price", "sold_date")
-SALES_SCHEMA = pa.schema([sales_table.ARROW_SCHEMA.field(name) for name in SALES_COLUMNS])
 
 
 def window(day: date) -> tuple[date, date]:
@@ -92,7 +50,12 @@ def price_bands(sales: pa.Table | pa.RecordBatchReader, day: date) -> pa.Table:
           AND CAST(sold_date AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{first}' AND DATE '{last}'
         GROUP BY GROUPING SETS ({sets})
         ORDER BY level, tenant_id, category, brand, condition"""  # noqa: S608 - dates, not input
-    import duckdb  # here, not above: comparables and the web page import this module without it
+    # Loaded here, not above: the comparables and the web page import this module for its
+    # quantiles alone, and answer sooner without DuckDB and pyiceberg (the `comparables_page`
+    # benchmark's first answer).
+    import duckdb
+
+    from smartgo_analytics.core.price_bands_table import ARROW_SCHEMA
 
     with duckdb.connect() as connection:
         # One scan, in one thread: a stream of batches is read once, and aggregated as it comes
