@@ -71,12 +71,10 @@ def iceberg_write() -> dict:
         catalog.replace_day([table], START, START + timedelta(days=1))
 
     # Warm-up (first-use costs are not the write's), then the two writes taken in turn, so that a
-    # moment of load on the shared machine falls on both alike; the median of each. Eleven pairs:
-    # with five, a write of a third of a second measured 1.06x to 1.98x within half an hour, on
-    # write code that did not change.
+    # moment of load on the shared machine falls on both alike; the median of each.
     plain(), iceberg()
     times: dict = {plain: [], iceberg: []}
-    for _ in range(11):
+    for _ in range(5):
         for write, spent in times.items():
             started = time.perf_counter()
             write()
