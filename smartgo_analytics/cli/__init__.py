@@ -47,6 +47,12 @@ def _checked(parse):
     return check
 
 
+def _format_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="output format"
+    )
+
+
 def _day(raw: str) -> date:
     try:
         return date.fromisoformat(raw)
@@ -109,18 +115,14 @@ def parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--columns", help="comma-separated column names (default: all)")
     query.add_argument("--limit", type=_positive, default=20, help="at most this many rows")
-    query.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="output format"
-    )
+    _format_option(query)
     query.set_defaults(run=cmd_query)
     sql = commands.add_parser(
         "sql",
         help="SQL over the tables' current snapshots, with DuckDB (smartgo_sales, price_bands)",
     )
     sql.add_argument("query", help='e.g. "SELECT category, count(*) FROM smartgo_sales GROUP BY 1"')
-    sql.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="output format"
-    )
+    _format_option(sql)
     sql.set_defaults(run=cmd_sql)
     similar = commands.add_parser(
         "comparables",
@@ -133,9 +135,7 @@ def parser() -> argparse.ArgumentParser:
     similar.add_argument("--category", help="only comparables of this category")
     similar.add_argument("--condition", help="only comparables in this condition (New, Good, ...)")
     similar.add_argument("--k", type=_positive, default=10, help="how many comparables")
-    similar.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="output format"
-    )
+    _format_option(similar)
     similar.set_defaults(run=cmd_comparables)
     web = commands.add_parser(
         "web", help="the comparables page: pictures, prices and the suggested band, in a browser"

@@ -37,25 +37,29 @@ class DayQuality:
     agreement_sales: int = 0
     drifts: dict[str, float] = field(default_factory=dict)  # "tenant/category" -> distance
 
+    @classmethod
+    def combined(cls, parts: Iterable[DayQuality]) -> DayQuality:
+        """The figures of all the parts (each tenant's day, say), in one pass: a vector equal to
+        another part's image counts as a duplicate."""
+        whole = cls()
+        rows: Counter[bytes] = Counter()
+        for part in parts:
+            whole.vectors += part.vectors
+            whole.norm_sum += part.norm_sum
+            whole.norm_squares += part.norm_squares
+            whole.norm_min = min(whole.norm_min, part.norm_min)
+            whole.norm_max = max(whole.norm_max, part.norm_max)
+            for print_, found in part.images_by_vector.items():
+                whole.images_by_vector.setdefault(print_, set()).update(found)
+            rows.update(part.rows_by_vector)
+            whole.agreement_sum += part.agreement_sum
+            whole.agreement_sales += part.agreement_sales
+            whole.drifts.update(part.drifts)
+        whole.rows_by_vector = dict(rows)
+        return whole
+
     def __add__(self, other: DayQuality) -> DayQuality:
-        """The figures of both (of two tenants' days, say): a vector equal to one of the other's
-        images counts as a duplicate."""
-        images = {print_: set(found) for print_, found in self.images_by_vector.items()}
-        for print_, found in other.images_by_vector.items():
-            images.setdefault(print_, set()).update(found)
-        rows = Counter(self.rows_by_vector) + Counter(other.rows_by_vector)
-        return DayQuality(
-            vectors=self.vectors + other.vectors,
-            norm_sum=self.norm_sum + other.norm_sum,
-            norm_squares=self.norm_squares + other.norm_squares,
-            norm_min=min(self.norm_min, other.norm_min),
-            norm_max=max(self.norm_max, other.norm_max),
-            images_by_vector=images,
-            rows_by_vector=dict(rows),
-            agreement_sum=self.agreement_sum + other.agreement_sum,
-            agreement_sales=self.agreement_sales + other.agreement_sales,
-            drifts={**self.drifts, **other.drifts},
-        )
+        return DayQuality.combined([self, other])
 
     def add_norms(self, vectors: np.ndarray) -> None:
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)

@@ -365,18 +365,18 @@ def measure_tenants(
     spools: dict[str, DaySpool],
 ) -> DayQuality:
     """The day's vectors of each tenant that sold that day, against its index and trailing days."""
-    quality = DayQuality()
+    parts = []
     for tenant, spool in spools.items():
         opened: list[Path] = []
         try:
             tenant_index = open_tenant(store, manifests[tenant], opened)
             trailing = trailing_sums(store, tenant, day, manifests[tenant])
-            quality += measure_day(tenant_index, day, spool, trailing)
+            parts.append(measure_day(tenant_index, day, spool, trailing))
             tenant_index.close()
         finally:
             for path in opened:
                 store.release(path)
-    return quality
+    return DayQuality.combined(parts)
 
 
 def trailing_sums(store: ObjectStore, tenant: str, day: date, manifest: Manifest) -> list[pa.Table]:

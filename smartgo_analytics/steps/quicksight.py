@@ -52,7 +52,7 @@ def export_day(day: str, sales_data: SalesDataTable, object_store: ObjectStore, 
         for item in page:
             plain, nulled = plain_value(item)
             items.append(plain)
-            nulls += nulled
+            nulls.update(nulled)
     object_store.put_bytes(daily_metrics_key(day), encode_ndjson(items), NDJSON)
     unknown = unknown_kinds(items)
     if unknown:
