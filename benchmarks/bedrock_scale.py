@@ -28,7 +28,7 @@ def paced_to_quota() -> dict:
                 requests_per_minute=quota,
             )
             seconds, metadata = rig.materialize(
-                "product_image_embeddings", worker_processes=WORKERS, worker_min_sales=1
+                "product_image_embeddings", worker_processes=WORKERS, worker_min_cpu_s=0
             )
             served = httpx.get(f"{rig.servers['bedrock'].url}/quota").json()
         requests = served["admitted"] + served["refused"]

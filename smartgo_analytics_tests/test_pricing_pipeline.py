@@ -28,6 +28,7 @@ from smartgo_analytics.assets.pricing_intelligence import (
 from smartgo_analytics.assets.quicksight import price_bands_dataset
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.embedding.work import (
+    ProcessRule,
     SalesRun,
     SaleWork,
     WorkerFailed,
@@ -819,7 +820,7 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
         Bucket=f"{s3_bucket[:50]}-split"
     )
     split = resources(stack, f"{s3_bucket[:50]}-split", bedrock, cdn, tmp_path / "split")
-    result = run(split, day, worker_processes=3, worker_min_sales=1, max_error_ratio=0.5)
+    result = run(split, day, worker_processes=3, worker_min_cpu_s=0, max_error_ratio=0.5)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert metadata["worker_processes"].value == 3
@@ -839,7 +840,7 @@ def test_a_day_split_over_worker_processes_writes_what_one_process_writes(
     }
 
     bedrock_calls.reset()
-    again = run(split, day, worker_processes=3, worker_min_sales=1, max_error_ratio=0.5)
+    again = run(split, day, worker_processes=3, worker_min_cpu_s=0, max_error_ratio=0.5)
     metadata = again.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert bedrock_calls.calls == 0 and metadata["embeddings_reused"].value == 24
 
@@ -859,7 +860,7 @@ def test_a_day_whose_sales_share_one_url_in_several_workers_embeds_it_once(
     insert_products(stack.postgres_uri, hot + cold)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
 
-    result = run(res, day, worker_processes=3, worker_min_sales=1)
+    result = run(res, day, worker_processes=3, worker_min_cpu_s=0)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     # Chunks go to whichever worker is free: the URL's later sales only download and copy it.
@@ -933,7 +934,7 @@ def test_a_worker_process_that_dies_fails_the_work_naming_it_and_how(cdn, tmp_pa
     ]
 
     with pytest.raises(WorkerFailed, match=rf"embedding worker process \d+ {how}"):
-        list(SalesRun(work, items, 2, Pace(processes=worker_context())))
+        list(SalesRun(work, items, ProcessRule(2, min_cpu_s=0), Pace(processes=worker_context())))
 
 
 def paced_day(stack, cdn, cdn_state, day: str, sales: int, tag: str) -> None:
@@ -956,7 +957,7 @@ def test_worker_processes_pace_their_calls_together_to_the_quota(
         endpoint_url=bedrock, region_name="us-east-1", requests_per_minute=600, max_concurrency=12
     )
 
-    result = run(res, day, worker_processes=3, worker_min_sales=1)
+    result = run(res, day, worker_processes=3, worker_min_cpu_s=0)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert metadata["worker_processes"].value == 3
@@ -984,7 +985,7 @@ def test_a_quota_lower_than_configured_slows_the_calls_down_and_loses_no_vector(
         model_timeout_backoff_s=0.05,
     )
 
-    result = run(res, day, worker_processes=2, worker_min_sales=1)
+    result = run(res, day, worker_processes=2, worker_min_cpu_s=0)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert metadata["embedded"].value == 24 and bedrock_calls.calls == 24
@@ -1011,7 +1012,7 @@ def test_calls_are_paced_to_a_tokens_per_minute_quota_by_what_each_answer_says_i
         max_concurrency=12,
     )
 
-    result = run(res, day, worker_processes=2, worker_min_sales=1)
+    result = run(res, day, worker_processes=2, worker_min_cpu_s=0)
 
     metadata = result.asset_materializations_for_node("product_image_embeddings")[0].metadata
     assert metadata["embedded"].value == 30 and bedrock_calls.calls == 30

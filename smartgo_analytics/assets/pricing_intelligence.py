@@ -25,6 +25,7 @@ from smartgo_analytics.core.embedding_day import (
 from smartgo_analytics.core.sales import DUPLICATE_REASON, validated_day
 from smartgo_analytics.embedding.config import EmbeddingConfig
 from smartgo_analytics.embedding.work import (
+    ProcessRule,
     SalesRun,
     start_worker_server,
 )
@@ -128,14 +129,14 @@ def product_image_embeddings(
     start, end = context.partition_time_window
     with permanent_errors(DynamoDBError):
         image_vectors.check()
-    processes = config.worker_processes if smartgo_sales.num_rows >= config.worker_min_sales else 1
-    if processes > 1:
+    rule = ProcessRule(config.worker_processes, config.worker_min_cpu_s, config.worker_probe_sales)
+    if rule.processes > 1 and smartgo_sales.num_rows > rule.probe_sales:
         start_worker_server()  # it starts while the table and the last run's downloads are read
     items = sales_with_downloads(smartgo_sales, iceberg, object_store, image_embedder, start, end)
     pace = shared_pace(image_embedder)
     work = sale_work(config, items, image_fetcher, object_store, image_embedder, image_vectors)
     path = results_file()
-    run = SalesRun(work, items, processes, pace)
+    run = SalesRun(work, items, rule, pace)
     with outage_fails_the_step(), disk_full_is_named():
         tally = write_results(
             run,

@@ -16,9 +16,13 @@ class EmbeddingConfig(Config):
         default_factory=lambda: settings().embedding_worker_processes,
         description="processes the day's sales are split over (each has its own interpreter lock)",
     )
-    worker_min_sales: int = Field(
-        default=1_000,
-        description="smaller days stay in the step's process (a worker takes ~1 s to start; the `embedding_throughput` benchmark)",
+    worker_min_cpu_s: float = Field(
+        default=4.0,
+        description="the worker processes start when the day's sales will cost at least this much "
+        "CPU, judged from the first sales' cost (0: always); a pool takes about a second to start",
+    )
+    worker_probe_sales: int = Field(
+        default=32, description="the first sales, run in the step's process to measure their cost"
     )
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
     outage_allowance_s: float = Field(

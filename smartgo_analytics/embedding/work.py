@@ -16,6 +16,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -229,6 +230,7 @@ class Outcome:
 
     embedding_calls: int = 0
     processes: int = 1
+    first_sales_cpu_ms: float | None = None  # CPU per sale of the first sales, in this process
     sales_per_process: list[int] = field(default_factory=list)
     outages: list[OutageReport] = field(default_factory=list)  # per dependency and process
 
@@ -311,19 +313,33 @@ def start_worker_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
+@dataclass(frozen=True)
+class ProcessRule:
+    """When a day's sales go to worker processes: when the CPU they will cost is worth a pool's
+    start (about a second). The cost is measured, not guessed from the number of sales: the first
+    `probe_sales` run in this process, and their CPU per sale times the sales left is the estimate.
+    A day of photos costs ~70 ms of CPU a sale, of drawings ~6 ms (the `embedding_throughput`
+    benchmark), so 240 photos use the workers and 240 drawings do not. `min_cpu_s` 0: always."""
+
+    processes: int
+    min_cpu_s: float = 4.0
+    probe_sales: int = 32
+
+
 class SalesRun:
     """The day's sales through the work: iterating gives every item's result in the items' order,
-    in this process or in chunks over `processes` worker processes that divide the work's download
-    and Bedrock bounds and share one `pace`; then `outcome` says what the run did besides."""
+    in this process or, past the `rule`'s first sales, in chunks over worker processes that divide
+    the work's download and Bedrock bounds and share one `pace`; then `outcome` says what the run
+    did besides."""
 
     def __init__(
-        self, work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, pace: Pace
+        self, work: SaleWork, items: list[tuple[dict, dict | None]], rule: ProcessRule, pace: Pace
     ):
-        self.work, self.items, self.processes, self.pace = work, items, processes, pace
+        self.work, self.items, self.rule, self.pace = work, items, rule, pace
         self._outcome: Outcome | None = None
 
     def __iter__(self) -> Iterator[dict]:
-        self._outcome = yield from _results(self.work, self.items, self.processes, self.pace)
+        self._outcome = yield from _results(self.work, self.items, self.rule, self.pace)
 
     @property
     def outcome(self) -> Outcome:
@@ -332,21 +348,70 @@ class SalesRun:
         return self._outcome
 
 
+@dataclass
+class FirstSales:
+    """The results of the first sale of each repeated image URL, which complete the later sales'
+    results that a worker marked DEFERRED."""
+
+    repeated: set[str]
+    first: dict[str, dict] = field(default_factory=dict)
+
+    def complete(self, result: dict) -> dict:
+        url = result["image_url"]
+        if result.pop(DEFERRED, False):
+            return from_first_sale(result, self.first.get(url))
+        if url in self.repeated and url not in self.first:
+            self.first[url] = result
+        return result
+
+
 def _results(
-    work: SaleWork, items: list[tuple[dict, dict | None]], processes: int, pace: Pace
+    work: SaleWork, items: list[tuple[dict, dict | None]], rule: ProcessRule, pace: Pace
+) -> Generator[dict, None, Outcome]:
+    # Each worker has at least one thread and one Bedrock call in flight.
+    processes = min(rule.processes, work.threads, work.image_embedder.max_concurrency)
+    marked, repeated = mark_deferred(items)
+    first = FirstSales(repeated)
+    probed = 0 if processes <= 1 or rule.min_cpu_s <= 0 else min(rule.probe_sales, len(items))
+    cpu_ms: float | None = None
+    try:
+        if probed:
+            started = time.process_time()
+            for result in work.run(items[:probed]):
+                yield first.complete(result)
+            cpu_ms = (time.process_time() - started) * 1000 / probed
+        rest = len(items) - probed
+        pooled = processes > 1 and (
+            rule.min_cpu_s <= 0 or (cpu_ms or 0.0) * rest / 1000 >= rule.min_cpu_s
+        )
+        if not pooled:
+            for result in work.run(items[probed:]):
+                yield first.complete(result)
+    finally:
+        work.close()
+    outcome = Outcome(embedding_calls=work.embedding_calls, first_sales_cpu_ms=cpu_ms)
+    outcome.outages = list(work.outages().values())
+    if pooled:
+        start_worker_server()
+        pool_outcome = yield from _in_workers(work, marked[probed:], processes, pace, first)
+        outcome.processes = pool_outcome.processes
+        outcome.embedding_calls += pool_outcome.embedding_calls
+        in_step = [probed] if probed else []
+        outcome.sales_per_process = sorted(
+            [*pool_outcome.sales_per_process, *in_step], reverse=True
+        )
+        outcome.outages += pool_outcome.outages
+    return outcome
+
+
+def _in_workers(
+    work: SaleWork,
+    marked: list[tuple[dict, dict | None]],
+    processes: int,
+    pace: Pace,
+    first: FirstSales,
 ) -> Generator[dict, None, Outcome]:
     outcome = Outcome()
-    # Each worker has at least one thread and one Bedrock call in flight.
-    processes = min(processes, work.threads, work.image_embedder.max_concurrency)
-    if processes <= 1:
-        try:
-            yield from work.run(items)
-        finally:
-            work.close()
-            outcome.outages = list(work.outages().values())
-        outcome.embedding_calls = work.embedding_calls
-        return outcome
-    marked, repeated = mark_deferred(items)
     threads = max(1, work.threads // processes)
     settings = [
         _settings_of(work.image_fetcher),
@@ -363,7 +428,6 @@ def _results(
     chunks = (marked[n : n + size] for n in range(0, len(marked), size))
     per_process: Counter[int] = Counter()
     outages: dict[int, dict[str, OutageReport]] = {}
-    first_results: dict[str, dict] = {}
     before = set(multiprocessing.active_children())
     workers: set = set()
     pool = ProcessPoolExecutor(
@@ -382,27 +446,13 @@ def _results(
     finished = False
     try:
         pending: deque[Future] = deque()
-
-        def results_of(future: Future) -> Iterator[dict]:
-            pid, results, calls, reports = future.result()
-            per_process[pid] += len(results)
-            outages[pid] = reports
-            outcome.embedding_calls += calls
-            for result in results:
-                url = result["image_url"]
-                if result.pop(DEFERRED, False):
-                    result = from_first_sale(result, first_results.get(url))
-                elif url in repeated and url not in first_results:
-                    first_results[url] = result
-                yield result
-
         for chunk in chunks:
             pending.append(pool.submit(_run_chunk, chunk))
             workers |= set(multiprocessing.active_children()) - before
             if len(pending) >= 4 * processes:  # done chunks wait while an earlier one is slow
-                yield from results_of(pending.popleft())
+                yield from _chunk_results(pending.popleft(), first, outcome, per_process, outages)
         while pending:
-            yield from results_of(pending.popleft())
+            yield from _chunk_results(pending.popleft(), first, outcome, per_process, outages)
         finished = True
     except BrokenProcessPool:
         pool.shutdown(wait=True)  # every worker has ended: their exit codes are known
@@ -418,9 +468,24 @@ def _results(
                 process.kill()
         pool.shutdown(wait=True)
     outcome.processes = processes
-    outcome.sales_per_process = sorted(per_process.values(), reverse=True)
+    outcome.sales_per_process = list(per_process.values())
     outcome.outages = [report for reports in outages.values() for report in reports.values()]
     return outcome
+
+
+def _chunk_results(
+    future: Future,
+    first: FirstSales,
+    outcome: Outcome,
+    per_process: Counter[int],
+    outages: dict[int, dict[str, OutageReport]],
+) -> Iterator[dict]:
+    pid, results, calls, reports = future.result()
+    per_process[pid] += len(results)
+    outages[pid] = reports
+    outcome.embedding_calls += calls
+    for result in results:
+        yield first.complete(result)
 
 
 def _how_workers_ended(workers: set, processes: int) -> str:

@@ -149,6 +149,8 @@ def embedding_metadata(
         "bedrock_requests": paced.calls,  # HTTP attempts, retries included
         "throttled_responses": paced.throttled,
         "worker_processes": outcome.processes,
+        # What decided the worker processes: the first sales' CPU each, in the step's process.
+        "first_sales_cpu_ms_per_sale": round(outcome.first_sales_cpu_ms or 0.0, 1),
         # Transient failures waited out, never counted as a sale's error.
         "outage_retries": sum(f["retries"] for f in outcome.outage_figures().values()),
         "sales_requeued": sum(f["requeued"] for f in outcome.outage_figures().values()),
