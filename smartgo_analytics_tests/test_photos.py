@@ -64,10 +64,10 @@ def test_a_heic_picture_is_refused_with_a_reason_that_says_what_to_send_instead(
 
 
 def test_a_small_day_of_photos_uses_the_worker_processes_and_as_many_drawings_do_not(
-    stack, s3_bucket, bedrock, cdn, cdn_state, tmp_path, corpus
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path, corpus
 ):
     photos = [corpus[n] for n in corpus if n.startswith("12MP") and "WebP" not in n]
-    days = {"2025-07-01": "photo", "2025-07-02": "drawing"}
+    days = {"2025-09-21": "photo", "2025-09-22": "drawing"}
     for day, kind in days.items():
         for n in range(30):
             picture = stamped(photos[n % len(photos)], n) if kind == "photo" else None
@@ -89,5 +89,5 @@ def test_a_small_day_of_photos_uses_the_worker_processes_and_as_many_drawings_do
     # 24 photos after the first 6 cost well over a second of CPU; 24 drawings a fraction of one.
     assert used["photo"][0] == 2 and used["drawing"][0] == 1, used
     assert used["photo"][1] > 4 * used["drawing"][1], used
-    rows = day_rows(res, "2025-07-01")
+    rows = day_rows(res, "2025-09-21")
     assert len(rows) == 30 and all(r["embedding_vector"] is not None for r in rows.values())

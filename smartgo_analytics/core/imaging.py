@@ -21,8 +21,13 @@ MAX_PIXELS = 50_000_000
 # Decoded pixels the threads of one process may hold at once. An image costs its decoded size
 # twice (the pixels and one converted copy); a JPEG larger than Titan takes is decoded at a reduced
 # scale (1/2 to 1/8) to begin with. An image that alone needs more is refused; others wait their
-# turn, so the download threads' decodes never add up past this, whatever the pictures are.
-DECODE_MEMORY_BUDGET = 512 * 2**20
+# turn, so the download threads' decodes never add up past this, whatever the pictures are. The
+# embedding step shares one such budget between its worker processes (embedding/work.py).
+DECODE_MEMORY_BUDGET = 384 * 2**20
+# Downloaded bytes the pipeline's processes hold at once, from the first byte read until the copy is
+# stored: 32 photos of 4 MB. A day of photos then has the same bound as a day of drawings,
+# whatever the number of download threads and processes (the memory benchmarks measure it).
+DOWNLOAD_MEMORY_BUDGET = 128 * 2**20
 
 
 class BadImage(Exception):
@@ -74,33 +79,60 @@ def source_format(pillow_format: str | None) -> SourceFormat:
 
 
 class DecodeBudget:
-    """A pool of bytes that decodes take from and give back, waiting while it is short."""
+    """A pool of bytes that decodes (or downloads) take from and give back, waiting while it is
+    short. Made with a multiprocessing context and handed to the worker processes it starts (as the
+    embedding step does), it bounds them all together: a day's pictures in flight stay within it
+    however many processes and threads there are."""
 
-    def __init__(self, total: int):
-        self.total = total
-        self._free = total
-        self._changed = threading.Condition()
-        self.most_held = 0
+    def __init__(self, total: int, processes=None, what: str = "decode"):
+        self.total, self.what = total, what
+        # [free, most held]: in shared memory when processes share the budget.
+        if processes is None:
+            self._state: list[int] = [total, 0]
+            self._changed = threading.Condition()
+        else:
+            shared = processes.Array("q", [total, 0], lock=False)
+            self._state, self._changed = shared, processes.Condition()
+
+    @property
+    def most_held(self) -> int:
+        return self._state[1]
+
+    def take(self, cost: int) -> int:
+        """Take `cost` bytes, once they are free; the caller gives them back with `give`."""
+        if cost > self.total:
+            raise BadImage(
+                f"needs {cost / 2**20:.0f} MiB to {self.what}, over the "
+                f"{self.total / 2**20:.0f} MiB budget"
+            )
+        with self._changed:
+            self._changed.wait_for(lambda: self._state[0] >= cost)
+            self._state[0] -= cost
+            self._state[1] = max(self._state[1], self.total - self._state[0])
+        return cost
+
+    def give(self, cost: int) -> None:
+        with self._changed:
+            self._state[0] += cost
+            self._changed.notify_all()
 
     @contextlib.contextmanager
     def hold(self, cost: int):
-        if cost > self.total:
-            raise BadImage(
-                f"needs {cost / 2**20:.0f} MiB to decode, over the {self.total / 2**20:.0f} MiB budget"
-            )
-        with self._changed:
-            self._changed.wait_for(lambda: self._free >= cost)
-            self._free -= cost
-            self.most_held = max(self.most_held, self.total - self._free)
+        self.take(cost)
         try:
             yield
         finally:
-            with self._changed:
-                self._free += cost
-                self._changed.notify_all()
+            self.give(cost)
 
 
 PROCESS_DECODE_BUDGET = DecodeBudget(DECODE_MEMORY_BUDGET)
+_budget = PROCESS_DECODE_BUDGET  # what `decoded` takes from: this process's, or one shared
+
+
+def use_decode_budget(budget: DecodeBudget | None) -> None:
+    """Decode within `budget` (shared with other processes) from now on; None: this process's own."""
+    global _budget
+    _budget = budget or PROCESS_DECODE_BUDGET
 
 
 @functools.cache
@@ -149,7 +181,7 @@ def decoded(data: bytes, max_side: int | None = None, *, within: int | None = No
     short = shorter_than_declared(image, len(data))
     if short:
         raise BadImage(short)
-    with PROCESS_DECODE_BUDGET.hold(cost):
+    with _budget.hold(cost):
         try:
             image.load()
         except Exception as error:

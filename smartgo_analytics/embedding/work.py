@@ -29,7 +29,14 @@ from dagster import ConfigurableResource
 
 from smartgo_analytics.core.batching import Batched, WriteBehind
 from smartgo_analytics.core.embedding_day import DEFERRED, from_first_sale, mark_deferred
-from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.core.imaging import (
+    DECODE_MEMORY_BUDGET,
+    DOWNLOAD_MEMORY_BUDGET,
+    BadImage,
+    DecodeBudget,
+    prepare_for_titan,
+    use_decode_budget,
+)
 from smartgo_analytics.core.outage import Outage, OutageReport, OutageTooLong
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.layout import UnsafeKey, image_key
@@ -73,6 +80,10 @@ class SaleWork:
     # How long one sale's call keeps failing while others get through before it is its own error.
     own_window_s: float = 30.0
     embedding_calls: int = 0
+    # Downloaded bytes in flight: this process's own, or one budget every worker process shares.
+    downloads: DecodeBudget = field(
+        default_factory=lambda: DecodeBudget(DOWNLOAD_MEMORY_BUDGET, what="download")
+    )
     _in_flight: dict[str, Future] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
@@ -115,14 +126,17 @@ class SaleWork:
                     embedding_reused=True,
                 )
                 return result
-            prepared = prepare_for_titan(fetched.data)
-            sha = hashlib.sha256(fetched.data).hexdigest()
-            # The copy is the downloaded file, named and typed by its own format.
-            source = prepared.source_format
-            key = image_key(sale["tenant_id"], sale["product_id"], sha, source.extension)
-            result["image_s3_key"] = self.object_store.put_bytes(
-                key, fetched.data, source.content_type
-            )
+            try:  # the downloaded bytes are let go once copied: the embedding needs the prepared
+                prepared = prepare_for_titan(fetched.data)
+                sha = hashlib.sha256(fetched.data).hexdigest()
+                # The copy is the downloaded file, named and typed by its own format.
+                source = prepared.source_format
+                key = image_key(sale["tenant_id"], sale["product_id"], sha, source.extension)
+                result["image_s3_key"] = self.object_store.put_bytes(
+                    key, fetched.data, source.content_type
+                )
+            finally:
+                self.downloads.give(fetched.held)
             result.update(image_sha256=sha, embedding_model=model_id)
             if sale.get(DEFERRED):  # another sale of this URL, elsewhere, is embedding it
                 result[DEFERRED] = True
@@ -143,7 +157,7 @@ class SaleWork:
         host = _host(url)
         try:
             return self._outage(f"CDN {host}", minor=host in self.minor_hosts).call(
-                lambda: self.image_fetcher.fetch(url, if_none_match=etag)
+                lambda: self.image_fetcher.fetch(url, if_none_match=etag, budget=self.downloads)
             )
         except OutageTooLong as error:
             if host not in self.minor_hosts:
@@ -269,6 +283,7 @@ def _start_worker(
     allowance_s: float,
     minor: frozenset[str],
     own_window_s: float,
+    budgets: tuple[DecodeBudget, DecodeBudget],
 ) -> None:
     """ProcessPoolExecutor's initializer: the worker's resources, built from their settings. A
     failure is kept and raised by the worker's first chunk, with its traceback, not lost in a log."""
@@ -276,8 +291,18 @@ def _start_worker(
     try:
         fetcher, store, embedder, vectors = (kind(**fields) for kind, fields in settings)
         embedder.use_pace(pace)
+        decodes, downloads = budgets
+        use_decode_budget(decodes)
         _work = SaleWork(
-            fetcher, store, embedder, vectors, threads, allowance_s, minor, own_window_s
+            fetcher,
+            store,
+            embedder,
+            vectors,
+            threads,
+            allowance_s,
+            minor,
+            own_window_s,
+            downloads=downloads,
         )
     except BaseException as error:
         _setup_error = error
@@ -441,6 +466,11 @@ def _in_workers(
             work.outage_allowance_s,
             work.minor_hosts,
             work.own_window_s,
+            # One budget of decoded pixels and one of downloaded bytes for every worker together.
+            (
+                DecodeBudget(DECODE_MEMORY_BUDGET, worker_context()),
+                DecodeBudget(DOWNLOAD_MEMORY_BUDGET, worker_context(), "download"),
+            ),
         ),
     )
     finished = False

@@ -9,6 +9,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin
 
 import httpx
@@ -35,6 +36,15 @@ def tls_context() -> ssl.SSLContext:
 class Fetched:
     data: bytes | None  # None: not modified since the ETag that was sent
     etag: str | None
+    held: int = 0  # bytes taken from the caller's budget for `data`: the caller gives them back
+
+
+class Budget(Protocol):
+    """Bytes to take before a body is read (core/imaging.DecodeBudget)."""
+
+    def take(self, cost: int) -> int: ...
+
+    def give(self, cost: int) -> None: ...
 
 
 class ImageFetchError(Exception):
@@ -103,15 +113,18 @@ class ImageFetcher(ConfigurableResource):
         for transport in transports:
             transport.close()
 
-    def fetch(self, url: str, if_none_match: str | None = None) -> Fetched:
+    def fetch(
+        self, url: str, if_none_match: str | None = None, budget: Budget | None = None
+    ) -> Fetched:
         """The image bytes and ETag, or ImageFetchError with the reason.
 
         With `if_none_match` (an ETag from an earlier download) an unchanged image costs one
-        conditional request and returns no bytes.
+        conditional request and returns no bytes. With `budget`, the body's bytes (as declared, or
+        `max_bytes`) are taken from it before it is read, and are the caller's to give back.
         """
         try:
             return call_with_retries(
-                lambda: self._attempt(url, if_none_match),
+                lambda: self._attempt(url, if_none_match, budget),
                 retryable=lambda error: isinstance(error, _Retryable),
                 retries=self.retries,
                 base_s=self.backoff_base_s,
@@ -125,7 +138,7 @@ class ImageFetcher(ConfigurableResource):
                 f"unusable URL or answer: {type(error).__name__}: {str(error)[:100]!r}"
             ) from None
 
-    def _attempt(self, url: str, if_none_match: str | None) -> Fetched:
+    def _attempt(self, url: str, if_none_match: str | None, budget: Budget | None) -> Fetched:
         deadline = time.monotonic() + self.timeout_s
         current = url
         for _ in range(self.max_redirects + 1):
@@ -152,8 +165,15 @@ class ImageFetcher(ConfigurableResource):
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > self.max_bytes:
                         raise ImageFetchError(f"too large: {int(declared)} bytes declared")
-                    body = self._read_body(response, deadline)
-                    return Fetched(body, response.headers.get("etag"))
+                    size = int(declared) if declared and declared.isdigit() else self.max_bytes
+                    held = budget.take(max(size, 1)) if budget is not None else 0
+                    try:
+                        body = self._read_body(response, deadline)
+                    except BaseException:
+                        if budget is not None:
+                            budget.give(held)
+                        raise
+                    return Fetched(body, response.headers.get("etag"), held)
             except httpx.TimeoutException:
                 raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
             except httpx.TransportError as error:
