@@ -18,13 +18,18 @@ from benchmarks.concurrent_backfill import backfill_runs_at_once
 from benchmarks.faults import faults_that_pass
 from benchmarks.iceberg_write import iceberg_write
 from benchmarks.memory import day_of_100k_sales
-from benchmarks.pricing import embedding_throughput, unchanged_rematerialisation
+from benchmarks.pricing import (
+    embedding_throughput,
+    photo_throughput,
+    unchanged_rematerialisation,
+)
 from benchmarks.quicksight_backfill import quicksight_backfill
 from benchmarks.similarity import comparables_price_error, similarity_index_at_1m
 from benchmarks.ui_run import ui_day_run
 from benchmarks.web import comparables_page
 
 BENCHMARKS = [
+    photo_throughput,
     embedding_throughput,
     iceberg_write,
     day_of_100k_sales,

@@ -35,6 +35,7 @@ from xml.sax.saxutils import escape
 from PIL import Image
 
 from smartgo_analytics.local.demo_data import CATEGORIES, draw_product_image
+from smartgo_analytics.local.photos import corpus_picture
 
 LAST_MODIFIED = "Wed, 15 Jan 2025 00:00:00 GMT"
 
@@ -58,14 +59,18 @@ def distinct_images(count: int) -> list[bytes]:
 Reply = tuple[int, dict[str, str], bytes]
 
 
-def cdn_app(images: list[bytes]):
-    """GET /img/<n>.jpg with an ETag; If-None-Match answered with 304."""
-    etags = [f'"{hashlib.sha1(image).hexdigest()}"' for image in images]
+def cdn_app(images: list[bytes] | None):
+    """GET /img/<n>.jpg with an ETag; If-None-Match answered with 304. Without `images`, picture n
+    is the photo corpus's, stamped with n (made per request: the corpus is held once, not n times)."""
+    etags = [f'"{hashlib.sha1(image).hexdigest()}"' for image in images or []]
 
     def app(method: str, target: str, headers: dict, body: bytes) -> Reply:
         try:
             n = int(target.rsplit("/", 1)[-1].split(".")[0])
-            image, etag = images[n], etags[n]
+            if images is None:
+                image, etag = corpus_picture(n), f'"photo-{n}"'
+            else:
+                image, etag = images[n], etags[n]
         except (ValueError, IndexError):
             return 404, {}, b""
         if headers.get("if-none-match") == etag:
@@ -289,6 +294,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["cdn", "bedrock", "s3", "dynamodb", "moto"])
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--pictures", choices=["drawings", "photos"], default="drawings")
     parser.add_argument("--quota", type=float, default=0.0, help="Bedrock requests per minute")
     args = parser.parse_args()
     # Serve until the parent closes our standard input.
@@ -299,7 +305,9 @@ def main() -> None:
         print(f"PORT {start_moto().server_port}", flush=True)
         threading.Event().wait()
     app = {
-        "cdn": lambda: cdn_app(distinct_images(args.images)),
+        "cdn": lambda: cdn_app(
+            distinct_images(args.images) if args.pictures == "drawings" else None
+        ),
         "s3": s3_app,
         "dynamodb": dynamodb_app,
         "bedrock": lambda: bedrock_app(args.quota),

@@ -97,6 +97,8 @@ class Settings:
     quicksight_dataset_ids: dict[str, str] = field(default_factory=dict)
     asset_owners: list[str] = field(default_factory=lambda: ["team:data-engineering"])
     embedding_quality: QualityThresholds = QualityThresholds()
+    # The local demo's product pictures: 256-px "drawings", or "photos" of 2-5 MB (local/photos).
+    demo_pictures: str = "drawings"
 
     @property
     def catalog_properties(self) -> dict[str, str]:
@@ -206,7 +208,11 @@ def settings() -> Settings:
         raise ConfigurationError(
             f"TITAN_EMBEDDING_DIMENSION={dimension} is not one of {', '.join(map(str, TITAN_DIMENSIONS))}"
         )
+    demo_pictures = os.environ.get("DEMO_PICTURES", "drawings")
+    if demo_pictures not in ("drawings", "photos"):
+        raise ConfigurationError(f"DEMO_PICTURES={demo_pictures!r} must be drawings or photos")
     return Settings(
+        demo_pictures=demo_pictures,
         deployment=deployment,
         smartgo_home=os.environ.get("SMARTGO_HOME", ".smartgo"),
         partitions_start=partitions_start,

@@ -68,7 +68,9 @@ def measure(path, count: int) -> dict:
 
 
 def test_concurrent_worst_case_images_stay_within_the_decode_budget(tmp_path):
-    side = int(MAX_PIXELS**0.5) - 10  # just under the pixel guard: 147 MB of RGB each, decoded
+    # The largest picture the decode budget admits (its pixels and a copy): about 96 MiB of RGB.
+    side = int((DECODE_MEMORY_BUDGET / 6) ** 0.5) - 10
+    assert side**2 < MAX_PIXELS
     path = tmp_path / "big.png"
     Image.new("RGB", (side, side), (30, 120, 200)).save(path, format="PNG")
     assert path.stat().st_size < 10 * 2**20
@@ -80,7 +82,7 @@ def test_concurrent_worst_case_images_stay_within_the_decode_budget(tmp_path):
     assert all("too large" in r for r in report["results"][4:])
     budget_mib = DECODE_MEMORY_BUDGET / 2**20
     assert 0 < report["most_held_mib"] <= budget_mib
-    # Four at once would take 1.2 GiB of decoded pixels; the budget lets them through in turns.
+    # Four at once would take 768 MiB of decoded pixels; the budget lets them through in turns.
     assert report["grew_mib"] < budget_mib + 160, report
     print(
         f"peak grew {report['grew_mib']:.0f} MiB; decodes held at most {report['most_held_mib']:.0f} MiB"

@@ -18,16 +18,17 @@ TITAN_MAX_SIDE = 2048
 TITAN_FORMATS = {"JPEG": "jpg", "PNG": "png"}
 # Decompression-bomb guard: far more pixels than any product photo has.
 MAX_PIXELS = 50_000_000
-# Decoded pixels the threads of one process may hold at once. An image costs its decoded size
-# twice (the pixels and one converted copy); a JPEG larger than Titan takes is decoded at a reduced
-# scale (1/2 to 1/8) to begin with. An image that alone needs more is refused; others wait their
-# turn, so the download threads' decodes never add up past this, whatever the pictures are. The
-# embedding step shares one such budget between its worker processes (embedding/work.py).
-DECODE_MEMORY_BUDGET = 384 * 2**20
-# Downloaded bytes the pipeline's processes hold at once, from the first byte read until the copy is
-# stored: 32 photos of 4 MB. A day of photos then has the same bound as a day of drawings,
-# whatever the number of download threads and processes (the memory benchmarks measure it).
-DOWNLOAD_MEMORY_BUDGET = 128 * 2**20
+# Decoded pixels the threads of a process may hold at once (or, shared, of the embedding step's
+# worker processes together). An image costs its decoded size twice (the pixels and a copy); a JPEG
+# larger than Titan takes is decoded at a reduced scale (1/2 to 1/8), so a 12 MP photo costs 18 MB.
+# An image that alone needs more than all of it waits and is decoded alone; the others wait their
+# turn, so decodes never add up past this, whatever the pictures are.
+DECODE_MEMORY_BUDGET = 128 * 2**20
+# Downloaded bytes held at once, from the first byte read until the copy is stored (twice a body:
+# its pieces and the whole), and Bedrock requests (a prepared picture's base64 and body) until
+# answered: a dozen 4 MB photos. With the decode budget, a day of photos stays within what a day of
+# drawings needs, whatever the number of threads and processes (`photo_throughput` measures it).
+DOWNLOAD_MEMORY_BUDGET = 96 * 2**20
 
 
 class BadImage(Exception):
@@ -99,12 +100,10 @@ class DecodeBudget:
         return self._state[1]
 
     def take(self, cost: int) -> int:
-        """Take `cost` bytes, once they are free; the caller gives them back with `give`."""
-        if cost > self.total:
-            raise BadImage(
-                f"needs {cost / 2**20:.0f} MiB to {self.what}, over the "
-                f"{self.total / 2**20:.0f} MiB budget"
-            )
+        """Take `cost` bytes, once they are free; the caller gives back what this returns with
+        `give`. A cost over the whole budget waits until nothing else is held and takes it all: a
+        picture that large (MAX_PIXELS bounds it) is decoded alone."""
+        cost = min(cost, self.total)
         with self._changed:
             self._changed.wait_for(lambda: self._state[0] >= cost)
             self._state[0] -= cost
@@ -118,11 +117,11 @@ class DecodeBudget:
 
     @contextlib.contextmanager
     def hold(self, cost: int):
-        self.take(cost)
+        taken = self.take(cost)
         try:
             yield
         finally:
-            self.give(cost)
+            self.give(taken)
 
 
 PROCESS_DECODE_BUDGET = DecodeBudget(DECODE_MEMORY_BUDGET)
@@ -137,15 +136,26 @@ def use_decode_budget(budget: DecodeBudget | None) -> None:
 
 @functools.cache
 def return_freed_pixels_to_the_os() -> None:
-    """Have glibc map every block of 4 MiB or more on its own, so it goes back to the system when
-    freed. By default such blocks come from per-thread heaps that keep freed memory: with a few
-    dozen download threads, picture after picture, the process grows to several times the decode
-    budget although the budget is never exceeded (1.5 GiB against 0.3 GiB held; the `day_of_100k_sales` benchmark measures the processes' memory)."""
+    """Have glibc map every block of 1 MiB or more on its own, so it goes back to the system when
+    freed, and keep to two heaps. By default such blocks come from per-thread heaps that keep freed
+    memory: with a few dozen download threads, photo after photo (a 4 MB download, its base64 for
+    Bedrock), the process grows to several times what it holds although the budgets are never
+    exceeded (the `day_of_100k_sales` and `photo_throughput` benchmarks measure the processes)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator has its own ways
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 2**20)
+        libc.mallopt(_M_ARENA_MAX, 2)
+
+
+def give_freed_memory_back() -> None:
+    """Return the free pages inside the heaps to the system (glibc's malloc_trim): a download's
+    64 KB pieces leave holes that the heaps would otherwise keep after a burst of photos."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 @contextlib.contextmanager
@@ -170,6 +180,10 @@ def decoded(data: bytes, max_side: int | None = None, *, within: int | None = No
                     # draft takes a size and picks the largest scale that still covers it.
                     image.draft(image.mode, (width // scale, height // scale))
             cost = image.width * image.height * len(image.getbands()) * 2
+            if image.format == "JPEG" and image.info.get("progressive"):
+                cost += (
+                    width * height * 3
+                )  # the decoder's coefficients, at full size whatever the scale
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -243,18 +257,19 @@ def prepare_for_titan(data: bytes) -> PreparedImage:
         factor = -(-max(image.size) // TITAN_MAX_SIDE)
         if factor > 1:
             image = image.reduce(factor)
-        # An orientation tag Pillow cannot apply leaves the picture as it is stored.
-        with contextlib.suppress(Exception):
-            image = ImageOps.exif_transpose(image)
+        if not upright:  # an orientation tag Pillow cannot apply leaves the picture as stored
+            with contextlib.suppress(Exception):
+                image = ImageOps.exif_transpose(image)
         buffer = io.BytesIO()
+        # Converted only when the mode differs: a conversion to the same mode is a full copy.
         if has_alpha:
             # Fast deflate: the PNG is sent once and never kept, and Titan's 25 MB is far off.
-            image.convert("RGBA").save(buffer, format="PNG", compress_level=1)
+            _as(image, "RGBA").save(buffer, format="PNG", compress_level=1)
         elif image.mode == "CMYK":  # its profile describes inks, not the RGB it becomes
             image.convert("RGB").save(buffer, format="JPEG", quality=90)
         else:
             # The colour profile goes along, not converted: no pass over the pixels for it.
-            image.convert("RGB").save(buffer, format="JPEG", quality=90, icc_profile=icc)
+            _as(image, "RGB").save(buffer, format="JPEG", quality=90, icc_profile=icc)
         return PreparedImage(
             buffer.getvalue(),
             "png" if has_alpha else "jpg",
@@ -263,6 +278,10 @@ def prepare_for_titan(data: bytes) -> PreparedImage:
             True,
             source,
         )
+
+
+def _as(image: Image.Image, mode: str) -> Image.Image:
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _orientation(image: Image.Image) -> int | None:

@@ -34,7 +34,9 @@ from smartgo_analytics.core.imaging import (
     DOWNLOAD_MEMORY_BUDGET,
     BadImage,
     DecodeBudget,
+    give_freed_memory_back,
     prepare_for_titan,
+    return_freed_pixels_to_the_os,
     use_decode_budget,
 )
 from smartgo_analytics.core.outage import Outage, OutageReport, OutageTooLong
@@ -80,7 +82,8 @@ class SaleWork:
     # How long one sale's call keeps failing while others get through before it is its own error.
     own_window_s: float = 30.0
     embedding_calls: int = 0
-    # Downloaded bytes in flight: this process's own, or one budget every worker process shares.
+    # Downloaded bytes and Bedrock requests in flight: this process's own budget, or one that every
+    # worker process shares.
     downloads: DecodeBudget = field(
         default_factory=lambda: DecodeBudget(DOWNLOAD_MEMORY_BUDGET, what="download")
     )
@@ -89,6 +92,7 @@ class SaleWork:
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        return_freed_pixels_to_the_os()  # before the first download's buffers
         self._outages: dict[str, Outage] = {}
         model_id, dimension = self.image_embedder.model_id, self.image_embedder.dimension
         vectors = self.image_vectors
@@ -178,7 +182,11 @@ class SaleWork:
                 if vector is None and not stored:
                     with self._lock:
                         self.embedding_calls += 1
-                    vector = self._outage("Bedrock").call(lambda: self.image_embedder.embed(image))
+                    # The request's base64 and its body, held as the downloads are.
+                    with self.downloads.hold(3 * len(image)):
+                        vector = self._outage("Bedrock").call(
+                            lambda: self.image_embedder.embed(image)
+                        )
                     self._new.add(sha, vector)
                 future.set_result(vector)
             except BaseException as error:
@@ -318,6 +326,7 @@ def _run_chunk(items: list[tuple[dict, dict | None]]) -> tuple[int, list[dict], 
         raise RuntimeError("the embedding worker process was not set up")
     calls = work.embedding_calls
     results = list(work.run(items))
+    give_freed_memory_back()
     return os.getpid(), results, work.embedding_calls - calls, work.outages()
 
 
@@ -349,6 +358,7 @@ class ProcessRule:
     processes: int
     min_cpu_s: float = 4.0
     probe_sales: int = 32
+    decode_bound_ms: float = 25.0  # CPU per sale past which decoding, not the lock, bounds a worker
 
 
 class SalesRun:
@@ -405,10 +415,15 @@ def _results(
             for result in work.run(items[:probed]):
                 yield first.complete(result)
             cpu_ms = (time.process_time() - started) * 1000 / probed
+            give_freed_memory_back()  # what the first sales' photos took, before the workers start
         rest = len(items) - probed
         pooled = processes > 1 and (
             rule.min_cpu_s <= 0 or (cpu_ms or 0.0) * rest / 1000 >= rule.min_cpu_s
         )
+        if cpu_ms is not None and cpu_ms >= rule.decode_bound_ms:
+            # Decoding photos releases the interpreter lock: a worker's threads use the cores, and
+            # more workers than cores only add their memory and their contention.
+            processes = min(processes, max(2, os.cpu_count() or 1))
         if not pooled:
             for result in work.run(items[probed:]):
                 yield first.complete(result)

@@ -15,6 +15,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from smartgo_analytics.local.photos import corpus_picture
+from smartgo_analytics.settings import settings
+
 DEFAULT_SEED = 20250115
 DEFAULT_SALES_PER_DAY = 200
 
@@ -215,17 +218,27 @@ def _hsv(hue: int, saturation: float, value: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def write_cdn_files(cdn_dir: Path) -> int:
-    """Every image the demo rows point at, plus the deliberately broken files. Returns files written."""
+def write_cdn_files(cdn_dir: Path, pictures: str = "drawings") -> int:
+    """Every image the demo rows point at, plus the deliberately broken files. Returns files written.
+    `pictures` "photos" puts the photo corpus's pictures (2-5 MB each) where the drawings go."""
     written = 0
-    for category, (_, brands) in CATEGORIES.items():
-        for brand in brands:
-            for variant in range(IMAGE_VARIANTS):
-                path = cdn_dir / image_path(category, brand, variant)
-                if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(draw_product_image(category, brand, variant))
-                    written += 1
+    kind = cdn_dir / ".pictures"
+    fresh = not kind.exists() or kind.read_text() != pictures
+    for n, (category, brand, variant) in enumerate(
+        (c, b, v)
+        for c, (_, brands) in CATEGORIES.items()
+        for b in brands
+        for v in range(IMAGE_VARIANTS)
+    ):
+        path = cdn_dir / image_path(category, brand, variant)
+        if fresh or not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if pictures == "photos":
+                path.write_bytes(corpus_picture(n))
+            else:
+                path.write_bytes(draw_product_image(category, brand, variant))
+            written += 1
+    kind.write_text(pictures)
     bad = cdn_dir / "bad"
     bad.mkdir(parents=True, exist_ok=True)
     (bad / "not-an-image.jpg").write_text("<html><body>Product not found</body></html>\n")
@@ -441,7 +454,7 @@ def seed(
     """Seed the running local stack (`StackInfo`) with the given days."""
     from smartgo_analytics.local.stack import SALES_TABLE, aws_client
 
-    images = write_cdn_files(Path(info.home) / "cdn")
+    images = write_cdn_files(Path(info.home) / "cdn", settings().demo_pictures)
     products = seed_postgres(info.postgres_uri, days, info.cdn_url, sales_per_day, seed)
     items = seed_sales_data(aws_client(info, "dynamodb"), SALES_TABLE, days, seed)
     return SeedSummary(len(days), products, items, images)

@@ -166,7 +166,8 @@ class ImageFetcher(ConfigurableResource):
                     if declared and declared.isdigit() and int(declared) > self.max_bytes:
                         raise ImageFetchError(f"too large: {int(declared)} bytes declared")
                     size = int(declared) if declared and declared.isdigit() else self.max_bytes
-                    held = budget.take(max(size, 1)) if budget is not None else 0
+                    # The pieces as read and the body they are joined into: twice its size.
+                    held = budget.take(2 * max(size, 1)) if budget is not None else 0
                     try:
                         body = self._read_body(response, deadline)
                     except BaseException:
