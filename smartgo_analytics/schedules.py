@@ -10,11 +10,16 @@ from dagster import (
 )
 
 SCHEDULE_HOUR_UTC = 3
+# The size of each run's ECS task (dagster-aws's EcsRunLauncher reads these tags). On photos the
+# embedding step is CPU-bound: about 250 sales a vCPU-minute (the `photo_throughput` benchmark),
+# within 1 GiB whatever the day's size. docs/operating.md, "Sizing the runs", says how to change it.
+RUN_SIZE_TAGS = {"ecs/cpu": "2048", "ecs/memory": "4096"}
 
 daily_analytics_job = define_asset_job(
     "daily_analytics_job",
     selection=AssetSelection.all(),
     description="Every asset for one day: pricing intelligence and the QuickSight exports",
+    tags=RUN_SIZE_TAGS,
 )
 
 

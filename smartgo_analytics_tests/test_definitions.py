@@ -65,3 +65,17 @@ def test_the_schedule_runs_every_asset_for_the_previous_day_at_three_utc():
     job = defs.resolve_job_def("daily_analytics_job")
     all_keys = defs.get_repository_def().asset_graph.get_all_asset_keys()
     assert set(job.asset_layer.executable_asset_keys) == set(all_keys)
+
+
+def test_production_runs_are_sized_for_photos_by_the_job_and_by_the_ecs_launcher():
+    import yaml
+
+    from smartgo_analytics.schedules import daily_analytics_job
+
+    launcher = yaml.safe_load(open("deploy/dagster.yaml"))["run_launcher"]
+    assert launcher["class"] == "EcsRunLauncher"
+    sized = launcher["config"]["run_resources"]
+    tags = daily_analytics_job.tags
+    assert tags["ecs/cpu"] == sized["cpu"] and tags["ecs/memory"] == sized["memory"]
+    # At least two vCPU (the embedding step's decodes use the cores) and 4 GiB (1 GiB measured).
+    assert int(sized["cpu"]) >= 2048 and int(sized["memory"]) >= 4096
