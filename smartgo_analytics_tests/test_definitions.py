@@ -72,7 +72,8 @@ def test_production_runs_are_sized_for_photos_by_the_job_and_by_the_ecs_launcher
 
     from smartgo_analytics.schedules import daily_analytics_job
 
-    launcher = yaml.safe_load(open("deploy/dagster.yaml"))["run_launcher"]
+    with open("deploy/dagster.yaml") as config:
+        launcher = yaml.safe_load(config)["run_launcher"]
     assert launcher["class"] == "EcsRunLauncher"
     sized = launcher["config"]["run_resources"]
     tags = daily_analytics_job.tags

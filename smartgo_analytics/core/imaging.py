@@ -137,7 +137,7 @@ def use_decode_budget(budget: DecodeBudget | None) -> None:
 @functools.cache
 def return_freed_pixels_to_the_os() -> None:
     """Have glibc map every block of 1 MiB or more on its own, so it goes back to the system when
-    freed, and keep to two heaps. By default such blocks come from per-thread heaps that keep freed
+    freed, and keep to two heaps (as deploy/Dockerfile's MALLOC_ARENA_MAX does). By default such blocks come from per-thread heaps that keep freed
     memory: with a few dozen download threads, photo after photo (a 4 MB download, its base64 for
     Bedrock), the process grows to several times what it holds although the budgets are never
     exceeded (the `day_of_100k_sales` and `photo_throughput` benchmarks measure the processes)."""

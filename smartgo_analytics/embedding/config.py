@@ -22,7 +22,7 @@ class EmbeddingConfig(Config):
         "CPU, judged from the first sales' cost (0: always); a pool takes about a second to start",
     )
     worker_probe_sales: int = Field(
-        default=32, description="the first sales, run in the step's process to measure their cost"
+        default=16, description="the first sales, run in the step's process to measure their cost"
     )
     batch_rows: int = Field(default=1_000, description="results per Parquet batch")
     outage_allowance_s: float = Field(

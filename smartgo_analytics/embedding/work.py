@@ -357,7 +357,7 @@ class ProcessRule:
 
     processes: int
     min_cpu_s: float = 4.0
-    probe_sales: int = 32
+    probe_sales: int = 16
     decode_bound_ms: float = 25.0  # CPU per sale past which decoding, not the lock, bounds a worker
 
 
