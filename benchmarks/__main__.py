@@ -17,7 +17,7 @@ from benchmarks.bedrock_scale import embedded_once, paced_to_quota
 from benchmarks.concurrent_backfill import backfill_runs_at_once
 from benchmarks.faults import faults_that_pass
 from benchmarks.iceberg_write import iceberg_write
-from benchmarks.memory import day_of_100k_sales
+from benchmarks.memory import day_of_100k_sales, day_of_photos
 from benchmarks.pricing import (
     embedding_throughput,
     photo_throughput,
@@ -33,6 +33,7 @@ BENCHMARKS = [
     embedding_throughput,
     iceberg_write,
     day_of_100k_sales,
+    day_of_photos,
     quicksight_backfill,
     unchanged_rematerialisation,
     ui_day_run,

@@ -321,6 +321,13 @@ def _find_product(files: IndexFiles, product_id: str, tenant: str | None, why_no
         return found[0]
     if tenant and files.manifest(tenant) is None:
         raise ComparablesError(f"tenant {tenant!r} has no sold items with a vector in the index")
+    if tenant and any(
+        (manifest := files.manifest(other)) is not None
+        and files.open(manifest).find_product(product_id) is not None
+        for other in files.tenants()
+        if other != tenant
+    ):
+        raise ComparablesError(f"product {product_id!r} is another tenant's sale, not {tenant!r}'s")
     reason = why_no_vector(product_id)
     if reason is not None:
         raise ComparablesError(f"product {product_id!r} has no vector: {reason}")

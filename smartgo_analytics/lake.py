@@ -4,6 +4,7 @@ commands and the comparables page, which answer in well under two seconds."""
 from __future__ import annotations
 
 import contextlib
+import threading
 
 from smartgo_analytics.settings import ConfigurationError, settings
 
@@ -33,3 +34,29 @@ def why_no_vector(product_id: str) -> str | None:
 
     with deployment_catalog() as catalog:
         return no_vector_reason(catalog, product_id)
+
+
+class KeptCatalog:
+    """The deployment's catalog, opened on first use and kept until `close` (locally, the stack's
+    PostgreSQL started once, when the stack is not running), for a reader that lives long and
+    answers many people at once, such as the comparables page. Called, it gives a context manager
+    of the catalog, as `deployment_catalog` does."""
+
+    def __init__(self):
+        self._opened = contextlib.ExitStack()
+        self._catalog = None
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        return contextlib.nullcontext(self.catalog())
+
+    def catalog(self):
+        with self._lock:
+            if self._catalog is None:
+                self._catalog = self._opened.enter_context(deployment_catalog())
+            return self._catalog
+
+    def close(self) -> None:
+        with self._lock:
+            self._catalog = None
+            self._opened.close()

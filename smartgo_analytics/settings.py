@@ -97,6 +97,12 @@ class Settings:
     quicksight_dataset_ids: dict[str, str] = field(default_factory=dict)
     asset_owners: list[str] = field(default_factory=lambda: ["team:data-engineering"])
     embedding_quality: QualityThresholds = QualityThresholds()
+    # The comparables page beyond loopback: a token every request carries (SMARTGO_WEB_TOKEN), the
+    # uploads and URL asks a client may send a minute, the host:port a URL ask may reach although
+    # loopback or private (a test CDN; the pipeline's IMAGE_URL_ALLOWLIST does not apply to it).
+    web_token: str | None = None
+    web_asks_per_minute: int = 20
+    web_picture_hosts: list[str] = field(default_factory=list)
     # The local demo's product pictures: 256-px "drawings", or "photos" of 2-5 MB (local/photos).
     demo_pictures: str = "drawings"
 
@@ -212,6 +218,9 @@ def settings() -> Settings:
     if demo_pictures not in ("drawings", "photos"):
         raise ConfigurationError(f"DEMO_PICTURES={demo_pictures!r} must be drawings or photos")
     return Settings(
+        web_token=os.environ.get("SMARTGO_WEB_TOKEN") or None,
+        web_asks_per_minute=_int("WEB_ASKS_PER_MINUTE", 20),
+        web_picture_hosts=_list("WEB_PICTURE_HOSTS"),
         demo_pictures=demo_pictures,
         deployment=deployment,
         smartgo_home=os.environ.get("SMARTGO_HOME", ".smartgo"),

@@ -144,7 +144,15 @@ def parser() -> argparse.ArgumentParser:
     web.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to serve on (another than loopback opens the page to the network)",
+        help="address to serve on (another than loopback needs SMARTGO_WEB_TOKEN or --allowed-host)",
+    )
+    web.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host the page answers besides the loopback names: the name people reach it by "
+        "through a proxy (repeat for several)",
     )
     web.set_defaults(run=cmd_web)
     maintain = commands.add_parser(

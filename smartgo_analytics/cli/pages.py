@@ -58,6 +58,7 @@ def cmd_web(args) -> int:
 
     from smartgo_analytics.settings import settings
     from smartgo_analytics.web.app import Answers, create_app
+    from smartgo_analytics.web.guard import LOOPBACK_HOSTS, Guard
 
     try:
         infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
@@ -70,19 +71,30 @@ def cmd_web(args) -> int:
             raise UsageError(
                 f"--port: cannot serve on {args.host}:{args.port}: {error.strerror}"
             ) from None
+    config = settings()
     if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
+        if not (config.web_token or args.allowed_host):
+            raise UsageError(
+                f"--host {args.host} opens the page to the network: set SMARTGO_WEB_TOKEN (every "
+                "request then carries it) or name the proxy's host with --allowed-host"
+            )
         print(
-            f"warning: the comparables page on {args.host}:{args.port} is open to every machine "
-            "that reaches it, with no login",
+            f"warning: the comparables page on {args.host}:{args.port} is open to the network "
+            + ("behind its token" if config.web_token else "for " + ", ".join(args.allowed_host)),
             file=sys.stderr,
             flush=True,
         )
     answers = Answers(
         cache_dir=smartgo_home() / "cache" / "similarity_index",
-        dagster_url=settings().webserver_url,
-        why_no_vector=why_no_vector,
+        dagster_url=config.webserver_url,
+        picture_hosts=tuple(config.web_picture_hosts),
+    )
+    guard = Guard(
+        allowed_hosts=(*LOOPBACK_HOSTS, *args.allowed_host),
+        token=config.web_token,
+        asks_per_minute=config.web_asks_per_minute,
     )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     say(f"comparables page on http://{shown}:{args.port}/ (Ctrl-C stops it)")
-    uvicorn.run(create_app(answers), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(answers, guard), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -11,16 +11,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import email.parser
-import email.policy
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -34,15 +34,31 @@ from smartgo_analytics.comparables import (
     KeptIndexFiles,
     comparables,
     local_lake,
-    read_picture,
+    no_vector_reason,
 )
-from smartgo_analytics.core.imaging import BadImage, thumbnail_jpeg
+from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, thumbnail_jpeg
+from smartgo_analytics.lake import KeptCatalog
 from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key, product_images_prefix
+from smartgo_analytics.local.stack import StackError
+from smartgo_analytics.web.forms import (
+    FIELDS,
+    FORM_BYTES,
+    Refused,
+    question_of,
+    read_body,
+    read_form,
+)
+from smartgo_analytics.web.guard import Guard, GuardMiddleware
 
 log = logging.getLogger("smartgo_analytics.web")
 PICTURE_SECONDS = 300  # a presigned picture URL's life
-FORM_BYTES = 64 * 1024  # an upload's form fields and multipart framing, beside the picture
+URL_ASK_SECONDS = 5.0  # a URL ask's one deadline: connection, redirects and body
+URL_ASKS_AT_ONCE = 4
+URL_REFUSED = (
+    "no usable picture at that URL (only public picture hosts are asked, once, within "
+    f"{URL_ASK_SECONDS:g} s)"
+)
 PICTURE_TYPES = {
     "jpg": "image/jpeg",
     "jpeg": "image/jpeg",
@@ -53,19 +69,10 @@ PICTURE_TYPES = {
     "tif": "image/tiff",
     "tiff": "image/tiff",
 }
-FIELDS = ("product_id", "image_url", "tenant", "category", "condition", "k")
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
     autoescape=select_autoescape(["html"]),
 )
-
-
-class Refused(Exception):
-    """A question the page cannot take (too large, not a form): a message and an HTTP status."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 class Answers:
@@ -80,25 +87,39 @@ class Answers:
         dagster_url: str | None = None,
         why_no_vector=None,
         catalog=None,
+        picture_hosts: tuple[str, ...] = (),
     ):
-        """`catalog`: a context manager factory yielding the Iceberg catalog (the deployment's
-        by default); `why_no_vector(product_id)` as comparables() takes it."""
-        self.catalog = catalog or _deployment_catalog
+        """`catalog`: a context manager factory yielding the Iceberg catalog (by default the
+        deployment's, opened once for the page's life: locally, the stack's PostgreSQL is started
+        once, not per request); `why_no_vector(product_id)` as comparables() takes it (by default
+        read from that catalog); `picture_hosts`: `host:port` entries a URL ask may reach although
+        they are loopback or private (none by default, whatever the pipeline's allowlist)."""
+        self.kept = KeptCatalog()
+        self.catalog = catalog or self.kept
         self.resources = DeploymentResources() if resources is None else resources
         if store is None:
             store = local_lake() or self.resources["object_store"]
         self.store = store
         self.files = KeptIndexFiles(store, None if isinstance(store, LakeDirectory) else cache_dir)
         self.dagster_url = dagster_url
-        self.why_no_vector = why_no_vector
+        self.why_no_vector = why_no_vector or self._why_no_vector
+        self.picture_hosts = {h.lower() for h in picture_hosts}
         self._lookups = ThreadPoolExecutor(8, thread_name_prefix="picture-lookup")
+        self._url_asks = threading.BoundedSemaphore(URL_ASKS_AT_ONCE)
+
+    def _why_no_vector(self, product_id: str) -> str | None:
+        try:
+            with self.catalog() as catalog:
+                return no_vector_reason(catalog, product_id)
+        except StackError:  # no local data yet; its message names a server path
+            raise ComparablesError("no data yet: run `smartgo-analytics demo` first") from None
 
     def ask(self, question: dict) -> tuple[Comparables, bytes | None]:
         """The answer, and the picture asked about (a URL's fetched once, for both the answer
         and the page's thumbnail)."""
         image = question["image"]
         if isinstance(image, str):
-            question = {**question, "image": read_picture(image, self.resources)}
+            question = {**question, "image": self.fetch_picture(image)}
         found = comparables(
             **question,
             resources=self.resources,
@@ -108,6 +129,31 @@ class Answers:
         if isinstance(image, str):
             found = dataclasses.replace(found, query=f"image {image}")  # as the command says it
         return found, question["image"]
+
+    def fetch_picture(self, url: str) -> bytes:
+        """A URL ask's picture: public addresses only (or a `picture_hosts` host:port), one
+        attempt within URL_ASK_SECONDS, a few at a time; every failure the same words, so that
+        the page tells nothing of what answered (no port scanning through it)."""
+        # Imported here: Dagster comes with the fetcher, and a page that is never asked for a URL
+        # answers its first question a second sooner without it.
+        from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
+
+        if not self._url_asks.acquire(blocking=False):
+            raise ComparablesError("too many pictures are being fetched: try again shortly")
+        try:
+            parts = urlsplit(url)
+            named = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+            allowed = [parts.hostname or ""] if named.lower() in self.picture_hosts else []
+            fetcher = ImageFetcher(allowlist=allowed, timeout_s=URL_ASK_SECONDS, retries=0)
+            data = fetcher.fetch(url).data
+            if data is None:
+                raise ImageFetchError("no body")
+            prepare_for_titan(data)  # what is not a picture fails here, in the same words
+            return data
+        except (ImageFetchError, BadImage, ValueError):
+            raise ComparablesError(URL_REFUSED) from None
+        finally:
+            self._url_asks.release()
 
     def picture_url(self, tenant: str, product_id: str, sha256: str | None) -> str | None:
         """Where the browser gets a sale's picture: its copy's key (the one with `sha256`, else the
@@ -165,57 +211,7 @@ class Answers:
     def close(self) -> None:
         self._lookups.shutdown()
         self.files.close_all()
-
-
-def question_of(fields: dict[str, str], picture: bytes | None = None) -> dict:
-    """The comparables() arguments of a form or a query string; ComparablesError for a bad k."""
-    given = {name: (fields.get(name) or "").strip() or None for name in FIELDS}
-    raw_k = given.pop("k") or "10"
-    try:
-        k = int(raw_k)
-    except ValueError:
-        raise ComparablesError(
-            f"k must be a whole number from 1 to {MAX_K}, got {raw_k[:20]!r}"
-        ) from None
-    url = given.pop("image_url")
-    image: str | bytes | None = picture if picture is not None else url
-    if isinstance(image, str) and not image.startswith(("http://", "https://")):
-        raise ComparablesError("the picture's URL must start with http:// or https://")
-    return {**given, "image": image, "k": k}
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused (413) past `limit` bytes before more is read."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Refused(f"the upload is {int(declared)} bytes, over the {limit} byte limit", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(f"the upload is over the {limit} byte limit", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def form_fields(body: bytes, content_type: str) -> tuple[dict[str, str], bytes | None]:
-    """A multipart/form-data body's text fields and its `picture` file (None when empty)."""
-    if not content_type.startswith("multipart/form-data"):
-        raise Refused("send the picture as a form upload (multipart/form-data)", 415)
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise Refused("the form upload could not be read")
-    fields, picture = {}, None
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        if name == "picture" and part.get_filename() is not None:
-            picture = data or None
-        elif isinstance(name, str) and name in FIELDS:
-            fields[name] = data.decode("utf-8", "replace")
-    return fields, picture
+        self.kept.close()
 
 
 def answer_json(found: Comparables) -> dict:
@@ -228,46 +224,48 @@ def answer_json(found: Comparables) -> dict:
     }
 
 
-def create_app(answers: Answers | None = None) -> Starlette:
-    """The page and its API over `answers` (the deployment's by default)."""
-    answers = answers or Answers(why_no_vector=_deployment_why_no_vector)
+def create_app(answers: Answers | None = None, guard: Guard | None = None) -> Starlette:
+    """The page and its API over `answers` (the deployment's by default), behind `guard` (the
+    loopback names only, by default)."""
+    answers = answers or Answers()
 
     async def page(request: Request) -> Response:
         fields = dict(request.query_params)
+        nonce = request.state.csp_nonce
         picture = None
         try:
             if request.method == "POST":
-                body = await read_body(request, MAX_IMAGE_BYTES + FORM_BYTES)
-                fields, picture = form_fields(body, request.headers.get("content-type", ""))
+                fields, picture = await read_form(request, MAX_IMAGE_BYTES + FORM_BYTES)
                 if picture is None and not fields.get("product_id") and not fields.get("image_url"):
                     raise ComparablesError("choose a picture to upload, or give a product id")
-            if request.method == "GET" and not (
-                fields.get("product_id") or fields.get("image_url")
-            ):
-                return _render(fields)
+            elif not fields.get("product_id"):
+                # Reaching out for a URL is a POST from the page: a link or an <img> elsewhere
+                # only fills the form in.
+                return _render(fields, nonce)
             question = question_of(fields, picture)
             found, picture = await run_in_threadpool(answers.ask, question)
             shown = await run_in_threadpool(_shown_answer, answers, found, question, picture)
-            return _render(fields, answer=shown)
+            return _render(fields, nonce, answer=shown)
         except (ComparablesError, Refused) as error:
-            return _render(fields, error=str(error), status=getattr(error, "status", 400))
+            return _render(fields, nonce, error=str(error), status=getattr(error, "status", 400))
         except Exception:
             log.exception("the comparables page failed")
             return _render(
-                fields, error="the answer failed on the server (see its log)", status=500
+                fields, nonce, error="the answer failed on the server (see its log)", status=500
             )
 
     async def api(request: Request) -> Response:
         try:
             fields, picture = dict(request.query_params), None
             if request.method == "POST":
-                body = await read_body(request, MAX_IMAGE_BYTES + FORM_BYTES)
                 content_type = request.headers.get("content-type", "")
                 if content_type.startswith("image/") or content_type == "application/octet-stream":
-                    picture = body
+                    picture = await read_body(request, MAX_IMAGE_BYTES + FORM_BYTES)
                 else:
-                    form, picture = form_fields(body, content_type)
+                    form, picture = await read_form(request, MAX_IMAGE_BYTES + FORM_BYTES)
                     fields |= form
+            elif fields.get("image_url"):
+                raise Refused("a picture's URL is asked with POST (a form field image_url)", 405)
             found, _ = await run_in_threadpool(answers.ask, question_of(fields, picture))
             return JSONResponse(answer_json(found))
         except (ComparablesError, Refused) as error:
@@ -292,6 +290,8 @@ def create_app(answers: Answers | None = None) -> Starlette:
             rows = await run_in_threadpool(
                 _sale_rows, answers.catalog, product_id, request.query_params.get("tenant")
             )
+        except StackError:
+            return JSONResponse({"error": "no data yet: run `smartgo-analytics demo` first"}, 404)
         except Exception:
             log.exception("reading a sale failed")
             return JSONResponse(
@@ -309,6 +309,7 @@ def create_app(answers: Answers | None = None) -> Starlette:
             Route("/pictures/{key:path}", picture),
         ],
         lifespan=_closing(answers),
+        middleware=[Middleware(GuardMiddleware, guard=guard or Guard())],
     )
     app.state.answers = answers
     return app
@@ -367,31 +368,22 @@ def _data_uri(data: bytes) -> str | None:
         return None
 
 
-def _render(fields: dict, answer: dict | None = None, error: str | None = None, status: int = 200):
+def _render(
+    fields: dict,
+    nonce: str,
+    answer: dict | None = None,
+    error: str | None = None,
+    status: int = 200,
+):
     html = TEMPLATES.get_template("page.html").render(
+        nonce=nonce,
         fields={name: fields.get(name, "") for name in FIELDS},
         answer=answer,
         error=error,
         max_k=MAX_K,
         max_mb=MAX_IMAGE_BYTES // 2**20,
     )
-    return HTMLResponse(html, status, headers={"X-Content-Type-Options": "nosniff"})
-
-
-def _deployment_why_no_vector(product_id: str) -> str | None:
-    from smartgo_analytics.lake import why_no_vector
-    from smartgo_analytics.local.stack import StackError
-
-    try:
-        return why_no_vector(product_id)
-    except StackError as error:  # no local data yet
-        raise ComparablesError(str(error)) from None
-
-
-def _deployment_catalog():
-    from smartgo_analytics.lake import deployment_catalog
-
-    return deployment_catalog()
+    return HTMLResponse(html, status)
 
 
 def _sale_rows(opened_catalog, product_id: str, tenant: str | None) -> list[dict]:
@@ -409,6 +401,17 @@ def _sale_rows(opened_catalog, product_id: str, tenant: str | None) -> list[dict
         where = And(where, EqualTo(term=Reference("tenant_id"), value=literal(tenant)))
     rows = table.scan(row_filter=where, selected_fields=tuple(names)).to_arrow().to_pylist()
     return [
-        {k: v if isinstance(v, int | float | str | None) else str(v) for k, v in row.items()}
+        {
+            k: _without_path(v if isinstance(v, int | float | str | None) else str(v))
+            for k, v in row.items()
+        }
         for row in rows
     ]
+
+
+def _without_path(value):
+    """A local copy's file URI as its object key: an answer never shows where the server keeps
+    its files."""
+    if isinstance(value, str) and value.startswith("file://") and f"/{IMAGE_PREFIX}/" in value:
+        return IMAGE_PREFIX + "/" + value.split(f"/{IMAGE_PREFIX}/", 1)[1]
+    return value
