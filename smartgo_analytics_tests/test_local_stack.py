@@ -405,3 +405,63 @@ def test_stopping_dev_stops_dagster_and_the_stack(tmp_path, stop, sigint_ignored
     time.sleep(1)
     assert not (home / "stack.json").exists()
     assert processes_under(home) == []
+
+
+def test_the_page_of_the_readme_answers_twenty_people_at_once_on_every_route(tmp_path):
+    """`make demo`, then `smartgo-analytics web`, as the README says: the page opens the stack's
+    PostgreSQL once for its life (never per request), and stops it when it stops."""
+    home = tmp_path / "home"
+    demo = cli(
+        "demo", "--days", "1", "--end-date", "2025-01-15", "--sales-per-day", "40", home=home
+    )
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    sold = cli("query", "smartgo_sales", "--columns", "product_id", "--format", "csv", home=home)
+    product = sold.stdout.splitlines()[-1]
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SMARTGO_")}
+    page = subprocess.Popen(
+        [*CLI, "web", "--port", str(number)],
+        env={**environment, "SMARTGO_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{number}"
+    routes = [
+        "/",
+        f"/?product_id={product}",
+        f"/api/comparables?product_id={product}&k=3",
+        f"/api/sales/{product}",
+        "/api/sales/SG-NOPE-1",  # each unknown product once started and stopped a database
+        "/api/comparables?product_id=SG-NOPE-1",
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert page.poll() is None and time.monotonic() < deadline, page.stderr.read()
+                time.sleep(0.1)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(20) as people:
+            for route in routes:
+                answers = list(
+                    people.map(lambda r: httpx.get(f"{url}{r}", timeout=60), [route] * 20)
+                )
+                statuses = {a.status_code for a in answers}
+                expected = 404 if route.endswith("SG-NOPE-1") and "sales" in route else None
+                assert statuses == {expected or (400 if "NOPE" in route else 200)}, (
+                    route,
+                    [a.text[:200] for a in answers if a.status_code >= 500][:2],
+                )
+                assert len({a.text for a in answers if "/api/" in route}) <= 1, route
+    finally:
+        page.terminate()
+        page.wait(30)
+    assert processes_under(home) == []  # the page's PostgreSQL stopped with it
