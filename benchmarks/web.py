@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,7 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
                 latencies.append(time.perf_counter() - begun)
                 if answer.status_code != 200:
                     raise RuntimeError(f"{asked}: {answer.status_code} {answer.text[-300:]}")
+        at_once = twenty_at_once(url, products, extra, draw)
     finally:
         server.terminate()
         server.wait(30)
@@ -76,6 +78,27 @@ def page_timings(home: Path, products: list[str], tenant: str | None = None) -> 
         "first_answer_s": first_s,
         "p50_ms": float(np.percentile(latencies, 50)) * 1000,
         "p95_ms": float(np.percentile(latencies, 95)) * 1000,
+        **at_once,
+    }
+
+
+AT_ONCE = 20
+
+
+def twenty_at_once(url: str, products: list[str], extra: dict, draw: random.Random) -> dict:
+    """ANSWERS product-id pages asked by AT_ONCE people at once (each their own connection): the
+    p95 of their answers and how many were not 200."""
+
+    def ask(product: str) -> tuple[float, int]:
+        begun = time.perf_counter()
+        answer = httpx.get(url, params={"product_id": product, **extra}, timeout=60)
+        return time.perf_counter() - begun, answer.status_code
+
+    with ThreadPoolExecutor(AT_ONCE) as people:
+        asked = list(people.map(ask, [draw.choice(products) for _ in range(ANSWERS)]))
+    return {
+        "p95_ms_20_at_once": float(np.percentile([s for s, _ in asked], 95)) * 1000,
+        "errors_20_at_once": sum(status != 200 for _, status in asked),
     }
 
 
@@ -105,13 +128,18 @@ def comparables_page() -> dict:
         check=True,
     ).stdout.split()[1:]
     timings = page_timings(home, listed)
-    met = timings["p95_ms"] <= 300 and timings["first_answer_s"] <= 2
+    met = (
+        timings["p95_ms"] <= 300
+        and timings["first_answer_s"] <= 2
+        and timings["errors_20_at_once"] == 0
+    )
     return {
         "name": "comparables page, the demo's data",
         "figure": f"product-id page p95 {timings['p95_ms']:.0f} ms (p50 {timings['p50_ms']:.0f} ms) over "
         f"{ANSWERS} answers of {len(listed)} products; first answer {timings['first_answer_s']:.2f} s "
-        "after the server's start",
-        "target": "p95 <= 300 ms, first answer <= 2 s",
+        f"after the server's start; {AT_ONCE} people at once: p95 {timings['p95_ms_20_at_once']:.0f} ms, "
+        f"{timings['errors_20_at_once']} errors",
+        "target": "p95 <= 300 ms, first answer <= 2 s, 0 errors at 20 at once",
         "met": met,
         "values": {**timings, "products": len(listed)},
     }
