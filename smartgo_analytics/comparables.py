@@ -379,6 +379,8 @@ def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
         while size <= max_bytes and (chunk := os.read(fd, min(2**20, max_bytes + 1 - size))):
             chunks.append(chunk)
             size += len(chunk)
+    except OSError as error:  # a file that refuses reads: /proc/self/mem, a failing disk
+        raise ComparablesError(f"cannot read {_shown(path)}: {error.strerror or error}") from None
     finally:
         os.close(fd)
     if size > max_bytes:

@@ -363,7 +363,8 @@ def test_retries_back_off_exponentially_with_jitter_and_stop():
 def test_images_titan_would_refuse_are_downscaled_and_bombs_and_junk_refused():
     big = png(size=(3000, 1000))
     prepared = prepare_for_titan(big)
-    assert prepared.resized and max(prepared.width, prepared.height) == 2048
+    # Shrunk by whole pixels (1/2 here) to the largest size within Titan's 2048 px, shape kept.
+    assert prepared.resized and (prepared.width, prepared.height) == (1500, 500)
     assert prepare_for_titan(png()).resized is False
     with pytest.raises(BadImage, match="decompression bomb"):
         prepare_for_titan(bomb_png())

@@ -389,6 +389,10 @@ def test_a_picture_file_must_be_a_regular_file_within_the_cap_and_is_never_waite
         (sparse, "over the 10485760 byte limit"),
         (tmp_path / "none", "No such file"),
         ("a\0b", "cannot read"),
+        (
+            "/proc/self/mem",
+            "cannot read .*Input/output error",
+        ),  # a "regular file" that refuses reads
     ]:
         with pytest.raises(ComparablesError, match=reason):
             read_image_file(str(path))
