@@ -145,6 +145,7 @@ def _taken_port():
         (["dev", "--port", "0"], {}, "--port: 0 is not a port (1-65535)"),
         (["dev", "--port", "taken"], {}, "is already taken"),
         (["web", "--port", "taken"], {}, "--port: cannot serve on 127.0.0.1:"),
+        (["web", "--host", "0.0.0.0"], {}, "opens the page to the network: set SMARTGO_WEB_TOKEN"),
         (
             ["demo"],
             {"TITAN_EMBEDDING_DIMENSION": "512"},

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
@@ -279,6 +280,17 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         assert served.status_code == 200 and served.content[:3] in (b"\xff\xd8\xff", b"\x89PN")
         row = httpx.get(f"{url}/api/sales/PROD-9").json()
         assert row[0]["product_id"] == "PROD-9" and row[0]["tenant_id"] == "northwind"
+        # Twenty people at once on each route: the catalog is opened once, never per request.
+        routes = [
+            "/api/sales/PROD-9",
+            "/api/comparables?product_id=PROD-3&k=3",
+            "/?product_id=PROD-3",
+        ]
+        with ThreadPoolExecutor(20) as people:
+            statuses = list(
+                people.map(lambda r: httpx.get(f"{url}{r}", timeout=60).status_code, routes * 20)
+            )
+        assert statuses == [200] * 60
     finally:
         page.terminate()
         page.wait(30)

@@ -48,13 +48,14 @@ from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
 from smartgo_analytics.resources.object_store import ObjectStore
 
 
-def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
-    """`pool.map`, but with at most `window` items submitted ahead: a day of 100,000 images is not
-    100,000 pending futures."""
+def ordered_map(pool: ThreadPoolExecutor, fn, items: Iterable, window) -> Iterator:
+    """`pool.map`, but with at most `window` items submitted ahead (a number, or a function giving
+    it as it goes): a day of 100,000 images is not 100,000 pending futures."""
+    ahead = window if callable(window) else lambda: window
     pending: deque[Future] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
+        while len(pending) >= ahead():
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
@@ -82,6 +83,8 @@ class SaleWork:
     # How long one sale's call keeps failing while others get through before it is its own error.
     own_window_s: float = 30.0
     embedding_calls: int = 0
+    cpu_s: float = 0.0  # the CPU its sales took, in their own threads
+    sales_done: int = 0
     # Downloaded bytes and Bedrock requests in flight: this process's own budget, or one that every
     # worker process shares.
     downloads: DecodeBudget = field(
@@ -103,6 +106,16 @@ class SaleWork:
 
     def __call__(self, item: tuple[dict, dict | None]) -> dict:
         """One sale and its previous download (or None): the result row, or a per-sale error."""
+        started = time.thread_time()
+        try:
+            return self._sale(item)
+        finally:  # this thread's CPU for the sale: what the day's first sales are measured by
+            spent = time.thread_time() - started
+            with self._lock:
+                self.cpu_s += spent
+                self.sales_done += 1
+
+    def _sale(self, item: tuple[dict, dict | None]) -> dict:
         sale, before = item
         model_id = self.image_embedder.model_id
         result = {
@@ -211,12 +224,13 @@ class SaleWork:
         with self._lock:
             return {name: outage.report() for name, outage in self._outages.items()}
 
-    def run(self, items: Iterable[tuple[dict, dict | None]]) -> Iterator[dict]:
-        """Every item's result, in the items' order, `threads` at a time in this process."""
+    def run(self, items: Iterable[tuple[dict, dict | None]], window=None) -> Iterator[dict]:
+        """Every item's result, in the items' order, `threads` at a time in this process (at most
+        `window` ahead, a number or a function, if given)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="image")
         try:
-            yield from ordered_map(self._pool, self, items, self.threads * 4)
+            yield from ordered_map(self._pool, self, items, window or self.threads * 4)
         finally:  # the vectors made before an outage ended the step are kept for its retry
             self._new.flush()
 
@@ -400,6 +414,19 @@ class FirstSales:
         return result
 
 
+class Feed:
+    """The items handed out one at a time until stopped: those handed out are run here, the rest
+    are left for the worker processes."""
+
+    def __init__(self, items: list[tuple[dict, dict | None]], stopped: bool = False):
+        self.items, self.given, self.stopped = items, 0, stopped
+
+    def __iter__(self) -> Iterator[tuple[dict, dict | None]]:
+        while self.given < len(self.items) and not self.stopped:
+            self.given += 1
+            yield self.items[self.given - 1]
+
+
 def _results(
     work: SaleWork, items: list[tuple[dict, dict | None]], rule: ProcessRule, pace: Pace
 ) -> Generator[dict, None, Outcome]:
@@ -407,36 +434,41 @@ def _results(
     processes = min(rule.processes, work.threads, work.image_embedder.max_concurrency)
     marked, repeated = mark_deferred(items)
     first = FirstSales(repeated)
-    probed = 0 if processes <= 1 or rule.min_cpu_s <= 0 else min(rule.probe_sales, len(items))
+    # The day runs here, one stream of sales, until its first sales say what a sale costs; if the
+    # rest is worth the workers, they take what has not been handed out yet.
+    feed = Feed(items, stopped=processes > 1 and rule.min_cpu_s <= 0)
+    measured = processes <= 1 or rule.min_cpu_s <= 0
     cpu_ms: float | None = None
+    pooled = feed.stopped
+    done = 0
+    probe = min(rule.probe_sales, len(items))
+    # While the first sales are measured, only as many again are handed out ahead of them.
+    window = lambda: work.threads * 4 if measured else max(probe, 1)  # noqa: E731
     try:
-        if probed:
-            started = time.process_time()
-            for result in work.run(items[:probed]):
-                yield first.complete(result)
-            cpu_ms = (time.process_time() - started) * 1000 / probed
-            give_freed_memory_back()  # what the first sales' photos took, before the workers start
-        rest = len(items) - probed
-        pooled = processes > 1 and (
-            rule.min_cpu_s <= 0 or (cpu_ms or 0.0) * rest / 1000 >= rule.min_cpu_s
-        )
-        if cpu_ms is not None and cpu_ms >= rule.decode_bound_ms:
-            # Decoding photos releases the interpreter lock: a worker's threads use the cores, and
-            # more workers than cores only add their memory and their contention.
-            processes = min(processes, max(2, os.cpu_count() or 1))
-        if not pooled:
-            for result in work.run(items[probed:]):
-                yield first.complete(result)
+        for result in work.run(feed, window):
+            yield first.complete(result)
+            done += 1
+            if not measured and done >= probe:
+                measured = True
+                cpu_ms = work.cpu_s * 1000 / max(work.sales_done, 1)
+                rest = len(items) - feed.given
+                pooled = feed.stopped = cpu_ms * rest / 1000 >= rule.min_cpu_s
+                if pooled:
+                    give_freed_memory_back()  # what the first photos took, before workers start
+                if cpu_ms >= rule.decode_bound_ms:
+                    # Decoding photos releases the interpreter lock: a worker's threads use the
+                    # cores, and more workers than cores only add memory and contention.
+                    processes = min(processes, max(2, os.cpu_count() or 1))
     finally:
         work.close()
     outcome = Outcome(embedding_calls=work.embedding_calls, first_sales_cpu_ms=cpu_ms)
     outcome.outages = list(work.outages().values())
-    if pooled:
+    if pooled and feed.given < len(items):
         start_worker_server()
-        pool_outcome = yield from _in_workers(work, marked[probed:], processes, pace, first)
+        pool_outcome = yield from _in_workers(work, marked[feed.given :], processes, pace, first)
         outcome.processes = pool_outcome.processes
         outcome.embedding_calls += pool_outcome.embedding_calls
-        in_step = [probed] if probed else []
+        in_step = [feed.given] if feed.given else []
         outcome.sales_per_process = sorted(
             [*pool_outcome.sales_per_process, *in_step], reverse=True
         )
