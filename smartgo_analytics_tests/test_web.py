@@ -262,6 +262,7 @@ def test_what_costs_or_reaches_out_is_a_post_from_the_page_itself(page, bedrock_
     for headers in (
         {"Origin": "http://evil.example"},
         {"Origin": "null"},
+        {"Origin": page, "Sec-Fetch-Site": "cross-site"},  # the browser's word is taken
         {"Sec-Fetch-Site": "cross-site"},
         {"Sec-Fetch-Site": "same-site", "Origin": "http://shop.127.0.0.1.nip.io"},
     ):

@@ -228,6 +228,11 @@ def create_app(answers: Answers | None = None, guard: Guard | None = None) -> St
     """The page and its API over `answers` (the deployment's by default), behind `guard` (the
     loopback names only, by default)."""
     answers = answers or Answers()
+    guard = guard or Guard()
+    endpoint = getattr(answers.store, "endpoint_url", None)
+    if endpoint:  # presigned pictures from an S3-compatible endpoint of its own
+        parts = urlsplit(endpoint)
+        guard = dataclasses.replace(guard, picture_origins=(f"{parts.scheme}://{parts.netloc}",))
 
     async def page(request: Request) -> Response:
         fields = dict(request.query_params)
@@ -309,7 +314,7 @@ def create_app(answers: Answers | None = None, guard: Guard | None = None) -> St
             Route("/pictures/{key:path}", picture),
         ],
         lifespan=_closing(answers),
-        middleware=[Middleware(GuardMiddleware, guard=guard or Guard())],
+        middleware=[Middleware(GuardMiddleware, guard=guard)],
     )
     app.state.answers = answers
     return app

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "smartgo_page_token"
 CSP = (
-    "default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data: https:; "
+    "default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data: https: {pictures}; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
@@ -39,6 +39,8 @@ class Guard:
     token: str | None = None
     asks_per_minute: int = 20  # POSTs (uploads, URL asks) per client
     body_seconds: float = 15.0
+    # Where pictures come from besides the page and https (an object store's http endpoint).
+    picture_origins: tuple[str, ...] = ()
     _asks: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     def host_allowed(self, host_header: str) -> bool:
@@ -51,15 +53,10 @@ class Guard:
             return 421, "this server does not answer for that host"
         if self.token and not self._has_token(scope, headers):
             return 401, "a token is needed: open the page's link with ?token=..."
-        if scope["method"] == "POST":
-            site = headers.get("sec-fetch-site")
-            origin = headers.get("origin")
-            if site not in (None, "same-origin", "none") or (
-                origin is not None and urlsplit(origin).netloc.lower() != host.lower()
-            ):
-                return 403, "a question is sent from the page itself, not from another site"
-            if not self._admit(_client(scope)):
-                return 429, f"at most {self.asks_per_minute} questions a minute: try again shortly"
+        if scope["method"] == "POST" and not _same_origin(headers, host):
+            return 403, "a question is sent from the page itself, not from another site"
+        if scope["method"] == "POST" and not self._admit(_client(scope)):
+            return 429, f"at most {self.asks_per_minute} questions a minute: try again shortly"
         return None
 
     def _has_token(self, scope: dict, headers: dict[str, str]) -> bool:
@@ -80,6 +77,17 @@ class Guard:
             return False
         recent.append(now)
         return True
+
+
+def _same_origin(headers: dict[str, str], host: str) -> bool:
+    """A browser says where a request comes from in `Sec-Fetch-Site`, which no page can set; one
+    that does not, in `Origin`. A client that sends neither is not a browser, so no other site's
+    page can have sent it."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")
+    return origin is None or urlsplit(origin).netloc.lower() == host.lower()
 
 
 def _hostname(host_header: str) -> str:
@@ -104,7 +112,7 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         nonce = secrets.token_urlsafe(12)
         scope.setdefault("state", {})["csp_nonce"] = nonce
-        extra = _answer_headers(scope["path"], nonce)
+        extra = _answer_headers(scope["path"], nonce, " ".join(self.guard.picture_origins))
         if self.guard.token and self.guard.token in parse_qs(
             scope.get("query_string", b"").decode("latin-1")
         ).get("token", []):
@@ -130,12 +138,13 @@ class GuardMiddleware:
         await self.app(scope, _timed(receive, self.guard.body_seconds), send_with_headers)
 
 
-def _answer_headers(path: str, nonce: str) -> list[tuple[bytes, bytes]]:
+def _answer_headers(path: str, nonce: str, pictures: str) -> list[tuple[bytes, bytes]]:
     headers = [
-        (b"content-security-policy", CSP.format(nonce=nonce).encode()),
+        (b"content-security-policy", CSP.format(nonce=nonce, pictures=pictures).encode()),
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),
-        (b"referrer-policy", b"no-referrer"),
+        # Not no-referrer: Chromium then sends `Origin: null` with the page's own form.
+        (b"referrer-policy", b"same-origin"),
     ]
     if not path.startswith("/pictures/"):
         headers.append((b"cache-control", b"no-store"))
