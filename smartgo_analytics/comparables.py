@@ -46,6 +46,10 @@ class ComparablesError(Exception):
     """The question cannot be answered; the message says why (unknown product, no vector, ...)."""
 
 
+class UnusableImage(ComparablesError):
+    """The picture asked about is not one the embedder can take."""
+
+
 @dataclass(frozen=True)
 class Comparable:
     product_id: str
@@ -413,7 +417,7 @@ def _embed(data: bytes, resources: dict, dimension: int) -> np.ndarray:
     try:
         prepared = prepare_for_titan(data)
     except BadImage as error:
-        raise ComparablesError(f"not a usable image: {error}") from None
+        raise UnusableImage(f"not a usable image: {error}") from None
     embedder = resources["image_embedder"]
     if embedder.dimension != dimension:
         raise ComparablesError(

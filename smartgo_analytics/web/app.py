@@ -32,11 +32,12 @@ from smartgo_analytics.comparables import (
     ComparablesError,
     DeploymentResources,
     KeptIndexFiles,
+    UnusableImage,
     comparables,
     local_lake,
     no_vector_reason,
 )
-from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, thumbnail_jpeg
+from smartgo_analytics.core.imaging import BadImage, thumbnail_jpeg
 from smartgo_analytics.lake import KeptCatalog
 from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key, product_images_prefix
@@ -120,12 +121,17 @@ class Answers:
         image = question["image"]
         if isinstance(image, str):
             question = {**question, "image": self.fetch_picture(image)}
-        found = comparables(
-            **question,
-            resources=self.resources,
-            index_files=self.files,
-            why_no_vector=self.why_no_vector,
-        )
+        try:
+            found = comparables(
+                **question,
+                resources=self.resources,
+                index_files=self.files,
+                why_no_vector=self.why_no_vector,
+            )
+        except UnusableImage:
+            if isinstance(image, str):  # what a URL answered is not told apart: no port scans
+                raise ComparablesError(URL_REFUSED) from None
+            raise
         if isinstance(image, str):
             found = dataclasses.replace(found, query=f"image {image}")  # as the command says it
         return found, question["image"]
@@ -148,9 +154,8 @@ class Answers:
             data = fetcher.fetch(url).data
             if data is None:
                 raise ImageFetchError("no body")
-            prepare_for_titan(data)  # what is not a picture fails here, in the same words
-            return data
-        except (ImageFetchError, BadImage, ValueError):
+            return data  # what is not a picture is refused in the same words by `ask`
+        except (ImageFetchError, ValueError):
             raise ComparablesError(URL_REFUSED) from None
         finally:
             self._url_asks.release()
