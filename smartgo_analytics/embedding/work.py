@@ -443,7 +443,10 @@ def _results(
     done = 0
     probe = min(rule.probe_sales, len(items))
     # While the first sales are measured, only as many again are handed out ahead of them.
-    window = lambda: work.threads * 4 if measured else max(probe, 1)  # noqa: E731
+
+    def window() -> int:
+        return work.threads * 4 if measured else max(probe, 1)
+
     try:
         for result in work.run(feed, window):
             yield first.complete(result)
