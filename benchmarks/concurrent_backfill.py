@@ -211,8 +211,8 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
 
     from smartgo_analytics.layout import SIMILARITY_PREFIX
     from smartgo_analytics.resources.object_store import S3ObjectStore
+    from smartgo_analytics.similarity.reader import indexed_tenants, load_manifest
     from smartgo_analytics.similarity.segments import segment_keys
-    from smartgo_analytics.similarity.store import indexed_tenants, load_manifest
 
     catalog = load_catalog(
         "smartgo", **catalog_properties

@@ -13,18 +13,19 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.web import home_environment, page_timings
-from smartgo_analytics.comparables import comparables
+from smartgo_analytics.comparables import Source, comparables
 from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.imaging import prepare_for_titan
-from smartgo_analytics.core.price_bands_table import SALES_SCHEMA
+from smartgo_analytics.core.price_bands import SALES_SCHEMA
 from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.local import demo_data
 from smartgo_analytics.local.stack import LOCAL_BUCKET
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder
 from smartgo_analytics.resources.object_store import LocalObjectStore
 from smartgo_analytics.similarity.index import TenantIndex
+from smartgo_analytics.similarity.reader import load_manifest
 from smartgo_analytics.similarity.segments import ITEM_SCHEMA, DaySpool, day_keys, segment_keys
-from smartgo_analytics.similarity.store import commit_day, load_manifest
+from smartgo_analytics.similarity.store import commit_day
 
 DIMENSION = 1024
 DAYS = 10
@@ -355,7 +356,7 @@ def comparables_price_error() -> dict:
             tenant=sale.tenant_id,
             condition=sale.condition,
             k=10,
-            resources=resources,
+            source=Source(resources=resources),
         )
         guesses = {
             "comparables": found.suggested.median,

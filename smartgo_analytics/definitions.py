@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from smartgo_analytics.assets import price_bands, pricing_intelligence, quicksight, similarity
-from smartgo_analytics.deployment import resources_for_deployment
+from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.maintenance import iceberg_maintenance_job, iceberg_maintenance_schedule
 from smartgo_analytics.schedules import daily_analytics_job, daily_analytics_schedule
 from smartgo_analytics.sensors import (
@@ -64,7 +64,7 @@ defs = Definitions(
             ]
         ),
     ],
-    resources=resources_for_deployment(),
+    resources=this_deployment().resources(),
     # Runs print INFO and above (the assets' own progress lines); step events stay in the UI.
     loggers={"console": colored_console_logger.configured({"log_level": "INFO"})},
     # A run's steps share its process: a process per step cost more than the steps' own work (a

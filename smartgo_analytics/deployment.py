@@ -1,151 +1,93 @@
-"""Which deployment this is, and the resources each deployment uses."""
+"""Which deployment this is, decided once (`this_deployment`), and what each one's readers need:
+its Iceberg catalog's properties, its lake's files, and (with Dagster) its resources.
+
+Dagster-free: the commands and the comparables page read the lake through it and answer in well
+under two seconds; `resources()` imports the Dagster resources when it is called.
+"""
 
 from __future__ import annotations
 
-from dagster import EnvVar, ResourceDefinition
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-from smartgo_analytics.local.stack import (
-    EXPORT_PROGRESS_TABLE,
-    IMAGE_VECTORS_TABLE,
-    LOCAL_BUCKET,
-    StackError,
-    running_stack,
-    smartgo_home,
-)
-from smartgo_analytics.resources.alerts import Alerter
-from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors, SalesDataTable
-from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
-from smartgo_analytics.resources.iceberg import IcebergCatalog
-from smartgo_analytics.resources.images import ImageFetcher
-from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
-from smartgo_analytics.resources.parquet_io import ParquetIOManager
-from smartgo_analytics.resources.postgres import SmartGoDatabase
-from smartgo_analytics.resources.quicksight import QuickSightExport
+from smartgo_analytics.lake_directory import LakeDirectory
+from smartgo_analytics.local.stack import LOCAL_BUCKET, local_catalog_properties, smartgo_home
 from smartgo_analytics.settings import ConfigurationError, Settings, settings
 
 
-def alerter(config: Settings, **aws: str | None) -> Alerter:
-    """The log always; Slack and SNS when their settings are there."""
-    destinations = ["log"]
-    if config.slack_webhook_set:
-        destinations.append("slack")
-    if config.sns_topic_arn:
-        destinations.append("sns")
-    return Alerter(
-        destinations=destinations,
-        slack_webhook_url=EnvVar("ALERT_SLACK_WEBHOOK_URL") if config.slack_webhook_set else None,
-        sns_topic_arn=config.sns_topic_arn,
-        webserver_url=config.webserver_url,
-        **aws,
-    )
+@dataclass(frozen=True)
+class Deployment:
+    config: Settings
+
+    local = False
+
+    def catalog_properties(self) -> contextlib.AbstractContextManager[dict[str, str]]:
+        """pyiceberg's properties of the deployment's catalog, for the block."""
+        raise NotImplementedError
+
+    def lake_files(self) -> LakeDirectory | None:
+        """The lake read as files, without the Dagster resources (None: read it through them)."""
+        return None
+
+    def resources(self) -> dict[str, object]:
+        """The Dagster resources of the deployment."""
+        raise NotImplementedError
 
 
-def quicksight_export(config: Settings, **aws: str | None) -> QuickSightExport:
-    return QuickSightExport(
-        prefix=config.quicksight_prefix,
-        account_id=config.quicksight_account_id,
-        dataset_ids=config.quicksight_dataset_ids,
-        **aws,
-    )
+@dataclass(frozen=True)
+class Local(Deployment):
+    """The embedded stack under SMARTGO_HOME: loopback servers, the lake a directory."""
+
+    local = True
+
+    @property
+    def home(self) -> Path:
+        return smartgo_home(self.config.smartgo_home)
+
+    @contextlib.contextmanager
+    def catalog_properties(self) -> Iterator[dict[str, str]]:
+        # The stack's catalog, with its PostgreSQL started for the block when the stack is down.
+        with local_catalog_properties(self.home) as properties:
+            yield properties
+
+    def lake_files(self) -> LakeDirectory:
+        return LakeDirectory(self.home / "lake" / LOCAL_BUCKET)
+
+    def resources(self) -> dict[str, object]:
+        # Imported when called: Dagster comes with the resources (about a second).
+        from smartgo_analytics.resources.deployed import local_resources
+
+        return local_resources(self.config)
 
 
-def local_resources(config: Settings) -> dict[str, object]:
-    """The prod resources given the embedded stack's loopback endpoints, DSN and catalog as data.
+@dataclass(frozen=True)
+class Prod(Deployment):
+    """AWS: S3, DynamoDB, Bedrock, the SmartGo Postgres and an Iceberg catalog."""
 
-    The stack is the one running under SMARTGO_HOME (`smartgo-analytics dev` or `demo` start it);
-    without one, the resources that need it fail when a run uses them, saying how to start it.
-    Objects live in the lake directory either way, so what a demo wrote stays readable.
-    """
-    home = smartgo_home(config.smartgo_home)
-    object_store = LocalObjectStore(lake_dir=str(home / "lake"), bucket=LOCAL_BUCKET)
-    resources: dict[str, object] = {
-        "object_store": object_store,
-        "parquet_io_manager": ParquetIOManager(object_store=object_store),
-        "image_fetcher": ImageFetcher(
-            allowlist=["127.0.0.1", "localhost", *config.image_url_allowlist]
-        ),
-        "image_embedder": LocalVisualEmbedder(
-            dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
-        ),
-        "quicksight": quicksight_export(config),
-    }
-    try:
-        stack = running_stack(home)
-    except StackError as error:
-        needs_stack = _fails_with(str(error))
-        return resources | {
-            "smartgo_db": needs_stack,
-            "sales_data": needs_stack,
-            "export_progress": needs_stack,
-            "image_vectors": needs_stack,
-            "iceberg": needs_stack,
-            "alerter": alerter(config),
-        }
-    aws = stack.aws_options
-    return resources | {
-        "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri, tenant=config.tenant),
-        "sales_data": SalesDataTable(table_name=config.dynamodb_table, **aws),
-        "export_progress": ExportProgressTracker(
-            table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, **aws
-        ),
-        "image_vectors": ImageVectors(
-            table_name=config.image_vectors_table or IMAGE_VECTORS_TABLE, **aws
-        ),
-        "iceberg": IcebergCatalog(properties=stack.iceberg_properties),
-        "alerter": alerter(config, **aws),
-    }
+    @contextlib.contextmanager
+    def catalog_properties(self) -> Iterator[dict[str, str]]:
+        yield prod_catalog_properties(self.config)
+
+    def resources(self) -> dict[str, object]:
+        # Imported when called: Dagster comes with the resources (about a second).
+        from smartgo_analytics.resources.deployed import prod_resources
+
+        return prod_resources(self.config)
 
 
-def _fails_with(message: str) -> ResourceDefinition:
-    def fail(_context):
-        raise StackError(message)
-
-    return ResourceDefinition(resource_fn=fail, description=message)
-
-
-def prod_resources(config: Settings) -> dict[str, object]:
-    """AWS: S3, DynamoDB, Bedrock Titan, the SmartGo Postgres and an Iceberg catalog."""
-    if not config.s3_bucket:
-        raise ConfigurationError("S3_BUCKET is not set (required when SMARTGO_DEPLOYMENT=prod)")
-    if config.database_url_set == bool(config.db_ssm_parameter):
-        raise ConfigurationError(
-            "set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
-        )
-    if not config.iceberg_properties.get("type"):
+def prod_catalog_properties(config: Settings) -> dict[str, str]:
+    """The configured catalog's properties; ConfigurationError when none is configured."""
+    if not config.catalog_properties.get("type"):
         raise ConfigurationError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
-    region = config.aws_region
-    object_store = S3ObjectStore(bucket=config.s3_bucket, region_name=region)
-    return {
-        "smartgo_db": SmartGoDatabase(
-            dsn=EnvVar("SMARTGO_DATABASE_URL") if config.database_url_set else None,
-            ssm_parameter_name=config.db_ssm_parameter,
-            tenant=config.tenant,
-            region_name=region,
-        ),
-        "sales_data": SalesDataTable(table_name=config.dynamodb_table, region_name=region),
-        "export_progress": ExportProgressTracker(
-            table_name=config.export_progress_table, region_name=region
-        ),
-        "image_vectors": ImageVectors(table_name=config.image_vectors_table, region_name=region),
-        "object_store": object_store,
-        "parquet_io_manager": ParquetIOManager(object_store=object_store),
-        "image_fetcher": ImageFetcher(allowlist=config.image_url_allowlist),
-        "image_embedder": TitanEmbedder(
-            dimension=config.embedding_dimension,
-            max_concurrency=config.bedrock_max_concurrency,
-            requests_per_minute=config.bedrock_requests_per_minute,
-            tokens_per_minute=config.bedrock_tokens_per_minute,
-            region_name=region,
-        ),
-        "iceberg": IcebergCatalog(properties=config.catalog_properties),
-        "quicksight": quicksight_export(config, region_name=region),
-        "alerter": alerter(config, region_name=region),
-    }
+    return config.catalog_properties
 
 
-RESOURCES_BY_DEPLOYMENT = {"local": local_resources, "prod": prod_resources}
+DEPLOYMENTS: dict[str, type[Deployment]] = {"local": Local, "prod": Prod}
 
 
-def resources_for_deployment(config: Settings | None = None) -> dict[str, object]:
+def this_deployment(config: Settings | None = None) -> Deployment:
+    """The deployment SMARTGO_DEPLOYMENT names (local by default)."""
     config = config or settings()
-    return RESOURCES_BY_DEPLOYMENT[config.deployment](config)
+    return DEPLOYMENTS[config.deployment](config)

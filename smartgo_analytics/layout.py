@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from smartgo_analytics.core.sales import IDENTIFIER
+from smartgo_analytics.core.sales import VALID_ID
 
 IMAGE_PREFIX = "images/smartgo"
 STAGING_PREFIX = "staging"
@@ -38,8 +38,8 @@ def image_key(tenant_id: str, product_id: str, sha256: str, extension: str) -> s
     """`images/smartgo/<tenant>/<product>/<sha256>.<ext>`, `ext` the file's own format (`core/imaging.
     SOURCE_FORMATS`: jpg, png, webp, gif, ...); UnsafeKey for a part that is not one."""
     if not (
-        IDENTIFIER.fullmatch(tenant_id)
-        and IDENTIFIER.fullmatch(product_id)
+        VALID_ID.fullmatch(tenant_id)
+        and VALID_ID.fullmatch(product_id)
         and _SHA256.fullmatch(sha256)
         and _EXTENSION.fullmatch(extension)
     ):

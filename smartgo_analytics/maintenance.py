@@ -13,9 +13,14 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
-from smartgo_analytics.core.table_care import Retention, parse_duration, parse_size
+from smartgo_analytics.core.table_care import (
+    MaintenanceReport,
+    Retention,
+    parse_duration,
+    parse_size,
+)
 from smartgo_analytics.metadata import md_table
-from smartgo_analytics.resources.iceberg import IcebergCatalog, MaintenanceReport
+from smartgo_analytics.resources.iceberg import IcebergCatalog
 
 
 class MaintenanceConfig(Config):
@@ -56,7 +61,7 @@ def report_metadata(report: MaintenanceReport) -> dict:
         "files_before_compaction": sum(p["files_before"] for p in report.partitions_compacted),
         "files_after_compaction": sum(p["files_after"] for p in report.partitions_compacted),
         "compaction": md_table(
-            report.partitions_compacted,
+            list(report.partitions_compacted),
             ["tenant_id", "year", "month", "files_before", "files_after"],
             20,
         ),

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+from smartgo_analytics.similarity.reader import load_manifest
 from smartgo_analytics.similarity.segments import DaySpool, new_segment_name, segment_keys
-from smartgo_analytics.similarity.store import commit_day, delete_orphans, load_manifest
+from smartgo_analytics.similarity.store import commit_day, delete_orphans
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -284,7 +285,6 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
     )
 
     from smartgo_analytics.core import price_bands as bands_core
-    from smartgo_analytics.core.price_bands_table import SCHEMA
     from smartgo_analytics.definitions import defs
     from smartgo_analytics.layout import quicksight_export_key, quicksight_month_key
     from smartgo_analytics.local import demo_data
@@ -409,7 +409,7 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
     assert indexed == table and len(table) >= 8
 
     # Each day's bands are those the table gives now.
-    bands_table = iceberg.table(bands_core.IDENTIFIER, SCHEMA)
+    bands_table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
     for day in DAYS:
         fresh, _ = bands_of_day(iceberg, date.fromisoformat(day))
         stored = bands_table.scan(row_filter=f"band_date = '{day}'").to_arrow()

@@ -697,7 +697,7 @@ def test_a_segment_keeps_its_rows_in_key_order_through_a_backfill_and_a_replaced
 
 
 def test_weighted_quantiles_follow_the_weights():
-    from smartgo_analytics.core.price_bands import weighted_quantiles
+    from smartgo_analytics.comparables import weighted_quantiles
 
     assert weighted_quantiles(np.array([10.0, 20, 30]), np.ones(3), [0.5]) == [20.0]
     # Nearly all the weight on 30: the median moves to it.

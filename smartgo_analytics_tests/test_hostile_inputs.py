@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from smartgo_analytics.comparables import ComparablesError, comparables, read_image_file
+from smartgo_analytics.comparables import ComparablesError, Source, comparables, read_image_file
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
 from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.quicksight import DATASETS_BY_NAME, build_dataset
@@ -371,7 +371,7 @@ def test_integers_beyond_64_bits_and_ids_that_are_not_ids_are_nulled_or_skipped_
 )
 def test_comparables_refuses_arguments_no_sold_item_could_have(arguments, reason):
     with pytest.raises(ComparablesError, match=reason):
-        comparables(**arguments, resources={"object_store": None})
+        comparables(**arguments, source=Source(resources={"object_store": None}))
 
 
 def test_a_picture_file_must_be_a_regular_file_within_the_cap_and_is_never_waited_on(tmp_path):

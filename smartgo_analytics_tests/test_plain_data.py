@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.core import price_bands as bands
-from smartgo_analytics.core import price_bands_table as bands_table
 from smartgo_analytics.similarity.quality import DayQuality
 from smartgo_analytics.similarity.thresholds import QualityThresholds
 
@@ -24,7 +23,7 @@ def sales(*rows: tuple) -> pa.Table:
     columns["sold_date"] = [
         datetime(d.year, d.month, d.day, 15, tzinfo=UTC) for d in columns["sold_date"]
     ]
-    return pa.table(columns, schema=bands_table.SALES_SCHEMA)
+    return pa.table(columns, schema=bands.SALES_SCHEMA)
 
 
 def test_the_window_is_the_90_days_ending_with_the_day():
@@ -72,7 +71,7 @@ def test_bands_are_interpolated_percentiles_per_kind_and_roll_up_to_coarser_kind
 
 def test_no_sale_in_the_window_gives_an_empty_table_of_the_bands_schema():
     empty = bands.price_bands(sales(("t", "Toys", "Lego", "Good", 5.0, date(2024, 1, 1))), DAY)
-    assert empty.num_rows == 0 and empty.schema == bands_table.ARROW_SCHEMA
+    assert empty.num_rows == 0 and empty.schema == bands.ARROW_SCHEMA
 
 
 def test_a_band_breaking_its_own_rules_is_named():

@@ -29,7 +29,7 @@ from pyiceberg.catalog import load_catalog
 
 from smartgo_analytics.core.alerts import Alert
 from smartgo_analytics.core.quicksight import DATASETS
-from smartgo_analytics.deployment import resources_for_deployment
+from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.local.demo_data import sales_data_items
 from smartgo_analytics.local.stack import create_progress_table, create_sales_table
 from smartgo_analytics.resources.dynamodb import create_image_vectors_table
@@ -147,7 +147,7 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
 ):
     from smartgo_analytics.definitions import assets
 
-    resources = resources_for_deployment()
+    resources = this_deployment().resources()
     assert type(resources["object_store"]).__name__ == "S3ObjectStore"
     assert type(resources["image_embedder"]).__name__ == "TitanEmbedder"
 
@@ -353,7 +353,7 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     assert f"partition: {DAY}" in json.loads(message["Body"])["Message"]
 
     snapshot = table.current_snapshot().snapshot_id
-    second = materialize(assets, resources=resources_for_deployment(), partition_key=DAY)
+    second = materialize(assets, resources=this_deployment().resources(), partition_key=DAY)
 
     assert second.success
     table = glue_table(prod_environment)
@@ -403,7 +403,7 @@ def test_the_s3_tables_settings_sign_the_catalog_requests_for_s3tables_in_the_re
         monkeypatch.setenv(name, value)
     settings.cache_clear()
     try:
-        resources_for_deployment()["iceberg"].catalog()
+        this_deployment().resources()["iceberg"].catalog()
     finally:
         settings.cache_clear()
         server.shutdown()

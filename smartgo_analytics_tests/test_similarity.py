@@ -16,16 +16,16 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales_iceberg,
 )
 from smartgo_analytics.assets.similarity import similarity_index as similarity_assets
-from smartgo_analytics.comparables import ComparablesError, comparables
-from smartgo_analytics.core.price_bands import weighted_quantiles
+from smartgo_analytics.comparables import ComparablesError, Source, comparables, weighted_quantiles
 from smartgo_analytics.layout import (
     SIMILARITY_PREFIX,
     similarity_manifest_key,
     similarity_segment_key,
 )
 from smartgo_analytics.local.demo_data import draw_product_image
+from smartgo_analytics.similarity.reader import IndexReader, load_manifest
 from smartgo_analytics.similarity.segments import DaySpool, read_items, segment_keys
-from smartgo_analytics.similarity.store import day_differences, load_manifest
+from smartgo_analytics.similarity.store import day_differences
 from smartgo_analytics_tests.conftest import insert_products, sale
 from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources
 
@@ -149,7 +149,7 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
 
     # Comparables of a sold product: its tenant's, not itself, best first, the same picture first.
     asked = f"IX-{days[2]}-4"  # Clothing, Zara, the second model
-    found = comparables(product_id=asked, k=6, resources=res)
+    found = comparables(product_id=asked, k=6, source=Source(resources=res))
     assert found.tenant == tenant and len(found.items) == 6
     assert asked not in [item.product_id for item in found.items]
     assert set(item.product_id for item in found.items) <= set(indexed)
@@ -177,17 +177,17 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     assert found.suggested.p25 <= found.suggested.median <= found.suggested.p75
     assert found.suggested.comparables == 6
 
-    toys = comparables(product_id=asked, k=3, category="Toys", resources=res)
+    toys = comparables(product_id=asked, k=3, category="Toys", source=Source(resources=res))
     assert [i.category for i in toys.items] == ["Toys"] * 3
     picture = draw_product_image("Electronics", "Sony", 1)  # sold by both tenants
-    by_image = comparables(image=picture, tenant=other, k=2, resources=res)
+    by_image = comparables(image=picture, tenant=other, k=2, source=Source(resources=res))
     assert by_image.tenant == other and by_image.items[0].similarity == pytest.approx(1.0, abs=1e-3)
     assert (by_image.items[0].category, by_image.items[0].brand) == ("Electronics", "Sony")
 
     # Clear errors.
     def error(**kwargs) -> str:
         with pytest.raises(ComparablesError) as raised:
-            comparables(resources=res, **kwargs)
+            comparables(source=Source(resources=res), **kwargs)
         return str(raised.value)
 
     assert (
@@ -227,7 +227,7 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
         listed = set(store.list_keys(f"{SIMILARITY_PREFIX}/{name}/"))
         assert listed.isdisjoint(k for s in manifest.segments for k in segment_keys(name, s.name))
     assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
-    again = comparables(product_id=asked, k=6, resources=res)
+    again = comparables(product_id=asked, k=6, source=Source(resources=res))
     assert [i.product_id for i in again.items] == [i.product_id for i in found.items]
 
 
@@ -290,7 +290,7 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
 
     from smartgo_analytics.resources.object_store import LocalObjectStore
     from smartgo_analytics.similarity import store as upkeep
-    from smartgo_analytics.similarity.store import commit_day, open_tenant
+    from smartgo_analytics.similarity.store import commit_day
 
     monkeypatch.setattr(upkeep, "CENTRE_FROM", 4)
     store = LocalObjectStore(lake_dir=str(tmp_path / "lake"), bucket="b")
@@ -328,8 +328,8 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
     (segment,) = manifest.segments
     assert segment.days == {first.isoformat(): 3, second.isoformat(): 5}
     assert segment.centred_on == 6 and np.allclose(segment.centre, built.centre)  # not rebuilt
-    opened: list = []
-    index = open_tenant(store, manifest, opened)
+    reader = IndexReader(store)
+    index = reader.open(manifest)
     try:
         assert len(index) == 8
         for pid, vector in vectors.items():
@@ -339,6 +339,4 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
             found = index.items(keys[0]).column("product_id").to_pylist()
             assert sorted(found) == sorted(vectors)  # every row once, none of the replaced
     finally:
-        index.close()
-        for path in opened:
-            store.release(path)
+        reader.close()

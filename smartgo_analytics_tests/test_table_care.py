@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.core import sales_table
-from smartgo_analytics.core.table_care import Retention, parse_duration, parse_size
-from smartgo_analytics.resources.iceberg import IcebergCatalog, _path_of
+from smartgo_analytics.core.table_care import Retention, parse_duration, parse_size, path_of
+from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics_tests.test_iceberg_write import TENANTS, rows
 
 FIRST = datetime(2025, 3, 2, tzinfo=UTC)
@@ -51,18 +51,18 @@ def live_and_unreferenced(catalog: IcebergCatalog):
 
     listed = {
         i.path
-        for i in filesystem.get_file_info(FileSelector(_path_of(location), recursive=True))
+        for i in filesystem.get_file_info(FileSelector(path_of(location), recursive=True))
         if i.type == FileType.File
     }
-    referenced = {_path_of(table.metadata_location)} | {
-        _path_of(e.metadata_file) for e in table.metadata.metadata_log
+    referenced = {path_of(table.metadata_location)} | {
+        path_of(e.metadata_file) for e in table.metadata.metadata_log
     }
     for snapshot in table.snapshots():
-        referenced.add(_path_of(snapshot.manifest_list))
+        referenced.add(path_of(snapshot.manifest_list))
         for manifest in snapshot.manifests(table.io):
-            referenced.add(_path_of(manifest.manifest_path))
+            referenced.add(path_of(manifest.manifest_path))
             referenced |= {
-                _path_of(e.data_file.file_path) for e in manifest.fetch_manifest_entry(table.io)
+                path_of(e.data_file.file_path) for e in manifest.fetch_manifest_entry(table.io)
             }
     return files, listed - referenced
 
@@ -118,7 +118,7 @@ def test_maintenance_on_the_sql_catalog_leaves_live_files_only_and_the_same_rows
     # 33 writes (a re-written day adds a delete), then a delete and an append per compacted partition.
     assert snapshots_before == 36 and report.snapshots_left == 2
     assert report.snapshots_expired == snapshots_before + 2 * len(TENANTS) - 2
-    assert unreferenced == {_path_of(in_flight.as_uri())}  # kept: younger than the grace period
+    assert unreferenced == {path_of(in_flight.as_uri())}  # kept: younger than the grace period
     assert (
         report.files_removed > 100 and report.bytes_freed > 0 and report.unreferenced_in_grace == 1
     )

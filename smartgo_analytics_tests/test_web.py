@@ -16,11 +16,12 @@ import uvicorn
 from dagster import materialize
 from PIL import Image
 
-from smartgo_analytics.comparables import comparables
+from smartgo_analytics.comparables import Source, comparables
 from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.layout import IMAGE_PREFIX
 from smartgo_analytics.resources.object_store import S3ObjectStore
-from smartgo_analytics.web.app import URL_REFUSED, Answers, answer_json, create_app
+from smartgo_analytics.web.answers import URL_REFUSED, Answers
+from smartgo_analytics.web.app import answer_json, create_app
 from smartgo_analytics.web.guard import Guard
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.browser import browser_page
@@ -88,7 +89,7 @@ def page(stack, lake, cdn):
 def test_the_api_answers_as_the_command_and_refuses_what_it_cannot_answer(lake, page):
     asked = f"WB-{DAY}-4"
     answer = httpx.get(f"{page}/api/comparables", params={"product_id": asked, "k": 5}).json()
-    assert answer == answer_json(comparables(product_id=asked, k=5, resources=lake))
+    assert answer == answer_json(comparables(product_id=asked, k=5, source=Source(resources=lake)))
     assert len(answer["comparables"]) == 5 and answer["tenant"] == TENANT
 
     picture = servers.png((30, 140, 200))
@@ -155,7 +156,7 @@ def test_a_picture_asked_by_its_url_is_fetched_once_and_shown(lake, page, cdn, c
     assert 'class="query-picture" src="data:image/jpeg;base64,' in shown.text
     assert shown.text.count('class="comparable-picture"') == 4
     answer = httpx.post(f"{page}/api/comparables", files=form)
-    command = comparables(image=url, tenant=TENANT, k=4, resources=lake)
+    command = comparables(image=url, tenant=TENANT, k=4, source=Source(resources=lake))
     assert answer.json() == answer_json(command) and command.query == f"image {url}"
     # A link or an <img> on another site only fills the form in: nothing is fetched by a GET.
     filled = httpx.get(f"{page}/", params={"image_url": url, "tenant": TENANT})

@@ -6,12 +6,13 @@ import json
 import sys
 
 from smartgo_analytics.cli.output import UsageError, print_rows, say
-from smartgo_analytics.lake import why_no_vector
 from smartgo_analytics.local.stack import smartgo_home
 
 
 def cmd_comparables(args) -> int:
-    from smartgo_analytics.comparables import SHOWN, ComparablesError, comparables
+    # Imported here: the page's command (`web`) does not need it loaded twice over, and the
+    # other commands of this module do not need it at all.
+    from smartgo_analytics.comparables import SHOWN, ComparablesError, Source, comparables
 
     try:
         found = comparables(
@@ -21,8 +22,10 @@ def cmd_comparables(args) -> int:
             category=args.category,
             condition=args.condition,
             k=args.k,
-            why_no_vector=why_no_vector,
-            cache_dir=smartgo_home() / "cache" / "similarity_index",
+            source=Source(
+                why_no_vector=_why_no_vector,
+                cache_dir=smartgo_home() / "cache" / "similarity_index",
+            ),
         )
     except ComparablesError as error:
         raise UsageError(str(error)) from None
@@ -48,6 +51,14 @@ def cmd_comparables(args) -> int:
     )
     print(summary, file=sys.stderr if args.format == "csv" else sys.stdout, flush=True)
     return 0
+
+
+def _why_no_vector(product_id: str) -> str | None:
+    # Imported here: pyiceberg's catalog takes 0.4 s to import, and most questions are answered
+    # from the index alone.
+    from smartgo_analytics.lake import why_no_vector
+
+    return why_no_vector(product_id)
 
 
 def cmd_web(args) -> int:

@@ -1,16 +1,19 @@
-"""Price bands: what sold items of a kind went for over the 90 days ending with a day."""
+"""Price bands: what sold items of a kind went for over the 90 days ending with a day, and the
+`pricing_intelligence.price_bands` Iceberg table that keeps them (its columns and descriptions)."""
 
 from __future__ import annotations
 
 import json
-import math
 from datetime import date, timedelta
 
-import numpy as np
+import duckdb
 import pyarrow as pa
+from pyiceberg.schema import Schema
+from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
 
-NAMESPACE = "pricing_intelligence"
-IDENTIFIER = f"{NAMESPACE}.price_bands"
+from smartgo_analytics.core import sales_table
+
+IDENTIFIER = f"{sales_table.NAMESPACE}.price_bands"
 WINDOW_DAYS = 90
 # The finest grouping first; each coarser one is a roll-up of it.
 LEVELS = {
@@ -20,8 +23,48 @@ LEVELS = {
 }
 PERCENTILES = {"p10": 0.10, "p25": 0.25, "median": 0.50, "p75": 0.75, "p90": 0.90}
 
-# The columns of the sales table the bands are made from (`price_bands_table.SALES_SCHEMA`).
+# The columns of the sales table the bands are made from (SALES_SCHEMA).
 SALES_COLUMNS = ("tenant_id", "category", "brand", "condition", "sold_price", "sold_date")
+
+_COLUMNS = (
+    ("band_date", DateType(), True),
+    ("level", StringType(), True),
+    ("tenant_id", StringType(), True),
+    ("category", StringType(), False),
+    ("brand", StringType(), False),
+    ("condition", StringType(), False),
+    ("sales_count", LongType(), True),
+    *((name, DoubleType(), True) for name in PERCENTILES),
+    ("mean", DoubleType(), True),
+    ("window_start", DateType(), True),
+    ("window_end", DateType(), True),
+)
+DESCRIPTIONS = {
+    "band_date": "the day the 90-day window ends",
+    "level": "the grouping: which of category, brand, condition it is by",
+    "tenant_id": "the tenant",
+    "category": "category (null: rolled up)",
+    "brand": "brand (null: rolled up)",
+    "condition": "condition (null: rolled up)",
+    "sales_count": "sales in the window",
+    "p10": "10th percentile of the sold prices",
+    "p25": "25th percentile",
+    "median": "median sold price",
+    "p75": "75th percentile",
+    "p90": "90th percentile",
+    "mean": "mean sold price",
+    "window_start": "first day of the window",
+    "window_end": "last day of the window",
+}
+SCHEMA = Schema(
+    *(
+        NestedField(field_id=n, name=name, field_type=kind, required=required)
+        for n, (name, kind, required) in enumerate(_COLUMNS, start=1)
+    )
+)
+ARROW_SCHEMA = SCHEMA.as_arrow()
+# The columns of the sales table the bands are made from, typed as the table declares them.
+SALES_SCHEMA = pa.schema([sales_table.ARROW_SCHEMA.field(name) for name in SALES_COLUMNS])
 
 
 def window(day: date) -> tuple[date, date]:
@@ -50,13 +93,6 @@ def price_bands(sales: pa.Table | pa.RecordBatchReader, day: date) -> pa.Table:
           AND CAST(sold_date AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{first}' AND DATE '{last}'
         GROUP BY GROUPING SETS ({sets})
         ORDER BY level, tenant_id, category, brand, condition"""  # noqa: S608 - dates, not input
-    # Loaded here, not above: the comparables and the web page import this module for its
-    # quantiles alone, and answer sooner without DuckDB and pyiceberg (the `comparables_page`
-    # benchmark's first answer).
-    import duckdb
-
-    from smartgo_analytics.core.price_bands_table import ARROW_SCHEMA
-
     with duckdb.connect() as connection:
         # One scan, in one thread: a stream of batches is read once, and aggregated as it comes
         # (only each group's prices are held).
@@ -100,20 +136,3 @@ def quicksight_records(bands: pa.Table) -> list[dict]:
             band[name] = band[name].isoformat()
         records.append(band)
     return records
-
-
-# The suggested price of comparables: their prices, each weighted by its similarity.
-
-
-def weighted_quantiles(values: np.ndarray, weights: np.ndarray, quantiles) -> list[float]:
-    """Quantiles of `values` where each counts by its weight: the value where the running share
-    of weight (taken at each value's middle) reaches the quantile, interpolated linearly."""
-    order = np.argsort(values)
-    values = np.asarray(values, dtype=float)[order]
-    weights = np.clip(np.asarray(weights, dtype=float)[order], 1e-9, None)
-    positions = (np.cumsum(weights) - weights / 2) / weights.sum()
-    return [float(np.interp(q, positions, values)) for q in quantiles]
-
-
-def round_price(value: float) -> float:
-    return math.floor(value * 100 + 0.5) / 100

@@ -31,7 +31,7 @@ MAX_PLAUSIBLE_PRICE = Decimal("1000000")
 # Identifiers become parts of object keys and partition paths, so they are data with a fixed alphabet:
 # ASCII letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters,
 # exactly as the source holds them (no trimming: ' acme' is not 'acme').
-IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # The prices accepted, in one place: a number from the database (numeric as Decimal, an integer, a
 # finite float), or text holding a plain decimal: digits with at most one '.', an optional sign,
@@ -107,12 +107,12 @@ def _text(value: Any) -> str | None:
 
 
 def identifier_problem(name: str, value: Any) -> str | None:
-    """Why the value cannot be an identifier (see IDENTIFIER), or None when it can."""
+    """Why the value cannot be an identifier (see VALID_ID), or None when it can."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return f"missing {name}"
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return f"{name} is a {type(value).__name__}, not an identifier"
-    if not IDENTIFIER.fullmatch(str(value)):
+    if not VALID_ID.fullmatch(str(value)):
         return f"{name} {str(value)[:40]!r} is not an identifier (A-Z a-z 0-9 . _ -, at most 128)"
     return None
 

@@ -1,12 +1,31 @@
-"""What maintaining the Iceberg table decides: which snapshots expire, which files are orphans,
-which small files are compacted together. Plain functions over plain data."""
+"""The Iceberg table's care: what it decides (which snapshots expire, which files are orphans, which
+small files are compacted together: plain functions over plain data), then doing it on pyiceberg's
+public API. The `iceberg_maintenance` job (maintenance.py) runs it."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from pyarrow.fs import FileSelector, FileType
+from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import (
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThanOrEqual,
+    Reference,
+)
+from pyiceberg.expressions.literals import literal
+from pyiceberg.io.pyarrow import PyArrowFileIO
+from pyiceberg.table import Table
+
+from smartgo_analytics.core import sales_table
+from smartgo_analytics.core.retry import retry_until
 
 _DURATION = re.compile(r"(\d+)([smhd])")
 _SIZE = re.compile(r"(\d+)(B|KB|MB|GB)")
@@ -99,3 +118,190 @@ def compaction_groups(
         for group in groups
         if len(group) > 1
     ]
+
+
+# Doing it, on pyiceberg's public API: each step one commit (per partition, for compaction).
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """What a maintenance run did, for the run's metadata and the command's output."""
+
+    skipped: str | None = None
+    partitions_compacted: tuple[dict, ...] = ()
+    snapshots_expired: int = 0
+    snapshots_left: int = 0
+    files_removed: int = 0
+    bytes_freed: int = 0
+    unreferenced_in_grace: int = 0
+    commit_retries: int = 0
+
+
+@dataclass(frozen=True)
+class Compacted:
+    partition: tuple  # (tenant_id, year, month)
+    files_before: int
+    attempts: int  # commits tried: more than 1 when a concurrent write came first
+
+
+@dataclass(frozen=True)
+class Removed:
+    files: int
+    bytes: int
+    in_grace: int  # unreferenced files younger than the grace period, left for now
+
+
+COMMIT_ATTEMPTS = 3
+
+
+def maintained_by_catalog(properties: dict[str, str]) -> bool:
+    """S3 Tables compacts, expires snapshots and removes unreferenced files of its tables itself."""
+    return "s3tables" in (properties.get("rest.signing-name", "") + properties.get("warehouse", ""))
+
+
+def maintain_table(
+    table: Table, retention: Retention, now: datetime | None = None, on_group_read=None
+) -> MaintenanceReport:
+    """Compact small files, expire old snapshots, then remove the files nothing live refers to,
+    each step one commit (per partition, for compaction) on pyiceberg's public API. A commit that
+    meets a concurrent one (a day being materialised) is tried again on the new table, at most
+    COMMIT_ATTEMPTS times; then the run fails, having changed nothing it did not commit. Ages are
+    measured at `now`, or when each step starts."""
+    compacted = [
+        _compact(table, partition, retention.target_file_size, on_group_read)
+        for partition, files in sorted(_files_by_partition(table).items())
+        if compaction_groups(files, retention.target_file_size)
+    ]
+    after = _files_by_partition(table.refresh()) if compacted else {}
+    expired = _expire_snapshots(table.refresh(), retention, now or datetime.now(UTC))
+    table = table.refresh()
+    removed = _remove_unreferenced(table, retention, now or datetime.now(UTC))
+    return MaintenanceReport(
+        partitions_compacted=tuple(
+            _partition(c.partition)
+            | {"files_before": c.files_before, "files_after": len(after.get(c.partition, []))}
+            for c in compacted
+        ),
+        snapshots_expired=expired,
+        snapshots_left=len(table.snapshots()),
+        files_removed=removed.files,
+        bytes_freed=removed.bytes,
+        unreferenced_in_grace=removed.in_grace,
+        commit_retries=sum(c.attempts - 1 for c in compacted),
+    )
+
+
+def _compact(table: Table, key: tuple, target: int, on_group_read) -> Compacted:
+    """The partition's small files rewritten, group by group, in one commit; made again from the
+    partition's files as they are when a concurrent commit came first."""
+
+    def attempt(number: int) -> Compacted | None:
+        fresh = table.refresh()
+        files = _files_by_partition(fresh).get(key, [])
+        try:
+            with fresh.transaction() as transaction:
+                for first, last, _ in compaction_groups(files, target):
+                    where = _partition_filter(_partition(key), first, last)
+                    rows = fresh.scan(row_filter=where).to_arrow().sort_by(sales_table.ROW_ORDER)
+                    if on_group_read is not None:
+                        on_group_read(_partition(key))
+                    transaction.delete(where)
+                    transaction.append(rows)
+        except (CommitFailedException, ValidationException):  # a concurrent write
+            return None
+        return Compacted(key, len(files), number)
+
+    return retry_until(
+        attempt,
+        attempts=COMMIT_ATTEMPTS,
+        base_s=0.05,
+        gave_up=f"compacting {_partition(key)}: the table kept changing under the commit",
+    )
+
+
+def _partition(key: tuple) -> dict:
+    names = [field.name for field in sales_table.PARTITION_SPEC.fields]
+    return dict(zip(names, key, strict=True))
+
+
+def _expire_snapshots(table: Table, retention: Retention, now: datetime) -> int:
+    """Snapshots past the retention expired in one commit: how many."""
+    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    current = table.current_snapshot()
+    if current is not None:
+        protected.add(current.snapshot_id)
+    committed = [
+        (s.snapshot_id, datetime.fromtimestamp(s.timestamp_ms / 1000, UTC))
+        for s in table.snapshots()
+    ]
+    expired = snapshots_to_expire(committed, now, retention, protected)
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+    return len(expired)
+
+
+def _files_by_partition(table: Table) -> dict[tuple, list[DataFileInfo]]:
+    """The table's live data files by partition (tenant_id, year, month), with their sold_date
+    bounds."""
+    by_partition: dict[tuple, list[DataFileInfo]] = {}
+    for f in table.inspect.files().to_pylist():
+        bounds = f["readable_metrics"]["sold_date"]
+        key = tuple(f["partition"][field.name] for field in sales_table.PARTITION_SPEC.fields)
+        by_partition.setdefault(key, []).append(
+            DataFileInfo(
+                f["file_path"],
+                f["file_size_in_bytes"],
+                bounds["lower_bound"],
+                bounds["upper_bound"],
+            )
+        )
+    return by_partition
+
+
+def _partition_filter(partition: dict, first: datetime, last: datetime) -> BooleanExpression:
+    return And(
+        *(EqualTo(term=Reference(name), value=literal(value)) for name, value in partition.items()),
+        GreaterThanOrEqual(term=Reference("sold_date"), value=literal(first.isoformat())),
+        LessThanOrEqual(term=Reference("sold_date"), value=literal(last.isoformat())),
+    )
+
+
+def _remove_unreferenced(table: Table, retention: Retention, now: datetime) -> Removed:
+    """Delete the files under the table's location that no live snapshot or kept metadata file
+    refers to, once they are older than the grace period."""
+    referenced = {path_of(table.metadata_location)}
+    referenced |= {path_of(entry.metadata_file) for entry in table.metadata.metadata_log}
+    for snapshot in table.snapshots():
+        referenced.add(path_of(snapshot.manifest_list))
+        for manifest in snapshot.manifests(table.io):
+            referenced.add(path_of(manifest.manifest_path))
+            referenced |= {
+                path_of(entry.data_file.file_path)
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+            }
+    location = urlsplit(table.location())
+    if not isinstance(table.io, PyArrowFileIO):
+        raise TypeError(
+            f"removing orphan files lists the table's files through pyarrow; its FileIO is "
+            f"{type(table.io).__name__} (set py-io-impl to pyiceberg.io.pyarrow.PyArrowFileIO)"
+        )
+    filesystem = table.io.fs_by_scheme(location.scheme, location.netloc)
+    listing = filesystem.get_file_info(FileSelector(path_of(table.location()), recursive=True))
+    found = {info.path: info for info in listing if info.type == FileType.File}
+    modified = [(path, info.mtime) for path, info in found.items()]
+    removable = orphans(modified, referenced, now, retention.orphan_grace)
+    for path in removable:
+        table.io.delete(f"{location.scheme}://{path}")
+    return Removed(
+        files=len(removable),
+        bytes=sum(found[path].size for path in removable),
+        in_grace=len(set(found) - referenced) - len(removable),
+    )
+
+
+def path_of(uri: str) -> str:
+    """A file's path as the file system lists it: `bucket/key` on S3, `/absolute/path` on disk."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return parts.path
+    return f"{parts.netloc}{parts.path}"

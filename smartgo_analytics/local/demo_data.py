@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from smartgo_analytics.core.retry import drain
 from smartgo_analytics.local.photos import corpus_picture
 from smartgo_analytics.settings import settings
 
@@ -423,6 +424,11 @@ def seed_sales_data(dynamodb, table_name: str, days: list[date], seed: int) -> i
     from boto3.dynamodb.types import TypeSerializer
 
     serializer = TypeSerializer()
+
+    def put(batch: list[dict]) -> tuple[list[dict], list[dict]]:
+        answer = dynamodb.batch_write_item(RequestItems={table_name: batch})
+        return [], answer.get("UnprocessedItems", {}).get(table_name, [])
+
     written = 0
     for day in days:
         items = sales_data_items(day, seed)
@@ -431,11 +437,7 @@ def seed_sales_data(dynamodb, table_name: str, days: list[date], seed: int) -> i
                 {"PutRequest": {"Item": {k: serializer.serialize(v) for k, v in item.items()}}}
                 for item in items[start : start + 25]
             ]
-            pending = {table_name: requests}
-            while pending:
-                pending = (
-                    dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
-                )
+            drain(put, requests, attempts=64, base_s=0.05, gave_up=f"seeding {table_name}")
         written += len(items)
     return written
 

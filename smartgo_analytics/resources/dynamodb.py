@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +11,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import Field
 
+from smartgo_analytics.core.retry import drain
 from smartgo_analytics.resources.aws import AwsResource
 
 PROGRESS_TTL_DAYS = 90
@@ -78,7 +78,7 @@ class ExportProgressTracker(AwsResource):
             "SK": "METADATA",
             "status": status,
             "updatedAt": now.isoformat(),
-            "ttl": int(time.time()) + PROGRESS_TTL_DAYS * 86_400,
+            "ttl": int(now.timestamp()) + PROGRESS_TTL_DAYS * 86_400,
             **fields,
         }
         serializer = TypeSerializer()
@@ -118,20 +118,24 @@ class ImageVectors(AwsResource):
 
     def _items(self, model_id: str, dimension: int, shas, projection: str) -> Iterator[dict]:
         client = self.boto3_client("dynamodb")
+        table = self.table_name
+
+        def get(keys: list[dict]) -> tuple[list[dict], list[dict]]:
+            request = {table: {"Keys": keys, "ProjectionExpression": projection}}
+            answer = client.batch_get_item(RequestItems=request)
+            left = answer.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+            return answer["Responses"].get(table, []), left
+
         wanted = sorted(set(shas))
         for start in range(0, len(wanted), 100):
             keys = [self._key(model_id, dimension, sha) for sha in wanted[start : start + 100]]
-            for attempt in range(1, 100):
-                answer = client.batch_get_item(
-                    RequestItems={
-                        self.table_name: {"Keys": keys, "ProjectionExpression": projection}
-                    }
-                )
-                yield from answer["Responses"].get(self.table_name, [])
-                keys = answer.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
-                if not keys:
-                    break
-                time.sleep(min(1.0, 0.05 * attempt))  # the table is throttling: back off
+            yield from drain(
+                get,
+                keys,
+                gave_up=f"{table}: reading vectors",
+                attempts=THROTTLED_SENDS,
+                base_s=0.05,
+            )
 
     def known(self, model_id: str, dimension: int, shas) -> set[str]:
         """Which of these images have a vector from this model, of this length."""
@@ -169,14 +173,25 @@ class ImageVectors(AwsResource):
             }
             for sha, vector in vectors.items()
         ]
+        table = self.table_name
+
+        def put(batch: list[dict]) -> tuple[list[dict], list[dict]]:
+            answer = client.batch_write_item(RequestItems={table: batch})
+            return [], answer.get("UnprocessedItems", {}).get(table, [])
+
         for start in range(0, len(requests), 25):
-            batch = requests[start : start + 25]
-            for attempt in range(1, 100):
-                answer = client.batch_write_item(RequestItems={self.table_name: batch})
-                batch = answer.get("UnprocessedItems", {}).get(self.table_name, [])
-                if not batch:
-                    break
-                time.sleep(min(1.0, 0.05 * attempt))
+            drain(
+                put,
+                requests[start : start + 25],
+                gave_up=f"{table}: storing vectors",
+                attempts=THROTTLED_SENDS,
+                base_s=0.05,
+            )
+
+
+# A table that throttles has its unprocessed items sent again, backing off to 1 s between sends,
+# for up to about a minute.
+THROTTLED_SENDS = 64
 
 
 def create_image_vectors_table(dynamodb, table_name: str) -> None:

@@ -6,23 +6,18 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
-from pyarrow.fs import FileSelector, FileType
 from pydantic import Field, PrivateAttr
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
-    CommitFailedException,
     NoSuchTableError,
     TableAlreadyExistsError,
-    ValidationException,
 )
 from pyiceberg.expressions import (
     And,
@@ -30,22 +25,19 @@ from pyiceberg.expressions import (
     EqualTo,
     GreaterThanOrEqual,
     LessThan,
-    LessThanOrEqual,
     Reference,
 )
 from pyiceberg.expressions.literals import literal
-from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import NullOrder
 from pyiceberg.transforms import IdentityTransform
 
 from smartgo_analytics.core import sales_table
 from smartgo_analytics.core.table_care import (
-    DataFileInfo,
+    MaintenanceReport,
     Retention,
-    compaction_groups,
-    orphans,
-    snapshots_to_expire,
+    maintain_table,
+    maintained_by_catalog,
 )
 
 
@@ -122,7 +114,7 @@ class IcebergCatalog(ConfigurableResource):
     def catalog(self) -> Catalog:
         if self._catalog is None:
             if not self.properties.get("type"):
-                raise ValueError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
+                raise ValueError("the catalog's properties name no `type` (sql, rest or glue)")
             self._catalog = load_catalog(self.catalog_name, **self.properties)
         return self._catalog
 
@@ -252,156 +244,3 @@ def replace(table: Table, where: BooleanExpression, batches: Iterable[pa.Table])
                 if rows.num_rows:
                     transaction.append(rows)
     return table.refresh()
-
-
-@dataclass
-class MaintenanceReport:
-    """What a maintenance run did, for the run's metadata and the command's output."""
-
-    skipped: str | None = None
-    partitions_compacted: list[dict] = field(default_factory=list)
-    snapshots_expired: int = 0
-    snapshots_left: int = 0
-    files_removed: int = 0
-    bytes_freed: int = 0
-    unreferenced_in_grace: int = 0
-    commit_retries: int = 0
-
-
-COMMIT_ATTEMPTS = 3
-
-
-def maintained_by_catalog(properties: dict[str, str]) -> bool:
-    """S3 Tables compacts, expires snapshots and removes unreferenced files of its tables itself."""
-    return "s3tables" in (properties.get("rest.signing-name", "") + properties.get("warehouse", ""))
-
-
-def maintain_table(
-    table: Table, retention: Retention, now: datetime | None = None, on_group_read=None
-) -> MaintenanceReport:
-    """Compact small files, expire old snapshots, then remove the files nothing live refers to,
-    each step one commit (per partition, for compaction) on pyiceberg's public API. A commit that
-    meets a concurrent one (a day being materialised) is tried again on the new table, at most
-    COMMIT_ATTEMPTS times; then the run fails, having changed nothing it did not commit. Ages are
-    measured at `now`, or when each step starts."""
-    report = MaintenanceReport()
-    _compact(table, retention, report, on_group_read)
-    table = table.refresh()
-    expiry_time = now or datetime.now(UTC)
-    current = table.current_snapshot()
-    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
-    if current is not None:
-        protected.add(current.snapshot_id)
-    committed = [
-        (s.snapshot_id, datetime.fromtimestamp(s.timestamp_ms / 1000, UTC))
-        for s in table.snapshots()
-    ]
-    expired = snapshots_to_expire(committed, expiry_time, retention, protected)
-    if expired:
-        table.maintenance.expire_snapshots().by_ids(expired).commit()
-        table = table.refresh()
-    report.snapshots_expired = len(expired)
-    report.snapshots_left = len(table.snapshots())
-    _remove_unreferenced(table, retention, now or datetime.now(UTC), report)
-    return report
-
-
-def _compact(table: Table, retention: Retention, report: MaintenanceReport, on_group_read) -> None:
-    names = [field.name for field in sales_table.PARTITION_SPEC.fields]
-    for key, files in sorted(_files_by_partition(table).items()):
-        if not compaction_groups(files, retention.target_file_size):
-            continue
-        partition = dict(zip(names, key, strict=True))
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            table = table.refresh()
-            if attempt > 1:  # a concurrent commit may have changed this partition's files
-                files = _files_by_partition(table).get(key, [])
-            groups = compaction_groups(files, retention.target_file_size)
-            try:
-                with table.transaction() as transaction:
-                    for first, last, _ in groups:
-                        where = _partition_filter(partition, first, last)
-                        rows = (
-                            table.scan(row_filter=where).to_arrow().sort_by(sales_table.ROW_ORDER)
-                        )
-                        if on_group_read is not None:
-                            on_group_read(partition)
-                        transaction.delete(where)
-                        transaction.append(rows)
-                break
-            except (CommitFailedException, ValidationException):  # a concurrent write
-                report.commit_retries += 1
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-        report.partitions_compacted.append({**partition, "files_before": len(files)})
-    if report.partitions_compacted:
-        after = _files_by_partition(table.refresh())
-        for compacted in report.partitions_compacted:
-            compacted["files_after"] = len(after.get(tuple(compacted[n] for n in names), []))
-
-
-def _files_by_partition(table: Table) -> dict[tuple, list[DataFileInfo]]:
-    """The table's live data files by partition (tenant_id, year, month), with their sold_date
-    bounds."""
-    by_partition: dict[tuple, list[DataFileInfo]] = {}
-    for f in table.inspect.files().to_pylist():
-        bounds = f["readable_metrics"]["sold_date"]
-        key = tuple(f["partition"][field.name] for field in sales_table.PARTITION_SPEC.fields)
-        by_partition.setdefault(key, []).append(
-            DataFileInfo(
-                f["file_path"],
-                f["file_size_in_bytes"],
-                bounds["lower_bound"],
-                bounds["upper_bound"],
-            )
-        )
-    return by_partition
-
-
-def _partition_filter(partition: dict, first: datetime, last: datetime) -> BooleanExpression:
-    return And(
-        *(EqualTo(term=Reference(name), value=literal(value)) for name, value in partition.items()),
-        GreaterThanOrEqual(term=Reference("sold_date"), value=literal(first.isoformat())),
-        LessThanOrEqual(term=Reference("sold_date"), value=literal(last.isoformat())),
-    )
-
-
-def _remove_unreferenced(
-    table: Table, retention: Retention, now: datetime, report: MaintenanceReport
-) -> None:
-    """Delete the files under the table's location that no live snapshot or kept metadata file
-    refers to, once they are older than the grace period."""
-    referenced = {_path_of(table.metadata_location)}
-    referenced |= {_path_of(entry.metadata_file) for entry in table.metadata.metadata_log}
-    for snapshot in table.snapshots():
-        referenced.add(_path_of(snapshot.manifest_list))
-        for manifest in snapshot.manifests(table.io):
-            referenced.add(_path_of(manifest.manifest_path))
-            referenced |= {
-                _path_of(entry.data_file.file_path)
-                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
-            }
-    location = urlsplit(table.location())
-    if not isinstance(table.io, PyArrowFileIO):
-        raise TypeError(
-            f"removing orphan files lists the table's files through pyarrow; its FileIO is "
-            f"{type(table.io).__name__} (set py-io-impl to pyiceberg.io.pyarrow.PyArrowFileIO)"
-        )
-    filesystem = table.io.fs_by_scheme(location.scheme, location.netloc)
-    listing = filesystem.get_file_info(FileSelector(_path_of(table.location()), recursive=True))
-    found = {info.path: info for info in listing if info.type == FileType.File}
-    modified = [(path, info.mtime) for path, info in found.items()]
-    removable = orphans(modified, referenced, now, retention.orphan_grace)
-    report.unreferenced_in_grace = len(set(found) - referenced) - len(removable)
-    for path in removable:
-        table.io.delete(f"{location.scheme}://{path}")
-        report.files_removed += 1
-        report.bytes_freed += found[path].size
-
-
-def _path_of(uri: str) -> str:
-    """A file's path as the file system lists it: `bucket/key` on S3, `/absolute/path` on disk."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("", "file"):
-        return parts.path
-    return f"{parts.netloc}{parts.path}"

@@ -2,9 +2,7 @@
 segments rebuilt and its manifest committed with a conditional write (safe under runs at once),
 orphans deleted, the index checked against the table, the day's quality measured."""
 
-import random
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -14,18 +12,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from smartgo_analytics.core.retry import retry_until
 from smartgo_analytics.layout import (
-    SIMILARITY_PREFIX,
     similarity_category_sums_key,
     similarity_manifest_key,
     similarity_segment_key,
-    similarity_tenants,
 )
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.similarity.graph import CENTRE_FROM, built_graph, graph_with_day, open_index
-from smartgo_analytics.similarity.index import TenantIndex
 from smartgo_analytics.similarity.manifest import Manifest, Segment
 from smartgo_analytics.similarity.quality import DayQuality, category_sums, measure_day
+from smartgo_analytics.similarity.reader import (
+    IndexReader,
+    indexed_tenants,
+    load_manifest,
+    load_versioned,
+)
 from smartgo_analytics.similarity.segments import (
     ITEM_COLUMNS,
     ITEM_SCHEMA,
@@ -107,23 +109,6 @@ def index_metadata(spooled: SpooledDay, manifests: dict[str, Manifest], uri: str
     }
 
 
-def indexed_tenants(store: ObjectStore) -> list[str]:
-    return similarity_tenants(store.list_keys(f"{SIMILARITY_PREFIX}/"))
-
-
-def load_manifest(store: ObjectStore, tenant: str, dimension: int) -> Manifest:
-    return load_versioned(store, tenant, dimension)[0]
-
-
-def load_versioned(store: ObjectStore, tenant: str, dimension: int) -> tuple[Manifest, str | None]:
-    """The tenant's manifest and the version it was read at (None: there is none yet)."""
-    try:
-        data, version = store.get_versioned(similarity_manifest_key(tenant))
-    except FileNotFoundError:
-        return Manifest(tenant, dimension), None
-    return Manifest.from_json(data), version
-
-
 # Runs of the index step are serialised by the `similarity_index` pool (pools.py); the manifest is also written only if it is still the one the update was made from, so
 # a run that meets another (a pool left at its default limit) builds its update again on theirs.
 COMMIT_ATTEMPTS = 8
@@ -131,10 +116,6 @@ COMMIT_ATTEMPTS = 8
 # ones may be another run's, not yet committed.
 ORPHAN_AGE = timedelta(hours=1)
 _SEGMENT_NAME = re.compile(r"segment-\d{4}-\d{2}-\d{2}-(?:(\d{8}T\d{6})-)?[0-9a-f]+")
-
-
-class IndexConflict(RuntimeError):
-    """The tenant's manifest kept changing under the update."""
 
 
 @dataclass
@@ -156,26 +137,34 @@ def commit_day(
 ) -> Manifest:
     """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
     manifest; built again on the newer manifest when another run committed first."""
-    for attempt in range(COMMIT_ATTEMPTS):
-        manifest, version = load_versioned(store, tenant, dimension)
-        try:
-            update = update_tenant(store, manifest, day, spool, work)
-        except FileNotFoundError:  # a segment that a run committing meanwhile retired
-            continue
-        if not update.changed:
-            return manifest
-        if store.put_if_version(similarity_manifest_key(tenant), manifest.to_json(), version):
-            for key in update.retired:
-                store.delete(key)
-            delete_orphans(store, manifest)
-            return manifest
+    return retry_until(
+        lambda _: _try_commit(store, tenant, dimension, day, spool, work),
+        attempts=COMMIT_ATTEMPTS,
+        base_s=0.1,
+        gave_up=f"tenant {tenant!r}: its index manifest kept changing while adding {day}; is the "
+        "similarity_index pool's limit 1?",
+    )
+
+
+def _try_commit(
+    store: ObjectStore, tenant: str, dimension: int, day: date, spool: DaySpool | None, work: Path
+) -> Manifest | None:
+    """The tenant's manifest with the day, committed; None when another run committed first."""
+    manifest, version = load_versioned(store, tenant, dimension)
+    try:
+        update = update_tenant(store, manifest, day, spool, work)
+    except FileNotFoundError:  # a segment that a run committing meanwhile retired
+        return None
+    if not update.changed:
+        return manifest
+    if not store.put_if_version(similarity_manifest_key(tenant), manifest.to_json(), version):
         for key in update.added:
             store.delete(key)
-        time.sleep(random.uniform(0, 0.2 * (attempt + 1)))
-    raise IndexConflict(
-        f"tenant {tenant!r}: its index manifest changed under {COMMIT_ATTEMPTS} attempts to add "
-        f"{day}; is the similarity_index pool's limit 1?"
-    )
+        return None
+    for key in update.retired:
+        store.delete(key)
+    delete_orphans(store, manifest)
+    return manifest
 
 
 def delete_orphans(
@@ -336,15 +325,6 @@ def _rebuild(
     update.retired += old
 
 
-def open_tenant(store: ObjectStore, manifest: Manifest, opened: list[Path]) -> TenantIndex:
-    paths = {}
-    for segment in manifest.segments:
-        pair = tuple(store.local_path(key) for key in segment_keys(manifest.tenant, segment.name))
-        opened.extend(pair)
-        paths[segment.name] = pair
-    return TenantIndex(manifest, paths)
-
-
 def day_differences(
     store: ObjectStore, tenants: list[str], day: date, table: Counter, dimension: int
 ) -> list[str]:
@@ -365,17 +345,19 @@ def measure_tenants(
     spools: dict[str, DaySpool],
 ) -> DayQuality:
     """The day's vectors of each tenant that sold that day, against its index and trailing days."""
-    parts = []
-    for tenant, spool in spools.items():
-        opened: list[Path] = []
-        try:
-            tenant_index = open_tenant(store, manifests[tenant], opened)
-            trailing = trailing_sums(store, tenant, day, manifests[tenant])
-            parts.append(measure_day(tenant_index, day, spool, trailing))
-            tenant_index.close()
-        finally:
-            for path in opened:
-                store.release(path)
+    reader = IndexReader(store)
+    try:
+        parts = [
+            measure_day(
+                reader.open(manifests[tenant]),
+                day,
+                spool,
+                trailing_sums(store, tenant, day, manifests[tenant]),
+            )
+            for tenant, spool in spools.items()
+        ]
+    finally:
+        reader.close()
     return DayQuality.combined(parts)
 
 

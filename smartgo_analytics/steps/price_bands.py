@@ -9,7 +9,6 @@ from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 
 from smartgo_analytics.core import price_bands as bands_core
-from smartgo_analytics.core import price_bands_table as bands_table
 from smartgo_analytics.core.ndjson import encode_ndjson
 from smartgo_analytics.layout import staged_records_key
 from smartgo_analytics.metadata import iceberg_columns, md_table, snapshot_rows, table_metadata
@@ -29,7 +28,7 @@ def bands_of_day(iceberg: IcebergCatalog, day: date) -> tuple[pa.Table, int]:
     start = datetime.combine(first, time(), UTC)
     end = datetime.combine(day + timedelta(days=1), time(), UTC)
     sales = SalesBatches(iceberg.scan_day_files(start, end, bands_core.SALES_COLUMNS))
-    reader = pa.RecordBatchReader.from_batches(bands_table.SALES_SCHEMA, iter(sales))
+    reader = pa.RecordBatchReader.from_batches(bands_core.SALES_SCHEMA, iter(sales))
     bands = bands_core.price_bands(reader, day)
     return bands, sales.rows
 
@@ -43,7 +42,7 @@ class SalesBatches:
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         for batch in self.batches:
             self.rows += batch.num_rows
-            yield batch.cast(bands_table.SALES_SCHEMA)
+            yield batch.cast(bands_core.SALES_SCHEMA)
 
 
 def replace_bands(
@@ -51,7 +50,7 @@ def replace_bands(
 ) -> Table:
     """The day's bands in place of those the table held for it, in one commit, and staged for the
     QuickSight dataset `price_bands`: the table."""
-    table = iceberg.table(bands_core.IDENTIFIER, bands_table.SCHEMA)
+    table = iceberg.table(bands_core.IDENTIFIER, bands_core.SCHEMA)
     table = replace(
         table, EqualTo(term=Reference("band_date"), value=literal(day.isoformat())), [bands]
     )
@@ -80,7 +79,7 @@ def bands_metadata(
         **table_metadata(
             f"{catalog}.{bands_core.IDENTIFIER}",
             table.location(),
-            iceberg_columns(table.schema(), bands_table.DESCRIPTIONS),
+            iceberg_columns(table.schema(), bands_core.DESCRIPTIONS),
             bands.num_rows,
             snapshot_rows(table),
         ),

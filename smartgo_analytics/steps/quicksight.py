@@ -20,6 +20,7 @@ from smartgo_analytics.core.quicksight import (
     unknown_kinds,
     usable_items,
 )
+from smartgo_analytics.core.retry import retry_until
 from smartgo_analytics.layout import (
     daily_metrics_key,
     quicksight_dataset_prefix,
@@ -200,7 +201,8 @@ def write_manifest(
     changed since, they are made again. So the last writer of a month file or manifest wrote it
     from the day files as they are, and a day is never lost from them."""
     day_prefix = quicksight_dataset_prefix(prefix, dataset)
-    for _ in range(MANIFEST_ATTEMPTS):
+
+    def attempt(_: int) -> tuple[str | None, int] | None:
         days = object_store.versions(day_prefix)
         try:
             written = _write_months_and_manifest(
@@ -211,12 +213,16 @@ def write_manifest(
                 _dated(list(days), day_prefix, DAY_FILE),
             )
         except FileNotFoundError:  # a day file removed since the listing (its day became empty)
-            continue
-        if object_store.versions(day_prefix) == days:
-            return written
-    raise RuntimeError(
-        f"{dataset}: its day files changed during each of {MANIFEST_ATTEMPTS} attempts to write "
-        "its month files and manifest"
+            return None
+        return written if object_store.versions(day_prefix) == days else None
+
+    return retry_until(
+        attempt,
+        attempts=MANIFEST_ATTEMPTS,
+        base_s=0.05,
+        cap_s=1.0,
+        gave_up=f"{dataset}: its day files kept changing while its month files and manifest "
+        "were written",
     )
 
 

@@ -1,0 +1,118 @@
+"""An answer: the comparables found in a tenant's index, and the price band they suggest."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import numpy as np
+
+from smartgo_analytics.similarity.index import TenantIndex
+
+SHOWN = ("product_id", "category", "brand", "condition", "sold_price", "sold_date", "similarity")
+SEARCHED_PER_WANTED = 20  # candidates asked for each item wanted when a category narrows them
+MOST_SEARCHED = 4_000
+
+
+@dataclass(frozen=True)
+class Comparable:
+    product_id: str
+    category: str | None
+    brand: str | None
+    condition: str | None
+    sold_price: float
+    sold_date: str
+    similarity: float
+    image_sha256: str | None = (
+        None  # its picture's copy: layout.image_key(tenant, product, sha, ext)
+    )
+
+
+@dataclass(frozen=True)
+class PriceBand:
+    """A similarity-weighted median of the comparables' prices, with their weighted p25 and p75."""
+
+    median: float
+    p25: float
+    p75: float
+    comparables: int
+
+
+@dataclass(frozen=True)
+class Comparables:
+    tenant: str
+    query: str
+    items: list[Comparable]
+    suggested: PriceBand
+
+    def rows(self) -> list[dict]:
+        return [asdict(item) for item in self.items]
+
+
+def suggested_band(items: list[Comparable]) -> PriceBand:
+    """The comparables' prices, each weighted by its similarity: median, p25 and p75."""
+    if not items:
+        raise ValueError("a suggested price needs at least one comparable")
+    prices = np.array([item.sold_price for item in items])
+    weights = np.array([max(item.similarity, 0.0) for item in items])
+    p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    return PriceBand(round_price(median), round_price(p25), round_price(p75), len(items))
+
+
+def weighted_quantiles(values: np.ndarray, weights: np.ndarray, quantiles) -> list[float]:
+    """Quantiles of `values` where each counts by its weight: the value where the running share
+    of weight (taken at each value's middle) reaches the quantile, interpolated linearly."""
+    order = np.argsort(values)
+    values = np.asarray(values, dtype=float)[order]
+    weights = np.clip(np.asarray(weights, dtype=float)[order], 1e-9, None)
+    positions = (np.cumsum(weights) - weights / 2) / weights.sum()
+    return [float(np.interp(q, positions, values)) for q in quantiles]
+
+
+def round_price(value: float) -> float:
+    return math.floor(value * 100 + 0.5) / 100
+
+
+def nearest(index: TenantIndex, vector, key, product_id, kind: dict, k: int) -> list[Comparable]:
+    """The k nearest items other than the query's own sales, of the kind (category, condition)
+    asked: searched wider, four times at a step, while too few of the candidates are of the kind."""
+    kind = {name: value for name, value in kind.items() if value is not None}
+    first = k * SEARCHED_PER_WANTED if kind else k
+    for wanted in _widening(first, len(index)):
+        keys, similarities = index.search(vector, min(wanted + 1, len(index)))
+        keys, similarities = keys[0], similarities[0]
+        similarity = dict(zip(keys.tolist(), similarities.tolist(), strict=True))
+        chosen = [
+            item
+            for item in index.items(keys[keys != 0]).to_pylist()
+            if item["key"] != key
+            and item["product_id"] != product_id
+            and all(item[name] == value for name, value in kind.items())
+        ][:k]
+        if len(chosen) >= k:
+            break
+    return [_comparable(item, similarity[item["key"]]) for item in chosen]
+
+
+def _widening(first: int, size: int) -> list[int]:
+    """How many candidates each search asks for: `first`, four times more each time, until the
+    whole index or MOST_SEARCHED is asked for."""
+    steps = [first]
+    while steps[-1] + 1 < size and steps[-1] < MOST_SEARCHED:
+        steps.append(steps[-1] * 4)
+    return steps
+
+
+def _comparable(item: dict, similarity: float) -> Comparable:
+    sold: datetime = item["sold_date"]
+    return Comparable(
+        item["product_id"],
+        item["category"],
+        item["brand"],
+        item["condition"],
+        float(item["sold_price"]),
+        sold.date().isoformat(),
+        round(similarity, 4),
+        item.get("image_sha256"),
+    )

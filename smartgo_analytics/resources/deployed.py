@@ -1,0 +1,143 @@
+"""The Dagster resources of each deployment (`deployment.this_deployment().resources()`)."""
+
+from __future__ import annotations
+
+from dagster import EnvVar, ResourceDefinition
+
+from smartgo_analytics.deployment import prod_catalog_properties
+from smartgo_analytics.local.stack import (
+    EXPORT_PROGRESS_TABLE,
+    IMAGE_VECTORS_TABLE,
+    LOCAL_BUCKET,
+    StackError,
+    running_stack,
+    smartgo_home,
+)
+from smartgo_analytics.resources.alerts import Alerter
+from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors, SalesDataTable
+from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
+from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.images import ImageFetcher
+from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+from smartgo_analytics.resources.parquet_io import ParquetIOManager
+from smartgo_analytics.resources.postgres import SmartGoDatabase
+from smartgo_analytics.resources.quicksight import QuickSightExport
+from smartgo_analytics.settings import ConfigurationError, Settings
+
+
+def alerter(config: Settings, **aws: str | None) -> Alerter:
+    """The log always; Slack and SNS when their settings are there."""
+    destinations = ["log"]
+    if config.slack_webhook_set:
+        destinations.append("slack")
+    if config.sns_topic_arn:
+        destinations.append("sns")
+    return Alerter(
+        destinations=destinations,
+        slack_webhook_url=EnvVar("ALERT_SLACK_WEBHOOK_URL") if config.slack_webhook_set else None,
+        sns_topic_arn=config.sns_topic_arn,
+        webserver_url=config.webserver_url,
+        **aws,
+    )
+
+
+def quicksight_export(config: Settings, **aws: str | None) -> QuickSightExport:
+    return QuickSightExport(
+        prefix=config.quicksight_prefix,
+        account_id=config.quicksight_account_id,
+        dataset_ids=config.quicksight_dataset_ids,
+        **aws,
+    )
+
+
+def local_resources(config: Settings) -> dict[str, object]:
+    """The prod resources given the embedded stack's loopback endpoints, DSN and catalog as data.
+
+    The stack is the one running under SMARTGO_HOME (`smartgo-analytics dev` or `demo` start it);
+    without one, the resources that need it fail when a run uses them, saying how to start it.
+    Objects live in the lake directory either way, so what a demo wrote stays readable.
+    """
+    home = smartgo_home(config.smartgo_home)
+    object_store = LocalObjectStore(lake_dir=str(home / "lake"), bucket=LOCAL_BUCKET)
+    resources: dict[str, object] = {
+        "object_store": object_store,
+        "parquet_io_manager": ParquetIOManager(object_store=object_store),
+        "image_fetcher": ImageFetcher(
+            allowlist=["127.0.0.1", "localhost", *config.image_url_allowlist]
+        ),
+        "image_embedder": LocalVisualEmbedder(
+            dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
+        ),
+        "quicksight": quicksight_export(config),
+    }
+    try:
+        stack = running_stack(home)
+    except StackError as error:
+        needs_stack = _fails_with(str(error))
+        return resources | {
+            "smartgo_db": needs_stack,
+            "sales_data": needs_stack,
+            "export_progress": needs_stack,
+            "image_vectors": needs_stack,
+            "iceberg": needs_stack,
+            "alerter": alerter(config),
+        }
+    aws = stack.aws_options
+    return resources | {
+        "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri, tenant=config.tenant),
+        "sales_data": SalesDataTable(table_name=config.dynamodb_table, **aws),
+        "export_progress": ExportProgressTracker(
+            table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, **aws
+        ),
+        "image_vectors": ImageVectors(
+            table_name=config.image_vectors_table or IMAGE_VECTORS_TABLE, **aws
+        ),
+        "iceberg": IcebergCatalog(properties=stack.iceberg_properties),
+        "alerter": alerter(config, **aws),
+    }
+
+
+def _fails_with(message: str) -> ResourceDefinition:
+    def fail(_context):
+        raise StackError(message)
+
+    return ResourceDefinition(resource_fn=fail, description=message)
+
+
+def prod_resources(config: Settings) -> dict[str, object]:
+    """AWS: S3, DynamoDB, Bedrock Titan, the SmartGo Postgres and an Iceberg catalog."""
+    if not config.s3_bucket:
+        raise ConfigurationError("S3_BUCKET is not set (required when SMARTGO_DEPLOYMENT=prod)")
+    if config.database_url_set == bool(config.db_ssm_parameter):
+        raise ConfigurationError(
+            "set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
+        )
+    catalog_properties = prod_catalog_properties(config)
+    region = config.aws_region
+    object_store = S3ObjectStore(bucket=config.s3_bucket, region_name=region)
+    return {
+        "smartgo_db": SmartGoDatabase(
+            dsn=EnvVar("SMARTGO_DATABASE_URL") if config.database_url_set else None,
+            ssm_parameter_name=config.db_ssm_parameter,
+            tenant=config.tenant,
+            region_name=region,
+        ),
+        "sales_data": SalesDataTable(table_name=config.dynamodb_table, region_name=region),
+        "export_progress": ExportProgressTracker(
+            table_name=config.export_progress_table, region_name=region
+        ),
+        "image_vectors": ImageVectors(table_name=config.image_vectors_table, region_name=region),
+        "object_store": object_store,
+        "parquet_io_manager": ParquetIOManager(object_store=object_store),
+        "image_fetcher": ImageFetcher(allowlist=config.image_url_allowlist),
+        "image_embedder": TitanEmbedder(
+            dimension=config.embedding_dimension,
+            max_concurrency=config.bedrock_max_concurrency,
+            requests_per_minute=config.bedrock_requests_per_minute,
+            tokens_per_minute=config.bedrock_tokens_per_minute,
+            region_name=region,
+        ),
+        "iceberg": IcebergCatalog(properties=catalog_properties),
+        "quicksight": quicksight_export(config, region_name=region),
+        "alerter": alerter(config, region_name=region),
+    }
