@@ -105,6 +105,9 @@ class Settings:
     web_picture_hosts: list[str] = field(default_factory=list)
     # The local demo's product pictures: 256-px "drawings", or "photos" of 2-5 MB (local/photos).
     demo_pictures: str = "drawings"
+    # An S3-compatible endpoint of its own (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL): what DuckDB
+    # is pointed at to read the table's files (boto3 reads the same variables itself).
+    s3_endpoint_url: str | None = None
 
     @property
     def catalog_properties(self) -> dict[str, str]:
@@ -222,6 +225,9 @@ def settings() -> Settings:
         web_asks_per_minute=_int("WEB_ASKS_PER_MINUTE", 20),
         web_picture_hosts=_list("WEB_PICTURE_HOSTS"),
         demo_pictures=demo_pictures,
+        s3_endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None,
         deployment=deployment,
         smartgo_home=os.environ.get("SMARTGO_HOME", ".smartgo"),
         partitions_start=partitions_start,

@@ -451,3 +451,43 @@ def test_one_tick_that_sees_several_runs_alerts_each_failure_once_though_a_desti
     assert len(broken_slack.messages) == 3  # each tried once, not again on the next ticks
     assert any("check holds failed" in b and "3 rows lost" in b for b in bodies)
     broken_slack.server.shutdown()
+
+
+@pytest.mark.parametrize("config", ["dagster.yaml", "deploy/dagster.yaml"])
+def test_a_step_that_failed_alerts_after_one_run_and_a_crashed_run_worker_is_run_again(
+    config, tmp_path, webhook
+):
+    from pathlib import Path
+
+    import yaml
+    from dagster import DagsterInstance, Failure
+
+    retries = yaml.safe_load((Path(__file__).parents[1] / config).read_text())["run_retries"]
+    assert retries == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"run_retries": retries}))
+
+    @asset(partitions_def=daily_partitions)
+    def misconfigured():
+        raise Failure("SMARTGO_DATABASE_URL: password authentication failed", allow_retries=False)
+
+    job = define_asset_job("misconfigured_job", selection=[misconfigured])
+    defs = Definitions(assets=[misconfigured], jobs=[job], sensors=[failed_partition_alert])
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        first = tick(failed_partition_alert, instance, defs, webhook)
+        failed = defs.resolve_job_def("misconfigured_job").execute_in_process(
+            partition_key="2025-03-17", instance=instance, raise_on_error=False
+        )
+        # What the instance decided when the run failed, and the daemon follows: not again.
+        assert instance.get_run_by_id(failed.run_id).tags["dagster/will_retry"] == "false"
+        # A run whose worker died, marked failed from outside (as run monitoring does): again.
+        crashed = instance.create_run_for_job(
+            defs.resolve_job_def("misconfigured_job"), tags={"dagster/partition": "2025-03-18"}
+        )
+        instance.report_run_failed(crashed, "the run worker's process exited with code 137")
+        assert instance.get_run_by_id(crashed.run_id).tags["dagster/will_retry"] == "true"
+        tick(failed_partition_alert, instance, defs, webhook, cursor=first.cursor)
+    # One alert, for the step that failed, after its one run; none yet for the crashed run.
+    assert [t for t in webhook.texts() if "partition: " in t] == [
+        t for t in webhook.texts() if "partition: 2025-03-17" in t
+    ]
+    assert len(webhook.messages) == 1 and "password authentication failed" in webhook.texts()[0]

@@ -13,16 +13,19 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from smartgo_analytics.cli.output import UsageError, say
-from smartgo_analytics.local.stack import StackError, check_port_free, smartgo_home
+from smartgo_analytics.deployment import this_deployment
+from smartgo_analytics.local.stack import (
+    StackError,
+    check_port_free,
+    smartgo_home,
+    use_dagster_home,
+)
 
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
 def local_deployment() -> None:
-    from smartgo_analytics.settings import settings
-
-    deployment = settings().deployment
-    if deployment != "local":
+    if not this_deployment().local:
         raise UsageError(
             "this command runs on the embedded local stack: unset SMARTGO_DEPLOYMENT or set it to local"
         )
@@ -47,16 +50,8 @@ def _demo_days(args) -> list[date]:
 
 
 def _dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME if set, else `<SMARTGO_HOME>/dagster` with the project's local instance config."""
-    if os.environ.get("DAGSTER_HOME"):
-        path = Path(os.environ["DAGSTER_HOME"]).resolve()
-    else:
-        path = home / "dagster"
-    path.mkdir(parents=True, exist_ok=True)
-    config = path / "dagster.yaml"
-    if not config.exists() and PROJECT_DAGSTER_YAML.exists():
-        shutil.copy(PROJECT_DAGSTER_YAML, config)
-    os.environ["DAGSTER_HOME"] = str(path)
+    """The local Dagster instance's directory, its pools' limits set."""
+    path = use_dagster_home(home, PROJECT_DAGSTER_YAML)
     from dagster import DagsterInstance
 
     from smartgo_analytics.pools import set_pool_limits
@@ -217,7 +212,7 @@ def cmd_seed(args) -> int:
 
 
 def cmd_dev(args) -> int:
-    from smartgo_analytics.local.stack import local_stack, stack_environment
+    from smartgo_analytics.local.stack import child_environment, local_stack
 
     local_deployment()
     days = _demo_days(args)
@@ -226,7 +221,7 @@ def cmd_dev(args) -> int:
     with local_stack(home) as info:
         _seed(info, days, args.sales_per_day)
         dagster_home = _dagster_home(home)
-        env = {**os.environ, **stack_environment(info), "DAGSTER_HOME": str(dagster_home)}
+        env = child_environment(info, dagster_home)
         # Warnings and errors only: run events are in the UI, not the terminal; `dagster dev` is the
         # command this Dagster release runs a local deployment with (`dg dev` needs a dg project).
         command = dagster_dev_command(args.port)

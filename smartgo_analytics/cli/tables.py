@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from smartgo_analytics.cli.output import UsageError, print_rows, say
 from smartgo_analytics.cli.stack import local_deployment
 from smartgo_analytics.lake import deployment_catalog
@@ -108,11 +106,7 @@ def _s3_access(catalog) -> dict[str, object]:
         "SESSION_TOKEN": frozen.token,
         "REGION": region or "us-east-1",
     }
-    endpoint = (
-        os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or properties.get("s3.endpoint")
-    )
+    endpoint = settings().s3_endpoint_url or properties.get("s3.endpoint")
     if endpoint:
         parts = urlsplit(endpoint)
         access |= {

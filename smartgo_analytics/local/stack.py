@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 from dataclasses import asdict, dataclass
@@ -322,3 +323,19 @@ def _create_aws_resources(info: StackInfo) -> None:
 def stack_environment(info: StackInfo) -> dict[str, str]:
     """What a process needs in its environment to find this stack."""
     return {"SMARTGO_HOME": info.home, "SMARTGO_DEPLOYMENT": "local"}
+
+
+def child_environment(info: StackInfo, dagster_home: Path) -> dict[str, str]:
+    """This process's environment with the stack's and the Dagster instance's: for `dagster dev`."""
+    return {**os.environ, **stack_environment(info), "DAGSTER_HOME": str(dagster_home)}
+
+
+def use_dagster_home(home: Path, config: Path) -> Path:
+    """The Dagster instance's directory (DAGSTER_HOME if set, else `<home>/dagster`), given
+    `config` as its dagster.yaml when it has none, and named in this process's DAGSTER_HOME."""
+    path = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "dagster.yaml").exists() and config.exists():
+        shutil.copy(config, path / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
