@@ -4,6 +4,7 @@ catalog locally and the Glue catalog on moto, with the rows unchanged to the las
 import hashlib
 import os
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import boto3
 import pyarrow as pa
@@ -176,16 +177,73 @@ def test_maintenance_on_the_glue_catalog_with_the_warehouse_on_s3(stack, monkeyp
     assert report.snapshots_left == 1 and report.files_removed > 100
 
 
-def test_a_table_that_s3_tables_maintains_is_left_alone():
+def test_a_table_that_s3_tables_maintains_is_given_the_documented_retention(monkeypatch):
+    """S3 Tables does the work; the job sets its table's maintenance configuration to the
+    retention the other catalogs get, over S3 Tables' wire format (a loopback double: moto's
+    s3tables has no maintenance operations)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    puts: list[tuple[str, dict]] = []
+
+    class S3Tables(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            puts.append((self.path, json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), S3Tables)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3TABLES", f"http://127.0.0.1:{server.server_port}")
+    warehouse = "arn:aws:s3tables:eu-west-1:123456789012:bucket/carousel-analytics"
     catalog = IcebergCatalog(
         properties={
             "type": "rest",
-            "uri": "http://127.0.0.1:9/iceberg",
+            "uri": "http://127.0.0.1:9/iceberg",  # never asked: S3 Tables does the work
+            "warehouse": warehouse,
             "rest.signing-name": "s3tables",
+            "rest.signing-region": "eu-west-1",
         }
     )
-    report = catalog.maintain(Retention())
-    assert report.skipped == "S3 Tables maintains this table itself"
+    try:
+        report = catalog.maintain(Retention())
+    finally:
+        server.shutdown()
+    assert report.skipped == (
+        "S3 Tables maintains this table itself, set to: snapshots older than 168 h expire, "
+        "the last 10 kept; files compacted to 128 MB"
+    )
+    table = f"/tables/{quote(warehouse, safe='')}/pricing_intelligence/smartgo_sales/maintenance"
+    assert sorted(puts, key=lambda put: put[0]) == [
+        (
+            f"{table}/icebergCompaction",
+            {
+                "value": {
+                    "status": "enabled",
+                    "settings": {"icebergCompaction": {"targetFileSizeMB": 128}},
+                }
+            },
+        ),
+        (
+            f"{table}/icebergSnapshotManagement",
+            {
+                "value": {
+                    "status": "enabled",
+                    "settings": {
+                        "icebergSnapshotManagement": {
+                            "minSnapshotsToKeep": 10,
+                            "maxSnapshotAgeHours": 168,
+                        }
+                    },
+                }
+            },
+        ),
+    ]
 
 
 def test_the_weekly_job_runs_the_maintenance_and_reports_it(tmp_path):

@@ -4,6 +4,7 @@ public API. The `iceberg_maintenance` job (maintenance.py) runs it."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -157,6 +158,42 @@ COMMIT_ATTEMPTS = 3
 def maintained_by_catalog(properties: dict[str, str]) -> bool:
     """S3 Tables compacts, expires snapshots and removes unreferenced files of its tables itself."""
     return "s3tables" in (properties.get("rest.signing-name", "") + properties.get("warehouse", ""))
+
+
+def set_s3_tables_maintenance(
+    properties: dict[str, str], identifier: str, retention: Retention
+) -> str | None:
+    """The retention given to S3 Tables as the table's own maintenance configuration
+    (PutTableMaintenanceConfiguration: snapshot management and compaction), in place of AWS's
+    defaults (snapshots kept 120 hours, at least 1); what was set, in words (None: there is no
+    such table yet). Unreferenced files are removed by the table bucket's own setting, which is
+    the bucket owner's."""
+    import boto3  # here: boto3's import is a second the other catalogs' readers never need
+
+    region = properties.get("rest.signing-region") or properties.get("client.region")
+    client = boto3.client("s3tables", region_name=region)
+    namespace, name = identifier.rsplit(".", 1)
+    hours = max(1, math.ceil(retention.expire_older_than.total_seconds() / 3600))
+    size_mb = max(1, retention.target_file_size // 2**20)
+    for kind, settings in (
+        ("icebergSnapshotManagement", {"minSnapshotsToKeep": retention.keep_last,
+                                       "maxSnapshotAgeHours": hours}),
+        ("icebergCompaction", {"targetFileSizeMB": size_mb}),
+    ):  # fmt: skip
+        try:
+            client.put_table_maintenance_configuration(
+                tableBucketARN=properties["warehouse"],
+                namespace=namespace,
+                name=name,
+                type=kind,
+                value={"status": "enabled", "settings": {kind: settings}},
+            )
+        except client.exceptions.NotFoundException:
+            return None
+    return (
+        f"S3 Tables maintains this table itself, set to: snapshots older than {hours} h expire, "
+        f"the last {retention.keep_last} kept; files compacted to {size_mb} MB"
+    )
 
 
 def maintain_table(

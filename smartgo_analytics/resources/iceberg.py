@@ -38,6 +38,7 @@ from smartgo_analytics.core.table_care import (
     Retention,
     maintain_table,
     maintained_by_catalog,
+    set_s3_tables_maintenance,
 )
 
 
@@ -128,9 +129,12 @@ class IcebergCatalog(ConfigurableResource):
         except NoSuchTableError:
             catalog.create_namespace_if_not_exists(identifier.rsplit(".", 1)[0])
             try:
-                return catalog.create_table(identifier, schema=schema, **creation)
+                table = catalog.create_table(identifier, schema=schema, **creation)
             except TableAlreadyExistsError:  # another run created it in the meantime
                 return catalog.load_table(identifier)
+            if maintained_by_catalog(self.properties):  # the documented retention, not AWS's
+                set_s3_tables_maintenance(self.properties, identifier, Retention())
+            return table
 
     def sales_table(self) -> Table:
         """`pricing_intelligence.smartgo_sales`, with its schema, partition spec and sort order."""
@@ -221,7 +225,8 @@ class IcebergCatalog(ConfigurableResource):
         """Maintain the sales table (see `maintain_table`); a catalog that maintains its tables
         itself (S3 Tables) is left alone, and so is a table not created yet."""
         if maintained_by_catalog(self.properties):
-            return MaintenanceReport(skipped="S3 Tables maintains this table itself")
+            said = set_s3_tables_maintenance(self.properties, sales_table.IDENTIFIER, retention)
+            return MaintenanceReport(skipped=said or "the table does not exist yet")
         table = self.existing_sales_table()
         if table is None:
             return MaintenanceReport(skipped="the table does not exist yet")
