@@ -5,7 +5,7 @@ import random
 import httpx
 
 from benchmarks.pricing import CONCURRENCY, PricingRig, sales_table
-from smartgo_analytics.embedding.work import start_worker_server
+from smartgo_analytics.embedding.workers import start_worker_server
 from smartgo_analytics.resources.embeddings import TitanEmbedder
 
 WORKERS = 4

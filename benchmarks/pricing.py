@@ -27,7 +27,7 @@ from smartgo_analytics.assets.pricing_intelligence import (
 )
 from smartgo_analytics.core.imaging import prepare_for_titan
 from smartgo_analytics.core.sales import VALID_SALES_SCHEMA
-from smartgo_analytics.embedding.work import start_worker_server
+from smartgo_analytics.embedding.workers import start_worker_server
 from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.local.photos import photo_corpus
 from smartgo_analytics.resources.dynamodb import (

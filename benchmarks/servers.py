@@ -34,7 +34,8 @@ from xml.sax.saxutils import escape
 
 from PIL import Image
 
-from smartgo_analytics.local.demo_data import CATEGORIES, draw_product_image
+from smartgo_analytics.local.demo_data import CATEGORIES
+from smartgo_analytics.local.drawings import draw_product_image
 from smartgo_analytics.local.photos import corpus_picture
 
 LAST_MODIFIED = "Wed, 15 Jan 2025 00:00:00 GMT"

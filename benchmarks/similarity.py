@@ -19,6 +19,7 @@ from smartgo_analytics.core.imaging import prepare_for_titan
 from smartgo_analytics.core.price_bands import SALES_SCHEMA
 from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.local import demo_data
+from smartgo_analytics.local.drawings import draw_product_image
 from smartgo_analytics.local.stack import LOCAL_BUCKET
 from smartgo_analytics.resources.embeddings import LocalVisualEmbedder
 from smartgo_analytics.resources.object_store import LocalObjectStore
@@ -286,7 +287,7 @@ def comparables_price_error() -> dict:
                 if demo_data.image_path(c, b, 0).endswith(f"/{slug}-0.jpg")
             )
             pictures[name] = prepare_for_titan(
-                demo_data.draw_product_image(category, brand, int(variant))
+                draw_product_image(category, brand, int(variant))
             ).data
             vectors[name] = embedder.embed(pictures[name])
         return pictures[name], vectors[name]

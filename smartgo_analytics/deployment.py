@@ -14,7 +14,7 @@ from pathlib import Path
 
 from smartgo_analytics.lake_directory import LakeDirectory
 from smartgo_analytics.local.stack import LOCAL_BUCKET, local_catalog_properties, smartgo_home
-from smartgo_analytics.settings import ConfigurationError, Settings, settings
+from smartgo_analytics.settings import Settings, settings
 
 
 @dataclass(frozen=True)
@@ -68,20 +68,13 @@ class Prod(Deployment):
 
     @contextlib.contextmanager
     def catalog_properties(self) -> Iterator[dict[str, str]]:
-        yield prod_catalog_properties(self.config)
+        yield self.config.configured_catalog()
 
     def resources(self) -> dict[str, object]:
         # Imported when called: Dagster comes with the resources (about a second).
         from smartgo_analytics.resources.deployed import prod_resources
 
         return prod_resources(self.config)
-
-
-def prod_catalog_properties(config: Settings) -> dict[str, str]:
-    """The configured catalog's properties; ConfigurationError when none is configured."""
-    if not config.catalog_properties.get("type"):
-        raise ConfigurationError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
-    return config.catalog_properties
 
 
 DEPLOYMENTS: dict[str, type[Deployment]] = {"local": Local, "prod": Prod}

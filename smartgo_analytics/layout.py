@@ -1,4 +1,5 @@
-"""Every object-store key the project writes, in one place, and what makes a key safe."""
+"""Every object-store key the project writes, in one place, and what makes a key safe; and the
+Iceberg tables' names."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Iterable
 
 from smartgo_analytics.core.sales import VALID_ID
 
+NAMESPACE = "pricing_intelligence"
+SALES_TABLE = f"{NAMESPACE}.smartgo_sales"
+PRICE_BANDS_TABLE = f"{NAMESPACE}.price_bands"
 IMAGE_PREFIX = "images/smartgo"
 STAGING_PREFIX = "staging"
 MAX_KEY_BYTES = 1024  # S3's limit

@@ -16,9 +16,9 @@ from pydantic import Field, field_validator
 from smartgo_analytics.core.table_care import (
     MaintenanceReport,
     Retention,
-    parse_duration,
-    parse_size,
 )
+from smartgo_analytics.core.units import parse_duration, parse_size
+from smartgo_analytics.layout import SALES_TABLE
 from smartgo_analytics.metadata import md_table
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 
@@ -90,7 +90,9 @@ def maintain_sales_table(
     return Output(None, metadata=report_metadata(report))
 
 
-@job(description="Weekly care of pricing_intelligence.smartgo_sales (Glue and SQL catalogs)")
+@job(
+    description=f"Weekly care of {SALES_TABLE} (Glue and SQL catalogs; on S3 Tables, its settings)"
+)
 def iceberg_maintenance_job():
     maintain_sales_table()
 
@@ -99,7 +101,7 @@ def iceberg_maintenance_job():
 iceberg_maintenance_schedule = ScheduleDefinition(
     name="iceberg_maintenance_schedule",
     description="Sundays at 05:00 UTC: compaction, snapshot expiry and removal of unreferenced "
-    "files of pricing_intelligence.smartgo_sales",
+    f"files of {SALES_TABLE}",
     job=iceberg_maintenance_job,
     cron_schedule="0 5 * * 0",
     execution_timezone="UTC",

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 
+from smartgo_analytics.core.models import TITAN_DIMENSIONS
+from smartgo_analytics.core.quicksight import DATASETS_BY_NAME
 from smartgo_analytics.similarity.thresholds import QualityThresholds
 
 DEPLOYMENTS = ("local", "prod")
-TITAN_DIMENSIONS = (256, 384, 1024)
+SALES_DATA_TABLE = "SalesData"  # the seed's DynamoDB table of analytics (DYNAMODB_TABLE)
 CATALOG_TYPES = ("sql", "rest", "glue")
 
 
@@ -117,6 +119,12 @@ class Settings:
             return {"client.region": self.aws_region, **self.iceberg_properties}
         return dict(self.iceberg_properties)
 
+    def configured_catalog(self) -> dict[str, str]:
+        """`catalog_properties`; ConfigurationError when no catalog is configured."""
+        if not self.catalog_properties.get("type"):
+            raise ConfigurationError("ICEBERG_CATALOG_TYPE is not set (sql, rest or glue)")
+        return self.catalog_properties
+
 
 def _iceberg_properties() -> dict[str, str]:
     properties: dict[str, str] = {}
@@ -141,8 +149,6 @@ def _iceberg_properties() -> dict[str, str]:
 
 
 def _quicksight_dataset_ids() -> dict[str, str]:
-    from smartgo_analytics.core.quicksight import DATASETS_BY_NAME
-
     raw = os.environ.get("QUICKSIGHT_DATASET_IDS")
     if not raw:
         return {}
@@ -231,7 +237,7 @@ def settings() -> Settings:
         deployment=deployment,
         smartgo_home=os.environ.get("SMARTGO_HOME", ".smartgo"),
         partitions_start=partitions_start,
-        dynamodb_table=os.environ.get("DYNAMODB_TABLE", "SalesData"),
+        dynamodb_table=os.environ.get("DYNAMODB_TABLE", SALES_DATA_TABLE),
         s3_bucket=os.environ.get("S3_BUCKET") or None,
         quicksight_prefix=prefix,
         export_progress_table=os.environ.get("EXPORT_PROGRESS_TABLE_NAME") or None,

@@ -83,3 +83,108 @@ def test_no_private_dagster_name_is_imported():
                 names = [alias.name for alias in node.names]
             private += [f"{path.name}: {n}" for n in names if n.startswith("dagster._")]
     assert private == []
+
+
+# Each fact in one place: what the package's source promises of itself.
+MOST_MODULE_LINES = 400
+RETRY_HELPERS = {"core/retry.py", "core/pacing.py", "core/outage.py"}
+READS_THE_ENVIRONMENT = {"settings.py", "local/stack.py"}
+
+
+def _package_modules() -> dict[str, ast.Module]:
+    return {str(p.relative_to(PACKAGE)): ast.parse(p.read_text()) for p in _modules()}
+
+
+def _module_name(relative: str) -> str:
+    name = "smartgo_analytics." + relative.removesuffix(".py").replace("/", ".")
+    return name.removesuffix(".__init__")
+
+
+def test_no_module_is_over_four_hundred_lines():
+    lengths = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _modules()}
+    assert {name: n for name, n in lengths.items() if n > MOST_MODULE_LINES} == {}
+
+
+def test_only_the_retry_pacing_and_outage_helpers_sleep():
+    sleeping = [
+        f"{name}:{node.lineno}"
+        for name, tree in _package_modules().items()
+        if name not in RETRY_HELPERS
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr == "sleep")
+            or (isinstance(node.func, ast.Name) and node.func.id == "sleep")
+        )
+    ]
+    assert sleeping == []
+
+
+def test_only_settings_and_the_local_stack_read_the_environment():
+    readers = [
+        f"{name}:{node.lineno}"
+        for name, tree in _package_modules().items()
+        if name not in READS_THE_ENVIRONMENT
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in ("environ", "getenv", "putenv")
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    ]
+    assert readers == []
+
+
+def _imports_of(tree: ast.Module) -> set[str]:
+    """The package's own modules a module imports, at its top or inside functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.startswith("smartgo_analytics")}
+
+
+def test_the_package_has_no_import_cycle():
+    modules = _package_modules()
+    names = {_module_name(name) for name in modules}
+    graph = {
+        _module_name(name): (_imports_of(tree) & names) - {_module_name(name)}
+        for name, tree in modules.items()
+    }
+    cycles = set()
+    for start in graph:
+        stack = [(start, (start,))]
+        while stack:
+            module, path = stack.pop()
+            for imported in graph[module]:
+                if imported == start:
+                    cycles.add(tuple(sorted(path)))
+                elif imported not in path:
+                    stack.append((imported, (*path, imported)))
+    assert cycles == set()
+
+
+def test_every_import_inside_a_function_says_why():
+    """A function-level import saves start-up time (the commands, the page, a worker) and says
+    so in a comment on its line or just above its group of imports."""
+    silent = []
+    for name, tree in _package_modules().items():
+        lines = (PACKAGE / name).read_text().splitlines()
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            imports = sorted(
+                (n for n in ast.walk(function) if isinstance(n, ast.Import | ast.ImportFrom)),
+                key=lambda n: n.lineno,
+            )
+            ends = {n.end_lineno for n in imports}
+            for node in imports:
+                above = node.lineno - 2
+                while above >= 0 and not lines[above].strip():
+                    above -= 1
+                if above + 1 in ends:  # one of a group: the group's first says why
+                    continue
+                if not ("#" in lines[node.lineno - 1] or lines[above].lstrip().startswith("#")):
+                    silent.append(f"{name}:{node.lineno}")
+    assert silent == [], silent

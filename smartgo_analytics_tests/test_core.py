@@ -14,8 +14,8 @@ import pytest
 
 from smartgo_analytics.core.batching import Batched, WriteBehind
 from smartgo_analytics.core.embedding_day import (
-    DEFERRED,
     ReusedVectors,
+    Sale,
     from_first_sale,
     mark_deferred,
 )
@@ -39,7 +39,8 @@ from smartgo_analytics.core.sales_table import (
     with_reused_vectors,
 )
 from smartgo_analytics.core.ssrf import UnsafeUrl, check_url
-from smartgo_analytics.local.demo_data import demo_price, draw_product_image, products_for_day
+from smartgo_analytics.local.demo_data import demo_price, products_for_day
+from smartgo_analytics.local.drawings import draw_product_image
 from smartgo_analytics_tests.servers import bomb_png, png
 
 
@@ -571,8 +572,8 @@ def test_write_behind_writes_full_batches_as_they_fill_and_the_rest_on_flush():
 
 def test_a_urls_later_sales_are_deferred_and_take_the_first_sales_vector_or_error():
     sales = [("A", "x"), ("B", "y"), ("C", "x"), ("D", "x")]
-    marked, repeated = mark_deferred([({"product_id": p, "image_url": u}, None) for p, u in sales])
-    assert [bool(sale.get(DEFERRED)) for sale, _ in marked] == [False, False, True, True]
+    marked, repeated = mark_deferred([Sale(p, "t", u) for p, u in sales])
+    assert [sale.deferred for sale in marked] == [False, False, True, True]
     assert repeated == {"x"}
 
     vector = np.ones(3, np.float32)

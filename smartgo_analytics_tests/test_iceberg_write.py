@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from smartgo_analytics.core import sales_table
+from smartgo_analytics.layout import NAMESPACE
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 
 DAY = datetime(2025, 3, 31, tzinfo=UTC)
@@ -123,7 +124,7 @@ def test_replacing_a_day_is_one_commit_and_leaves_other_days_alone(catalog):
 def test_a_table_created_without_the_write_properties_gets_them(catalog):
     old = {"write.parquet.compression-codec": "zstd"}
     iceberg = catalog.catalog()
-    iceberg.create_namespace_if_not_exists(sales_table.NAMESPACE)
+    iceberg.create_namespace_if_not_exists(NAMESPACE)
     iceberg.create_table(
         sales_table.IDENTIFIER,
         schema=sales_table.SCHEMA,

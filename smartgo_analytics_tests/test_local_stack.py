@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from smartgo_analytics.local import demo_data
+from smartgo_analytics.local.drawings import draw_product_image
 
 CLI = [sys.executable, "-m", "smartgo_analytics.cli"]
 
@@ -106,9 +107,7 @@ def test_the_demo_generator_is_deterministic():
         day, "http://cdn"
     )
     assert demo_data.sales_data_items(day) == demo_data.sales_data_items(day)
-    assert demo_data.draw_product_image("Toys", "LEGO", 1) == demo_data.draw_product_image(
-        "Toys", "LEGO", 1
-    )
+    assert draw_product_image("Toys", "LEGO", 1) == draw_product_image("Toys", "LEGO", 1)
     other = demo_data.products_for_day(day, "http://cdn", seed=7)
     assert other != demo_data.products_for_day(day, "http://cdn")
     sales = demo_data.products_for_day(day, "http://cdn")

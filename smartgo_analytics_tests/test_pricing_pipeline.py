@@ -26,14 +26,11 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales_iceberg,
 )
 from smartgo_analytics.assets.quicksight import price_bands_dataset
+from smartgo_analytics.core.embedding_day import Sale
 from smartgo_analytics.core.pacing import Pace
-from smartgo_analytics.embedding.work import (
-    ProcessRule,
-    SalesRun,
-    SaleWork,
-    WorkerFailed,
-    worker_context,
-)
+from smartgo_analytics.embedding.sale_work import SaleLimits, SaleWork
+from smartgo_analytics.embedding.work import ProcessRule, SalesRun
+from smartgo_analytics.embedding.workers import WorkerFailed, worker_context
 from smartgo_analytics.layout import asset_output_key
 from smartgo_analytics.local.stack import create_progress_table
 from smartgo_analytics.resources.dynamodb import (
@@ -922,16 +919,13 @@ class DyingEmbedder(LocalVisualEmbedder):
 )
 def test_a_worker_process_that_dies_fails_the_work_naming_it_and_how(cdn, tmp_path, killed, how):
     work = SaleWork(
-        ImageFetcher(allowlist=["localhost"]),
-        LocalObjectStore(bucket="b", lake_dir=str(tmp_path)),
-        DyingEmbedder(killed=killed),
-        ImageVectors(),
-        threads=2,
+        image_fetcher=ImageFetcher(allowlist=["localhost"]),
+        object_store=LocalObjectStore(bucket="b", lake_dir=str(tmp_path)),
+        image_embedder=DyingEmbedder(killed=killed),
+        image_vectors=ImageVectors(),
+        limits=SaleLimits(threads=2),
     )
-    items = [
-        ({"product_id": f"D-{n}", "tenant_id": "t", "image_url": f"{cdn}/ok.png"}, None)
-        for n in range(4)
-    ]
+    items = [Sale(f"D-{n}", "t", f"{cdn}/ok.png") for n in range(4)]
 
     with pytest.raises(WorkerFailed, match=rf"embedding worker process \d+ {how}"):
         list(SalesRun(work, items, ProcessRule(2, min_cpu_s=0), Pace(processes=worker_context())))

@@ -22,7 +22,7 @@ from smartgo_analytics.layout import (
     similarity_manifest_key,
     similarity_segment_key,
 )
-from smartgo_analytics.local.demo_data import draw_product_image
+from smartgo_analytics.local.drawings import draw_product_image
 from smartgo_analytics.similarity.reader import IndexReader, load_manifest
 from smartgo_analytics.similarity.segments import DaySpool, read_items, segment_keys
 from smartgo_analytics.similarity.store import day_differences

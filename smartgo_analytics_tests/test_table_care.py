@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from smartgo_analytics.core import sales_table
-from smartgo_analytics.core.table_care import Retention, parse_duration, parse_size, path_of
+from smartgo_analytics.core.table_care import Retention, path_of
+from smartgo_analytics.core.units import parse_duration, parse_size
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics_tests.test_iceberg_write import TENANTS, rows
 

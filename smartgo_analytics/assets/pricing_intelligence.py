@@ -24,11 +24,8 @@ from smartgo_analytics.core.embedding_day import (
 )
 from smartgo_analytics.core.sales import DUPLICATE_REASON, validated_day
 from smartgo_analytics.embedding.config import EmbeddingConfig
-from smartgo_analytics.embedding.work import (
-    ProcessRule,
-    SalesRun,
-    start_worker_server,
-)
+from smartgo_analytics.embedding.work import ProcessRule, SalesRun
+from smartgo_analytics.embedding.workers import start_worker_server
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.dynamodb import DynamoDBError, ExportProgressTracker, ImageVectors
 from smartgo_analytics.resources.embeddings import ImageEmbedder

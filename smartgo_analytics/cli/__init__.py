@@ -11,7 +11,9 @@ from smartgo_analytics.cli.output import EXIT_USAGE, UsageError
 from smartgo_analytics.cli.pages import cmd_comparables, cmd_web
 from smartgo_analytics.cli.stack import cmd_demo, cmd_dev, cmd_seed, cmd_stack_info
 from smartgo_analytics.cli.tables import TABLES, cmd_maintain, cmd_query, cmd_sql
+from smartgo_analytics.core.units import parse_duration, parse_size
 from smartgo_analytics.local.stack import StackError
+from smartgo_analytics.settings import ConfigurationError, settings
 
 
 def _positive(raw: str) -> int:
@@ -71,8 +73,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from smartgo_analytics.core.table_care import parse_duration, parse_size
-
     root = _Parser(prog="smartgo-analytics", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -189,8 +189,6 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from smartgo_analytics.settings import ConfigurationError, settings
-
     args = parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so everything the stack started is stopped. SIGINT is handled
     # even when a shell started this in the background with it ignored: children then get it back.

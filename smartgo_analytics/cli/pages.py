@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import sys
 
 from smartgo_analytics.cli.output import UsageError, print_rows, say
 from smartgo_analytics.local.stack import smartgo_home
+from smartgo_analytics.settings import settings
 
 
 def cmd_comparables(args) -> int:
@@ -62,13 +65,11 @@ def _why_no_vector(product_id: str) -> str | None:
 
 
 def cmd_web(args) -> int:
-    import ipaddress
-    import socket
-
+    # Imported here: the page's server and app are the `web` command's alone.
     import uvicorn
 
-    from smartgo_analytics.settings import settings
-    from smartgo_analytics.web.app import Answers, create_app
+    from smartgo_analytics.web.answers import Answers
+    from smartgo_analytics.web.app import create_app
     from smartgo_analytics.web.guard import LOOPBACK_HOSTS, Guard
 
     try:

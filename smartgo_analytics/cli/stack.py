@@ -15,11 +15,16 @@ from pathlib import Path
 from smartgo_analytics.cli.output import UsageError, say
 from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.local.stack import (
+    LOCAL_BUCKET,
     StackError,
     check_port_free,
+    child_environment,
+    local_stack,
+    running_stack,
     smartgo_home,
     use_dagster_home,
 )
+from smartgo_analytics.settings import settings
 
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
@@ -32,8 +37,6 @@ def local_deployment() -> None:
 
 
 def _demo_days(args) -> list[date]:
-    from smartgo_analytics.settings import settings
-
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     end = args.end_date or yesterday
     if end > yesterday:
@@ -52,6 +55,7 @@ def _demo_days(args) -> list[date]:
 def _dagster_home(home: Path) -> Path:
     """The local Dagster instance's directory, its pools' limits set."""
     path = use_dagster_home(home, PROJECT_DAGSTER_YAML)
+    # Imported here, as below: Dagster takes a second to import, and `stack-info` needs none of it.
     from dagster import DagsterInstance
 
     from smartgo_analytics.pools import set_pool_limits
@@ -62,7 +66,7 @@ def _dagster_home(home: Path) -> Path:
 
 
 def _seed(info, days: list[date], sales_per_day: int) -> None:
-    from smartgo_analytics.local import demo_data
+    from smartgo_analytics.local import demo_data  # with Dagster's resources: see _dagster_home
 
     started = time.monotonic()
     summary = demo_data.seed(info, days, sales_per_day)
@@ -73,8 +77,6 @@ def _seed(info, days: list[date], sales_per_day: int) -> None:
 
 
 def cmd_demo(args) -> int:
-    from smartgo_analytics.local.stack import local_stack
-
     local_deployment()
     days = _demo_days(args)
     home = smartgo_home()
@@ -84,6 +86,7 @@ def cmd_demo(args) -> int:
         )
         _seed(info, days, args.sales_per_day)
         _dagster_home(home)
+        # The definitions, with Dagster, once the stack is up: see _dagster_home.
         from dagster import DagsterInstance
 
         from smartgo_analytics.definitions import defs
@@ -127,7 +130,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 def _failure(result) -> str:
     """Why the day failed, in one line: a failed blocking check's own description, or the error of
     the asset's own code (not Dagster's wrapper around it)."""
-    from dagster import AssetCheckSeverity
+    from dagster import AssetCheckSeverity  # loaded by then: see _dagster_home
 
     from smartgo_analytics.core.alerts import root_cause
 
@@ -203,8 +206,6 @@ def _this_command() -> str:
 
 
 def cmd_seed(args) -> int:
-    from smartgo_analytics.local.stack import local_stack
-
     local_deployment()
     with local_stack() as info:
         _seed(info, _demo_days(args), args.sales_per_day)
@@ -212,8 +213,6 @@ def cmd_seed(args) -> int:
 
 
 def cmd_dev(args) -> int:
-    from smartgo_analytics.local.stack import child_environment, local_stack
-
     local_deployment()
     days = _demo_days(args)
     check_port_free(args.port, f"--port {args.port}")
@@ -246,8 +245,6 @@ def cmd_dev(args) -> int:
 
 
 def cmd_stack_info(args) -> int:
-    from smartgo_analytics.local.stack import LOCAL_BUCKET, running_stack
-
     home = smartgo_home()
     try:
         info = running_stack(home)

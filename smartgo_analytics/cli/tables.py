@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from smartgo_analytics.cli.output import UsageError, print_rows, say
 from smartgo_analytics.cli.stack import local_deployment
-from smartgo_analytics.lake import deployment_catalog
+from smartgo_analytics.layout import PRICE_BANDS_TABLE, SALES_TABLE
+from smartgo_analytics.local.stack import local_catalog_properties
+from smartgo_analytics.settings import settings
 
 # The tables `query` and `sql` read, by the name they answer to.
-TABLES = {
-    "smartgo_sales": "pricing_intelligence.smartgo_sales",
-    "price_bands": "pricing_intelligence.price_bands",
-}
+TABLES = {"smartgo_sales": SALES_TABLE, "price_bands": PRICE_BANDS_TABLE}
 
 
 def cmd_query(args) -> int:
+    # Imported here, as in each command of this module: pyiceberg and DuckDB take a second to
+    # import, and the other commands (`comparables` first of all) need neither.
     from pyiceberg.expressions.parser import parse
+
+    from smartgo_analytics.lake import deployment_catalog
 
     with deployment_catalog() as catalog:
         table = _load_table(catalog, args.table)
@@ -39,7 +44,7 @@ def cmd_query(args) -> int:
 
 
 def _load_table(catalog, name: str, required: bool = True):
-    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError  # see cmd_query
 
     try:
         return catalog.load_table(TABLES[name])
@@ -55,9 +60,11 @@ def _load_table(catalog, name: str, required: bool = True):
 def cmd_sql(args) -> int:
     """SQL over the tables' current snapshots with DuckDB: it reads only the files and columns the
     query needs, from the lake directory or from S3."""
+    # Imported here: see cmd_query.
     import duckdb
 
     from smartgo_analytics.core.lake_sql import connect_to_snapshots
+    from smartgo_analytics.lake import deployment_catalog
 
     with deployment_catalog() as catalog:
         tables = {
@@ -87,11 +94,7 @@ def _s3_access(catalog) -> dict[str, object]:
     """DuckDB's S3 settings from the AWS chain as boto3 resolves it (environment, profile, SSO,
     instance or task role), the region, and the S3 endpoint when one is set (AWS_ENDPOINT_URL_S3,
     AWS_ENDPOINT_URL, or the catalog's `s3.endpoint`)."""
-    from urllib.parse import urlsplit
-
-    import boto3
-
-    from smartgo_analytics.settings import settings
+    import boto3  # here: see cmd_query
 
     session = boto3.Session()
     credentials = session.get_credentials()
@@ -118,7 +121,7 @@ def _s3_access(catalog) -> dict[str, object]:
 
 
 def cmd_maintain(args) -> int:
-    from smartgo_analytics.local.stack import local_catalog_properties
+    # Imported here: see cmd_query (and the maintenance job brings Dagster).
     from smartgo_analytics.maintenance import MaintenanceConfig, report_metadata
     from smartgo_analytics.resources.iceberg import IcebergCatalog
 

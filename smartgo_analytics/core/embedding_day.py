@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -37,11 +37,35 @@ def usable_images(day: pa.Table | None, model_id: str, dimension: int) -> frozen
     return frozenset(day.column("image_sha256").filter(usable).drop_null().to_pylist())
 
 
-def previous_downloads(rows: Iterable[dict], usable: frozenset[str]) -> dict[tuple, dict]:
-    """The last run's downloads of the day whose vectors the table holds, by (product, URL): asked
-    for again with their ETag, an unchanged image is neither downloaded nor embedded again."""
+@dataclass(frozen=True)
+class Previous:
+    """The last run's download of a sale's image, whose vector the table holds: asked for again
+    with its ETag, an unchanged image is neither downloaded nor embedded again."""
+
+    image_etag: str
+    image_sha256: str
+    image_s3_key: str
+
+
+@dataclass(frozen=True)
+class Sale:
+    """A sale as the embedding step takes it: its image's URL, the last run's download of that
+    image (None: download it), and whether another sale of the day with the same URL embeds it
+    (`deferred`: this one only downloads and copies it)."""
+
+    product_id: str
+    tenant_id: str
+    image_url: str
+    before: Previous | None = None
+    deferred: bool = False
+
+
+def previous_downloads(rows: Iterable[dict], usable: frozenset[str]) -> dict[tuple, Previous]:
+    """The last run's downloads of the day whose vectors the table holds, by (product, URL)."""
     return {
-        (r["product_id"], r["image_url"]): r
+        (r["product_id"], r["image_url"]): Previous(
+            r["image_etag"], r["image_sha256"], r["image_s3_key"]
+        )
         for r in rows
         if r["image_etag"] and r["image_sha256"] in usable
     }
@@ -224,21 +248,17 @@ class ReusedVectors:
             close(*exc)
 
 
-def mark_deferred(items: list[tuple[dict, dict | None]]) -> tuple[list, set[str]]:
-    """The items with every sale but the first of each image URL marked DEFERRED, and the URLs
-    that have such followers: a URL's picture is embedded once, by its first sale, and the later
-    sales, in whatever worker, only download and copy it."""
-    seen: set[str] = set()
-    repeated: set[str] = set()
-    marked = []
-    for sale, before in items:
-        url = sale["image_url"]
-        if url in seen:
-            repeated.add(url)
-            sale = {**sale, DEFERRED: True}
-        seen.add(url)
-        marked.append((sale, before))
-    return marked, repeated
+def mark_deferred(sales: list[Sale]) -> tuple[list[Sale], set[str]]:
+    """The sales with every one but the first of each image URL `deferred`, and the URLs that have
+    such followers: a URL's picture is embedded once, by its first sale, and the later sales, in
+    whatever worker, only download and copy it."""
+    first = {sale.image_url: n for n, sale in reversed(list(enumerate(sales)))}
+    marked = [
+        sale if first[sale.image_url] == n else replace(sale, deferred=True)
+        for n, sale in enumerate(sales)
+    ]
+    counts = Counter(sale.image_url for sale in sales)
+    return marked, {url for url, n in counts.items() if n > 1}
 
 
 def from_first_sale(result: dict, first: dict | None) -> dict:

@@ -10,8 +10,9 @@ from pathlib import Path
 import duckdb
 import duckdb_ext
 
+from smartgo_analytics.layout import NAMESPACE
+
 # Each table answers to its own name, its namespace's and Athena's (`s3.` for an S3 Tables bucket).
-NAMESPACE = "pricing_intelligence"
 S3_OPTIONS = ("KEY_ID", "SECRET", "SESSION_TOKEN", "REGION", "ENDPOINT", "URL_STYLE", "USE_SSL")
 
 

@@ -12,8 +12,9 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
 
 from smartgo_analytics.core import sales_table
+from smartgo_analytics.layout import PRICE_BANDS_TABLE
 
-IDENTIFIER = f"{sales_table.NAMESPACE}.price_bands"
+IDENTIFIER = PRICE_BANDS_TABLE
 WINDOW_DAYS = 90
 # The finest grouping first; each coarser one is a roll-up of it.
 LEVELS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -23,10 +24,9 @@ from pyiceberg.types import (
 )
 
 from smartgo_analytics.core.sales import quarter_of, season_of
+from smartgo_analytics.layout import SALES_TABLE
 
-NAMESPACE = "pricing_intelligence"
-TABLE_NAME = "smartgo_sales"
-IDENTIFIER = f"{NAMESPACE}.{TABLE_NAME}"
+IDENTIFIER = SALES_TABLE
 SOURCE_SYSTEM = "smartgo"
 
 _COLUMNS = (
@@ -148,8 +148,6 @@ COMPARED_COLUMNS = [
 def fingerprint(table: pa.Table, sort_by: tuple[str, ...]) -> str:
     """A digest of the table's rows in `sort_by` order: equal for equal rows, whatever their
     order or batches."""
-    import hashlib
-
     table = table.sort_by([(name, "ascending") for name in sort_by])
     digest = hashlib.sha256()
     sink = pa.BufferOutputStream()

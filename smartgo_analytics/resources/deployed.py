@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dagster import EnvVar, ResourceDefinition
 
-from smartgo_analytics.deployment import prod_catalog_properties
 from smartgo_analytics.local.stack import (
     EXPORT_PROGRESS_TABLE,
     IMAGE_VECTORS_TABLE,
@@ -112,7 +111,7 @@ def prod_resources(config: Settings) -> dict[str, object]:
         raise ConfigurationError(
             "set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
         )
-    catalog_properties = prod_catalog_properties(config)
+    catalog_properties = config.configured_catalog()
     region = config.aws_region
     object_store = S3ObjectStore(bucket=config.s3_bucket, region_name=region)
     return {

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from smartgo_analytics.core.retry import drain
 from smartgo_analytics.resources.aws import AwsResource
+from smartgo_analytics.settings import SALES_DATA_TABLE
 
 PROGRESS_TTL_DAYS = 90
 
@@ -24,7 +25,7 @@ class DynamoDBError(Exception):
 class SalesDataTable(AwsResource):
     """The single-table `SalesData`; one GSI1 query returns a whole day."""
 
-    table_name: str = Field(default="SalesData", description="DYNAMODB_TABLE")
+    table_name: str = Field(default=SALES_DATA_TABLE, description="DYNAMODB_TABLE")
     index_name: str = Field(default="GSI1")
 
     def query_day(self, date: str) -> Iterator[list[dict[str, Any]]]:
@@ -173,25 +174,30 @@ class ImageVectors(AwsResource):
             }
             for sha, vector in vectors.items()
         ]
-        table = self.table_name
-
-        def put(batch: list[dict]) -> tuple[list[dict], list[dict]]:
-            answer = client.batch_write_item(RequestItems={table: batch})
-            return [], answer.get("UnprocessedItems", {}).get(table, [])
-
-        for start in range(0, len(requests), 25):
-            drain(
-                put,
-                requests[start : start + 25],
-                gave_up=f"{table}: storing vectors",
-                attempts=THROTTLED_SENDS,
-                base_s=0.05,
-            )
+        write_items(client, self.table_name, requests)
 
 
 # A table that throttles has its unprocessed items sent again, backing off to 1 s between sends,
 # for up to about a minute.
 THROTTLED_SENDS = 64
+
+
+def write_items(client, table: str, requests: list[dict]) -> None:
+    """BatchWriteItem's requests, 25 at a time, with what the table left unprocessed (it is
+    throttling) sent again after a backoff; GaveUp when it is still left after THROTTLED_SENDS."""
+
+    def put(batch: list[dict]) -> tuple[list[dict], list[dict]]:
+        answer = client.batch_write_item(RequestItems={table: batch})
+        return [], answer.get("UnprocessedItems", {}).get(table, [])
+
+    for start in range(0, len(requests), 25):
+        drain(
+            put,
+            requests[start : start + 25],
+            gave_up=f"{table}: writing items",
+            attempts=THROTTLED_SENDS,
+            base_s=0.05,
+        )
 
 
 def create_image_vectors_table(dynamodb, table_name: str) -> None:

@@ -21,17 +21,14 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from smartgo_analytics.core.imaging import BadImage, visual_features
+from smartgo_analytics.core.models import TITAN_DIMENSIONS, TITAN_IMAGE_MODEL, TITAN_PRICE_PER_IMAGE
 from smartgo_analytics.core.outage import Transient
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.retry import call_with_retries
 from smartgo_analytics.core.vectors import vector_from_answer
 from smartgo_analytics.resources.aws import AwsResource
 
-TITAN_IMAGE_MODEL = "amazon.titan-embed-image-v1"
-TITAN_DIMENSIONS = (256, 384, 1024)
 MAX_ANSWER_BYTES = 1024 * 1024  # an answer's body read at most: 40 times a 1024-d vector's JSON
-# On-demand price of one Titan Multimodal Embeddings image input, USD.
-TITAN_PRICE_PER_IMAGE = 0.00006
 # Errors of an endpoint that does not answer: a connection refused, reset or left silent, or an
 # answer cut short (a body shorter than its length, a broken stream).
 UNANSWERED = (

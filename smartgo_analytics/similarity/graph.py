@@ -41,6 +41,8 @@ def signs(units: np.ndarray, centre: np.ndarray) -> np.ndarray:
 
 
 def new_index(dimension: int) -> Index:
+    # Imported here, as in open_index: usearch's native library takes 0.15 s to load, and a
+    # comparables answer from the local lake is timed by its first question.
     from usearch.index import Index
 
     return Index(ndim=dimension, expansion_search=EXPANSION_SEARCH, **INDEX_OPTIONS)
@@ -48,7 +50,7 @@ def new_index(dimension: int) -> Index:
 
 def open_index(path: Path, view: bool) -> Index:
     """A segment's index: memory-mapped (`view`) to search, or loaded to change it."""
-    from usearch.index import Index
+    from usearch.index import Index  # here: see new_index
 
     index = Index.restore(str(path), view=view)
     if index is None:

@@ -18,13 +18,15 @@ from smartgo_analytics.core.embedding_day import (
     DayRows,
     EmbeddingTally,
     ReusedVectors,
+    Sale,
     previous_downloads,
     usable_images,
 )
 from smartgo_analytics.core.pacing import Pace, PaceReport
 from smartgo_analytics.core.sales import QUARANTINE_SCHEMA, Rejected
 from smartgo_analytics.embedding.config import EmbeddingConfig
-from smartgo_analytics.embedding.work import Outcome, SaleWork, minor_hosts, worker_context
+from smartgo_analytics.embedding.sale_work import Outcome, SaleLimits, SaleWork, minor_hosts
+from smartgo_analytics.embedding.workers import worker_context
 from smartgo_analytics.layout import asset_output_key, quarantine_key
 from smartgo_analytics.metadata import (
     iceberg_columns,
@@ -82,14 +84,14 @@ def sales_with_downloads(
     embedder: ImageEmbedder,
     start: datetime,
     end: datetime,
-) -> list[tuple[dict, dict | None]]:
+) -> list[Sale]:
     """The day's sales, each with the last run's download of its image when that image's vector is
     still usable (same ETag, and a vector of the embedder's model and length), else None."""
     held = iceberg.read_day(start, end, USABILITY_COLUMNS)
     usable = usable_images(held, embedder.model_id, embedder.dimension)
     previous = previous_downloads(last_downloads(object_store, start.date().isoformat()), usable)
     rows = sales.select(["product_id", "tenant_id", "image_url"]).to_pylist()
-    return [(sale, previous.get((sale["product_id"], sale["image_url"]))) for sale in rows]
+    return [Sale(**row, before=previous.get((row["product_id"], row["image_url"]))) for row in rows]
 
 
 def shared_pace(embedder: ImageEmbedder) -> Pace:
@@ -103,7 +105,7 @@ def shared_pace(embedder: ImageEmbedder) -> Pace:
 
 def sale_work(
     config: EmbeddingConfig,
-    items: list[tuple[dict, dict | None]],
+    sales: list[Sale],
     fetcher: ImageFetcher,
     object_store: ObjectStore,
     embedder: ImageEmbedder,
@@ -111,14 +113,16 @@ def sale_work(
 ) -> SaleWork:
     """What each sale goes through (download, copy, embed), bounded as configured."""
     return SaleWork(
-        fetcher,
-        object_store,
-        embedder,
-        image_vectors,
-        config.download_concurrency,
-        config.outage_allowance_s,
-        minor_hosts([sale["image_url"] for sale, _ in items], config.max_error_ratio),
-        config.own_failure_window_s,
+        image_fetcher=fetcher,
+        object_store=object_store,
+        image_embedder=embedder,
+        image_vectors=image_vectors,
+        limits=SaleLimits(
+            threads=config.download_concurrency,
+            outage_allowance_s=config.outage_allowance_s,
+            minor_hosts=minor_hosts([sale.image_url for sale in sales], config.max_error_ratio),
+            own_window_s=config.own_failure_window_s,
+        ),
     )
 
 
