@@ -108,6 +108,30 @@ class EmbeddingTally:
         return self.sales - self.embedded
 
 
+@dataclass(frozen=True)
+class RowCount:
+    """Rows counted: how many, how many with an error, the first 10 errors and 5 rows shown."""
+
+    rows: int = 0
+    with_error: int = 0
+    first_errors: tuple[str, ...] = ()
+    preview: tuple[dict, ...] = ()
+
+    @classmethod
+    def of(cls, rows: pa.Table) -> RowCount:
+        errors = tuple(e for e in rows.column("embedding_error").to_pylist() if e)
+        shown = tuple(rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist())
+        return cls(rows.num_rows, len(errors), errors[:10], shown)
+
+    def __add__(self, other: RowCount) -> RowCount:
+        return RowCount(
+            self.rows + other.rows,
+            self.with_error + other.with_error,
+            (self.first_errors + other.first_errors)[:10],
+            self.preview or other.preview,
+        )
+
+
 @dataclass
 class DayRows:
     """The Iceberg rows of a day, batch by batch, counted for the run's metadata and the export
@@ -117,10 +141,23 @@ class DayRows:
     dimension: int
     ingested_at: datetime
     hemisphere: str
-    rows: int = 0
-    with_error: int = 0
-    first_errors: list[str] = field(default_factory=list)
-    preview: list[dict] = field(default_factory=list)
+    count: RowCount = field(default_factory=lambda: RowCount())
+
+    @property
+    def rows(self) -> int:
+        return self.count.rows
+
+    @property
+    def with_error(self) -> int:
+        return self.count.with_error
+
+    @property
+    def first_errors(self) -> list[str]:
+        return list(self.count.first_errors)
+
+    @property
+    def preview(self) -> list[dict]:
+        return list(self.count.preview)
 
     def rows_of(self, sales: pa.Table, embeddings: pa.Table) -> pa.Table:
         return sales_table.sales_rows(
@@ -128,12 +165,8 @@ class DayRows:
         )
 
     def counted(self, rows: pa.Table) -> pa.Table:
-        errors = [e for e in rows.column("embedding_error").to_pylist() if e]
-        self.rows += rows.num_rows
-        self.with_error += len(errors)
-        self.first_errors.extend(errors[: 10 - len(self.first_errors)])
-        if not self.preview:
-            self.preview.extend(rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist())
+        """The rows, their count added to the day's."""
+        self.count = self.count + RowCount.of(rows)
         return rows
 
     def batches(

@@ -4,7 +4,7 @@ orphans deleted, the index checked against the table, the day's quality measured
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -118,13 +118,15 @@ ORPHAN_AGE = timedelta(hours=1)
 _SEGMENT_NAME = re.compile(r"segment-\d{4}-\d{2}-\d{2}-(?:(\d{8}T\d{6})-)?[0-9a-f]+")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Update:
-    """What a tenant's update wrote for its new manifest, and what that manifest no longer names."""
+    """A tenant's manifest with a day, and the segment files that change wrote (deleted if the
+    manifest is not committed) and that the new manifest no longer names (deleted once it is)."""
 
+    manifest: Manifest
     changed: bool = False
-    added: list[str] = field(default_factory=list)  # deleted if the manifest is not committed
-    retired: list[str] = field(default_factory=list)  # deleted once it is
+    added: tuple[str, ...] = ()
+    retired: tuple[str, ...] = ()
 
 
 def commit_day(
@@ -157,14 +159,15 @@ def _try_commit(
         return None
     if not update.changed:
         return manifest
-    if not store.put_if_version(similarity_manifest_key(tenant), manifest.to_json(), version):
-        for key in update.added:
-            store.delete(key)
+    key = similarity_manifest_key(tenant)
+    if not store.put_if_version(key, update.manifest.to_json(), version):
+        for added in update.added:
+            store.delete(added)
         return None
-    for key in update.retired:
-        store.delete(key)
-    delete_orphans(store, manifest)
-    return manifest
+    for retired in update.retired:
+        store.delete(retired)
+    delete_orphans(store, update.manifest)
+    return update.manifest
 
 
 def delete_orphans(
@@ -191,44 +194,84 @@ def update_tenant(
     store: ObjectStore, manifest: Manifest, day: date, spool: DaySpool | None, work: Path
 ) -> Update:
     """The tenant's manifest changed to hold the day's vectors (none when `spool` is None), their
-    segment files written under new names; the manifest itself is the caller's to commit.
-    Segments whose graph was built with other options are built again first, one at a time."""
-    update = Update()
+    segment files written under new names; the new manifest is the caller's to commit. Segments
+    whose graph was built with other options are built again first, one at a time. Files written
+    before a failure are deleted."""
+    rows = spool.rows if spool else 0
+    target = manifest.target(day, rows)
+    stale = {id(segment) for segment in manifest.stale()}
+    segments: list[Segment] = []
+    added: list[str] = []
+    retired: list[str] = []
     try:
-        _update(store, manifest, day, spool, work, update)
+        for segment in manifest.segments:
+            if id(segment) in stale and segment is not target:
+                retired += segment_keys(manifest.tenant, segment.name)
+                segment, written = _rebuild(store, manifest, segment, work)
+                added += written
+            segments.append(segment)
+        rebuilt = replace(manifest, segments=segments)
+        if target is None and not rows:
+            return Update(rebuilt, bool(added), tuple(added), tuple(retired))
+        with_day, written = _with_day(store, rebuilt, target, day, spool, work)
+        added += written
     except BaseException:
-        for key in update.added:
+        for key in added:
             store.delete(key)
         raise
-    return update
+    if target is not None:
+        retired += segment_keys(manifest.tenant, target.name)
+    return Update(with_day, True, tuple(added), tuple(retired))
 
 
-def _update(
+def _with_day(
     store: ObjectStore,
     manifest: Manifest,
+    target: Segment | None,
     day: date,
     spool: DaySpool | None,
     work: Path,
-    update: Update,
-) -> None:
-    rows = spool.rows if spool else 0
-    target = manifest.target(day, rows)
+) -> tuple[Manifest, list[str]]:
+    """The manifest with the day's vectors in `target` (or a new segment), and the files written:
+    the segment's, and the day's per-category sums."""
     tenant = manifest.tenant
-    for segment in manifest.stale():
-        if segment is not target:
-            _rebuild(store, manifest, segment, work, update)
-    if target is None and not rows:
-        return
-    update.changed = True
-    new_vectors = work / "vectors.f16"
     day_items = spool.item_table(day) if spool else ITEM_SCHEMA.empty_table()
     vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
+    new_vectors = work / "vectors.f16"
+    items, index, centre, centred_on = _segment_with_day(
+        store, manifest, target, day, day_items, vectors, new_vectors
+    )
+    days = dict(target.days) if target else {}
+    days.pop(day.isoformat(), None)
+    if spool and spool.rows:
+        days[day.isoformat()] = spool.rows
+    segments = [s for s in manifest.segments if s is not target]
+    written: list[str] = []
+    if days:
+        items_path = work / "items.parquet"
+        write_items(items, items_path)
+        name, written = _put_segment(store, tenant, day, index, items_path, new_vectors, work)
+        segments.append(Segment(name, days, centre, centred_on))
+    for path in (new_vectors, work / "items.parquet"):
+        path.unlink(missing_ok=True)
+    sums_key = similarity_category_sums_key(tenant, day.isoformat())
+    if spool:
+        sums_path = work / "sums.parquet"
+        write_parquet(category_sums(day_items.column("category").to_pylist(), vectors), sums_path)
+        store.put_file(sums_key, sums_path)
+    else:
+        store.delete(sums_key)
+    return replace(manifest, segments=sorted(segments, key=lambda s: min(s.days))), written
+
+
+def _segment_with_day(store, manifest, target, day, day_items, vectors, new_vectors):
+    """The target segment's items with the day's replaced, its graph with the day's vectors (the
+    float16 vectors written to `new_vectors`), its centre and how many vectors made the centre."""
     # A segment holding only this day is built anew without reading it.
     kept = target if target is not None and set(target.days) != {day.isoformat()} else None
-    old = list(segment_keys(tenant, target.name)) if target else []
     files = []
     try:
-        for key in old if kept else []:
+        for key in segment_keys(manifest.tenant, kept.name) if kept else []:
             files.append(store.local_path(key))
         items, old_vectors = ITEM_SCHEMA.empty_table(), None
         if kept:
@@ -245,37 +288,13 @@ def _update(
                 vectors,
                 THREADS,
             )
-            centre, centred_on = kept.centre, kept.centred_on
-        else:
-            written = SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
-            index, centre = built_graph(keys, written, THREADS)
-            centred_on = len(keys)
+            return items, index, kept.centre, kept.centred_on
+        written = SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
+        index, centre = built_graph(keys, written, THREADS)
+        return items, index, centre, len(keys)
     finally:
         for path in files:
             store.release(path)
-    days = dict(target.days) if target else {}
-    days.pop(day.isoformat(), None)
-    if rows:
-        days[day.isoformat()] = rows
-    segments = [s for s in manifest.segments if s is not target]
-    if days:
-        items_path = work / "items.parquet"
-        write_items(items, items_path)
-        name = _put_segment(store, tenant, day, index, items_path, new_vectors, work, update)
-        segments.append(Segment(name, days, centre, centred_on))
-    for path in (new_vectors, work / "items.parquet"):
-        path.unlink(missing_ok=True)
-    manifest.segments = sorted(segments, key=lambda s: min(s.days))
-    sums_key = similarity_category_sums_key(tenant, day.isoformat())
-    if spool:
-        categories = day_items.column("category").to_pylist()
-        sums = category_sums(categories, vectors)
-        sums_path = work / "sums.parquet"
-        write_parquet(sums, sums_path)
-        store.put_file(sums_key, sums_path)
-    else:
-        store.delete(sums_key)
-    update.retired += old
 
 
 def _put_segment(
@@ -286,43 +305,43 @@ def _put_segment(
     items_path: Path,
     vectors_path: Path,
     work: Path,
-    update: Update,
-) -> str:
-    """A segment's files stored under a new name (named by its first day); the name."""
+) -> tuple[str, list[str]]:
+    """A segment's files stored under a new name (named by its first day): the name and the keys
+    written (none left behind if one fails)."""
     name = new_segment_name(day)
     index_path = work / f"{name}.usearch"
     index.save(str(index_path))
+    keys = list(segment_keys(tenant, name))
     try:
-        for path, key in zip(
-            (index_path, items_path, vectors_path), segment_keys(tenant, name), strict=True
-        ):
-            update.added.append(key)
+        for path, key in zip((index_path, items_path, vectors_path), keys, strict=True):
             store.put_file(key, path)
+    except BaseException:
+        for key in keys:
+            store.delete(key)
+        raise
     finally:
         index_path.unlink(missing_ok=True)
-    return name
+    return name, keys
 
 
 def _rebuild(
-    store: ObjectStore, manifest: Manifest, segment: Segment, work: Path, update: Update
-) -> None:
-    """The segment's graph built again from its float16 vectors, under a new name."""
-    old = list(segment_keys(manifest.tenant, segment.name))
+    store: ObjectStore, manifest: Manifest, segment: Segment, work: Path
+) -> tuple[Segment, list[str]]:
+    """The segment with its graph built again from its float16 vectors, under a new name; the
+    keys written."""
     files = []
     try:
-        for key in old:
+        for key in segment_keys(manifest.tenant, segment.name):
             files.append(store.local_path(key))
         keys = read_items(files[1], ["key"]).column("key").to_numpy()
         vectors = SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
         index, centre = built_graph(keys, vectors, THREADS)
         first = date.fromisoformat(min(segment.days))
-        name = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work, update)
+        name, written = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work)
     finally:
         for path in files:
             store.release(path)
-    segment.name, segment.centre, segment.centred_on = name, centre, len(keys)
-    update.changed = True
-    update.retired += old
+    return replace(segment, name=name, centre=centre, centred_on=len(keys)), written
 
 
 def day_differences(
