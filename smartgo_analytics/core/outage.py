@@ -25,7 +25,10 @@ DEFAULT_ALLOWANCE_S = 600.0
 
 
 class Transient(Exception):
-    """A failure worth trying again later: the dependency, not the input, is at fault."""
+    """A failure worth trying again later: the dependency, not the input, is at fault. A server
+    that said when (`Retry-After`) sets `retry_after_s`: the circuit stays open at least that long."""
+
+    retry_after_s: float | None = None
 
 
 class OutageTooLong(Exception):
@@ -106,7 +109,7 @@ class Outage:
             try:
                 result = fn()
             except Transient as error:
-                down = self._failed(started)
+                down = self._failed(started, error.retry_after_s)
                 allowance = self._allowance()
                 if down > allowance:
                     raise OutageTooLong(self.dependency, down, allowance, str(error)) from None
@@ -163,7 +166,7 @@ class Outage:
         if wait > 0:
             self._sleep(wait)
 
-    def _failed(self, started: float) -> float:
+    def _failed(self, started: float, at_least_s: float | None = None) -> float:
         """Open the circuit (or keep it open, backing off further); how long it has been down.
         Calls already in flight when the circuit last paused fail with it: only a call made after
         that pause (a probe) backs the circuit off further."""
@@ -175,7 +178,7 @@ class Outage:
             if started >= self._paused_at:
                 self._failures += 1
                 pause = min(self.max_backoff_s, self.backoff_s * 2 ** min(self._failures - 1, 16))
-                self._resume_at = now + pause * random.uniform(0.5, 1.0)
+                self._resume_at = now + max(pause * random.uniform(0.5, 1.0), at_least_s or 0.0)
                 self._paused_at = now
             return now - self._down_since
 
