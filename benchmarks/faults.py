@@ -208,7 +208,7 @@ class _Rig:
             bucket=self.bucket, endpoint_url=self.aws_url, region_name="us-east-1"
         )
         return {
-            "smartgo_db": SmartGoDatabase(dsn=self.dsn, fetch_batch_size=20),
+            "sales_source": SmartGoDatabase(dsn=self.dsn, fetch_batch_size=20),
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
             "image_fetcher": ImageFetcher(allowlist=["localhost"]),

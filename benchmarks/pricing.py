@@ -135,7 +135,7 @@ class PricingRig:
             ),
             "export_progress": ExportProgressTracker(),
             "image_vectors": vectors,
-            "smartgo_db": SmartGoDatabase(dsn="postgresql://not-read-in-this-benchmark"),
+            "sales_source": SmartGoDatabase(dsn="postgresql://not-read-in-this-benchmark"),
         }
         return self
 

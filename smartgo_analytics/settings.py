@@ -15,6 +15,7 @@ from smartgo_analytics.core.quicksight import DATASETS_BY_NAME
 from smartgo_analytics.similarity.thresholds import QualityThresholds
 
 DEPLOYMENTS = ("local", "prod")
+SALES_SOURCES = ("database", "api")  # resources/deployed.py builds each
 SALES_DATA_TABLE = "SalesData"  # the seed's DynamoDB table of analytics (DYNAMODB_TABLE)
 CATALOG_TYPES = ("sql", "rest", "glue")
 
@@ -107,6 +108,15 @@ class Settings:
     web_picture_hosts: list[str] = field(default_factory=list)
     # The local demo's product pictures: 256-px "drawings", or "photos" of 2-5 MB (local/photos).
     demo_pictures: str = "drawings"
+    # Where the day's sales are read (SMARTGO_SALES_SOURCE), and the API's settings when it is the
+    # SmartGo API: its URL, pagination, the rest as options, and its token (a secret: only whether
+    # it is set, or its SSM parameter).
+    sales_source: str = "database"
+    api_url: str | None = None
+    api_pagination: str = "cursor"
+    api_options: dict = field(default_factory=dict)
+    api_token_set: bool = False
+    api_token_ssm: str | None = None
     # An S3-compatible endpoint of its own (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL): what DuckDB
     # is pointed at to read the table's files (boto3 reads the same variables itself).
     s3_endpoint_url: str | None = None
@@ -146,6 +156,28 @@ def _iceberg_properties() -> dict[str, str]:
             f"ICEBERG_CATALOG_TYPE={properties['type']!r} is not one of {', '.join(CATALOG_TYPES)}"
         )
     return properties
+
+
+def _sales_source() -> str:
+    source = os.environ.get("SMARTGO_SALES_SOURCE", "database").strip() or "database"
+    if source not in SALES_SOURCES:
+        raise ConfigurationError(
+            f"SMARTGO_SALES_SOURCE={source!r} is not one of {', '.join(SALES_SOURCES)}"
+        )
+    return source
+
+
+def _api_options() -> dict:
+    raw = os.environ.get("SMARTGO_API_OPTIONS")
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError:
+        options = None
+    if not isinstance(options, dict):
+        raise ConfigurationError("SMARTGO_API_OPTIONS is not a JSON object")
+    return options
 
 
 def _quicksight_dataset_ids() -> dict[str, str]:
@@ -231,6 +263,12 @@ def settings() -> Settings:
         web_asks_per_minute=_int("WEB_ASKS_PER_MINUTE", 20),
         web_picture_hosts=_list("WEB_PICTURE_HOSTS"),
         demo_pictures=demo_pictures,
+        sales_source=_sales_source(),
+        api_url=os.environ.get("SMARTGO_API_URL") or None,
+        api_pagination=os.environ.get("SMARTGO_API_PAGINATION") or "cursor",
+        api_options=_api_options(),
+        api_token_set=bool(os.environ.get("SMARTGO_API_TOKEN")),
+        api_token_ssm=os.environ.get("SMARTGO_API_TOKEN_SSM") or None,
         s3_endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
         or os.environ.get("AWS_ENDPOINT_URL")
         or None,

@@ -232,7 +232,7 @@ def test_a_database_restart_in_the_middle_of_the_read_is_waited_out_and_the_read
     proxied = make_conninfo(stack.postgres_uri, host="127.0.0.1", port=proxy.port)
     store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
     res = {
-        "smartgo_db": SmartGoDatabase(dsn=proxied, fetch_batch_size=20),
+        "sales_source": SmartGoDatabase(dsn=proxied, fetch_batch_size=20),
         "object_store": store,
         "parquet_io_manager": ParquetIOManager(object_store=store),
         "export_progress": ExportProgressTracker(),

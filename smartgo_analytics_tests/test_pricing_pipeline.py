@@ -78,7 +78,7 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
         create_image_vectors_table(vectors.boto3_client("dynamodb"), vectors.table_name)
     return {
         "image_vectors": vectors,
-        "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri),
+        "sales_source": SmartGoDatabase(dsn=stack.postgres_uri),
         "object_store": store,
         "parquet_io_manager": ParquetIOManager(object_store=store),
         "image_fetcher": ImageFetcher(
@@ -429,7 +429,7 @@ def source_database(stack, name: str, ddl_change: tuple[str, str]) -> str:
 def sales_only(dsn: str, tmp_path):
     store = LocalObjectStore(lake_dir=str(tmp_path), bucket="lake")
     return store, {
-        "smartgo_db": SmartGoDatabase(dsn=dsn),
+        "sales_source": SmartGoDatabase(dsn=dsn),
         "object_store": store,
         "parquet_io_manager": ParquetIOManager(object_store=store),
         "export_progress": ExportProgressTracker(),

@@ -420,3 +420,56 @@ def test_the_s3_tables_settings_sign_the_catalog_requests_for_s3tables_in_the_re
     authorization = headers["Authorization"]
     assert authorization.startswith("AWS4-HMAC-SHA256 ")
     assert any(scope in authorization for scope in scopes), authorization
+
+
+def test_the_api_source_gives_the_databases_table_for_the_same_day(
+    prod_environment, bedrock_calls, stack, cdn, monkeypatch
+):
+    """SMARTGO_SALES_SOURCE=api on the prod resources (its token an SSM SecureString), against a
+    SmartGo API over the same database: the day's rows, quarantine and vectors are the same."""
+    from smartgo_analytics.assets.pricing_intelligence import (
+        product_image_embeddings,
+        smartgo_sales,
+        smartgo_sales_iceberg,
+    )
+    from smartgo_analytics.local.sales_api import serve_sales_api
+
+    pricing = [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg]
+    day = "2025-10-23"
+    rows = [sale(f"BOTH-{n}", day, f"{cdn}/prod/{n % 6}.png") for n in range(9)]
+    rows[4]["sold_price"] = None  # quarantined by both
+    insert_products(stack.postgres_uri, rows)
+
+    def materialised() -> tuple[list[dict], dict]:
+        result = materialize(pricing, resources=this_deployment().resources(), partition_key=day)
+        assert result.success
+        sales = result.asset_materializations_for_node("smartgo_sales")[0].metadata
+        table = glue_table(prod_environment).scan(row_filter="product_id LIKE 'BOTH-%'")
+        kept = table.to_arrow().drop_columns(["ingestion_timestamp"]).sort_by("product_id")
+        return kept.to_pylist(), {k: v.value for k, v in sales.items()}
+
+    by_database, database_metadata = materialised()
+    server = serve_sales_api(stack.postgres_uri, "api-secret-token")
+    boto3.client("ssm", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1").put_parameter(
+        Name="/tf/prod/smartgo/api/token", Type="SecureString", Value="api-secret-token",
+        Overwrite=True,
+    )  # fmt: skip
+    for name, value in {
+        "SMARTGO_SALES_SOURCE": "api",
+        "SMARTGO_API_URL": server.url,
+        "SMARTGO_API_TOKEN_SSM": "/tf/prod/smartgo/api/token",
+        "SMARTGO_API_OPTIONS": json.dumps({"page_size": 4}),
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    try:
+        assert type(this_deployment().resources()["sales_source"]).__name__ == "SmartGoApi"
+        by_api, api_metadata = materialised()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(by_database) == 8 and by_api == by_database
+    assert api_metadata["source"] == "api" and database_metadata["source"] == "database"
+    for name in ("valid_rows", "quarantined_rows", "quarantined_examples"):
+        assert api_metadata[name] == database_metadata[name], name
+    assert "api-secret-token" not in json.dumps(api_metadata, default=str)

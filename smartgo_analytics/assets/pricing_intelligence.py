@@ -32,7 +32,7 @@ from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.resources.postgres import SmartGoDatabase, SmartGoDatabaseError
+from smartgo_analytics.resources.sales_source import SalesSource
 from smartgo_analytics.settings import settings
 from smartgo_analytics.steps.pricing import (
     embedding_metadata,
@@ -57,31 +57,34 @@ GROUP = PRICING
     owners=settings().asset_owners,
     partitions_def=daily_partitions,
     group_name=GROUP,
-    kinds={"postgres"},
+    kinds={"postgres" if settings().sales_source == "database" else "api"},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
     check_specs=[checks.no_quarantined_rows],
 )
 def smartgo_sales(
     context: AssetExecutionContext,
-    smartgo_db: SmartGoDatabase,
+    sales_source: SalesSource,
     object_store: ObjectStore,
     export_progress: ExportProgressTracker,
 ):
-    """The day's SOLD products, validated; unusable rows are quarantined with a reason each."""
+    """The day's SOLD products (from the SmartGo database or its API: SMARTGO_SALES_SOURCE),
+    validated; unusable rows are quarantined with a reason each."""
     start, end = context.partition_time_window
     export_progress.record(
         context.partition_key, "IN_PROGRESS", startedAt=datetime.now(UTC).isoformat()
     )
-    with permanent_errors(SmartGoDatabaseError), outage_fails_the_step():
-        (table, rejected), outage = smartgo_db.read_sold_products(
+    with permanent_errors(*sales_source.errors), outage_fails_the_step():
+        sales_source.check()
+        (table, rejected), outage = sales_source.read_sold_products(
             start, end, validated_day, settings().outage_allowance_s
         )
     reasons = Counter(r.reason for r in rejected)
     metadata = {
         "source_rows": table.num_rows + len(rejected),
-        "database_reads_retried": outage.retries,
-        "database_outage_seconds": outage.outage_s,
+        "source": sales_source.kind,
+        f"{sales_source.kind}_reads_retried": outage.retries,
+        f"{sales_source.kind}_outage_seconds": outage.outage_s,
         "valid_rows": table.num_rows,
         "quarantined_rows": len(rejected),
         "duplicate_product_ids": reasons[DUPLICATE_REASON],

@@ -250,7 +250,7 @@ def cmd_stack_info(args) -> int:
         info = running_stack(home)
         details = {
             "running": True,
-            **info.__dict__,
+            **{k: v for k, v in info.__dict__.items() if k != "sales_api_token"},
             "warehouse_uri": info.warehouse_uri,
             "iceberg_catalog": {
                 "type": "sql",

@@ -60,10 +60,14 @@ def page_of(conn, query: dict[str, str]) -> tuple[dict, str | None]:
     after: dict = {}
     if "page" in query:
         skip = (int(query["page"]) - 1) * size
-        rows = conn.execute(f"{select}{order} OFFSET %(skip)s", {**bounds, "size": size, "skip": skip})
+        rows = conn.execute(
+            f"{select}{order} OFFSET %(skip)s", {**bounds, "size": size, "skip": skip}
+        )
     elif "offset" in query:
         skip = int(query["offset"])
-        rows = conn.execute(f"{select}{order} OFFSET %(skip)s", {**bounds, "size": size, "skip": skip})
+        rows = conn.execute(
+            f"{select}{order} OFFSET %(skip)s", {**bounds, "size": size, "skip": skip}
+        )
     else:
         if query.get("cursor"):
             sold, _, product = query["cursor"].partition("|")

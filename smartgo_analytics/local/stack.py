@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import threading
@@ -47,6 +48,8 @@ class StackInfo:
     lake_dir: str
     bucket: str = LOCAL_BUCKET
     region: str = LOCAL_REGION
+    sales_api_url: str = ""  # the SmartGo API over the SmartGo database (local/sales_api.py)
+    sales_api_token: str = ""  # its bearer token, made for this stack
 
     @property
     def warehouse_uri(self) -> str:
@@ -197,6 +200,14 @@ def local_stack(home: Path | None = None):
         stack.callback(cdn.server_close)
         stack.callback(cdn.shutdown)
 
+        # Imported here: see start_moto.
+        from smartgo_analytics.local.sales_api import serve_sales_api
+
+        api_token = secrets.token_urlsafe(24)
+        api = serve_sales_api(postgres.get_uri(SMARTGO_DATABASE), api_token)
+        stack.callback(api.server_close)
+        stack.callback(api.shutdown)
+
         lake_dir = home / "lake"
         (lake_dir / LOCAL_BUCKET).mkdir(parents=True, exist_ok=True)
         info = StackInfo(
@@ -207,6 +218,8 @@ def local_stack(home: Path | None = None):
             aws_endpoint_url=aws_endpoint,
             cdn_url=f"http://127.0.0.1:{cdn.server_port}",
             lake_dir=str(lake_dir),
+            sales_api_url=api.url,
+            sales_api_token=api_token,
         )
         _create_aws_resources(info)
         state_file = home / STACK_FILE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dagster import EnvVar, ResourceDefinition
 
 from smartgo_analytics.local.stack import (
@@ -9,6 +11,7 @@ from smartgo_analytics.local.stack import (
     IMAGE_VECTORS_TABLE,
     LOCAL_BUCKET,
     StackError,
+    StackInfo,
     running_stack,
     smartgo_home,
 )
@@ -21,6 +24,8 @@ from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectS
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
 from smartgo_analytics.resources.quicksight import QuickSightExport
+from smartgo_analytics.resources.sales_api import SalesApiError, SmartGoApi
+from smartgo_analytics.resources.sales_source import SalesSource
 from smartgo_analytics.settings import ConfigurationError, Settings
 
 
@@ -74,7 +79,7 @@ def local_resources(config: Settings) -> dict[str, object]:
     except StackError as error:
         needs_stack = _fails_with(str(error))
         return resources | {
-            "smartgo_db": needs_stack,
+            "sales_source": needs_stack,
             "sales_data": needs_stack,
             "export_progress": needs_stack,
             "image_vectors": needs_stack,
@@ -83,7 +88,7 @@ def local_resources(config: Settings) -> dict[str, object]:
         }
     aws = stack.aws_options
     return resources | {
-        "smartgo_db": SmartGoDatabase(dsn=stack.postgres_uri, tenant=config.tenant),
+        "sales_source": SALES_SOURCES[config.sales_source](config, stack),
         "sales_data": SalesDataTable(table_name=config.dynamodb_table, **aws),
         "export_progress": ExportProgressTracker(
             table_name=config.export_progress_table or EXPORT_PROGRESS_TABLE, **aws
@@ -94,6 +99,57 @@ def local_resources(config: Settings) -> dict[str, object]:
         "iceberg": IcebergCatalog(properties=stack.iceberg_properties),
         "alerter": alerter(config, **aws),
     }
+
+
+def database_source(config: Settings, stack: StackInfo | None) -> SmartGoDatabase:
+    """The SmartGo Postgres: the local stack's, or SMARTGO_DATABASE_URL / SMARTGO_DB_SSM_PARAMETER."""
+    if stack is not None:
+        return SmartGoDatabase(dsn=stack.postgres_uri, tenant=config.tenant)
+    if config.database_url_set == bool(config.db_ssm_parameter):
+        raise ConfigurationError(
+            "set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
+        )
+    return SmartGoDatabase(
+        dsn=EnvVar("SMARTGO_DATABASE_URL") if config.database_url_set else None,
+        ssm_parameter_name=config.db_ssm_parameter,
+        tenant=config.tenant,
+        region_name=config.aws_region,
+    )
+
+
+def api_source(config: Settings, stack: StackInfo | None) -> SmartGoApi:
+    """The SmartGo API: SMARTGO_API_URL with its token and options, or the local stack's own."""
+    url = config.api_url or (stack.sales_api_url if stack is not None else None)
+    if not url:
+        raise ConfigurationError(
+            "SMARTGO_API_URL is not set (required when SMARTGO_SALES_SOURCE=api)"
+        )
+    token: str | None = EnvVar("SMARTGO_API_TOKEN") if config.api_token_set else None
+    if token is None and stack is not None and not config.api_url:
+        token = stack.sales_api_token
+    try:
+        source = SmartGoApi(
+            url=url,
+            pagination=config.api_pagination,
+            tenant=config.tenant,
+            token=token,
+            token_ssm_parameter=config.api_token_ssm,
+            region_name=config.aws_region,
+            **config.api_options,
+        )
+        source.check()
+    except SalesApiError as error:
+        raise ConfigurationError(str(error)) from None
+    except (TypeError, ValueError) as error:  # pydantic's, for an option it does not know
+        raise ConfigurationError(f"SMARTGO_API_OPTIONS: {str(error).splitlines()[0]}") from None
+    return source
+
+
+# Where the day's sales come from, by SMARTGO_SALES_SOURCE: a new source is a module and a line.
+SALES_SOURCES: dict[str, Callable[[Settings, StackInfo | None], SalesSource]] = {
+    "database": database_source,
+    "api": api_source,
+}
 
 
 def _fails_with(message: str) -> ResourceDefinition:
@@ -107,20 +163,11 @@ def prod_resources(config: Settings) -> dict[str, object]:
     """AWS: S3, DynamoDB, Bedrock Titan, the SmartGo Postgres and an Iceberg catalog."""
     if not config.s3_bucket:
         raise ConfigurationError("S3_BUCKET is not set (required when SMARTGO_DEPLOYMENT=prod)")
-    if config.database_url_set == bool(config.db_ssm_parameter):
-        raise ConfigurationError(
-            "set exactly one of SMARTGO_DATABASE_URL or SMARTGO_DB_SSM_PARAMETER"
-        )
     catalog_properties = config.configured_catalog()
     region = config.aws_region
     object_store = S3ObjectStore(bucket=config.s3_bucket, region_name=region)
     return {
-        "smartgo_db": SmartGoDatabase(
-            dsn=EnvVar("SMARTGO_DATABASE_URL") if config.database_url_set else None,
-            ssm_parameter_name=config.db_ssm_parameter,
-            tenant=config.tenant,
-            region_name=region,
-        ),
+        "sales_source": SALES_SOURCES[config.sales_source](config, None),
         "sales_data": SalesDataTable(table_name=config.dynamodb_table, region_name=region),
         "export_progress": ExportProgressTracker(
             table_name=config.export_progress_table, region_name=region

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -14,7 +14,7 @@ from pydantic import Field
 
 from smartgo_analytics.core.outage import Outage, OutageReport, Transient
 from smartgo_analytics.core.sales import SOURCE_COLUMNS
-from smartgo_analytics.resources.aws import AwsResource
+from smartgo_analytics.resources.sales_source import SalesSource
 
 SOLD_PRODUCTS_SQL = (
     f"SELECT {', '.join(SOURCE_COLUMNS)} FROM smartgo.products "
@@ -79,8 +79,8 @@ def conninfo_from_ssm_json(raw: str, parameter_name: str) -> tuple[str, int]:
     return conninfo, query_timeout_ms
 
 
-class SmartGoDatabase(AwsResource):
-    """Where the day's SOLD products come from.
+class SmartGoDatabase(SalesSource):
+    """Where the day's SOLD products come from (SMARTGO_SALES_SOURCE=database, the default).
 
     Configure exactly one of `dsn` (a libpq URI or conninfo) or `ssm_parameter_name` (the seed's
     SecureString JSON with host, port, database, username, password, connectionTimeoutMs,
@@ -100,6 +100,9 @@ class SmartGoDatabase(AwsResource):
     tenant: str | None = Field(
         default=None, description="TENANT: only this tenant's sales; all when unset"
     )
+
+    kind: ClassVar[str] = "database"
+    errors: ClassVar[tuple[type[Exception], ...]] = (SmartGoDatabaseError,)
 
     def _conninfo(self) -> tuple[str, int]:
         dsn, name = self.dsn, self.ssm_parameter_name
