@@ -24,6 +24,7 @@ from benchmarks.pricing import (
     unchanged_rematerialisation,
 )
 from benchmarks.quicksight_backfill import quicksight_backfill
+from benchmarks.sales_api import sales_api_source
 from benchmarks.similarity import comparables_price_error, similarity_index_at_1m
 from benchmarks.ui_run import ui_day_run
 from benchmarks.web import comparables_page
@@ -34,6 +35,7 @@ BENCHMARKS = [
     iceberg_write,
     day_of_100k_sales,
     day_of_photos,
+    sales_api_source,
     quicksight_backfill,
     unchanged_rematerialisation,
     ui_day_run,

@@ -167,6 +167,12 @@ def _taken_port():
             "BEDROCK_REQUESTS_PER_MINUTE=-60.0 must be a positive number",
         ),
         (["demo"], {"BEDROCK_TOKENS_PER_MINUTE": "nan"}, "BEDROCK_TOKENS_PER_MINUTE=nan must be"),
+        (["demo"], {"SMARTGO_SALES_SOURCE": "ftp"}, "SMARTGO_SALES_SOURCE='ftp' is not one of"),
+        (
+            ["demo"],
+            {"SMARTGO_SALES_SOURCE": "api", "SMARTGO_API_OPTIONS": '{"page_size": "lots"}'},
+            "SMARTGO_API_OPTIONS:",
+        ),
         (["demo"], {"BEDROCK_REQUESTS_PER_MINUTE": "lots"}, "'lots' is not a number"),
         (
             ["demo"],
@@ -249,13 +255,20 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
     )
     assert processes_under(home) == []
 
-    # A second day in the same month, then the table's care: one file a partition, the same rows.
-    assert (
-        cli(
-            "demo", "--days", "1", "--end-date", "2025-01-16", "--sales-per-day", "100", home=home
-        ).returncode
-        == 0
+    # A second day in the same month, its sales read through the stack's SmartGo API this time,
+    # then the table's care: one file a partition, the same rows.
+    second = cli(
+        "demo",
+        "--days",
+        "1",
+        "--end-date",
+        "2025-01-16",
+        "--sales-per-day",
+        "100",
+        home=home,
+        SMARTGO_SALES_SOURCE="api",
     )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     everything = (
         "query",
         "smartgo_sales",

@@ -1,8 +1,11 @@
 """Price bands: what sold items of a kind went for, from the Iceberg table, for pricing guidance."""
 
+import warnings
+
 from dagster import (
     AssetDep,
     AssetExecutionContext,
+    BetaWarning,
     DataVersion,
     MaterializeResult,
     TimeWindowPartitionMapping,
@@ -25,11 +28,15 @@ from smartgo_analytics.steps.price_bands import (
     replace_bands,
 )
 
-WINDOW = TimeWindowPartitionMapping(
-    start_offset=1 - bands_core.WINDOW_DAYS,
-    end_offset=0,
-    allow_nonexistent_upstream_partitions=True,
-)
+with (
+    warnings.catch_warnings()
+):  # the parameter is "beta" in Dagster 1.13; its meaning is what we need
+    warnings.simplefilter("ignore", BetaWarning)
+    WINDOW = TimeWindowPartitionMapping(
+        start_offset=1 - bands_core.WINDOW_DAYS,
+        end_offset=0,
+        allow_nonexistent_upstream_partitions=True,
+    )
 
 
 @asset(

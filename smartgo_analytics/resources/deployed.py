@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dagster import EnvVar, ResourceDefinition
+from pydantic import ValidationError
 
 from smartgo_analytics.local.stack import (
     EXPORT_PROGRESS_TABLE,
@@ -140,8 +141,11 @@ def api_source(config: Settings, stack: StackInfo | None) -> SmartGoApi:
         source.check()
     except SalesApiError as error:
         raise ConfigurationError(str(error)) from None
-    except (TypeError, ValueError) as error:  # pydantic's, for an option it does not know
-        raise ConfigurationError(f"SMARTGO_API_OPTIONS: {str(error).splitlines()[0]}") from None
+    except ValidationError as error:  # an option it does not know, or of the wrong type
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:3]
+        )
+        raise ConfigurationError(f"SMARTGO_API_OPTIONS: {problems}") from None
     return source
 
 
