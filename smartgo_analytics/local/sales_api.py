@@ -3,7 +3,7 @@
 soldPrice, soldDate, imageUrl, description`), so that SMARTGO_SALES_SOURCE=api runs end to end.
 
 GET /v1/products?soldFrom=...&soldTo=...&status=SOLD[&tenantId=...]&pageSize=N answers
-`{"items": [...], "nextCursor": ..., "total": N}` in (sold_date, id) order, and a `Link` header to
+`{"items": [...], "nextCursor": ..., "total": N}` (the total on the first page) in (sold_date, id) order, and a `Link` header to
 the next page; the page is chosen by `cursor` (the default), `page` (from 1) or `offset`, so each
 pagination the source can be configured with is served. A bearer token is required when given.
 """
@@ -75,9 +75,12 @@ def page_of(conn, query: dict[str, str]) -> tuple[dict, str | None]:
             select += " AND (sold_date, id) > (%(sold)s, %(product)s)"
         rows = conn.execute(f"{select}{order}", {**bounds, **after, "size": size})
     found = rows.fetchall()
-    total = conn.execute(f"SELECT count(*) FROM smartgo.products WHERE {_WHERE}", bounds).fetchone()
     cursor = f"{found[-1][6].isoformat()}|{found[-1][0]}" if len(found) == size else None
-    answer = {"items": [_item(row) for row in found], "nextCursor": cursor, "total": total[0]}
+    answer = {"items": [_item(row) for row in found], "nextCursor": cursor}
+    if not (query.get("cursor") or int(query.get("page", 1)) > 1 or int(query.get("offset", 0))):
+        # The day's total, on its first page (counting on every page would cost a scan each).
+        count = f"SELECT count(*) FROM smartgo.products WHERE {_WHERE}"
+        answer["total"] = conn.execute(count, bounds).fetchone()[0]
     following = None
     if cursor is not None:
         following = {k: v for k, v in query.items() if k not in ("page", "offset")}
@@ -90,7 +93,22 @@ class SalesApiServer(ThreadingHTTPServer):
 
     def __init__(self, conninfo: str, token: str | None = None, port: int = 0):
         self.conninfo, self.token = conninfo, token
+        self._connection: psycopg.Connection | None = None
+        self._lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def page(self, query: dict[str, str]) -> tuple[dict, str | None]:
+        """`page_of` on the server's one connection (opened again if it broke), a page at a time."""
+        with self._lock:
+            if self._connection is None or self._connection.broken:
+                self._connection = psycopg.connect(self.conninfo, autocommit=True)
+            return page_of(self._connection, query)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
 
     @property
     def url(self) -> str:
@@ -124,8 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         try:
-            with psycopg.connect(self.server.conninfo) as conn:
-                answer, following = page_of(conn, query)
+            answer, following = self.server.page(query)
         except (KeyError, ValueError) as error:
             self._send(400, {"message": f"bad query: {error}"})
             return
