@@ -57,7 +57,7 @@ GROUP = PRICING
     owners=settings().asset_owners,
     partitions_def=daily_partitions,
     group_name=GROUP,
-    kinds={"postgres" if settings().sales_source == "database" else "api"},
+    kinds={"postgres" if settings().sales_source == "database" else settings().sales_source},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
     check_specs=[checks.no_quarantined_rows],
