@@ -51,9 +51,14 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
     endpoint = {"endpoint_url": stack.aws_endpoint_url}
     aws.client("s3", **endpoint).create_bucket(Bucket=BUCKET)
     dynamodb = aws.client("dynamodb", **endpoint)
-    create_sales_table(dynamodb, "SalesData-prod")
-    create_progress_table(dynamodb, "smartgo-export-progress-prod")
-    create_image_vectors_table(dynamodb, "smartgo-image-vectors-prod")
+    existing = dynamodb.list_tables()["TableNames"]  # made by an earlier test of the session
+    for name, create in (
+        ("SalesData-prod", create_sales_table),
+        ("smartgo-export-progress-prod", create_progress_table),
+        ("smartgo-image-vectors-prod", create_image_vectors_table),
+    ):
+        if name not in existing:
+            create(dynamodb, name)
     serializer = TypeSerializer()
     for item in sales_data_items(date.fromisoformat(DAY)):
         dynamodb.put_item(
