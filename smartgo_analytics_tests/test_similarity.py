@@ -289,7 +289,7 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
     import pyarrow as pa
 
     from smartgo_analytics.resources.object_store import LocalObjectStore
-    from smartgo_analytics.similarity import store as upkeep
+    from smartgo_analytics.similarity import update as upkeep
     from smartgo_analytics.similarity.store import commit_day
 
     monkeypatch.setattr(upkeep, "CENTRE_FROM", 4)
@@ -340,3 +340,51 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
             assert sorted(found) == sorted(vectors)  # every row once, none of the replaced
     finally:
         reader.close()
+
+
+def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
+    stack, s3_bucket, bedrock, cdn, cdn_state, tmp_path
+):
+    """Titan's vectors and another model's, both 1024-d: the index holds one model's, records it,
+    refuses the other's naming both, and comparables say whose vectors answered."""
+    from smartgo_analytics.resources.embeddings import TitanEmbedder
+
+    tenant, days = "switch-a", ("2025-08-18", "2025-08-19")
+    urls = pictures(cdn_state, cdn, "switch")
+    insert_products(
+        stack.postgres_uri,
+        [*day_sales(tenant, days[0], urls, 9, "SW"), *day_sales(tenant, days[1], urls, 9, "SW")],
+    )
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    first = res["image_embedder"].model_id
+    assert materialize(ASSETS, resources=res, partition_key=days[0], run_config=RUN_CONFIG).success
+    switched = res | {
+        "image_embedder": TitanEmbedder(
+            endpoint_url=bedrock,
+            region_name="us-east-1",
+            titan_model_id="amazon.titan-embed-image-v2-trial",
+        )
+    }
+    result = materialize(
+        ASSETS,
+        resources=switched,
+        partition_key=days[1],
+        run_config=RUN_CONFIG,
+        raise_on_error=False,
+    )
+    assert not result.success  # the day's rows are written; the index is not mixed
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    reason = failure.step_failure_data.user_failure_data.description
+    assert f"holds vectors of {first}" in reason
+    assert "the embedder is amazon.titan-embed-image-v2-trial" in reason
+    models = {row["embedding_model"] for row in day_rows(res, days[1]).values()}
+    assert models == {"amazon.titan-embed-image-v2-trial"}
+    manifest = load_manifest(res["object_store"], tenant, 1024)
+    assert manifest.model == first and manifest.days() == {days[0]: 9}
+    assert sorted(indexed_products(res, tenant)) == sorted(table_products(res, days[:1], tenant))
+
+    found = comparables(product_id=f"SW-{days[0]}-3", k=3, source=Source(resources=res))
+    assert found.model == first and found.as_json()["model"] == first
+    picture = draw_product_image("Toys", "Lego", 1)
+    with pytest.raises(ComparablesError, match=f"the index holds vectors of {first}"):
+        comparables(image=picture, tenant=tenant, k=3, source=Source(resources=switched))

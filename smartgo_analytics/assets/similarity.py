@@ -6,13 +6,20 @@ from pathlib import Path
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_asset
 
 from smartgo_analytics import checks, pools
-from smartgo_analytics.assets.policies import IO_RETRY, PRICING, disk_full_is_named
+from smartgo_analytics.assets.policies import (
+    IO_RETRY,
+    PRICING,
+    disk_full_is_named,
+    permanent_errors,
+)
 from smartgo_analytics.assets.pricing_intelligence import smartgo_sales_iceberg
 from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.settings import settings
+from smartgo_analytics.similarity.manifest import IndexOfAnotherModel
 from smartgo_analytics.similarity.store import (
     READ_COLUMNS,
     commit_tenants,
@@ -53,22 +60,28 @@ QUALITY = "embedding_quality"
     check_specs=[checks.index_matches_table, checks.embeddings_look_right],
 )
 def similarity_index(
-    context: AssetExecutionContext, iceberg: IcebergCatalog, object_store: ObjectStore
+    context: AssetExecutionContext,
+    iceberg: IcebergCatalog,
+    object_store: ObjectStore,
+    image_embedder: ImageEmbedder,
 ):
     """Put the day's vectors in each tenant's index in place of those it held for the day, then
     measure them against the trailing 30 days."""
     config = settings()
+    model, dimension = image_embedder.model_id, image_embedder.dimension
     day = context.partition_time_window.start.date()
     start, end = context.partition_time_window.start, context.partition_time_window.end
-    with disk_full_is_named(), tempfile.TemporaryDirectory(prefix="smartgo-index-") as directory:
+    with (
+        disk_full_is_named(),
+        permanent_errors(IndexOfAnotherModel),
+        tempfile.TemporaryDirectory(prefix="smartgo-index-") as directory,
+    ):
         batches = iceberg.scan_day_files(start, end, READ_COLUMNS)
-        spooled = spool_day(batches, config.embedding_dimension, Path(directory))
-        manifests = commit_tenants(
-            object_store, spooled, config.embedding_dimension, day, Path(directory)
-        )
+        spooled = spool_day(batches, dimension, model, Path(directory))
+        manifests = commit_tenants(object_store, spooled, dimension, model, day, Path(directory))
         quality = measure_tenants(object_store, manifests, day, spooled.spools)
     differences = day_differences(
-        object_store, list(manifests), day, spooled.with_vector, config.embedding_dimension
+        object_store, list(manifests), day, spooled.with_vector, dimension
     )
     metadata = index_metadata(spooled, manifests, object_store.uri(f"{SIMILARITY_PREFIX}/"))
     context.log.info(

@@ -34,19 +34,11 @@ def cmd_comparables(args) -> int:
         raise UsageError(str(error)) from None
     band = found.suggested
     if args.format == "json":
-        say(
-            json.dumps(
-                {
-                    "tenant": found.tenant,
-                    "query": found.query,
-                    "suggested_price": band.__dict__,
-                    "comparables": found.rows(),
-                }
-            )
-        )
+        say(json.dumps(found.as_json()))
         return 0
     if args.format == "table":
-        say(f"{len(found.items)} sold items of {found.tenant} most like {found.query}:")
+        by = f" (vectors of {found.model})" if found.model else ""
+        say(f"{len(found.items)} sold items of {found.tenant} most like {found.query}{by}:")
     print_rows(found.rows(), list(SHOWN), args.format)
     summary = (
         f"suggested price {band.median:.2f} (p25 {band.p25:.2f}, p75 {band.p75:.2f}; "

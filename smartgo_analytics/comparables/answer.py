@@ -45,9 +45,20 @@ class Comparables:
     query: str
     items: list[Comparable]
     suggested: PriceBand
+    model: str | None = None  # whose vectors answered
 
     def rows(self) -> list[dict]:
         return [asdict(item) for item in self.items]
+
+    def as_json(self) -> dict:
+        """What `comparables --format json` prints and the page's API answers."""
+        return {
+            "tenant": self.tenant,
+            "query": self.query,
+            "model": self.model,
+            "suggested_price": asdict(self.suggested),
+            "comparables": self.rows(),
+        }
 
 
 def suggested_band(items: list[Comparable]) -> PriceBand:

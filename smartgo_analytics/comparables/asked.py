@@ -10,6 +10,7 @@ import numpy as np
 
 from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
 from smartgo_analytics.core.sales import VALID_ID
+from smartgo_analytics.similarity.manifest import Manifest
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # a picture asked about, as the image fetcher's cap
 MAX_LABEL = 200  # characters of a category or condition
@@ -110,8 +111,9 @@ def read_picture(image: str | bytes, fetcher) -> bytes:
     return read_image_file(image)
 
 
-def embed(data: bytes, embedder, dimension: int) -> np.ndarray:
-    """The picture's vector from `embedder`; UnusableImage when it is no picture it can take."""
+def embed(data: bytes, embedder, index: Manifest) -> np.ndarray:
+    """The picture's vector from `embedder`, if it makes the index's kind of vector (its model and
+    length); UnusableImage when it is no picture it can take."""
     # Imported here, as the fetcher above: the embedders are Dagster resources.
     from smartgo_analytics.resources.embeddings import EmbeddingError
 
@@ -119,9 +121,14 @@ def embed(data: bytes, embedder, dimension: int) -> np.ndarray:
         prepared = prepare_for_titan(data)
     except BadImage as error:
         raise UnusableImage(f"not a usable image: {error}") from None
-    if embedder.dimension != dimension:
+    if embedder.dimension != index.dimension:
         raise ComparablesError(
-            f"the index holds {dimension}-d vectors; the embedder makes {embedder.dimension}-d ones"
+            f"the index holds {index.dimension}-d vectors; the embedder makes "
+            f"{embedder.dimension}-d ones"
+        )
+    if index.model is not None and embedder.model_id != index.model:
+        raise ComparablesError(
+            f"the index holds vectors of {index.model}; the embedder is {embedder.model_id}"
         )
     try:
         return embedder.embed(prepared.data)

@@ -86,7 +86,7 @@ def comparables(
             picture = read_picture(image, lambda: source.resources["image_fetcher"])
             manifest = _tenant_manifest(source.reader, tenant)
             index = _open(source.reader, manifest)
-            vector = embed(picture, source.resources["image_embedder"], manifest.dimension)
+            vector = embed(picture, source.resources["image_embedder"], manifest)
             key, query = None, f"image {image if isinstance(image, str) else '(bytes)'}"
         wanted = {"category": category, "condition": condition}
         items = nearest(index, vector, key, product_id, wanted, k)
@@ -95,7 +95,7 @@ def comparables(
             raise ComparablesError(
                 f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector"
             )
-        return Comparables(manifest.tenant, query, items, suggested_band(items))
+        return Comparables(manifest.tenant, query, items, suggested_band(items), manifest.model)
     finally:
         source.reader.close()
 

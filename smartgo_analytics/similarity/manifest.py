@@ -19,6 +19,10 @@ from smartgo_analytics.similarity.graph import INDEX_OPTIONS
 SEGMENT_VECTORS = 200_000
 
 
+class IndexOfAnotherModel(ValueError):
+    """The tenant's index holds another model's vectors: two models' vectors are never mixed."""
+
+
 class StaleIndexError(ValueError):
     """An index whose graphs were built with other INDEX_OPTIONS: its next update builds them again."""
 
@@ -42,6 +46,9 @@ class Manifest:
     tenant: str
     dimension: int
     segments: list[Segment] = field(default_factory=list)
+    # The model whose vectors it holds (None: an index written before models were recorded; its
+    # next update records the embedder's).
+    model: str | None = None
 
     @property
     def count(self) -> int:
@@ -66,6 +73,15 @@ class Manifest:
     def stale(self) -> list[Segment]:
         return [s for s in self.segments if s.centre is None]
 
+    def require_model(self, model: str) -> None:
+        """IndexOfAnotherModel when the index holds another model's vectors than `model`'s."""
+        if self.model is not None and self.model != model and self.segments:
+            raise IndexOfAnotherModel(
+                f"tenant {self.tenant!r}'s index holds vectors of {self.model}, and the embedder "
+                f"is {model}: the two are never mixed. Set the embedding model back, or move the "
+                f"tenant's index aside (similarity_index/{self.tenant}/) to build one of {model}"
+            )
+
     def require_current(self) -> None:
         if self.stale():
             raise StaleIndexError(
@@ -86,6 +102,7 @@ class Manifest:
         body = {
             "tenant": self.tenant,
             "dimension": self.dimension,
+            "model": self.model,
             "index": INDEX_OPTIONS,
             "segments": segments,
         }
@@ -104,4 +121,4 @@ class Manifest:
             )
             for s in body["segments"]
         ]
-        return cls(body["tenant"], int(body["dimension"]), segments)
+        return cls(body["tenant"], int(body["dimension"]), segments, body.get("model"))

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,9 +18,8 @@ from smartgo_analytics.layout import (
     similarity_segment_key,
 )
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.similarity.graph import CENTRE_FROM, built_graph, graph_with_day, open_index
-from smartgo_analytics.similarity.manifest import Manifest, Segment
-from smartgo_analytics.similarity.quality import DayQuality, category_sums, measure_day
+from smartgo_analytics.similarity.manifest import Manifest
+from smartgo_analytics.similarity.quality import DayQuality, measure_day
 from smartgo_analytics.similarity.reader import (
     IndexReader,
     indexed_tenants,
@@ -30,19 +28,12 @@ from smartgo_analytics.similarity.reader import (
 )
 from smartgo_analytics.similarity.segments import (
     ITEM_COLUMNS,
-    ITEM_SCHEMA,
     DaySpool,
-    SpooledVectors,
-    new_segment_name,
     read_items,
-    segment_keys,
-    segment_vectors,
-    write_items,
-    write_parquet,
 )
+from smartgo_analytics.similarity.update import update_tenant
 
-READ_COLUMNS = ("tenant_id", *ITEM_COLUMNS, "embedding_vector")
-THREADS = 2
+READ_COLUMNS = ("tenant_id", *ITEM_COLUMNS, "embedding_model", "embedding_vector")
 
 
 @dataclass
@@ -57,13 +48,14 @@ class SpooledDay:
     rows: int = 0
     without_vector: int = 0
     of_another_length: int = 0
+    of_another_model: int = 0  # left out: an index holds one model's vectors
 
     @property
     def vectors(self) -> int:
         return sum(spool.rows for spool in self.spools.values())
 
 
-def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
+def spool_day(batches, dimension: int, model: str, directory: Path) -> SpooledDay:
     day = SpooledDay()
     for batch in batches:
         vectors = batch.column("embedding_vector")
@@ -71,8 +63,10 @@ def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
         day.rows += batch.num_rows
         day.without_vector += vectors.null_count
         day.with_vector.update(batch.filter(has).column("tenant_id").to_pylist())
-        right_length = pc.and_(has, pc.equal(pc.list_value_length(vectors), dimension))
-        day.of_another_length += pc.sum(pc.xor(has, right_length)).as_py() or 0
+        of_model = pc.and_(has, pc.equal(batch.column("embedding_model"), model))
+        day.of_another_model += pc.sum(pc.xor(has, of_model)).as_py() or 0
+        right_length = pc.and_(of_model, pc.equal(pc.list_value_length(vectors), dimension))
+        day.of_another_length += pc.sum(pc.xor(of_model, right_length)).as_py() or 0
         batch = batch.filter(right_length)
         for tenant in pc.unique(batch.column("tenant_id")).to_pylist():
             rows = batch.filter(pc.equal(batch.column("tenant_id"), tenant))
@@ -84,13 +78,20 @@ def spool_day(batches, dimension: int, directory: Path) -> SpooledDay:
 
 
 def commit_tenants(
-    store: ObjectStore, spooled: SpooledDay, dimension: int, day: date, directory: Path
+    store: ObjectStore,
+    spooled: SpooledDay,
+    dimension: int,
+    model: str,
+    day: date,
+    directory: Path,
 ) -> dict[str, Manifest]:
     """The day committed to the index of each tenant that sold that day or that the index holds
     (a day materialised again may have lost a tenant's sales): each tenant's manifest."""
     tenants = sorted(set(spooled.spools) | set(indexed_tenants(store)))
     return {
-        tenant: commit_day(store, tenant, dimension, day, spooled.spools.get(tenant), directory)
+        tenant: commit_day(
+            store, tenant, dimension, day, spooled.spools.get(tenant), directory, model
+        )
         for tenant in tenants
     }
 
@@ -103,6 +104,7 @@ def index_metadata(spooled: SpooledDay, manifests: dict[str, Manifest], uri: str
         "tenants": len(manifests),
         "rows_without_vector": spooled.without_vector,
         "vectors_of_another_length": spooled.of_another_length,
+        "vectors_of_another_model": spooled.of_another_model,
         "dagster/uri": uri,
         "dagster/row_count": indexed,
         "dagster/partition_row_count": spooled.vectors,
@@ -118,17 +120,6 @@ ORPHAN_AGE = timedelta(hours=1)
 _SEGMENT_NAME = re.compile(r"segment-\d{4}-\d{2}-\d{2}-(?:(\d{8}T\d{6})-)?[0-9a-f]+")
 
 
-@dataclass(frozen=True)
-class Update:
-    """A tenant's manifest with a day, and the segment files that change wrote (deleted if the
-    manifest is not committed) and that the new manifest no longer names (deleted once it is)."""
-
-    manifest: Manifest
-    changed: bool = False
-    added: tuple[str, ...] = ()
-    retired: tuple[str, ...] = ()
-
-
 def commit_day(
     store: ObjectStore,
     tenant: str,
@@ -136,11 +127,13 @@ def commit_day(
     day: date,
     spool: DaySpool | None,
     work: Path,
+    model: str | None = None,
 ) -> Manifest:
     """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
-    manifest; built again on the newer manifest when another run committed first."""
+    manifest; built again on the newer manifest when another run committed first. An index of
+    another model than `model` is never added to (IndexOfAnotherModel)."""
     return retry_until(
-        lambda _: _try_commit(store, tenant, dimension, day, spool, work),
+        lambda _: _try_commit(store, tenant, dimension, day, spool, work, model),
         attempts=COMMIT_ATTEMPTS,
         base_s=0.1,
         gave_up=f"tenant {tenant!r}: its index manifest kept changing while adding {day}; is the "
@@ -149,10 +142,19 @@ def commit_day(
 
 
 def _try_commit(
-    store: ObjectStore, tenant: str, dimension: int, day: date, spool: DaySpool | None, work: Path
+    store: ObjectStore,
+    tenant: str,
+    dimension: int,
+    day: date,
+    spool: DaySpool | None,
+    work: Path,
+    model: str | None,
 ) -> Manifest | None:
     """The tenant's manifest with the day, committed; None when another run committed first."""
     manifest, version = load_versioned(store, tenant, dimension)
+    if model is not None:
+        manifest.require_model(model)
+        manifest = replace(manifest, model=model)
     try:
         update = update_tenant(store, manifest, day, spool, work)
     except FileNotFoundError:  # a segment that a run committing meanwhile retired
@@ -188,160 +190,6 @@ def delete_orphans(
             store.delete(key)
             deleted.append(key)
     return deleted
-
-
-def update_tenant(
-    store: ObjectStore, manifest: Manifest, day: date, spool: DaySpool | None, work: Path
-) -> Update:
-    """The tenant's manifest changed to hold the day's vectors (none when `spool` is None), their
-    segment files written under new names; the new manifest is the caller's to commit. Segments
-    whose graph was built with other options are built again first, one at a time. Files written
-    before a failure are deleted."""
-    rows = spool.rows if spool else 0
-    target = manifest.target(day, rows)
-    stale = {id(segment) for segment in manifest.stale()}
-    segments: list[Segment] = []
-    added: list[str] = []
-    retired: list[str] = []
-    try:
-        for segment in manifest.segments:
-            if id(segment) in stale and segment is not target:
-                retired += segment_keys(manifest.tenant, segment.name)
-                segment, written = _rebuild(store, manifest, segment, work)
-                added += written
-            segments.append(segment)
-        rebuilt = replace(manifest, segments=segments)
-        if target is None and not rows:
-            return Update(rebuilt, bool(added), tuple(added), tuple(retired))
-        with_day, written = _with_day(store, rebuilt, target, day, spool, work)
-        added += written
-    except BaseException:
-        for key in added:
-            store.delete(key)
-        raise
-    if target is not None:
-        retired += segment_keys(manifest.tenant, target.name)
-    return Update(with_day, True, tuple(added), tuple(retired))
-
-
-def _with_day(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: Segment | None,
-    day: date,
-    spool: DaySpool | None,
-    work: Path,
-) -> tuple[Manifest, list[str]]:
-    """The manifest with the day's vectors in `target` (or a new segment), and the files written:
-    the segment's, and the day's per-category sums."""
-    tenant = manifest.tenant
-    day_items = spool.item_table(day) if spool else ITEM_SCHEMA.empty_table()
-    vectors = spool.vectors() if spool else np.zeros((0, manifest.dimension), np.float32)
-    new_vectors = work / "vectors.f16"
-    items, index, centre, centred_on = _segment_with_day(
-        store, manifest, target, day, day_items, vectors, new_vectors
-    )
-    days = dict(target.days) if target else {}
-    days.pop(day.isoformat(), None)
-    if spool and spool.rows:
-        days[day.isoformat()] = spool.rows
-    segments = [s for s in manifest.segments if s is not target]
-    written: list[str] = []
-    if days:
-        items_path = work / "items.parquet"
-        write_items(items, items_path)
-        name, written = _put_segment(store, tenant, day, index, items_path, new_vectors, work)
-        segments.append(Segment(name, days, centre, centred_on))
-    for path in (new_vectors, work / "items.parquet"):
-        path.unlink(missing_ok=True)
-    sums_key = similarity_category_sums_key(tenant, day.isoformat())
-    if spool:
-        sums_path = work / "sums.parquet"
-        write_parquet(category_sums(day_items.column("category").to_pylist(), vectors), sums_path)
-        store.put_file(sums_key, sums_path)
-    else:
-        store.delete(sums_key)
-    return replace(manifest, segments=sorted(segments, key=lambda s: min(s.days))), written
-
-
-def _segment_with_day(store, manifest, target, day, day_items, vectors, new_vectors):
-    """The target segment's items with the day's replaced, its graph with the day's vectors (the
-    float16 vectors written to `new_vectors`), its centre and how many vectors made the centre."""
-    # A segment holding only this day is built anew without reading it.
-    kept = target if target is not None and set(target.days) != {day.isoformat()} else None
-    files = []
-    try:
-        for key in segment_keys(manifest.tenant, kept.name) if kept else []:
-            files.append(store.local_path(key))
-        items, old_vectors = ITEM_SCHEMA.empty_table(), None
-        if kept:
-            items = read_items(files[1])
-            old_vectors = SpooledVectors(files[2], items.num_rows, manifest.dimension, np.float16)
-        items, replaced = segment_vectors(items, old_vectors, day, day_items, vectors, new_vectors)
-        keys = items.column("key").to_numpy()
-        if kept and kept.centre is not None and kept.centred_on >= CENTRE_FROM:
-            index = graph_with_day(
-                open_index(files[0], view=False),
-                kept.centre,
-                replaced,
-                day_items.column("key").to_numpy(),
-                vectors,
-                THREADS,
-            )
-            return items, index, kept.centre, kept.centred_on
-        written = SpooledVectors(new_vectors, len(keys), manifest.dimension, np.float16)
-        index, centre = built_graph(keys, written, THREADS)
-        return items, index, centre, len(keys)
-    finally:
-        for path in files:
-            store.release(path)
-
-
-def _put_segment(
-    store: ObjectStore,
-    tenant: str,
-    day: date,
-    index,
-    items_path: Path,
-    vectors_path: Path,
-    work: Path,
-) -> tuple[str, list[str]]:
-    """A segment's files stored under a new name (named by its first day): the name and the keys
-    written (none left behind if one fails)."""
-    name = new_segment_name(day)
-    index_path = work / f"{name}.usearch"
-    index.save(str(index_path))
-    keys = list(segment_keys(tenant, name))
-    try:
-        for path, key in zip((index_path, items_path, vectors_path), keys, strict=True):
-            store.put_file(key, path)
-    except BaseException:
-        for key in keys:
-            store.delete(key)
-        raise
-    finally:
-        index_path.unlink(missing_ok=True)
-    return name, keys
-
-
-def _rebuild(
-    store: ObjectStore, manifest: Manifest, segment: Segment, work: Path
-) -> tuple[Segment, list[str]]:
-    """The segment with its graph built again from its float16 vectors, under a new name; the
-    keys written."""
-    files = []
-    try:
-        for key in segment_keys(manifest.tenant, segment.name):
-            files.append(store.local_path(key))
-        keys = read_items(files[1], ["key"]).column("key").to_numpy()
-        vectors = SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
-        index, centre = built_graph(keys, vectors, THREADS)
-        first = date.fromisoformat(min(segment.days))
-        name, written = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work)
-    finally:
-        for path in files:
-            store.release(path)
-    return replace(segment, name=name, centre=centre, centred_on=len(keys)), written
 
 
 def day_differences(

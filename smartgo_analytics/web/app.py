@@ -49,12 +49,7 @@ TEMPLATES = Environment(
 
 def answer_json(found: Comparables) -> dict:
     """What `smartgo-analytics comparables --format json` prints."""
-    return {
-        "tenant": found.tenant,
-        "query": found.query,
-        "suggested_price": found.suggested.__dict__,
-        "comparables": found.rows(),
-    }
+    return found.as_json()
 
 
 def create_app(answers: Answers | None = None, guard: Guard | None = None) -> Starlette:
@@ -190,6 +185,7 @@ def _shown_answer(
     return {
         "tenant": found.tenant,
         "query": found.query,
+        "model": found.model,
         "band": band,
         "items": items,
         "query_picture": query_picture,
