@@ -167,27 +167,28 @@ def _sales_source() -> str:
     return source
 
 
-def _api_options() -> dict:
-    raw = os.environ.get("SMARTGO_API_OPTIONS")
+def _json(name: str) -> object:
+    """The variable's JSON value; {} when unset; None when it is not JSON."""
+    raw = os.environ.get(name)
     if not raw:
         return {}
     try:
-        options = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError:
-        options = None
+        return None
+
+
+def _api_options() -> dict:
+    options = _json("SMARTGO_API_OPTIONS")
     if not isinstance(options, dict):
         raise ConfigurationError("SMARTGO_API_OPTIONS is not a JSON object")
     return options
 
 
 def _quicksight_dataset_ids() -> dict[str, str]:
-    raw = os.environ.get("QUICKSIGHT_DATASET_IDS")
-    if not raw:
+    ids = _json("QUICKSIGHT_DATASET_IDS")
+    if ids == {}:
         return {}
-    try:
-        ids = json.loads(raw)
-    except json.JSONDecodeError:
-        ids = None
     if not isinstance(ids, dict) or not all(isinstance(v, str) and v for v in ids.values()):
         raise ConfigurationError(
             "QUICKSIGHT_DATASET_IDS is not a JSON object of dataset name -> data-set id"

@@ -12,7 +12,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from pydantic import Field
 
-from smartgo_analytics.core.outage import Outage, OutageReport, Transient
+from smartgo_analytics.core.outage import Outage, Transient
 from smartgo_analytics.core.sales import SOURCE_COLUMNS
 from smartgo_analytics.resources.sales_source import SalesSource
 
@@ -102,6 +102,7 @@ class SmartGoDatabase(SalesSource):
     )
 
     kind: ClassVar[str] = "database"
+    dependency: ClassVar[str] = "SmartGo Postgres"
     errors: ClassVar[tuple[type[Exception], ...]] = (SmartGoDatabaseError,)
 
     def _conninfo(self) -> tuple[str, int]:
@@ -160,16 +161,9 @@ class SmartGoDatabase(SalesSource):
                 ]
             ) from None
 
-    def read_sold_products(
-        self,
-        start: datetime,
-        end: datetime,
-        consume: Callable[[Iterator[list[dict[str, Any]]]], T],
-        allowance_s: float,
-    ) -> tuple[T, OutageReport]:
+    def consumed(self, start: datetime, end: datetime, consume: Callable, outage: Outage) -> Any:
         """consume(the day's SOLD products), read again from the start each time the server cannot
-        be reached or drops the connection, until it has been unavailable longer than `allowance_s`
-        (OutageTooLong). `consume` must be a function of the rows alone: it is called afresh."""
-        outage = Outage("SmartGo Postgres", allowance_s, backoff_s=1.0)
-        result = outage.call(lambda: consume(self.stream_sold_products(start, end)))
-        return result, outage.report()
+        be reached or drops the connection, until it has been unavailable longer than the outage
+        allowance (OutageTooLong). `consume` must be a function of the rows alone: it is called
+        afresh."""
+        return outage.call(lambda: consume(self.stream_sold_products(start, end)))

@@ -26,7 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import Field, PrivateAttr
 
-from smartgo_analytics.core.outage import Outage, OutageReport, Transient
+from smartgo_analytics.core.outage import Outage, Transient
 from smartgo_analytics.resources.sales_source import SalesSource
 
 T = TypeVar("T")
@@ -130,6 +130,7 @@ class SmartGoApi(SalesSource):
     timeout_s: float = 30.0
 
     kind: ClassVar[str] = "api"
+    dependency: ClassVar[str] = "SmartGo API"
     errors: ClassVar[tuple[type[Exception], ...]] = (SalesApiError,)
 
     _token: str | None = PrivateAttr(default=None)
@@ -171,23 +172,15 @@ class SmartGoApi(SalesSource):
         if missing:
             raise SalesApiError(f"SMARTGO_API_OPTIONS' fields map nothing to {sorted(missing)}")
 
-    def read_sold_products(
-        self,
-        start: datetime,
-        end: datetime,
-        consume: Callable[[Iterator[list[dict[str, Any]]]], T],
-        allowance_s: float,
-    ) -> tuple[T, OutageReport]:
+    def consumed(self, start: datetime, end: datetime, consume: Callable, outage: Outage) -> Any:
         """consume(the day's SOLD products, a page at a time); each page's transient failures are
-        waited out within `allowance_s` (OutageTooLong past it)."""
+        waited out through `outage` (OutageTooLong past its allowance)."""
         self.check()
-        outage = Outage("SmartGo API", allowance_s, backoff_s=1.0)
         with httpx.Client(timeout=self.timeout_s, headers=self._headers()) as client:
             pages = self._pages(
                 lambda url, params: outage.call(lambda: self._get(client, url, params)), start, end
             )
-            result = consume(pages)
-        return result, outage.report()
+            return consume(pages)
 
     def _pages(self, get, start: datetime, end: datetime) -> Iterator[list[dict[str, Any]]]:
         window = {

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
-from smartgo_analytics.core.outage import OutageReport
+from smartgo_analytics.core.outage import Outage, OutageReport
 from smartgo_analytics.resources.aws import AwsResource
 
 T = TypeVar("T")
@@ -20,6 +20,7 @@ class SalesSource(AwsResource):
     in batches (a batch at a time in memory), validated and quarantined downstream alike."""
 
     kind: ClassVar[str] = "source"  # in the run's metadata: `<kind>_reads_retried`, ...
+    dependency: ClassVar[str] = "the source"  # how its outages are named
     errors: ClassVar[tuple[type[Exception], ...]] = ()  # what fails at once, naming a setting
 
     def check(self) -> None:
@@ -34,4 +35,9 @@ class SalesSource(AwsResource):
     ) -> tuple[T, OutageReport]:
         """consume(the day's rows, batch by batch), and the outages waited out meanwhile (an
         outage longer than `allowance_s` raises OutageTooLong)."""
+        outage = Outage(self.dependency, allowance_s, backoff_s=1.0)
+        return self.consumed(start, end, consume, outage), outage.report()
+
+    def consumed(self, start: datetime, end: datetime, consume: Callable, outage: Outage) -> Any:
+        """consume(the rows), their reads waited out through `outage` as the source allows."""
         raise NotImplementedError

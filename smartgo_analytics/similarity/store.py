@@ -132,44 +132,36 @@ def commit_day(
     """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
     manifest; built again on the newer manifest when another run committed first. An index of
     another model than `model` is never added to (IndexOfAnotherModel)."""
+
+    def attempt(_: int) -> Manifest | None:
+        """The tenant's manifest with the day, committed; None when another run committed first."""
+        manifest, version = load_versioned(store, tenant, dimension)
+        if model is not None:
+            manifest.require_model(model)
+            manifest = replace(manifest, model=model)
+        try:
+            update = update_tenant(store, manifest, day, spool, work)
+        except FileNotFoundError:  # a segment that a run committing meanwhile retired
+            return None
+        if not update.changed:
+            return manifest
+        key = similarity_manifest_key(tenant)
+        if not store.put_if_version(key, update.manifest.to_json(), version):
+            for added in update.added:
+                store.delete(added)
+            return None
+        for retired in update.retired:
+            store.delete(retired)
+        delete_orphans(store, update.manifest)
+        return update.manifest
+
     return retry_until(
-        lambda _: _try_commit(store, tenant, dimension, day, spool, work, model),
+        attempt,
         attempts=COMMIT_ATTEMPTS,
         base_s=0.1,
         gave_up=f"tenant {tenant!r}: its index manifest kept changing while adding {day}; is the "
         "similarity_index pool's limit 1?",
     )
-
-
-def _try_commit(
-    store: ObjectStore,
-    tenant: str,
-    dimension: int,
-    day: date,
-    spool: DaySpool | None,
-    work: Path,
-    model: str | None,
-) -> Manifest | None:
-    """The tenant's manifest with the day, committed; None when another run committed first."""
-    manifest, version = load_versioned(store, tenant, dimension)
-    if model is not None:
-        manifest.require_model(model)
-        manifest = replace(manifest, model=model)
-    try:
-        update = update_tenant(store, manifest, day, spool, work)
-    except FileNotFoundError:  # a segment that a run committing meanwhile retired
-        return None
-    if not update.changed:
-        return manifest
-    key = similarity_manifest_key(tenant)
-    if not store.put_if_version(key, update.manifest.to_json(), version):
-        for added in update.added:
-            store.delete(added)
-        return None
-    for retired in update.retired:
-        store.delete(retired)
-    delete_orphans(store, update.manifest)
-    return update.manifest
 
 
 def delete_orphans(
