@@ -83,6 +83,8 @@ def test_a_three_day_backfill_through_the_webserver_and_an_alert_for_the_partiti
     with browser_page() as page:
         page.goto(f"{url}/assets/smartgo_sales_iceberg")
         page.get_by_text("embedding_vector", exact=True).first.wait_for(timeout=60_000)
+        # The columns' descriptions come with a later request than their names: waited for too.
+        page.get_by_text(DESCRIPTIONS["embedding_vector"]).first.wait_for(timeout=60_000)
         shown = page.inner_text("body")
         page.screenshot(path=str(home / "smartgo_sales_iceberg.png"), full_page=True)
     for column in ("product_id", "sold_price", "sold_date", "tenant_id", "embedding_error"):
