@@ -196,3 +196,32 @@ def test_every_import_inside_a_function_says_why():
                 if not ("#" in lines[node.lineno - 1] or lines[above].lstrip().startswith("#")):
                     silent.append(f"{name}:{node.lineno}")
     assert silent == [], silent
+
+
+def test_the_plain_functions_import_no_dagster_and_nothing_of_a_layer_above():
+    """`core/` is plain data and functions: no Dagster, and none of the resources, steps, assets
+    or other packages built on it."""
+    above = []
+    for name, tree in _package_modules().items():
+        if not name.startswith("core/"):
+            continue
+        for imported in (
+            _imports_of(tree)
+            | {
+                alias.name
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Import)
+                for alias in node.names
+            }
+            | {
+                node.module
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module
+            }
+        ):
+            own = imported.startswith("smartgo_analytics.") and not imported.startswith(
+                ("smartgo_analytics.core", "smartgo_analytics.layout")
+            )
+            if imported.split(".")[0] == "dagster" or own:
+                above.append(f"{name}: {imported}")
+    assert above == []
