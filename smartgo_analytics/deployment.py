@@ -57,7 +57,7 @@ class Local(Deployment):
 
     def resources(self) -> dict[str, object]:
         # Imported when called: Dagster comes with the resources (about a second).
-        from smartgo_analytics.resources.deployed import local_resources
+        from smartgo_analytics.deployment_resources import local_resources
 
         return local_resources(self.config)
 
@@ -72,7 +72,7 @@ class Prod(Deployment):
 
     def resources(self) -> dict[str, object]:
         # Imported when called: Dagster comes with the resources (about a second).
-        from smartgo_analytics.resources.deployed import prod_resources
+        from smartgo_analytics.deployment_resources import prod_resources
 
         return prod_resources(self.config)
 

@@ -15,7 +15,7 @@ from smartgo_analytics.core.quicksight import DATASETS_BY_NAME
 from smartgo_analytics.similarity.thresholds import QualityThresholds
 
 DEPLOYMENTS = ("local", "prod")
-SALES_SOURCES = ("database", "api")  # resources/deployed.py builds each
+SALES_SOURCES = ("database", "api")  # deployment_resources.py builds each
 SALES_DATA_TABLE = "SalesData"  # the seed's DynamoDB table of analytics (DYNAMODB_TABLE)
 CATALOG_TYPES = ("sql", "rest", "glue")
 

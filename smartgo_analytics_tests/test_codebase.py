@@ -225,3 +225,15 @@ def test_the_plain_functions_import_no_dagster_and_nothing_of_a_layer_above():
             if imported.split(".")[0] == "dagster" or own:
                 above.append(f"{name}: {imported}")
     assert above == []
+
+
+def test_no_resource_imports_the_local_stack():
+    """One set of resources for every deployment: the local one is given the stack as data."""
+    local = [
+        f"{name}: {imported}"
+        for name, tree in _package_modules().items()
+        if name.startswith("resources/")
+        for imported in _imports_of(tree)
+        if imported.startswith("smartgo_analytics.local")
+    ]
+    assert local == []

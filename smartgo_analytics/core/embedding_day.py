@@ -118,10 +118,11 @@ class RowCount:
     preview: tuple[dict, ...] = ()
 
     @classmethod
-    def of(cls, rows: pa.Table) -> RowCount:
+    def of(cls, rows: pa.Table, shown: bool = True) -> RowCount:
+        """The rows counted, and the first 5 of them kept to be shown when `shown`."""
         errors = tuple(e for e in rows.column("embedding_error").to_pylist() if e)
-        shown = tuple(rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist())
-        return cls(rows.num_rows, len(errors), errors[:10], shown)
+        shown_rows = rows.select(PREVIEW_COLUMNS).slice(0, 5).to_pylist() if shown else []
+        return cls(rows.num_rows, len(errors), errors[:10], tuple(shown_rows))
 
     def __add__(self, other: RowCount) -> RowCount:
         return RowCount(
@@ -166,7 +167,7 @@ class DayRows:
 
     def counted(self, rows: pa.Table) -> pa.Table:
         """The rows, their count added to the day's."""
-        self.count = self.count + RowCount.of(rows)
+        self.count = self.count + RowCount.of(rows, shown=not self.count.preview)
         return rows
 
     def batches(

@@ -203,15 +203,18 @@ class SmartGoApi(SalesSource):
                     f"page {number} of the SmartGo API has no list at {self.items_path!r} "
                     "(SMARTGO_API_OPTIONS items_path)"
                 )
-            fingerprint = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
-            if items and fingerprint in seen_pages:
+            rows = [source_row(item, self.fields) for item in items]
+            # A page is known by its products' ids, in order: the same ids again is the same page.
+            ids = "\x1f".join(str(row.get("id")) for row in rows)
+            fingerprint = hashlib.sha256(ids.encode()).hexdigest()
+            if rows and fingerprint in seen_pages:
                 raise SalesApiError(f"page {number} of the SmartGo API repeats an earlier page")
             seen_pages.add(fingerprint)
             if self.total_path and isinstance(at_path(answer, self.total_path), int):
                 total = at_path(answer, self.total_path)
-            read += len(items)
-            if items:
-                yield [source_row(item, self.fields) for item in items]
+            read += len(rows)
+            if rows:
+                yield rows
             following = self._next(answer, items, step, next_link)
             if following is None:
                 break

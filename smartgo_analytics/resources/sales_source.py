@@ -1,5 +1,5 @@
 """Where the day's SOLD sales come from: a resource with one interface, picked per deployment by
-SMARTGO_SALES_SOURCE (`resources/deployed.py`, SALES_SOURCES). Two today: the SmartGo database
+SMARTGO_SALES_SOURCE (`deployment_resources.py`, SALES_SOURCES). Two today: the SmartGo database
 (`postgres.SmartGoDatabase`) and the SmartGo API (`sales_api.SmartGoApi`); a third is one module
 with a subclass and one line in SALES_SOURCES."""
 

@@ -1,4 +1,6 @@
-"""The Dagster resources of each deployment (`deployment.this_deployment().resources()`)."""
+"""The Dagster resources of each deployment (`deployment.this_deployment().resources()`): one set
+of resources for both, the local deployment giving them the running stack's loopback endpoints,
+DSN, catalog properties and lake location as data. No module under `resources/` imports `local/`."""
 
 from __future__ import annotations
 
