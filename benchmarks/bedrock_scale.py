@@ -6,7 +6,7 @@ import httpx
 
 from benchmarks.pricing import CONCURRENCY, PricingRig, sales_table
 from smartgo_analytics.embedding.workers import start_worker_server
-from smartgo_analytics.resources.embeddings import TitanEmbedder
+from smartgo_analytics.resources.embeddings import BedrockEmbedder
 
 WORKERS = 4
 # (requests per minute, sales): a day of 5,000 sales at 6,000 a minute, and the lowest quota the
@@ -21,7 +21,7 @@ def paced_to_quota() -> dict:
     runs = []
     for quota, sales in QUOTAS:
         with PricingRig(0.100, 0.150, sales=sales, quota=quota) as rig:
-            rig.resources["image_embedder"] = TitanEmbedder(
+            rig.resources["image_embedder"] = BedrockEmbedder(
                 endpoint_url=rig.servers["bedrock"].url,
                 region_name="us-east-1",
                 max_concurrency=CONCURRENCY,

@@ -198,7 +198,7 @@ class _Rig:
 
     def resources(self) -> dict:
         from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors
-        from smartgo_analytics.resources.embeddings import TitanEmbedder
+        from smartgo_analytics.resources.embeddings import BedrockEmbedder
         from smartgo_analytics.resources.images import ImageFetcher
         from smartgo_analytics.resources.object_store import S3ObjectStore
         from smartgo_analytics.resources.parquet_io import ParquetIOManager
@@ -212,7 +212,9 @@ class _Rig:
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
             "image_fetcher": ImageFetcher(allowlist=["localhost"]),
-            "image_embedder": TitanEmbedder(endpoint_url=self.bedrock_url, region_name="us-east-1"),
+            "image_embedder": BedrockEmbedder(
+                endpoint_url=self.bedrock_url, region_name="us-east-1"
+            ),
             "image_vectors": ImageVectors(
                 table_name="faults-vectors", endpoint_url=self.aws_url, region_name="us-east-1"
             ),

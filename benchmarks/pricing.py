@@ -25,7 +25,8 @@ from smartgo_analytics.assets.pricing_intelligence import (
     smartgo_sales,
     smartgo_sales_iceberg,
 )
-from smartgo_analytics.core.imaging import prepare_for_titan
+from smartgo_analytics.core.imaging import prepare_for
+from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.core.sales import VALID_SALES_SCHEMA
 from smartgo_analytics.embedding.workers import start_worker_server
 from smartgo_analytics.layout import asset_output_key
@@ -35,7 +36,7 @@ from smartgo_analytics.resources.dynamodb import (
     ImageVectors,
     create_image_vectors_table,
 )
-from smartgo_analytics.resources.embeddings import TitanEmbedder
+from smartgo_analytics.resources.embeddings import BedrockEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import S3ObjectStore
@@ -121,7 +122,7 @@ class PricingRig:
             "object_store": store,
             "parquet_io_manager": ParquetIOManager(object_store=store),
             "image_fetcher": ImageFetcher(allowlist=["127.0.0.1"]),
-            "image_embedder": TitanEmbedder(
+            "image_embedder": BedrockEmbedder(
                 endpoint_url=self.servers["bedrock"].url,
                 region_name="us-east-1",
                 max_concurrency=CONCURRENCY,
@@ -195,7 +196,7 @@ def one_at_a_time(rig: PricingRig, sales: int = 200) -> dict[str, float]:
     url = rig.servers["cdn"].url
     steps = {
         "download": lambda n, _: resources["image_fetcher"].fetch(f"{url}/img/{n}.jpg").data,
-        "decode check": lambda _, image: prepare_for_titan(image) and image,
+        "decode check": lambda _, image: prepare_for(image, TITAN.images) and image,
         "S3 put": lambda n, image: (
             resources["object_store"].put_bytes(f"one/{n}.jpg", image) and image
         ),

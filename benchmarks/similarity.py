@@ -15,7 +15,8 @@ import pyarrow as pa
 from benchmarks.web import home_environment, page_timings
 from smartgo_analytics.comparables import Source, comparables
 from smartgo_analytics.core import price_bands as bands_core
-from smartgo_analytics.core.imaging import prepare_for_titan
+from smartgo_analytics.core.imaging import prepare_for
+from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.core.price_bands import SALES_SCHEMA
 from smartgo_analytics.layout import SIMILARITY_PREFIX
 from smartgo_analytics.local import demo_data
@@ -286,8 +287,8 @@ def comparables_price_error() -> dict:
                 for b in brands
                 if demo_data.image_path(c, b, 0).endswith(f"/{slug}-0.jpg")
             )
-            pictures[name] = prepare_for_titan(
-                draw_product_image(category, brand, int(variant))
+            pictures[name] = prepare_for(
+                draw_product_image(category, brand, int(variant)), TITAN.images
             ).data
             vectors[name] = embedder.embed(pictures[name])
         return pictures[name], vectors[name]

@@ -20,7 +20,7 @@ from smartgo_analytics.local.stack import (
 )
 from smartgo_analytics.resources.alerts import Alerter
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors, SalesDataTable
-from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
+from smartgo_analytics.resources.embeddings import BedrockEmbedder, LocalVisualEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
@@ -182,7 +182,9 @@ def prod_resources(config: Settings) -> dict[str, object]:
         "object_store": object_store,
         "parquet_io_manager": ParquetIOManager(object_store=object_store),
         "image_fetcher": ImageFetcher(allowlist=config.image_url_allowlist),
-        "image_embedder": TitanEmbedder(
+        "image_embedder": BedrockEmbedder(
+            model=config.embedding_model,
+            price_per_image_usd=config.embedding_price_per_image,
             dimension=config.embedding_dimension,
             max_concurrency=config.bedrock_max_concurrency,
             requests_per_minute=config.bedrock_requests_per_minute,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 
-from smartgo_analytics.core.models import TITAN_DIMENSIONS
+from smartgo_analytics.core.models import DEFAULT_MODEL, model_named
 from smartgo_analytics.core.quicksight import DATASETS_BY_NAME
 from smartgo_analytics.similarity.thresholds import QualityThresholds
 
@@ -91,6 +91,8 @@ class Settings:
     max_embedding_error_ratio: float
     season_hemisphere: str
     outage_allowance_s: float = 600.0
+    embedding_model: str = DEFAULT_MODEL.model_id
+    embedding_price_per_image: float | None = None
     iceberg_properties: dict[str, str] = field(default_factory=dict)
     slack_webhook_set: bool = False
     sns_topic_arn: str | None = None
@@ -251,11 +253,20 @@ def settings() -> Settings:
     quota = _quota("BEDROCK_REQUESTS_PER_MINUTE")
     token_quota = _quota("BEDROCK_TOKENS_PER_MINUTE")
     stage = os.environ.get("STAGE", "dev")
-    dimension = _int("TITAN_EMBEDDING_DIMENSION", 1024)
-    if dimension not in TITAN_DIMENSIONS:
-        raise ConfigurationError(
-            f"TITAN_EMBEDDING_DIMENSION={dimension} is not one of {', '.join(map(str, TITAN_DIMENSIONS))}"
-        )
+    model_id = os.environ.get("EMBEDDING_MODEL") or DEFAULT_MODEL.model_id
+    try:
+        model = model_named(model_id)
+    except ValueError as error:
+        raise ConfigurationError(f"EMBEDDING_MODEL: {error}") from None
+    # TITAN_EMBEDDING_DIMENSION: this setting's name before there was a choice of model.
+    dimension = _int("EMBEDDING_DIMENSION", _int("TITAN_EMBEDDING_DIMENSION", 1024))
+    try:
+        model.check_dimension(dimension)
+    except ValueError as error:
+        raise ConfigurationError(f"EMBEDDING_DIMENSION={dimension}: {error}") from None
+    price = _float("EMBEDDING_PRICE_PER_IMAGE", -1.0)
+    if price != -1.0 and not (math.isfinite(price) and price >= 0):
+        raise ConfigurationError(f"EMBEDDING_PRICE_PER_IMAGE={price} must be 0 or more (USD)")
     demo_pictures = os.environ.get("DEMO_PICTURES", "drawings")
     if demo_pictures not in ("drawings", "photos"):
         raise ConfigurationError(f"DEMO_PICTURES={demo_pictures!r} must be drawings or photos")
@@ -290,6 +301,8 @@ def settings() -> Settings:
         bedrock_requests_per_minute=quota,
         bedrock_tokens_per_minute=token_quota,
         embedding_dimension=dimension,
+        embedding_model=model.model_id,
+        embedding_price_per_image=None if price == -1.0 else price,
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
         # A worker's threads mostly wait on the network, and only one of them runs Python at a time:

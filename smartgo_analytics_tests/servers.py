@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -155,6 +158,7 @@ class BedrockState:
         self.broken: str | None = None  # "constant" or "random": a model that has stopped seeing
         self.in_flight = 0
         self.most_in_flight = 0
+        self.models: Counter[str] = Counter()  # calls answered, by model id
 
     def reset(self):
         self.fault.close()
@@ -169,6 +173,60 @@ class BedrockState:
             self.latency_s = 0.0
             self.quota = None
             self.broken = None
+            self.models = Counter()
+
+
+TITAN = "amazon.titan-embed-image-v1"
+NOVA = "amazon.nova-2-multimodal-embeddings-v1:0"
+NOVA_FORMATS = {"png": b"\x89PNG", "jpeg": b"\xff\xd8", "gif": b"GIF8", "webp": b"RIFF"}
+
+
+def model_input(model: str, request: dict) -> tuple[bytes, int]:
+    """The picture and the vector length an InvokeModel body asks of `model`, read as Bedrock reads
+    each model's schema (the double was written from their user guides, not from this project's
+    code); ValueError, Bedrock's ValidationException, for a body the model would refuse."""
+    if model == TITAN:
+        dimension = request.get("embeddingConfig", {}).get("outputEmbeddingLength", 1024)
+        if dimension not in (256, 384, 1024) or "inputImage" not in request:
+            raise ValueError("Malformed input request, please reformat your input and try again.")
+        return base64.b64decode(request["inputImage"], validate=True), dimension
+    if model == NOVA:
+        params = request.get("singleEmbeddingParams") or {}
+        image = params.get("image") or {}
+        source = image.get("source") or {}
+        if (
+            request.get("schemaVersion") != "nova-multimodal-embed-v1"
+            or request.get("taskType") != "SINGLE_EMBEDDING"
+            or params.get("embeddingPurpose") not in ("GENERIC_INDEX", "GENERIC_RETRIEVAL")
+            or params.get("embeddingDimension") not in (256, 384, 1024, 3072)
+            or image.get("format") not in NOVA_FORMATS
+            or "bytes" not in source
+        ):
+            raise ValueError("Malformed input request: schema nova-multimodal-embed-v1 violated")
+        data = base64.b64decode(source["bytes"], validate=True)
+        if not data.startswith(NOVA_FORMATS[image["format"]]):
+            raise ValueError(f"The image is not of format {image['format']}")
+        return data, params["embeddingDimension"]
+    raise ValueError("The provided model identifier is invalid.")
+
+
+def model_vector(model: str, image: bytes, dimension: int) -> np.ndarray:
+    """What each model makes of a picture: Titan the visual features; Nova the same features in
+    another basis (its own coordinates, the same neighbours), so that two models' vectors of one
+    picture differ while their nearest neighbours agree."""
+    vector = visual_features(image, dimension)
+    if model == NOVA:
+        rng = np.random.default_rng(dimension)
+        vector = (vector * rng.choice([-1.0, 1.0], dimension))[rng.permutation(dimension)]
+    return vector.astype(np.float32)
+
+
+def model_answer(model: str, vector: list[float]) -> bytes:
+    if model == NOVA:
+        return json.dumps(
+            {"embeddings": [{"embeddingType": "IMAGE", "embedding": vector}]}
+        ).encode()
+    return json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()
 
 
 @functools.cache
@@ -250,7 +308,6 @@ def broken_body(kind: str, digest: bytes, dimension: int) -> bytes:
 
 def bedrock_server(state: BedrockState) -> _Server:
     """POST /model/<id>/invoke as Bedrock runtime answers it for Titan image embeddings."""
-    import base64
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = (
@@ -275,8 +332,14 @@ def bedrock_server(state: BedrockState) -> _Server:
         def do_POST(self):
             length = int(self.headers.get("Content-Length", 0))
             request = json.loads(self.rfile.read(length))
-            if not re.fullmatch(r"/model/[^/]+/invoke", self.path):
+            route = re.fullmatch(r"/model/([^/]+)/invoke", self.path)
+            if not route:
                 return self._error(404, "ResourceNotFoundException", "no such route")
+            model = urllib.parse.unquote(route.group(1))
+            try:
+                image, dimension = model_input(model, request)
+            except ValueError as error:
+                return self._error(400, "ValidationException", str(error))
             fault = state.fault.hit()
             if fault == "reset":
                 return reset_connection(self)
@@ -286,15 +349,13 @@ def bedrock_server(state: BedrockState) -> _Server:
                     "ServiceUnavailableException" if fault == "503" else "InternalServerException",
                     "try again later",
                 )
-            image = base64.b64decode(request["inputImage"])
             charge = image_tokens(image)
             if state.quota is not None and not state.quota.admit(charge):
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             with state.lock:
                 state.calls += 1
-                state.requests.append(
-                    hashlib.sha256(request["inputImage"].encode()).hexdigest()[:8]
-                )
+                state.requests.append(hashlib.sha256(image).hexdigest()[:8])
+                state.models[model] += 1
                 if state.throttle_next > 0:
                     state.throttle_next -= 1
                     throttled = True
@@ -313,7 +374,6 @@ def bedrock_server(state: BedrockState) -> _Server:
                 return self._error(429, "ThrottlingException", "Too many requests, please wait")
             if timeout:
                 return self._error(408, "ModelTimeoutException", "Model timed out")
-            dimension = request["embeddingConfig"]["outputEmbeddingLength"]
             digest = hashlib.sha256(image)
             hostile = state.hostile.get(digest.hexdigest())
             if hostile == "hang":  # accept, read, never answer
@@ -337,10 +397,10 @@ def bedrock_server(state: BedrockState) -> _Server:
             elif state.broken:
                 body = broken_body(state.broken, digest.digest(), dimension)
             else:
-                vector = visual_features(image, dimension).tolist()
+                vector = model_vector(model, image, dimension).tolist()
                 if digest.hexdigest() in state.wrong_length_for:
                     vector = vector[:7]
-                body = json.dumps({"embedding": vector, "inputTextTokenCount": 0}).encode()
+                body = model_answer(model, vector)
             self.send_response(200)
             self.send_header("X-Amzn-Bedrock-Input-Token-Count", str(charge))
             self.send_header("X-Amzn-Bedrock-Output-Token-Count", "0")

@@ -19,7 +19,8 @@ from smartgo_analytics.core.embedding_day import (
     from_first_sale,
     mark_deferred,
 )
-from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
+from smartgo_analytics.core.imaging import BadImage, prepare_for, visual_features
+from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.core.ndjson import decimal_to_json, decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.quicksight import (
@@ -363,16 +364,16 @@ def test_retries_back_off_exponentially_with_jitter_and_stop():
 
 def test_images_titan_would_refuse_are_downscaled_and_bombs_and_junk_refused():
     big = png(size=(3000, 1000))
-    prepared = prepare_for_titan(big)
+    prepared = prepare_for(big, TITAN.images)
     # Shrunk by whole pixels (1/2 here) to the largest size within Titan's 2048 px, shape kept.
     assert prepared.resized and (prepared.width, prepared.height) == (1500, 500)
-    assert prepare_for_titan(png()).resized is False
+    assert prepare_for(png(), TITAN.images).resized is False
     with pytest.raises(BadImage, match="decompression bomb"):
-        prepare_for_titan(bomb_png())
+        prepare_for(bomb_png(), TITAN.images)
     with pytest.raises(BadImage, match="not an image"):
-        prepare_for_titan(b"<html></html>")
+        prepare_for(b"<html></html>", TITAN.images)
     with pytest.raises(BadImage, match="corrupt"):
-        prepare_for_titan(png()[:60])
+        prepare_for(png()[:60], TITAN.images)
 
 
 def test_the_local_embedder_is_deterministic_and_puts_similar_pictures_close():

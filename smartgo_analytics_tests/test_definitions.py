@@ -40,7 +40,7 @@ def test_definitions_load_in_prod_with_aws_resources_and_no_network():
         AWS_REGION="eu-west-1",
     )
     assert result.returncode == 0, result.stderr
-    assert "S3ObjectStore" in result.stdout and "TitanEmbedder" in result.stdout
+    assert "S3ObjectStore" in result.stdout and "BedrockEmbedder" in result.stdout
 
 
 def test_prod_without_a_bucket_fails_naming_the_setting():

@@ -87,12 +87,12 @@ def test_an_outage_longer_than_the_allowance_fails_the_step_naming_the_dependenc
 ):
     """Bedrock answers 503 throughout: the step waits each time for the allowance, is retried by
     its retry policy (3 times, with backoff), then fails naming Bedrock and how long it was down."""
-    from smartgo_analytics.resources.embeddings import TitanEmbedder
+    from smartgo_analytics.resources.embeddings import BedrockEmbedder
 
     day = "2025-09-09"
     day_of_pictures(stack, cdn, cdn_state, day, "Flong")
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    res["image_embedder"] = TitanEmbedder(
+    res["image_embedder"] = BedrockEmbedder(
         endpoint_url=bedrock, region_name="us-east-1", http_attempts=1, requests_per_minute=60_000
     )
     bedrock_calls.fault.open("503", 600)
@@ -121,12 +121,12 @@ def test_a_step_that_ends_on_an_outage_heals_in_its_retries_and_embeds_each_imag
     """Bedrock goes down after 20 answers for longer than the allowance: the step fails naming
     it, its retry policy tries the day again, and the retry that finds Bedrock back embeds only
     the images that had no vector yet (the others' vectors were kept when the step failed)."""
-    from smartgo_analytics.resources.embeddings import TitanEmbedder
+    from smartgo_analytics.resources.embeddings import BedrockEmbedder
 
     day = "2025-09-08"
     day_of_pictures(stack, cdn, cdn_state, day, "Fheal")
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    res["image_embedder"] = TitanEmbedder(
+    res["image_embedder"] = BedrockEmbedder(
         endpoint_url=bedrock, region_name="us-east-1", http_attempts=1, max_concurrency=4
     )
     bedrock_calls.fault.open("503", 5, after=20)

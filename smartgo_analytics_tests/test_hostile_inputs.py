@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from smartgo_analytics.comparables import ComparablesError, Source, comparables, read_image_file
-from smartgo_analytics.core.imaging import BadImage, prepare_for_titan, visual_features
+from smartgo_analytics.core.imaging import BadImage, prepare_for, visual_features
+from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.core.ndjson import decode_ndjson, encode_ndjson, plain_value
 from smartgo_analytics.core.quicksight import DATASETS_BY_NAME, build_dataset
 from smartgo_analytics.core.ssrf import UnsafeUrl, forbidden_reason, resolve
@@ -296,20 +297,20 @@ def test_one_sale_of_each_crashing_kind_costs_only_itself(
 
 
 def test_orientation_is_applied_at_every_size_and_a_cut_short_picture_is_refused():
-    small = prepare_for_titan(_rotated_jpeg())
+    small = prepare_for(_rotated_jpeg(), TITAN.images)
     assert small.resized and (small.width, small.height) == (48, 32)  # turned upright
     big = Image.open(io.BytesIO(_picture("PNG", size=(3000, 2000))))
     exif = Image.Exif()
     exif[0x0112] = 6
     buffer = io.BytesIO()
     big.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", exif=exif)
-    large = prepare_for_titan(buffer.getvalue())
+    large = prepare_for(buffer.getvalue(), TITAN.images)
     assert (large.width, large.height) == (1500, 1000)  # turned upright, decoded at 1/2
     with pytest.raises(
         BadImage, match="ends before its declared size: 7000x7000 pixels in 757 bytes"
     ):
-        prepare_for_titan(_cut_short_jpeg())
-    plain = prepare_for_titan(_picture("JPEG"))
+        prepare_for(_cut_short_jpeg(), TITAN.images)
+    plain = prepare_for(_picture("JPEG"), TITAN.images)
     assert not plain.resized and plain.source_format.content_type == "image/jpeg"
 
 

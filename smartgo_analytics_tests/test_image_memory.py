@@ -15,7 +15,8 @@ MEASURE = textwrap.dedent(
     """
     import json, os, sys, threading, time
     from concurrent.futures import ThreadPoolExecutor
-    from smartgo_analytics.core.imaging import PROCESS_DECODE_BUDGET, BadImage, prepare_for_titan
+    from smartgo_analytics.core.imaging import PROCESS_DECODE_BUDGET, BadImage, prepare_for
+    from smartgo_analytics.core.models.titan import MODEL as TITAN
     from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
     from smartgo_analytics_tests import servers
 
@@ -30,7 +31,7 @@ MEASURE = textwrap.dedent(
 
     def one(url):
         try:
-            return prepare_for_titan(fetcher.fetch(url).data).width
+            return prepare_for(fetcher.fetch(url).data, TITAN.images).width
         except (BadImage, ImageFetchError) as error:
             return str(error)
 

@@ -148,7 +148,22 @@ def _taken_port():
         (
             ["demo"],
             {"TITAN_EMBEDDING_DIMENSION": "512"},
-            "TITAN_EMBEDDING_DIMENSION=512 is not one of 256, 384, 1024",
+            "EMBEDDING_DIMENSION=512: Titan Multimodal Embeddings G1 (amazon.titan-embed-image-v1) "
+            "makes vectors of 256, 384, 1024 values, not 512",
+        ),
+        (
+            ["demo"],
+            {
+                "EMBEDDING_MODEL": "amazon.nova-2-multimodal-embeddings-v1:0",
+                "EMBEDDING_DIMENSION": "3073",
+            },
+            "makes vectors of 256, 384, 1024, 3072 values, not 3073",
+        ),
+        (
+            ["demo"],
+            {"EMBEDDING_MODEL": "amazon.titan-embed-image-v2"},
+            "EMBEDDING_MODEL: no embedding model 'amazon.titan-embed-image-v2'; the pipeline calls "
+            "amazon.titan-embed-image-v1, amazon.nova-2-multimodal-embeddings-v1:0",
         ),
         (
             ["demo"],

@@ -5,7 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from smartgo_analytics.core.imaging import BadImage, decoded, prepare_for_titan
+from smartgo_analytics.core.imaging import BadImage, decoded, prepare_for
+from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.local.photos import photo_corpus, stamped
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.conftest import insert_products, sale
@@ -32,7 +33,7 @@ def test_the_corpus_has_the_sizes_and_kinds_of_real_photos(corpus):
 
 def test_every_photo_is_prepared_within_titans_side_upright_without_resampling_a_jpeg(corpus):
     for name, data in corpus.items():
-        prepared = prepare_for_titan(data)
+        prepared = prepare_for(data, TITAN.images)
         with Image.open(io.BytesIO(prepared.data)) as sent:
             assert sent.format in ("JPEG", "PNG") and sent.mode in ("RGB", "RGBA"), name
             assert sent.size == (prepared.width, prepared.height), name
@@ -47,20 +48,22 @@ def test_every_photo_is_prepared_within_titans_side_upright_without_resampling_a
 
 
 def test_a_screenshot_keeps_its_transparency_and_a_stamped_photo_is_the_same_picture(corpus):
-    screenshot = prepare_for_titan(corpus["PNG screenshot with alpha"])
+    screenshot = prepare_for(corpus["PNG screenshot with alpha"], TITAN.images)
     assert screenshot.extension == "png"
     with Image.open(io.BytesIO(screenshot.data)) as image:
         assert image.mode == "RGBA" and image.getpixel((5, 5))[3] == 0
     photo = corpus["12MP landscape, baseline"]
-    assert prepare_for_titan(stamped(photo, 7)).data == prepare_for_titan(photo).data
+    assert (
+        prepare_for(stamped(photo, 7), TITAN.images).data == prepare_for(photo, TITAN.images).data
+    )
 
 
 def test_a_heic_picture_is_refused_with_a_reason_that_says_what_to_send_instead():
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 4000
     with pytest.raises(BadImage, match="HEIC pictures are not embedded: upload a JPEG"):
-        prepare_for_titan(heic)
+        prepare_for(heic, TITAN.images)
     with pytest.raises(BadImage, match="^not an image$"):
-        prepare_for_titan(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 4000)
+        prepare_for(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 4000, TITAN.images)
 
 
 def test_a_small_day_of_photos_uses_the_worker_processes_and_as_many_drawings_do_not(

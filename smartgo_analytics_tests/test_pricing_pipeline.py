@@ -38,7 +38,7 @@ from smartgo_analytics.resources.dynamodb import (
     ImageVectors,
     create_image_vectors_table,
 )
-from smartgo_analytics.resources.embeddings import LocalVisualEmbedder, TitanEmbedder
+from smartgo_analytics.resources.embeddings import BedrockEmbedder, LocalVisualEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog, KnownVectors
 from smartgo_analytics.resources.images import ImageFetcher
 from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
@@ -84,7 +84,7 @@ def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetc
         "image_fetcher": ImageFetcher(
             allowlist=["localhost"], timeout_s=1.0, backoff_base_s=0.05, **fetcher
         ),
-        "image_embedder": TitanEmbedder(
+        "image_embedder": BedrockEmbedder(
             endpoint_url=bedrock, region_name="us-east-1", model_timeout_backoff_s=0.05
         ),
         "iceberg": IcebergCatalog(
@@ -574,7 +574,7 @@ def test_untrusted_model_answers_are_per_sale_errors_and_no_such_vector_is_store
     insert_products(stack.postgres_uri, good + hostile)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     # A silent endpoint costs at most 2 attempts x (1 + 0.5) s for its sale.
-    res["image_embedder"] = TitanEmbedder(
+    res["image_embedder"] = BedrockEmbedder(
         endpoint_url=bedrock,
         region_name="us-east-1",
         read_timeout_s=0.5,
@@ -602,7 +602,7 @@ def test_an_endpoint_that_stops_answering_is_waited_out_then_named_with_how_long
 
     silent = servers.png((1, 2, 3))
     bedrock_calls.hostile = {hashlib.sha256(silent).hexdigest(): "hang"}
-    embedder = TitanEmbedder(
+    embedder = BedrockEmbedder(
         endpoint_url=bedrock, region_name="us-east-1", read_timeout_s=0.2, http_attempts=1
     )
     with pytest.raises(BedrockUnavailable, match="did not answer: ReadTimeoutError"):
@@ -757,7 +757,7 @@ def test_the_database_can_be_configured_from_the_ssm_json_parameter(stack):
 
 def test_titan_retries_model_timeouts_itself_and_sends_the_documented_body(bedrock, bedrock_calls):
     bedrock_calls.model_timeouts_next = 2
-    embedder = TitanEmbedder(
+    embedder = BedrockEmbedder(
         endpoint_url=bedrock, region_name="us-east-1", model_timeout_backoff_s=0.01
     )
     vector = embedder.embed(servers.png())
@@ -775,7 +775,7 @@ def test_titan_calls_from_many_threads_at_once_share_one_client_and_one_bound(
     bedrock, bedrock_calls
 ):
     bedrock_calls.latency_s = 0.05
-    embedder = TitanEmbedder(endpoint_url=bedrock, region_name="us-east-1", max_concurrency=3)
+    embedder = BedrockEmbedder(endpoint_url=bedrock, region_name="us-east-1", max_concurrency=3)
     start = threading.Barrier(24)
     clients = []
 
@@ -947,7 +947,7 @@ def test_worker_processes_pace_their_calls_together_to_the_quota(
     paced_day(stack, cdn, cdn_state, day, 36, "paced")
     bedrock_calls.quota = servers.RequestQuota(per_minute=600)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    res["image_embedder"] = TitanEmbedder(
+    res["image_embedder"] = BedrockEmbedder(
         endpoint_url=bedrock, region_name="us-east-1", requests_per_minute=600, max_concurrency=12
     )
 
@@ -971,7 +971,7 @@ def test_a_quota_lower_than_configured_slows_the_calls_down_and_loses_no_vector(
     paced_day(stack, cdn, cdn_state, day, 24, "slowed")
     bedrock_calls.quota = servers.RequestQuota(per_minute=240)  # other runs share the account
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    res["image_embedder"] = TitanEmbedder(
+    res["image_embedder"] = BedrockEmbedder(
         endpoint_url=bedrock,
         region_name="us-east-1",
         requests_per_minute=480,
@@ -999,7 +999,7 @@ def test_calls_are_paced_to_a_tokens_per_minute_quota_by_what_each_answer_says_i
     per_minute = charged * 20  # the day's tokens in 3 s
     bedrock_calls.quota = servers.RequestQuota(per_minute, tokens=True)
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    res["image_embedder"] = TitanEmbedder(
+    res["image_embedder"] = BedrockEmbedder(
         endpoint_url=bedrock,
         region_name="us-east-1",
         tokens_per_minute=per_minute,
@@ -1044,9 +1044,9 @@ def test_an_image_embedded_on_an_earlier_day_is_not_embedded_again_for_the_same_
         assert after[f"F-{n}"]["embedding_vector"] == before[f"E-{n}"]["embedding_vector"]
     assert all(len(after[f"F-{n}"]["embedding_vector"]) == 1024 for n in range(3, 9))
 
-    for other in ({"dimension": 256}, {"titan_model_id": "amazon.titan-embed-image-v2"}):
+    for other in ({"dimension": 256}, {"model": servers.NOVA}):
         bedrock_calls.reset()
-        res["image_embedder"] = TitanEmbedder(
+        res["image_embedder"] = BedrockEmbedder(
             endpoint_url=bedrock, region_name="us-east-1", **other
         )
         run(res, second)

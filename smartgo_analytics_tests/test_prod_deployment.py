@@ -154,7 +154,7 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
 
     resources = this_deployment().resources()
     assert type(resources["object_store"]).__name__ == "S3ObjectStore"
-    assert type(resources["image_embedder"]).__name__ == "TitanEmbedder"
+    assert type(resources["image_embedder"]).__name__ == "BedrockEmbedder"
 
     instance = DagsterInstance.ephemeral()
     first = materialize(assets, resources=resources, partition_key=DAY, instance=instance)

@@ -26,6 +26,7 @@ from smartgo_analytics.local.drawings import draw_product_image
 from smartgo_analytics.similarity.reader import IndexReader, load_manifest
 from smartgo_analytics.similarity.segments import DaySpool, read_items, segment_keys
 from smartgo_analytics.similarity.store import day_differences
+from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.conftest import insert_products, sale
 from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources
 
@@ -347,7 +348,7 @@ def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
 ):
     """Titan's vectors and another model's, both 1024-d: the index holds one model's, records it,
     refuses the other's naming both, and comparables say whose vectors answered."""
-    from smartgo_analytics.resources.embeddings import TitanEmbedder
+    from smartgo_analytics.resources.embeddings import BedrockEmbedder
 
     tenant, days = "switch-a", ("2025-08-18", "2025-08-19")
     urls = pictures(cdn_state, cdn, "switch")
@@ -359,10 +360,10 @@ def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
     first = res["image_embedder"].model_id
     assert materialize(ASSETS, resources=res, partition_key=days[0], run_config=RUN_CONFIG).success
     switched = res | {
-        "image_embedder": TitanEmbedder(
+        "image_embedder": BedrockEmbedder(
             endpoint_url=bedrock,
             region_name="us-east-1",
-            titan_model_id="amazon.titan-embed-image-v2-trial",
+            model=servers.NOVA,
         )
     }
     result = materialize(

@@ -8,7 +8,7 @@ import stat
 
 import numpy as np
 
-from smartgo_analytics.core.imaging import BadImage, prepare_for_titan
+from smartgo_analytics.core.imaging import BadImage, prepare_for
 from smartgo_analytics.core.sales import VALID_ID
 from smartgo_analytics.similarity.manifest import Manifest
 
@@ -118,7 +118,7 @@ def embed(data: bytes, embedder, index: Manifest) -> np.ndarray:
     from smartgo_analytics.resources.embeddings import EmbeddingError
 
     try:
-        prepared = prepare_for_titan(data)
+        prepared = prepare_for(data, embedder.image_rule)
     except BadImage as error:
         raise UnusableImage(f"not a usable image: {error}") from None
     if embedder.dimension != index.dimension:

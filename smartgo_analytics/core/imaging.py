@@ -1,4 +1,4 @@
-"""Image checks, Titan-ready re-encoding, and the local embedder's visual features."""
+"""Image checks, re-encoding to what a model accepts, and the local embedder's visual features."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-# Titan Multimodal Embeddings accepts PNG or JPEG up to 2048 x 2048 pixels.
-TITAN_MAX_SIDE = 2048
-TITAN_FORMATS = {"JPEG": "jpg", "PNG": "png"}
 # Decompression-bomb guard: far more pixels than any product photo has.
 MAX_PIXELS = 50_000_000
 # Decoded pixels the threads of a process may hold at once (or, shared, of the embedding step's
 # worker processes together). An image costs its decoded size twice (the pixels and a copy); a JPEG
-# larger than Titan takes is decoded at a reduced scale (1/2 to 1/8), so a 12 MP photo costs 18 MB.
+# larger than the model takes is decoded at a reduced scale (1/2 to 1/8), so a 12 MP photo costs 18 MB.
 # An image that alone needs more than all of it waits and is decoded alone; the others wait their
 # turn, so decodes never add up past this, whatever the pictures are.
 DECODE_MEMORY_BUDGET = 128 * 2**20
@@ -36,12 +33,21 @@ class BadImage(Exception):
 
 
 @dataclass(frozen=True)
+class ImageRule:
+    """What a model takes as an image: the formats it reads (Pillow's name: the file extension)
+    at most `max_side` pixels a side. A picture outside it is re-encoded once (`prepare_for`)."""
+
+    formats: dict[str, str]
+    max_side: int
+
+
+@dataclass(frozen=True)
 class PreparedImage:
-    data: bytes  # what is embedded: the original bytes, or the picture re-encoded for Titan
+    data: bytes  # what is embedded: the original bytes, or the picture re-encoded for the model
     extension: str  # of `data`
     width: int
     height: int
-    resized: bool  # re-encoded: scaled down, turned upright, or not PNG or JPEG
+    resized: bool  # re-encoded: scaled down, turned upright, or of a format the model does not read
     source_format: SourceFormat  # the downloaded bytes' own format
 
 
@@ -236,25 +242,27 @@ def shorter_than_declared(image: Image.Image, size: int) -> str | None:
     return None
 
 
-def prepare_for_titan(data: bytes) -> PreparedImage:
-    """The image as Titan accepts it: PNG or JPEG within 2048 px a side, else re-encoded once.
+def prepare_for(data: bytes, rule: ImageRule) -> PreparedImage:
+    """The image as the model takes it (`rule`): as it is when of its formats and sides, else
+    re-encoded once, as JPEG (PNG when it has transparency) within `rule.max_side`.
 
-    A larger JPEG is decoded at the largest DCT reduction that fits Titan's side (a 12 MP photo at
-    1/2, 2016 px; a 24 MP one at 1/4, 1500 px), which leaves no resampling to do: the decode and one
-    encode are the whole cost (the `embedding_throughput` benchmark measures it against that floor).
-    Other formats are shrunk by whole-pixel averaging (`Image.reduce`), as cheap as a shrink gets."""
-    with decoded(data, within=TITAN_MAX_SIDE) as image:
+    A larger JPEG is decoded at the largest DCT reduction that fits the side (a 12 MP photo at 1/2,
+    2016 px for 2048; a 24 MP one at 1/4, 1500 px), which leaves no resampling to do: the decode and
+    one encode are the whole cost (the `embedding_throughput` benchmark measures it against that
+    floor). Other formats are shrunk by whole-pixel averaging (`Image.reduce`), as cheap as a
+    shrink gets."""
+    with decoded(data, within=rule.max_side) as image:
         fmt = image.format or ""
         source = source_format(fmt)
         width, height = image.info["original_size"]
         upright = _orientation(image) in (None, 1)
-        if fmt in TITAN_FORMATS and max(width, height) <= TITAN_MAX_SIDE and upright:
-            return PreparedImage(data, TITAN_FORMATS[fmt], width, height, False, source)
+        if fmt in rule.formats and max(width, height) <= rule.max_side and upright:
+            return PreparedImage(data, rule.formats[fmt], width, height, False, source)
         has_alpha = image.mode in ("RGBA", "LA", "P", "PA")
         icc = image.info.get("icc_profile")
         if image.mode not in ("L", "RGB", "RGBA", "CMYK"):  # palettes, 16-bit, floats
             image = image.convert("RGBA" if has_alpha else "RGB")
-        factor = -(-max(image.size) // TITAN_MAX_SIDE)
+        factor = -(-max(image.size) // rule.max_side)
         if factor > 1:
             image = image.reduce(factor)
         if not upright:  # an orientation tag Pillow cannot apply leaves the picture as stored
@@ -263,7 +271,7 @@ def prepare_for_titan(data: bytes) -> PreparedImage:
         buffer = io.BytesIO()
         # Converted only when the mode differs: a conversion to the same mode is a full copy.
         if has_alpha:
-            # Fast deflate: the PNG is sent once and never kept, and Titan's 25 MB is far off.
+            # Fast deflate: the PNG is sent once and never kept, and a request's 25 MB is far off.
             _as(image, "RGBA").save(buffer, format="PNG", compress_level=1)
         elif image.mode == "CMYK":  # its profile describes inks, not the RGB it becomes
             image.convert("RGB").save(buffer, format="JPEG", quality=90)

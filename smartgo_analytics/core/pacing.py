@@ -56,7 +56,7 @@ class Pace:
     FASTER = 0.99
     HEADROOM = 0.97
     LONGEST_SLOWDOWN = 64
-    PROBE_PATIENCE_S = 60.0  # longer than a call's answer takes (TitanEmbedder: 3 x 25 s at most)
+    PROBE_PATIENCE_S = 60.0  # longer than a call's answer takes (BedrockEmbedder: 3 x 25 s at most)
 
     def __init__(
         self,

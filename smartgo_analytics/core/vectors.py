@@ -8,21 +8,30 @@ from typing import Any
 import numpy as np
 
 
-def vector_from_answer(body: bytes, dimension: int, field: str = "embedding") -> np.ndarray:
-    """The answer's vector as float32, or ValueError with the reason: an answer that is not a JSON
-    object, lacks the field, has another length, holds anything but finite numbers (NaN and
-    infinities included, and values too large for float32), or is all zeros."""
+def answer_json(body: bytes) -> Any:
+    """A model's answer parsed as JSON, or ValueError with the reason."""
     try:
-        payload: Any = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"answer is not JSON ({len(body)} bytes)") from None
     except RecursionError:
         raise ValueError(f"answer nests too deeply ({len(body)} bytes)") from None
     except (ValueError, TypeError) as error:  # a number of too many digits, and the like
         raise ValueError(f"answer is not usable JSON: {str(error)[:80]}") from None
+
+
+def vector_from_answer(body: bytes, dimension: int, field: str = "embedding") -> np.ndarray:
+    """The vector under `field` of a JSON object answer (`checked_vector`)."""
+    payload = answer_json(body)
     if not isinstance(payload, dict) or field not in payload:
         raise ValueError(f"answer has no {field!r}")
-    values = payload[field]
+    return checked_vector(payload[field], dimension, field)
+
+
+def checked_vector(values: Any, dimension: int, field: str = "embedding") -> np.ndarray:
+    """`values` as a float32 vector, or ValueError with the reason: not a list, another length,
+    anything but finite numbers (NaN and infinities included, and values too large for float32),
+    or all zeros."""
     if not isinstance(values, list):
         raise ValueError(f"{field!r} is a {type(values).__name__}, not a list")
     if len(values) != dimension:

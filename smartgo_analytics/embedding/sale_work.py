@@ -21,7 +21,7 @@ from smartgo_analytics.core.imaging import (
     DOWNLOAD_MEMORY_BUDGET,
     BadImage,
     DecodeBudget,
-    prepare_for_titan,
+    prepare_for,
     return_freed_pixels_to_the_os,
 )
 from smartgo_analytics.core.outage import Outage, OutageReport, OutageTooLong
@@ -135,7 +135,7 @@ class SaleWork:
                 )
                 return result
             try:  # the downloaded bytes are let go once copied: the embedding needs the prepared
-                prepared = prepare_for_titan(fetched.data)
+                prepared = prepare_for(fetched.data, self.image_embedder.image_rule)
                 sha = hashlib.sha256(fetched.data).hexdigest()
                 # The copy is the downloaded file, named and typed by its own format.
                 source = prepared.source_format

@@ -1,8 +1,8 @@
-"""Image embeddings: Amazon Bedrock Titan in production, a local visual embedder otherwise."""
+"""Image embeddings: an Amazon Bedrock model in production (`core/models`: Titan Multimodal
+Embeddings G1 by default, or Nova Multimodal Embeddings), a local visual embedder otherwise."""
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections import Counter
 
@@ -20,12 +20,12 @@ from botocore.exceptions import (
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from smartgo_analytics.core.imaging import BadImage, visual_features
-from smartgo_analytics.core.models import TITAN_DIMENSIONS, TITAN_IMAGE_MODEL, TITAN_PRICE_PER_IMAGE
+from smartgo_analytics.core.imaging import BadImage, ImageRule, visual_features
+from smartgo_analytics.core.models import DEFAULT_MODEL, model_named
+from smartgo_analytics.core.models.base import EmbeddingModel
 from smartgo_analytics.core.outage import Transient
 from smartgo_analytics.core.pacing import Pace
 from smartgo_analytics.core.retry import call_with_retries
-from smartgo_analytics.core.vectors import vector_from_answer
 from smartgo_analytics.resources.aws import AwsResource
 
 MAX_ANSWER_BYTES = 1024 * 1024  # an answer's body read at most: 40 times a 1024-d vector's JSON
@@ -72,7 +72,7 @@ class BedrockUnavailable(EmbeddingError, Transient):
 
 
 class ImageEmbedder(ConfigurableResource):
-    """Turns image bytes (PNG or JPEG) into one vector of `dimension` floats."""
+    """Turns image bytes (of the formats `image_rule` names) into one vector of `dimension` floats."""
 
     dimension: int = Field(default=1024, description="vector length")
     max_concurrency: int = Field(default=16, description="embedding calls in flight at once")
@@ -100,6 +100,11 @@ class ImageEmbedder(ConfigurableResource):
     def price_per_image(self) -> float:
         return 0.0
 
+    @property
+    def image_rule(self) -> ImageRule:
+        """The pictures it takes; others are re-encoded first (`core/imaging.prepare_for`)."""
+        return DEFAULT_MODEL.images
+
     def embed(self, image: bytes) -> np.ndarray:
         """A float32 vector of `dimension` values, or EmbeddingError."""
         raise NotImplementedError
@@ -119,9 +124,9 @@ class LocalVisualEmbedder(ImageEmbedder):
             raise EmbeddingError(f"unusable image: {error}") from None
 
 
-class TitanEmbedder(ImageEmbedder, AwsResource):
-    """`amazon.titan-embed-image-v1` through one shared bedrock-runtime client with adaptive
-    retries (throttling), a bound on calls in flight, and its own retry of ModelTimeoutException
+class BedrockEmbedder(ImageEmbedder, AwsResource):
+    """The Bedrock model `model` (EMBEDDING_MODEL, one of `core/models`) through one shared
+    bedrock-runtime client with adaptive retries (throttling), a bound on calls in flight, and its own retry of ModelTimeoutException
     and of throttling that outlasts botocore's attempts.
 
     A call that is not answered costs at most `http_attempts` x (`connect_timeout_s` +
@@ -129,7 +134,12 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
     throttling that outlasts the retries: the caller waits such an outage out (core/outage).
     """
 
-    titan_model_id: str = Field(default=TITAN_IMAGE_MODEL)
+    model: str = Field(
+        default=DEFAULT_MODEL.model_id, description="Bedrock model id, one of core/models"
+    )
+    price_per_image_usd: float | None = Field(
+        default=None, description="on-demand price of one image (None: the model's list price)"
+    )
     model_timeout_retries: int = 3
     model_timeout_backoff_s: float = 1.0
     http_attempts: int = Field(
@@ -144,18 +154,25 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
     _slots: threading.BoundedSemaphore | None = PrivateAttr(default=None)
 
     @property
+    def family(self) -> EmbeddingModel:
+        return model_named(self.model)
+
+    @property
     def model_id(self) -> str:
-        return self.titan_model_id
+        return self.model
 
     @property
     def price_per_image(self) -> float:
-        return TITAN_PRICE_PER_IMAGE
+        if self.price_per_image_usd is not None:
+            return self.price_per_image_usd
+        return self.family.price_per_image
+
+    @property
+    def image_rule(self) -> ImageRule:
+        return self.family.images
 
     def setup_for_execution(self, context) -> None:
-        if self.dimension not in TITAN_DIMENSIONS:
-            raise ValueError(
-                f"TITAN_EMBEDDING_DIMENSION must be one of {TITAN_DIMENSIONS}, got {self.dimension}"
-            )
+        self.family.check_dimension(self.dimension)
 
     def _client(self):
         # Paced, every attempt waits for its slot instead, and botocore's own limiter stays out.
@@ -201,20 +218,16 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
         client = self._client()
         slots = self._slots
         assert slots is not None  # made with the client
-        # Written out rather than json.dumps'd: base64 needs no escaping, and scanning a photo's
-        # megabyte of it for characters to escape costs more than the rest of the call.
-        body = b"".join(
-            (
-                b'{"inputImage": "',
-                base64.b64encode(image),
-                b'", "embeddingConfig": {"outputEmbeddingLength": %d}}' % self.dimension,
-            )
-        )
+        family = self.family
+        try:
+            body = family.body(image, self.dimension)
+        except ValueError as error:
+            raise EmbeddingError(f"unusable image: {error}") from None
 
         def invoke() -> bytes:
             with slots:
                 response = client.invoke_model(
-                    modelId=self.titan_model_id,
+                    modelId=self.model,
                     body=body,
                     contentType="application/json",
                     accept="application/json",
@@ -262,6 +275,6 @@ class TitanEmbedder(ImageEmbedder, AwsResource):
         if len(answer) > MAX_ANSWER_BYTES:
             raise EmbeddingError(f"unusable Bedrock answer: over {MAX_ANSWER_BYTES} bytes")
         try:
-            return vector_from_answer(answer, self.dimension)
+            return family.vector(answer, self.dimension)
         except Exception as error:  # whatever the answer makes the parsing raise: this sale's
             raise EmbeddingError(f"unusable Bedrock answer: {str(error)[:160]}") from None

@@ -1,0 +1,20 @@
+"""The embedding models the pipeline can call, by Bedrock model id. A new family is a module like
+`titan.py` and one entry here."""
+
+from __future__ import annotations
+
+from smartgo_analytics.core.models import nova, titan
+from smartgo_analytics.core.models.base import EmbeddingModel
+
+MODELS: dict[str, EmbeddingModel] = {model.model_id: model for model in (titan.MODEL, nova.MODEL)}
+DEFAULT_MODEL = titan.MODEL
+
+
+def model_named(model_id: str) -> EmbeddingModel:
+    """The model of this id; ValueError naming the ones there are."""
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        raise ValueError(
+            f"no embedding model {model_id[:80]!r}; the pipeline calls {', '.join(MODELS)}"
+        ) from None
