@@ -209,7 +209,8 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
     """What the backfill wrote, in a form two lakes can be compared by."""
     from pyiceberg.catalog import load_catalog
 
-    from smartgo_analytics.layout import SIMILARITY_PREFIX
+    from smartgo_analytics.core.models import DEFAULT_MODEL
+    from smartgo_analytics.layout import SIMILARITY_PREFIX, index_space
     from smartgo_analytics.resources.object_store import S3ObjectStore
     from smartgo_analytics.similarity.reader import indexed_tenants, load_manifest
     from smartgo_analytics.similarity.segments import segment_keys
@@ -263,7 +264,11 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
         aws_access_key_id="bench",
         aws_secret_access_key="bench",
     )
-    manifests = {tenant: load_manifest(store, tenant, 1024) for tenant in indexed_tenants(store)}
+    model = DEFAULT_MODEL.model_id
+    manifests = {
+        tenant: load_manifest(store, tenant, 1024, model)
+        for tenant in indexed_tenants(store, index_space(model, 1024))
+    }
     index = {tenant: manifest.days() for tenant, manifest in manifests.items()}
     # The index against the table: each tenant-day's vectors, and no segment file left unnamed.
     with_vector = sales.filter(pc.is_valid(sales["embedding_vector"]))
@@ -276,10 +281,7 @@ def _read_back(environment: dict, catalog_properties: dict) -> dict:
     )
     indexed = Counter({(t, d): n for t, days in index.items() for d, n in days.items()})
     named = {
-        key
-        for m in manifests.values()
-        for seg in m.segments
-        for key in segment_keys(m.tenant, seg.name)
+        key for m in manifests.values() for seg in m.segments for key in segment_keys(m, seg.name)
     }
     segment_files = {k for k in store.list_keys(f"{SIMILARITY_PREFIX}/") if "/segment-" in k}
     return {

@@ -18,7 +18,7 @@ from smartgo_analytics.core import price_bands as bands_core
 from smartgo_analytics.core.imaging import prepare_for
 from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.core.price_bands import SALES_SCHEMA
-from smartgo_analytics.layout import SIMILARITY_PREFIX
+from smartgo_analytics.layout import SIMILARITY_PREFIX, index_space
 from smartgo_analytics.local import demo_data
 from smartgo_analytics.local.drawings import draw_product_image
 from smartgo_analytics.local.stack import LOCAL_BUCKET
@@ -30,6 +30,7 @@ from smartgo_analytics.similarity.segments import ITEM_SCHEMA, DaySpool, day_key
 from smartgo_analytics.similarity.store import commit_day
 
 DIMENSION = 1024
+MODEL = "bench-clustered-vectors"  # the index benchmark's own vectors, a model of their own
 DAYS = 10
 PER_DAY = 100_000
 CLUSTERS = 10_000
@@ -112,7 +113,7 @@ def add_day(lake: Path, n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="smartgo-bench-index-") as work:
         spool = spool_of(vectors, n, day, Path(work))
         started = time.perf_counter()
-        manifest = commit_day(store, TENANT, DIMENSION, day, spool, Path(work))
+        manifest = commit_day(store, TENANT, DIMENSION, day, spool, Path(work), MODEL)
         seconds = time.perf_counter() - started
     peak = own_peak_rss()
     return {
@@ -161,15 +162,18 @@ def similarity_index_at_1m() -> dict:
     total = DAYS * PER_DAY
     # Two more days when the index already holds a million: one starts a segment, the other joins it.
     extra = [in_child("add-day", str(lake), str(n)) for n in (DAYS, DAYS + 1)]
-    files = [f for f in (lake / LOCAL_BUCKET / SIMILARITY_PREFIX / TENANT).glob("segment-*")]
+    space = index_space(MODEL, DIMENSION)
+    files = [
+        f for f in (lake / LOCAL_BUCKET / SIMILARITY_PREFIX / space / TENANT).glob("segment-*")
+    ]
     size = sum(f.stat().st_size for f in files)
     store = LocalObjectStore(lake_dir=str(lake), bucket=LOCAL_BUCKET)
-    manifest = load_manifest(store, TENANT, DIMENSION)
+    manifest = load_manifest(store, TENANT, DIMENSION, MODEL)
     manifest.segments = [
         s for s in manifest.segments if max(s.days) < (FIRST_DAY + timedelta(days=DAYS)).isoformat()
     ]
     paths = {
-        s.name: tuple(lake / LOCAL_BUCKET / key for key in segment_keys(TENANT, s.name))
+        s.name: tuple(lake / LOCAL_BUCKET / key for key in segment_keys(manifest, s.name))
         for s in manifest.segments
     }
     index = TenantIndex(manifest, paths)
@@ -328,7 +332,7 @@ def comparables_price_error() -> dict:
                     schema=ITEM_SCHEMA.remove(0),
                 )
                 spool.add(items.to_batches()[0], np.stack([picture(s.image_url)[1] for s in mine]))
-                commit_day(store, tenant, DIMENSION, day, spool, Path(work))
+                commit_day(store, tenant, DIMENSION, day, spool, Path(work), embedder.model_id)
     last = HELD_OUT - timedelta(days=1)
     sold = pa.Table.from_pylist(
         [

@@ -83,27 +83,50 @@ def quarantine_key(asset: str, date: str) -> str:
 
 
 SIMILARITY_PREFIX = "similarity_index"
+_NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def similarity_manifest_key(tenant: str) -> str:
-    """A tenant's index: its segments and the vectors of each day."""
-    return f"{SIMILARITY_PREFIX}/{tenant}/manifest.json"
+def index_space(model: str, dimension: int) -> str:
+    """The name of one model's index of one vector length: `<model>.<dimension>d`, the characters of
+    the model id that are not a key's plain ones as '-' (`amazon.nova-2-multimodal-embeddings-v1-0
+    .1024d`). Two models, or two lengths, never share an index."""
+    return f"{_NOT_IN_A_NAME.sub('-', model).strip('-.')[:200]}.{dimension}d"
 
 
-def similarity_tenants(keys: Iterable[str]) -> list[str]:
-    """The tenants whose index manifests are among these object keys."""
-    start, end = len(SIMILARITY_PREFIX) + 1, -len("/manifest.json")
-    return [key[start:end] for key in keys if key.endswith("/manifest.json")]
+def similarity_space_prefix(space: str) -> str:
+    return check_key(f"{SIMILARITY_PREFIX}/{space}/")
 
 
-def similarity_segment_key(tenant: str, name: str, suffix: str) -> str:
+def similarity_manifest_key(space: str, tenant: str) -> str:
+    """A tenant's index of one model and length: its segments and the vectors of each day."""
+    return f"{SIMILARITY_PREFIX}/{space}/{tenant}/manifest.json"
+
+
+def similarity_tenants(keys: Iterable[str], space: str) -> list[str]:
+    """The tenants whose index manifests of this space are among these object keys."""
+    return [parts[2] for parts in _manifest_keys(keys) if parts[1] == space]
+
+
+def similarity_spaces(keys: Iterable[str]) -> list[str]:
+    """The index spaces (`index_space`) holding a tenant's manifest among these object keys."""
+    return sorted({parts[1] for parts in _manifest_keys(keys)})
+
+
+def _manifest_keys(keys: Iterable[str]) -> list[list[str]]:
+    parts = (key.split("/") for key in keys)
+    return [
+        p for p in parts if len(p) == 4 and p[0] == SIMILARITY_PREFIX and p[3] == "manifest.json"
+    ]
+
+
+def similarity_segment_key(space: str, tenant: str, name: str, suffix: str) -> str:
     """One file of a segment of a tenant's index (`.usearch`, `.parquet`, `.f16`)."""
-    return f"{SIMILARITY_PREFIX}/{tenant}/{name}{suffix}"
+    return f"{SIMILARITY_PREFIX}/{space}/{tenant}/{name}{suffix}"
 
 
-def similarity_category_sums_key(tenant: str, day_iso: str) -> str:
+def similarity_category_sums_key(space: str, tenant: str, day_iso: str) -> str:
     """A day's per-category vector sums and counts, for drift against the trailing days."""
-    return f"{SIMILARITY_PREFIX}/{tenant}/category_sums/{day_iso}.parquet"
+    return f"{SIMILARITY_PREFIX}/{space}/{tenant}/category_sums/{day_iso}.parquet"
 
 
 def staged_records_key(asset: str, date: str) -> str:

@@ -104,7 +104,7 @@ def test_index_updates_of_one_tenant_at_once_all_land_and_leave_no_file_unnamed(
         work.mkdir()
         start.wait()
         try:
-            commit_day(store, "t", 16, days[n], spools[n], work)
+            commit_day(store, "t", 16, days[n], spools[n], work, "m")
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -114,10 +114,10 @@ def test_index_updates_of_one_tenant_at_once_all_land_and_leave_no_file_unnamed(
     for thread in threads:
         thread.join()
     assert not errors
-    manifest = load_manifest(store, "t", 16)
+    manifest = load_manifest(store, "t", 16, "m")
     assert manifest.days() == {"2025-03-01": 6, "2025-03-02": 7, "2025-03-03": 8, "2025-03-04": 9}
-    named = {key for s in manifest.segments for key in segment_keys("t", s.name)}
-    assert set(store.list_keys("similarity_index/t/segment-")) == named
+    named = {key for s in manifest.segments for key in segment_keys(manifest, s.name)}
+    assert set(store.list_keys("similarity_index/m.16d/t/segment-")) == named
 
 
 def test_a_crashed_runs_segment_files_are_deleted_once_they_are_an_hour_old(store, tmp_path):
@@ -125,19 +125,23 @@ def test_a_crashed_runs_segment_files_are_deleted_once_they_are_an_hour_old(stor
     work = tmp_path / "work"
     work.mkdir()
     manifest = commit_day(
-        store, "t", 16, date(2025, 3, 1), spool(tmp_path, date(2025, 3, 1), 5, "a", rng), work
+        store, "t", 16, date(2025, 3, 1), spool(tmp_path, date(2025, 3, 1), 5, "a", rng), work, "m"
     )
     crashed = new_segment_name(date(2025, 3, 2))
-    for key in segment_keys("t", crashed):
+    for key in segment_keys(manifest, crashed):
         store.put_bytes(key, b"half written")
-    store.put_bytes("similarity_index/t/segment-2025-03-02-0123456789ab.f16", b"an older layout's")
+    store.put_bytes(
+        "similarity_index/m.16d/t/segment-2025-03-02-0123456789ab.f16", b"an older layout's"
+    )
     assert delete_orphans(store, manifest) == [
-        "similarity_index/t/segment-2025-03-02-0123456789ab.f16"
+        "similarity_index/m.16d/t/segment-2025-03-02-0123456789ab.f16"
     ]
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert sorted(delete_orphans(store, manifest, now=later)) == sorted(segment_keys("t", crashed))
-    named = {key for s in manifest.segments for key in segment_keys("t", s.name)}
-    assert set(store.list_keys("similarity_index/t/segment-")) == named
+    assert sorted(delete_orphans(store, manifest, now=later)) == sorted(
+        segment_keys(manifest, crashed)
+    )
+    named = {key for s in manifest.segments for key in segment_keys(manifest, s.name)}
+    assert set(store.list_keys("similarity_index/m.16d/t/segment-")) == named
 
 
 class Interleaved:
@@ -402,10 +406,10 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
             table[key] = table.get(key, 0) + 1
     indexed = {}
     for tenant in {t for t, _ in table}:
-        manifest = load_manifest(store, tenant, 1024)
+        manifest = load_manifest(store, tenant, 1024, "local-visual-features-v1/1024")
         indexed |= {(tenant, d): n for d, n in manifest.days().items() if d in DAYS}
-        named = {key for s in manifest.segments for key in segment_keys(tenant, s.name)}
-        assert set(store.list_keys(f"similarity_index/{tenant}/segment-")) == named
+        named = {key for s in manifest.segments for key in segment_keys(manifest, s.name)}
+        assert set(store.list_keys(f"similarity_index/{manifest.space}/{tenant}/segment-")) == named
     assert indexed == table and len(table) >= 8
 
     # Each day's bands are those the table gives now.

@@ -20,10 +20,9 @@ from smartgo_analytics.comparables import ComparablesError, Source, comparables,
 from smartgo_analytics.layout import (
     SIMILARITY_PREFIX,
     similarity_manifest_key,
-    similarity_segment_key,
 )
 from smartgo_analytics.local.drawings import draw_product_image
-from smartgo_analytics.similarity.reader import IndexReader, load_manifest
+from smartgo_analytics.similarity.reader import IndexReader, load_manifest, read_manifest
 from smartgo_analytics.similarity.segments import DaySpool, read_items, segment_keys
 from smartgo_analytics.similarity.store import day_differences
 from smartgo_analytics_tests import servers
@@ -62,12 +61,12 @@ def day_sales(tenant, day, urls, count, prefix):
     ]
 
 
-def indexed_products(res, tenant) -> list[str]:
+def indexed_products(res, tenant, model: str = servers.TITAN) -> list[str]:
     store = res["object_store"]
-    manifest = load_manifest(store, tenant, 1024)
+    manifest = load_manifest(store, tenant, 1024, model)
     ids = []
     for segment in manifest.segments:
-        path = store.local_path(similarity_segment_key(tenant, segment.name, ".parquet"))
+        path = store.local_path(segment_keys(manifest, segment.name)[1])
         try:
             ids += read_items(path).column("product_id").to_pylist()
         finally:
@@ -133,20 +132,26 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     indexed = indexed_products(res, tenant)
     assert sorted(indexed) == sorted(table_products(res, days, tenant))
     assert len(indexed) == len(set(indexed)) == 5 + 11 + 9  # no duplicates, the gone two left out
-    manifest = load_manifest(res["object_store"], tenant, 1024)
+    manifest = load_manifest(res["object_store"], tenant, 1024, servers.TITAN)
     assert manifest.days() == {days[0]: 5, days[1]: 11, days[2]: 9}
     assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
 
     # The check judges its own day, read back from the index: a day counted twice is caught.
     assert index_check.metadata["day_vectors"].value == 11
     manifest.segments[0].days[days[0]] += 5
-    res["object_store"].put_bytes(similarity_manifest_key(tenant), manifest.to_json())
+    key = similarity_manifest_key(manifest.space, tenant)
+    res["object_store"].put_bytes(key, manifest.to_json())
     table = {tenant: 5, other: 0}
     assert day_differences(
-        res["object_store"], [tenant, other], date.fromisoformat(days[0]), Counter(table), 1024
+        res["object_store"],
+        [tenant, other],
+        date.fromisoformat(days[0]),
+        Counter(table),
+        1024,
+        servers.TITAN,
     ) == [f"{tenant} {days[0]}: index 10, table 5"]
     manifest.segments[0].days[days[0]] -= 5
-    res["object_store"].put_bytes(similarity_manifest_key(tenant), manifest.to_json())
+    res["object_store"].put_bytes(key, manifest.to_json())
 
     # Comparables of a sold product: its tenant's, not itself, best first, the same picture first.
     asked = f"IX-{days[2]}-4"  # Clothing, Zara, the second model
@@ -210,23 +215,25 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     # An index written with other options (an earlier layout: 8-bit graphs, no centres) is refused,
     # then built again by the next run, whichever days it materialises: the same rows, new files.
     store = res["object_store"]
-    before = {t: load_manifest(store, t, 1024) for t in (tenant, other)}
+    before = {t: load_manifest(store, t, 1024, servers.TITAN) for t in (tenant, other)}
     for name, manifest in before.items():
         body = json.loads(manifest.to_json())
         body["index"] = {"metric": "cos", "dtype": "i8", "connectivity": 32, "expansion_add": 64}
         for segment in body["segments"]:
             del segment["centre"], segment["centred_on"]
-        store.put_bytes(similarity_manifest_key(name), json.dumps(body).encode())
+        store.put_bytes(similarity_manifest_key(manifest.space, name), json.dumps(body).encode())
     assert error(product_id=asked).endswith(
         "materialise similarity_index for any day to build it again"
     )
     assert materialize(ASSETS, resources=res, partition_key=days[1], run_config=RUN_CONFIG).success
     for name, manifest in before.items():  # `other` sold nothing that day: rebuilt all the same
-        after = load_manifest(store, name, 1024)
+        after = load_manifest(store, name, 1024, servers.TITAN)
         assert not after.stale() and after.days() == manifest.days()
         assert {s.name for s in after.segments}.isdisjoint(s.name for s in manifest.segments)
-        listed = set(store.list_keys(f"{SIMILARITY_PREFIX}/{name}/"))
-        assert listed.isdisjoint(k for s in manifest.segments for k in segment_keys(name, s.name))
+        listed = set(store.list_keys(f"{SIMILARITY_PREFIX}/{manifest.space}/{name}/"))
+        assert listed.isdisjoint(
+            k for s in manifest.segments for k in segment_keys(manifest, s.name)
+        )
     assert sorted(indexed_products(res, other)) == sorted(table_products(res, days, other))
     again = comparables(product_id=asked, k=6, source=Source(resources=res))
     assert [i.product_id for i in again.items] == [i.product_id for i in found.items]
@@ -315,17 +322,17 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
         )
         vectors = rng.standard_normal((count, 16)).astype(np.float32)
         spool.add(items, vectors)
-        commit_day(store, "t", 16, day, spool, tmp_path)
+        commit_day(store, "t", 16, day, spool, tmp_path, "m")
         return dict(zip(ids, vectors, strict=True))
 
     vectors = materialise(first, 6, "a")
-    built = load_manifest(store, "t", 16).segments[0]
+    built = load_manifest(store, "t", 16, "m").segments[0]
     assert built.centred_on == 6
     vectors |= materialise(second, 5, "b")
     again = materialise(first, 3, "c")  # the first day again: other sales
     vectors = {pid: v for pid, v in vectors.items() if not pid.startswith("a")} | again
 
-    manifest = load_manifest(store, "t", 16)
+    manifest = load_manifest(store, "t", 16, "m")
     (segment,) = manifest.segments
     assert segment.days == {first.isoformat(): 3, second.isoformat(): 5}
     assert segment.centred_on == 6 and np.allclose(segment.centre, built.centre)  # not rebuilt
@@ -344,10 +351,11 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
 
 
 def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
-    stack, s3_bucket, bedrock, cdn, cdn_state, tmp_path
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):
-    """Titan's vectors and another model's, both 1024-d: the index holds one model's, records it,
-    refuses the other's naming both, and comparables say whose vectors answered."""
+    """Titan's vectors and Nova's, both 1024-d: each model has an index of its own, so a switch is
+    one setting, the old index keeps serving until then and after a rollback, and no index ever
+    holds two models' vectors; the comparables say whose vectors answered."""
     from smartgo_analytics.resources.embeddings import BedrockEmbedder
 
     tenant, days = "switch-a", ("2025-08-18", "2025-08-19")
@@ -356,36 +364,62 @@ def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
         stack.postgres_uri,
         [*day_sales(tenant, days[0], urls, 9, "SW"), *day_sales(tenant, days[1], urls, 9, "SW")],
     )
-    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
-    first = res["image_embedder"].model_id
-    assert materialize(ASSETS, resources=res, partition_key=days[0], run_config=RUN_CONFIG).success
-    switched = res | {
+    titan = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    nova = titan | {
         "image_embedder": BedrockEmbedder(
-            endpoint_url=bedrock,
-            region_name="us-east-1",
-            model=servers.NOVA,
+            endpoint_url=bedrock, region_name="us-east-1", model=servers.NOVA
         )
     }
-    result = materialize(
-        ASSETS,
-        resources=switched,
-        partition_key=days[1],
-        run_config=RUN_CONFIG,
-        raise_on_error=False,
-    )
-    assert not result.success  # the day's rows are written; the index is not mixed
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    reason = failure.step_failure_data.user_failure_data.description
-    assert f"holds vectors of {first}" in reason
-    assert "the embedder is amazon.titan-embed-image-v2-trial" in reason
-    models = {row["embedding_model"] for row in day_rows(res, days[1]).values()}
-    assert models == {"amazon.titan-embed-image-v2-trial"}
-    manifest = load_manifest(res["object_store"], tenant, 1024)
-    assert manifest.model == first and manifest.days() == {days[0]: 9}
-    assert sorted(indexed_products(res, tenant)) == sorted(table_products(res, days[:1], tenant))
+    store = titan["object_store"]
 
-    found = comparables(product_id=f"SW-{days[0]}-3", k=3, source=Source(resources=res))
-    assert found.model == first and found.as_json()["model"] == first
+    def day(res, partition):
+        assert materialize(
+            ASSETS, resources=res, partition_key=partition, run_config=RUN_CONFIG
+        ).success
+
+    def indexed(model):
+        manifest = load_manifest(store, tenant, 1024, model)
+        return manifest.days(), sorted(indexed_products(titan, tenant, model))
+
+    day(titan, days[0])
+    bedrock_calls.reset()
+    before = comparables(product_id=f"SW-{days[0]}-3", k=3, source=Source(resources=titan))
+    assert before.model == servers.TITAN and before.as_json()["model"] == servers.TITAN
+
+    # The switch: one setting. The new days are Nova's, in Nova's index; Titan's is left as it was.
+    day(nova, days[1])
+    assert {r["embedding_model"] for r in day_rows(titan, days[1]).values()} == {servers.NOVA}
+    assert indexed(servers.NOVA) == ({days[1]: 9}, sorted(table_products(titan, days[1:], tenant)))
+    assert indexed(servers.TITAN)[0] == {days[0]: 9}
+    # History re-embedded by a backfill of the earlier day: Nova's index has both days.
+    day(nova, days[0])
+    assert indexed(servers.NOVA) == (
+        {days[0]: 9, days[1]: 9},
+        sorted(table_products(titan, days, tenant)),
+    )
+    assert set(bedrock_calls.models) == {servers.NOVA}  # since the switch, only Nova is called
+    after = comparables(product_id=f"SW-{days[0]}-3", k=3, source=Source(resources=nova))
+    assert after.model == servers.NOVA
+    # Another model's vectors, the same neighbours (the double's Nova is Titan's in another basis).
+    assert {i.product_id for i in after.items} <= set(table_products(titan, days, tenant))
     picture = draw_product_image("Toys", "Lego", 1)
-    with pytest.raises(ComparablesError, match=f"the index holds vectors of {first}"):
-        comparables(image=picture, tenant=tenant, k=3, source=Source(resources=switched))
+    asked = comparables(image=picture, tenant=tenant, k=3, source=Source(resources=nova))
+    assert asked.model == servers.NOVA
+
+    # The rollback: one setting. Titan's index answers at once; its day again costs no call,
+    # each image's Titan vector being kept by model and length.
+    again = comparables(product_id=f"SW-{days[0]}-3", k=3, source=Source(resources=titan))
+    assert [i.product_id for i in again.items] == [i.product_id for i in before.items]
+    calls = bedrock_calls.calls
+    day(titan, days[0])
+    assert bedrock_calls.calls == calls
+    assert {r["embedding_model"] for r in day_rows(titan, days[0]).values()} == {servers.TITAN}
+    # Each index holds its own model's vectors only, named in its manifest and its place.
+    for model in (servers.TITAN, servers.NOVA):
+        (space,) = {
+            key.split("/")[1]
+            for key in store.list_keys(f"{SIMILARITY_PREFIX}/")
+            if model.split(":")[0] in key
+        }
+        manifest = read_manifest(store, space, tenant)
+        assert manifest is not None and manifest.model == model and manifest.space == space

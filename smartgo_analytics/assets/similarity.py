@@ -13,7 +13,7 @@ from smartgo_analytics.assets.policies import (
     permanent_errors,
 )
 from smartgo_analytics.assets.pricing_intelligence import smartgo_sales_iceberg
-from smartgo_analytics.layout import SIMILARITY_PREFIX
+from smartgo_analytics.layout import index_space, similarity_space_prefix
 from smartgo_analytics.partitions import daily_partitions
 from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
@@ -41,8 +41,9 @@ QUALITY = "embedding_quality"
             group_name=PRICING,
             kinds={"usearch", "s3"},
             owners=settings().asset_owners,
-            description="Per tenant, an HNSW index (cosine) of the sold items' vectors, in "
-            "segments next to the table: each day's current rows, once",
+            description="Per embedding model and length, and per tenant, an HNSW index (cosine) "
+            "of the sold items' vectors, in segments next to the table: each day's current rows "
+            "of the configured model, once",
         ),
         AssetSpec(
             QUALITY,
@@ -81,9 +82,11 @@ def similarity_index(
         manifests = commit_tenants(object_store, spooled, dimension, model, day, Path(directory))
         quality = measure_tenants(object_store, manifests, day, spooled.spools)
     differences = day_differences(
-        object_store, list(manifests), day, spooled.with_vector, dimension
+        object_store, list(manifests), day, spooled.with_vector, dimension, model
     )
-    metadata = index_metadata(spooled, manifests, object_store.uri(f"{SIMILARITY_PREFIX}/"))
+    space = index_space(model, dimension)
+    metadata = index_metadata(spooled, manifests, object_store.uri(similarity_space_prefix(space)))
+    metadata |= {"embedding_model": model, "index_space": space}
     context.log.info(
         f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
         f"tenant(s) indexed; the index holds {metadata['index_vectors']} in all"

@@ -15,6 +15,7 @@ from smartgo_analytics.comparables.asked import (
 )
 from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.lake_directory import LakeDirectory
+from smartgo_analytics.layout import index_space
 from smartgo_analytics.similarity.index import TenantIndex
 from smartgo_analytics.similarity.manifest import Manifest, StaleIndexError
 from smartgo_analytics.similarity.reader import IndexReader
@@ -29,7 +30,8 @@ class DeploymentResources(dict):
 
 
 class Source:
-    """Where a question is answered from: the index (`reader`), the embedder and the fetcher
+    """Where a question is answered from: the index (`reader`; the embedder's model's and length's),
+    the embedder and the fetcher
     (`resources`, the deployment's by default, built when a question first needs one), and why a
     product has no vector (`why_no_vector(product_id)`, by default read from the `iceberg`
     resource's table). Without a reader, the deployment's lake is read: its own files locally;
@@ -47,7 +49,12 @@ class Source:
         if reader is None:
             store = this_deployment().lake_files() if resources is None else None
             store = store or self.resources["object_store"]
-            reader = IndexReader(store, None if isinstance(store, LakeDirectory) else cache_dir)
+            embedder = self.resources["image_embedder"]
+            reader = IndexReader(
+                store,
+                None if isinstance(store, LakeDirectory) else cache_dir,
+                index_space(embedder.model_id, embedder.dimension),
+            )
         self.reader = reader
         self.why_no_vector = why_no_vector or self._from_the_table
 

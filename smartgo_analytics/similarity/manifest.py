@@ -14,13 +14,14 @@ from datetime import date
 
 import numpy as np
 
+from smartgo_analytics.layout import index_space
 from smartgo_analytics.similarity.graph import INDEX_OPTIONS
 
 SEGMENT_VECTORS = 200_000
 
 
 class IndexOfAnotherModel(ValueError):
-    """The tenant's index holds another model's vectors: two models' vectors are never mixed."""
+    """A manifest of another model than its place says: two models' vectors are never mixed."""
 
 
 class StaleIndexError(ValueError):
@@ -46,9 +47,11 @@ class Manifest:
     tenant: str
     dimension: int
     segments: list[Segment] = field(default_factory=list)
-    # The model whose vectors it holds (None: an index written before models were recorded; its
-    # next update records the embedder's).
-    model: str | None = None
+    model: str = ""  # whose vectors it holds: each model and length has its own index (`space`)
+
+    @property
+    def space(self) -> str:
+        return index_space(self.model, self.dimension)
 
     @property
     def count(self) -> int:
@@ -75,11 +78,10 @@ class Manifest:
 
     def require_model(self, model: str) -> None:
         """IndexOfAnotherModel when the index holds another model's vectors than `model`'s."""
-        if self.model is not None and self.model != model and self.segments:
+        if self.model != model:
             raise IndexOfAnotherModel(
-                f"tenant {self.tenant!r}'s index holds vectors of {self.model}, and the embedder "
-                f"is {model}: the two are never mixed. Set the embedding model back, or move the "
-                f"tenant's index aside (similarity_index/{self.tenant}/) to build one of {model}"
+                f"tenant {self.tenant!r}'s index of {model} names vectors of {self.model}: the "
+                "two are never mixed; was it copied there by hand?"
             )
 
     def require_current(self) -> None:
@@ -121,4 +123,4 @@ class Manifest:
             )
             for s in body["segments"]
         ]
-        return cls(body["tenant"], int(body["dimension"]), segments, body.get("model"))
+        return cls(body["tenant"], int(body["dimension"]), segments, str(body.get("model") or ""))

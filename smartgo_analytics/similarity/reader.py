@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 
 from smartgo_analytics.layout import (
-    SIMILARITY_PREFIX,
+    index_space,
     similarity_manifest_key,
+    similarity_space_prefix,
     similarity_tenants,
 )
 from smartgo_analytics.similarity.index import TenantIndex
@@ -21,30 +22,34 @@ from smartgo_analytics.similarity.manifest import Manifest
 from smartgo_analytics.similarity.segments import segment_keys
 
 
-def indexed_tenants(store) -> list[str]:
-    return similarity_tenants(store.list_keys(f"{SIMILARITY_PREFIX}/"))
+def indexed_tenants(store, space: str) -> list[str]:
+    """The tenants that the index of this space (`layout.index_space`: a model and a length) holds."""
+    return similarity_tenants(store.list_keys(similarity_space_prefix(space)), space)
 
 
-def read_manifest(store, tenant: str) -> Manifest | None:
-    """The tenant's manifest; None when the index holds no such tenant."""
+def read_manifest(store, space: str, tenant: str) -> Manifest | None:
+    """The tenant's manifest in this space; None when the index holds no such tenant."""
     try:
-        return Manifest.from_json(store.get_bytes(similarity_manifest_key(tenant)))
+        return Manifest.from_json(store.get_bytes(similarity_manifest_key(space, tenant)))
     except FileNotFoundError:
         return None
 
 
-def load_versioned(store, tenant: str, dimension: int) -> tuple[Manifest, str | None]:
-    """The tenant's manifest (an empty one when there is none yet) and the version it was read at
-    (None: there is none yet)."""
+def load_versioned(store, tenant: str, dimension: int, model: str) -> tuple[Manifest, str | None]:
+    """The tenant's manifest of the model's vectors of this length (an empty one when there is none
+    yet) and the version it was read at (None: there is none yet)."""
     try:
-        data, version = store.get_versioned(similarity_manifest_key(tenant))
+        key = similarity_manifest_key(index_space(model, dimension), tenant)
+        data, version = store.get_versioned(key)
     except FileNotFoundError:
-        return Manifest(tenant, dimension), None
-    return Manifest.from_json(data), version
+        return Manifest(tenant, dimension, model=model), None
+    manifest = Manifest.from_json(data)
+    manifest.require_model(model)
+    return manifest, version
 
 
-def load_manifest(store, tenant: str, dimension: int) -> Manifest:
-    return load_versioned(store, tenant, dimension)[0]
+def load_manifest(store, tenant: str, dimension: int, model: str) -> Manifest:
+    return load_versioned(store, tenant, dimension, model)[0]
 
 
 class IndexReader:
@@ -52,21 +57,22 @@ class IndexReader:
     copies kept in `cache_dir` when given (segments are written once under new names, so a cached
     copy stays right), else fetched for the reader's life. `close()` lets them go."""
 
-    def __init__(self, store, cache_dir: Path | None = None):
+    def __init__(self, store, cache_dir: Path | None = None, space: str = ""):
         self.store = store
         self.cache_dir = cache_dir
+        self.space = space  # the model and length whose indexes `tenants` and `manifest` read
         self._released: list[Path] = []
         self._opened: list[TenantIndex] = []
 
     def tenants(self) -> list[str]:
-        return indexed_tenants(self.store)
+        return indexed_tenants(self.store, self.space)
 
     def manifest(self, tenant: str) -> Manifest | None:
-        return read_manifest(self.store, tenant)
+        return read_manifest(self.store, self.space, tenant)
 
     def open(self, manifest: Manifest) -> TenantIndex:
         paths = {
-            s.name: tuple(self._path(key) for key in segment_keys(manifest.tenant, s.name))
+            s.name: tuple(self._path(key) for key in segment_keys(manifest, s.name))
             for s in manifest.segments
         }
         self._opened.append(TenantIndex(manifest, paths))
@@ -101,8 +107,8 @@ class KeptIndexReader(IndexReader):
     tenant's index is opened again only when its manifest names other segments (segments are
     written once, under new names). `close_all()` at the end."""
 
-    def __init__(self, store, cache_dir: Path | None = None):
-        super().__init__(store, cache_dir)
+    def __init__(self, store, cache_dir: Path | None = None, space: str = ""):
+        super().__init__(store, cache_dir, space)
         self._kept: dict[str, tuple[tuple[str, ...], TenantIndex]] = {}
         self._lock = threading.Lock()
 

@@ -56,8 +56,10 @@ def key_days(keys: np.ndarray) -> np.ndarray:
 SEGMENT_FILES = (".usearch", ".parquet", ".f16")  # the graph, the items, the float16 vectors
 
 
-def segment_keys(tenant: str, name: str) -> tuple[str, str, str]:
-    graph, items, vectors = (similarity_segment_key(tenant, name, s) for s in SEGMENT_FILES)
+def segment_keys(manifest, name: str) -> tuple[str, str, str]:
+    """The files of the segment `name` of the tenant's index that `manifest` describes."""
+    space, tenant = manifest.space, manifest.tenant
+    graph, items, vectors = (similarity_segment_key(space, tenant, name, s) for s in SEGMENT_FILES)
     return graph, items, vectors
 
 

@@ -4,7 +4,7 @@ orphans deleted, the index checked against the table, the day's quality measured
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from smartgo_analytics.core.retry import retry_until
 from smartgo_analytics.layout import (
+    index_space,
     similarity_category_sums_key,
     similarity_manifest_key,
     similarity_segment_key,
@@ -87,7 +88,9 @@ def commit_tenants(
 ) -> dict[str, Manifest]:
     """The day committed to the index of each tenant that sold that day or that the index holds
     (a day materialised again may have lost a tenant's sales): each tenant's manifest."""
-    tenants = sorted(set(spooled.spools) | set(indexed_tenants(store)))
+    tenants = sorted(
+        set(spooled.spools) | set(indexed_tenants(store, index_space(model, dimension)))
+    )
     return {
         tenant: commit_day(
             store, tenant, dimension, day, spooled.spools.get(tenant), directory, model
@@ -127,25 +130,22 @@ def commit_day(
     day: date,
     spool: DaySpool | None,
     work: Path,
-    model: str | None = None,
+    model: str,
 ) -> Manifest:
-    """Put the day's vectors in the tenant's index (none when `spool` is None) and commit its
-    manifest; built again on the newer manifest when another run committed first. An index of
-    another model than `model` is never added to (IndexOfAnotherModel)."""
+    """Put the day's vectors in the tenant's index of `model`'s vectors of this length (none when
+    `spool` is None) and commit its manifest; built again on the newer manifest when another run
+    committed first. Each model and length has an index of its own (`layout.index_space`)."""
 
     def attempt(_: int) -> Manifest | None:
         """The tenant's manifest with the day, committed; None when another run committed first."""
-        manifest, version = load_versioned(store, tenant, dimension)
-        if model is not None:
-            manifest.require_model(model)
-            manifest = replace(manifest, model=model)
+        manifest, version = load_versioned(store, tenant, dimension, model)
         try:
             update = update_tenant(store, manifest, day, spool, work)
         except FileNotFoundError:  # a segment that a run committing meanwhile retired
             return None
         if not update.changed:
             return manifest
-        key = similarity_manifest_key(tenant)
+        key = similarity_manifest_key(manifest.space, tenant)
         if not store.put_if_version(key, update.manifest.to_json(), version):
             for added in update.added:
                 store.delete(added)
@@ -172,7 +172,9 @@ def delete_orphans(
     named = {segment.name for segment in manifest.segments}
     oldest = (now or datetime.now(UTC)) - ORPHAN_AGE
     deleted = []
-    for key in store.list_keys(similarity_segment_key(manifest.tenant, "segment-", "")):
+    for key in store.list_keys(
+        similarity_segment_key(manifest.space, manifest.tenant, "segment-", "")
+    ):
         name = key.rsplit("/", 1)[-1].split(".", 1)[0]
         match = _SEGMENT_NAME.fullmatch(name)
         if not match or name in named:
@@ -185,13 +187,13 @@ def delete_orphans(
 
 
 def day_differences(
-    store: ObjectStore, tenants: list[str], day: date, table: Counter, dimension: int
+    store: ObjectStore, tenants: list[str], day: date, table: Counter, dimension: int, model: str
 ) -> list[str]:
     """Each tenant whose index, read back, holds another count of vectors for the day than the
     table's rows with a vector (`table`: tenant -> rows)."""
     differences = []
     for tenant in tenants:
-        indexed = load_manifest(store, tenant, dimension).days().get(day.isoformat(), 0)
+        indexed = load_manifest(store, tenant, dimension, model).days().get(day.isoformat(), 0)
         if indexed != table[tenant]:
             differences.append(f"{tenant} {day}: index {indexed}, table {table[tenant]}")
     return differences
@@ -229,7 +231,7 @@ def trailing_sums(store: ObjectStore, tenant: str, day: date, manifest: Manifest
         if earlier.isoformat() in days:
             try:
                 with store.local_copy(
-                    similarity_category_sums_key(tenant, earlier.isoformat())
+                    similarity_category_sums_key(manifest.space, tenant, earlier.isoformat())
                 ) as path:
                     tables.append(read_items(path))
             except FileNotFoundError:

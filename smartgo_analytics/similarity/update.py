@@ -57,7 +57,7 @@ def update_tenant(
     try:
         for segment in manifest.segments:
             if id(segment) in stale and segment is not target:
-                retired += segment_keys(manifest.tenant, segment.name)
+                retired += segment_keys(manifest, segment.name)
                 segment, written = _rebuild(store, manifest, segment, work)
                 added += written
             segments.append(segment)
@@ -71,7 +71,7 @@ def update_tenant(
             store.delete(key)
         raise
     if target is not None:
-        retired += segment_keys(manifest.tenant, target.name)
+        retired += segment_keys(manifest, target.name)
     return Update(with_day, True, tuple(added), tuple(retired))
 
 
@@ -101,11 +101,11 @@ def _with_day(
     if days:
         items_path = work / "items.parquet"
         write_items(items, items_path)
-        name, written = _put_segment(store, tenant, day, index, items_path, new_vectors, work)
+        name, written = _put_segment(store, manifest, day, index, items_path, new_vectors, work)
         segments.append(Segment(name, days, centre, centred_on))
     for path in (new_vectors, work / "items.parquet"):
         path.unlink(missing_ok=True)
-    sums_key = similarity_category_sums_key(tenant, day.isoformat())
+    sums_key = similarity_category_sums_key(manifest.space, tenant, day.isoformat())
     if spool:
         sums_path = work / "sums.parquet"
         write_parquet(category_sums(day_items.column("category").to_pylist(), vectors), sums_path)
@@ -122,7 +122,7 @@ def _segment_with_day(store, manifest, target, day, day_items, vectors, new_vect
     kept = target if target is not None and set(target.days) != {day.isoformat()} else None
     files = []
     try:
-        for key in segment_keys(manifest.tenant, kept.name) if kept else []:
+        for key in segment_keys(manifest, kept.name) if kept else []:
             files.append(store.local_path(key))
         items, old_vectors = ITEM_SCHEMA.empty_table(), None
         if kept:
@@ -150,7 +150,7 @@ def _segment_with_day(store, manifest, target, day, day_items, vectors, new_vect
 
 def _put_segment(
     store: ObjectStore,
-    tenant: str,
+    manifest: Manifest,
     day: date,
     index,
     items_path: Path,
@@ -162,7 +162,7 @@ def _put_segment(
     name = new_segment_name(day)
     index_path = work / f"{name}.usearch"
     index.save(str(index_path))
-    keys = list(segment_keys(tenant, name))
+    keys = list(segment_keys(manifest, name))
     try:
         for path, key in zip((index_path, items_path, vectors_path), keys, strict=True):
             store.put_file(key, path)
@@ -182,13 +182,13 @@ def _rebuild(
     keys written."""
     files = []
     try:
-        for key in segment_keys(manifest.tenant, segment.name):
+        for key in segment_keys(manifest, segment.name):
             files.append(store.local_path(key))
         keys = read_items(files[1], ["key"]).column("key").to_numpy()
         vectors = SpooledVectors(files[2], len(keys), manifest.dimension, np.float16)
         index, centre = built_graph(keys, vectors, THREADS)
         first = date.fromisoformat(min(segment.days))
-        name, written = _put_segment(store, manifest.tenant, first, index, files[1], files[2], work)
+        name, written = _put_segment(store, manifest, first, index, files[1], files[2], work)
     finally:
         for path in files:
             store.release(path)

@@ -20,7 +20,13 @@ from smartgo_analytics.comparables import (
 from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.lake import KeptCatalog, no_vector_reason
 from smartgo_analytics.lake_directory import LakeDirectory
-from smartgo_analytics.layout import IMAGE_PREFIX, UnsafeKey, check_key, product_images_prefix
+from smartgo_analytics.layout import (
+    IMAGE_PREFIX,
+    UnsafeKey,
+    check_key,
+    index_space,
+    product_images_prefix,
+)
 from smartgo_analytics.local.stack import StackError
 from smartgo_analytics.similarity.reader import KeptIndexReader
 
@@ -69,7 +75,10 @@ class Answers:
             store = this_deployment().lake_files() or resources["object_store"]
         self.store = store
         cache = None if isinstance(store, LakeDirectory) else cache_dir
-        self.reader = KeptIndexReader(store, cache)
+        embedder = resources["image_embedder"]
+        self.reader = KeptIndexReader(
+            store, cache, index_space(embedder.model_id, embedder.dimension)
+        )
         self.source = Source(self.reader, resources, why_no_vector or self._why_no_vector)
         self.dagster_url = dagster_url
         self.picture_hosts = {h.lower() for h in picture_hosts}
