@@ -76,13 +76,6 @@ class RequestQuota:
             self.refused += 1
             return False
 
-    def admitted_tokens_per_minute(self) -> float:
-        """Tokens charged a minute, over the span from the first admitted request to the last
-        (the last one's charge falls after it)."""
-        times = self.admitted
-        span = times[-1] - times[0] if len(times) > 1 else 0.0
-        return sum(self.charged[:-1]) * 60 / span if span > 0 else 0.0
-
     def admitted_per_minute(self) -> float:
         """The rate at which requests were admitted, from the first to the last."""
         times = self.admitted
