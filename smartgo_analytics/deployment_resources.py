@@ -19,6 +19,7 @@ from smartgo_analytics.local.stack import (
     smartgo_home,
 )
 from smartgo_analytics.resources.alerts import Alerter
+from smartgo_analytics.resources.bedrock_batch import BedrockBatch
 from smartgo_analytics.resources.dynamodb import ExportProgressTracker, ImageVectors, SalesDataTable
 from smartgo_analytics.resources.embeddings import BedrockEmbedder, LocalVisualEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
@@ -76,6 +77,8 @@ def local_resources(config: Settings) -> dict[str, object]:
             dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
         ),
         "quicksight": quicksight_export(config),
+        # No Bedrock here: a range of fewer than BEDROCK_BATCH_MIN_IMAGES is embedded on demand.
+        "bedrock_batch": BedrockBatch(min_images=config.bedrock_batch_min_images),
     }
     try:
         stack = running_stack(home)
@@ -192,6 +195,11 @@ def prod_resources(config: Settings) -> dict[str, object]:
             region_name=region,
         ),
         "iceberg": IcebergCatalog(properties=catalog_properties),
+        "bedrock_batch": BedrockBatch(
+            role_arn=config.bedrock_batch_role_arn,
+            min_images=config.bedrock_batch_min_images,
+            region_name=region,
+        ),
         "quicksight": quicksight_export(config, region_name=region),
         "alerter": alerter(config, region_name=region),
     }

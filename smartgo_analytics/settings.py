@@ -93,6 +93,8 @@ class Settings:
     outage_allowance_s: float = 600.0
     embedding_model: str = DEFAULT_MODEL.model_id
     embedding_price_per_image: float | None = None
+    bedrock_batch_role_arn: str | None = None
+    bedrock_batch_min_images: int = 1000
     iceberg_properties: dict[str, str] = field(default_factory=dict)
     slack_webhook_set: bool = False
     sns_topic_arn: str | None = None
@@ -303,6 +305,8 @@ def settings() -> Settings:
         embedding_dimension=dimension,
         embedding_model=model.model_id,
         embedding_price_per_image=None if price == -1.0 else price,
+        bedrock_batch_role_arn=os.environ.get("BEDROCK_BATCH_ROLE_ARN") or None,
+        bedrock_batch_min_images=_int("BEDROCK_BATCH_MIN_IMAGES", 1000, minimum=100),
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
         # A worker's threads mostly wait on the network, and only one of them runs Python at a time:

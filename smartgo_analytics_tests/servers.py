@@ -806,3 +806,166 @@ class TcpProxy:
     def close(self) -> None:
         self.listener.close()
         self._cut()
+
+
+class BatchState:
+    """Bedrock batch inference jobs as the control plane keeps them. A job reads its JSONL input
+    from S3 (moto's), answers each record as InvokeModel would (`model_input`, `model_vector`,
+    `model_answer`) and writes `<output>/<job id>/<input name>.out` and `manifest.json.out`.
+    `failing_images`: sha256 of pictures whose records get an `error`; `job_failure`: the next
+    job fails with this message, writing nothing; `seconds`: how long a job runs."""
+
+    def __init__(self, s3_endpoint: str):
+        self.s3_endpoint = s3_endpoint
+        self.lock = threading.Lock()
+        self.jobs: dict[str, dict] = {}
+        self.failing_images: set[str] = set()
+        self.job_failure: str | None = None
+        self.seconds = 0.5
+        self.records = 0  # every record answered, over all jobs
+
+    def reset(self) -> None:
+        with self.lock:
+            self.failing_images, self.job_failure, self.seconds = set(), None, 0.5
+
+    def _s3(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    def run(self, job: dict, failure: str | None) -> None:
+        try:
+            self._run(job, failure)
+        except Exception as error:  # the double's own fault: the job fails, saying so
+            job.update(status="Failed", message=f"double: {error!r}", endTime=time.time())
+
+    def _run(self, job: dict, failure: str | None) -> None:
+        time.sleep(self.seconds / 2)
+        job["status"] = "InProgress"
+        if failure:
+            time.sleep(self.seconds / 2)
+            job.update(status="Failed", message=failure, endTime=time.time())
+            return
+        source = job["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+        bucket, key = source.removeprefix("s3://").split("/", 1)
+        s3 = self._s3()
+        lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
+        job["totalRecordCount"] = len(lines)
+        job.update(processedRecordCount=0, errorRecordCount=0, successRecordCount=0)
+        out, errors = [], 0
+        for n, line in enumerate(lines, start=1):
+            record = json.loads(line)
+            answered = {"recordId": record["recordId"], "modelInput": record["modelInput"]}
+            try:
+                image, dimension = model_input(job["modelId"], record["modelInput"])
+                if hashlib.sha256(image).hexdigest() in self.failing_images:
+                    raise ValueError("The model could not process the image")
+                vector = model_vector(job["modelId"], image, dimension).tolist()
+                answered["modelOutput"] = json.loads(model_answer(job["modelId"], vector))
+            except ValueError as error:
+                answered["error"] = {"errorCode": 400, "errorMessage": str(error)}
+                errors += 1
+            out.append(json.dumps(answered))
+            job.update(
+                processedRecordCount=n, errorRecordCount=errors, successRecordCount=n - errors
+            )
+            if n == len(lines) // 2:
+                time.sleep(self.seconds / 2)  # progress a poll can see
+        with self.lock:
+            self.records += len(lines)
+        target = job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"].removeprefix("s3://")
+        out_bucket, _, prefix = target.partition("/")
+        folder = f"{prefix.rstrip('/')}/{job['jobArn'].rsplit('/', 1)[1]}/"
+        name = key.rsplit("/", 1)[-1]
+        s3.put_object(Bucket=out_bucket, Key=f"{folder}{name}.out", Body="\n".join(out).encode())
+        summary = {
+            k: job[k]
+            for k in (
+                "totalRecordCount",
+                "processedRecordCount",
+                "successRecordCount",
+                "errorRecordCount",
+            )
+        }
+        s3.put_object(
+            Bucket=out_bucket, Key=f"{folder}manifest.json.out", Body=json.dumps(summary).encode()
+        )
+        job.update(status="PartiallyCompleted" if errors else "Completed", endTime=time.time())
+
+
+def bedrock_control_server(state: BatchState):
+    """The bedrock control plane's batch inference operations: CreateModelInvocationJob,
+    GetModelInvocationJob, ListModelInvocationJobs, StopModelInvocationJob (REST JSON)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, status: int, body: dict, error: str | None = None):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            if error:
+                self.send_header("x-amzn-ErrorType", error)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _job(self, identifier: str) -> dict | None:
+            job_id = urllib.parse.unquote(identifier).rsplit("/", 1)[-1]
+            return state.jobs.get(job_id)
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            request = json.loads(self.rfile.read(length) or b"{}")
+            stop = re.fullmatch(r"/model-invocation-job/([^/]+)/stop", self.path)
+            if stop:
+                job = self._job(stop.group(1))
+                if job is None:
+                    return self._reply(404, {"message": "no such job"}, "ResourceNotFoundException")
+                job.update(status="Stopped", endTime=time.time())
+                return self._reply(200, {})
+            if self.path != "/model-invocation-job":
+                return self._reply(404, {"message": "no such route"}, "ResourceNotFoundException")
+            needed = ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig")
+            if any(not request.get(name) for name in needed) or not request["roleArn"].startswith(
+                "arn:aws:iam::"
+            ):
+                return self._reply(400, {"message": "invalid job request"}, "ValidationException")
+            with state.lock:
+                job_id = f"{len(state.jobs) + 1:012x}"
+                failure, state.job_failure = state.job_failure, None
+                arn = f"arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/{job_id}"
+                job = {
+                    **{name: request[name] for name in needed},
+                    "jobArn": arn,
+                    "status": "Submitted",
+                    "submitTime": time.time(),
+                    "lastModifiedTime": time.time(),
+                    "timeoutDurationInHours": request.get("timeoutDurationInHours", 24),
+                }
+                state.jobs[job_id] = job
+            threading.Thread(target=state.run, args=(job, failure), daemon=True).start()
+            return self._reply(200, {"jobArn": arn})
+
+        def do_GET(self):
+            route = re.fullmatch(r"/model-invocation-job/([^/?]+)", self.path)
+            if route:
+                job = self._job(route.group(1))
+                if job is None:
+                    return self._reply(404, {"message": "no such job"}, "ResourceNotFoundException")
+                return self._reply(200, job)
+            if self.path.split("?")[0] == "/model-invocation-jobs":
+                summaries = [dict(job) for job in state.jobs.values()]
+                return self._reply(200, {"invocationJobSummaries": summaries})
+            return self._reply(404, {"message": "no such route"}, "ResourceNotFoundException")
+
+    return start(Handler)

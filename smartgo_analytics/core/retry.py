@@ -107,3 +107,13 @@ def drain(
     if pending:
         raise GaveUp(f"{gave_up}: {len(pending)} left after {attempts} attempts")
     return answers
+
+
+def poll(look: Callable[[], T | None], interval_s: float, sleep=time.sleep) -> T:
+    """`look()` every `interval_s` until it answers something other than None (a long job that
+    ends on its own time: no give-up here; the job has its own limit)."""
+    while True:
+        seen = look()
+        if seen is not None:
+            return seen
+        sleep(interval_s)

@@ -69,6 +69,14 @@ class ObjectStore(ConfigurableResource):
     def uri(self, key: str) -> str:
         raise NotImplementedError
 
+    def key_of(self, uri: str) -> str:
+        """The key of an object by the URI `uri` gave it (a table row's `image_s3_key`);
+        FileNotFoundError for one of another store."""
+        root = self.uri("")
+        if not uri.startswith(root) or uri == root:
+            raise FileNotFoundError(f"{uri[:200]} is not in {root}")
+        return check_key(uri[len(root) :])
+
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under the prefix, sorted."""
         raise NotImplementedError

@@ -1,0 +1,132 @@
+"""Re-embedding a range of history with the configured model: the table's images whose vector of
+that model and length is not kept yet, embedded by a Bedrock batch inference job when they are
+many (`BEDROCK_BATCH_MIN_IMAGES`), on demand otherwise, and kept in the image-vector cache. A
+backfill of those days then reuses every vector: no on-demand call, at the batch price."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from smartgo_analytics.core.batch import record_id, records_jsonl
+from smartgo_analytics.core.imaging import BadImage, prepare_for
+from smartgo_analytics.core.models.base import EmbeddingModel
+from smartgo_analytics.resources.bedrock_batch import BedrockBatch
+from smartgo_analytics.resources.dynamodb import ImageVectors
+from smartgo_analytics.resources.embeddings import EmbeddingError
+from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics.resources.object_store import ObjectStore
+
+
+@dataclass
+class Reembedded:
+    images: int = 0  # the range's distinct images with a copy
+    kept_already: int = 0  # of which the cache held a vector of the model and length
+    by_batch: int = 0
+    on_demand: int = 0
+    failed_in_batch: int = 0  # records answered with an error; each is then tried on demand
+    errors: dict[str, str] = field(default_factory=dict)  # image sha256 -> why it has no vector
+    job_arn: str | None = None
+
+    def metadata(self, model_id: str, batch_price: float, price: float) -> dict:
+        return {
+            "images": self.images,
+            "kept_already": self.kept_already,
+            "embedded_by_batch": self.by_batch,
+            "embedded_on_demand": self.on_demand,
+            "failed_in_batch_then_on_demand": self.failed_in_batch,
+            "errors": len(self.errors),
+            "estimated_batch_cost_usd": round(self.by_batch * batch_price, 6),
+            "estimated_on_demand_cost_usd": round(self.on_demand * price, 6),
+            "batch_job": self.job_arn or "none",
+            "embedding_model": model_id,
+        }
+
+
+def range_images(iceberg: IcebergCatalog, start: datetime, end: datetime) -> dict[str, str]:
+    """The distinct images (sha256 -> the copy's key) of the table's sales in [start, end)."""
+    rows = iceberg.read_day(start, end, ("image_sha256", "image_s3_key"))
+    if rows is None:
+        return {}
+    rows = rows.filter(
+        pc.and_(pc.is_valid(rows["image_sha256"]), pc.is_valid(rows["image_s3_key"]))
+    )
+    return dict(
+        zip(rows["image_sha256"].to_pylist(), rows["image_s3_key"].to_pylist(), strict=True)
+    )
+
+
+def reembed(
+    images: dict[str, str],
+    store: ObjectStore,
+    embedder,
+    vectors: ImageVectors,
+    batch: BedrockBatch,
+    min_batch: int,
+    name: str,
+    progress: Callable[[dict], None],
+) -> Reembedded:
+    """Vectors of `embedder`'s model and length for the images the cache lacks, kept in it."""
+    model_id, dimension = embedder.model_id, embedder.dimension
+    done = Reembedded(images=len(images))
+    kept = vectors.known(model_id, dimension, list(images))
+    wanted = {sha: key for sha, key in images.items() if sha not in kept}
+    done.kept_already = len(images) - len(wanted)
+    if not wanted:
+        return done
+
+    def picture(sha: str) -> bytes:
+        data = store.get_bytes(store.key_of(wanted[sha]))
+        return prepare_for(data, embedder.image_rule).data
+
+    def on_demand(shas: list[str]) -> dict[str, np.ndarray]:
+        def one(sha: str) -> tuple[str, np.ndarray | None]:
+            try:
+                return sha, embedder.embed(picture(sha))
+            except (BadImage, EmbeddingError, FileNotFoundError) as error:
+                done.errors[sha] = str(error)[:200]
+                return sha, None
+
+        with ThreadPoolExecutor(max(1, embedder.max_concurrency)) as pool:
+            found = {sha: v for sha, v in pool.map(one, shas) if v is not None}
+        done.on_demand += len(found)
+        return found
+
+    if len(wanted) < min_batch:
+        vectors.store(model_id, dimension, on_demand(list(wanted)))
+        return done
+    batch.require(store)
+    model: EmbeddingModel = embedder.family  # a Bedrock model: batch inference is Bedrock's
+    ids: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="smartgo-batch-") as directory:
+        path = Path(directory) / "records.jsonl"
+        with path.open("wb") as out:
+            for n, sha in enumerate(wanted, start=1):
+                try:
+                    body = model.body(picture(sha), dimension)
+                except (BadImage, ValueError, FileNotFoundError) as error:
+                    done.errors[sha] = str(error)[:200]
+                    continue
+                ids[record_id(n)] = sha
+                out.write(records_jsonl([(record_id(n), body)]))
+        job = batch.submit(store, model, name, path)
+    done.job_arn = job.arn
+    batch.wait(job, progress)
+    answers = batch.answers(store, job, model, dimension)
+    for key in store.list_keys(f"{batch.prefix}{name}/"):  # its pictures' base64, and answers
+        store.delete(key)
+    found = {ids[rid]: vector for rid, vector in answers.vectors.items() if rid in ids}
+    done.by_batch = len(found)
+    vectors.store(model_id, dimension, found)
+    # A record answered with an error, or not at all, is tried once more on demand.
+    again = [sha for rid, sha in ids.items() if rid not in answers.vectors]
+    done.failed_in_batch = len(again)
+    vectors.store(model_id, dimension, on_demand(again))
+    return done

@@ -1,0 +1,170 @@
+"""Re-embedding history by Bedrock batch inference, against a loopback bedrock control plane that
+reads and writes the real files on moto's S3."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from dagster import DagsterInstance
+
+from smartgo_analytics.core.batch import read_answers, record_id, records_jsonl
+from smartgo_analytics.core.models.nova import MODEL as NOVA
+from smartgo_analytics.reembedding import reembed_history_job
+from smartgo_analytics.resources.bedrock_batch import BedrockBatch
+from smartgo_analytics.resources.embeddings import BedrockEmbedder
+from smartgo_analytics_tests import servers
+from smartgo_analytics_tests.conftest import insert_products, sale
+from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources, run
+
+DAYS = ("2025-10-27", "2025-10-28")
+ROLE = "arn:aws:iam::123456789012:role/smartgo-bedrock-batch"
+
+
+@pytest.fixture(scope="module")
+def batch_state(stack):
+    return servers.BatchState(stack.aws_endpoint_url)
+
+
+@pytest.fixture(scope="module")
+def control_plane(batch_state):
+    server = servers.bedrock_control_server(batch_state)
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_jobs_records_and_answers_are_mapped_back_by_record_id():
+    body = NOVA.body(servers.png((10, 20, 30)), 256)
+    lines = records_jsonl([(record_id(1), body), (record_id(2), body)])
+    assert [json.loads(line)["recordId"] for line in lines.splitlines()] == [
+        "R0000000001",
+        "R0000000002",
+    ]
+    assert json.loads(lines.splitlines()[0])["modelInput"] == json.loads(body)
+    vector = [0.5] * 256
+    out = (
+        b"\n".join(
+            json.dumps(line).encode()
+            for line in (
+                {
+                    "recordId": "R0000000002",
+                    "modelOutput": json.loads(servers.model_answer(servers.NOVA, vector)),
+                },
+                {
+                    "recordId": "R0000000001",
+                    "error": {"errorCode": 400, "errorMessage": "bad image"},
+                },
+                {
+                    "recordId": "R0000000003",
+                    "modelOutput": {"embeddings": [{"embedding": [1.0] * 7}]},
+                },
+                {"no": "record"},
+            )
+        )
+        + b"\nnot json\n"
+    )
+    answers = read_answers(out, NOVA, 256)
+    assert list(answers.vectors) == ["R0000000002"]
+    np.testing.assert_array_equal(answers.vectors["R0000000002"], np.float32(vector))
+    assert answers.errors == {
+        "R0000000001": "400 bad image",
+        "R0000000003": "unusable answer: 7 values, asked for 256",
+    }
+
+
+def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path, control_plane, batch_state
+):
+    images = {}
+    for n in range(8):
+        images[f"/batch-{n}.png"] = servers.png((n * 30, 255 - n * 20, 60 + n * 10), (48 + n, 40))
+    cdn_state.images.update(images)
+    insert_products(
+        stack.postgres_uri,
+        [
+            sale(f"BATCH-{n}", DAYS[n % 2], f"{cdn}/batch-{n}.png", tenant_id="batch-a")
+            for n in range(8)
+        ],
+    )
+    titan = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    for day in DAYS:
+        run(titan, day)
+    batch = dict(
+        endpoint_url=control_plane,
+        region_name="us-east-1",
+        role_arn=ROLE,
+        poll_s=0.05,
+        min_images=3,
+    )
+
+    def with_model(dimension, **batch_fields):
+        embedder = BedrockEmbedder(endpoint_url=bedrock, model=servers.NOVA, dimension=dimension)
+        return titan | {
+            "image_embedder": embedder,
+            "bedrock_batch": BedrockBatch(**(batch | batch_fields)),
+        }
+
+    instance = DagsterInstance.ephemeral()
+
+    def reembed(res, raise_on_error=True):
+        config = {
+            "ops": {"reembed_images": {"config": {"first_day": DAYS[0], "last_day": DAYS[1]}}}
+        }
+        return reembed_history_job.execute_in_process(
+            run_config=config, resources=res, raise_on_error=raise_on_error, instance=instance
+        )
+
+    # Nova, by batch: one record answered with an error is tried again on demand.
+    failing = hashlib.sha256(images["/batch-5.png"]).hexdigest()
+    batch_state.failing_images = {failing}
+    bedrock_calls.reset()
+    result = reembed(with_model(1024))
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = {k: v.value for k, v in event.event_specific_data.metadata.items()}
+    assert metadata["images"] == 8 and metadata["kept_already"] == 0
+    assert metadata["embedded_by_batch"] == 7 and metadata["failed_in_batch_then_on_demand"] == 1
+    assert metadata["embedded_on_demand"] == 1 and metadata["errors"] == 0
+    assert metadata["batch_job"].startswith(
+        "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
+    )
+    assert metadata["estimated_batch_cost_usd"] == pytest.approx(7 * NOVA.batch_price_per_image)
+    assert metadata["estimated_on_demand_cost_usd"] == pytest.approx(NOVA.price_per_image)
+    assert bedrock_calls.calls == 1 and bedrock_calls.models == {servers.NOVA: 1}
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    progress = [line for line in logged if line.startswith("batch job")]
+    assert any("InProgress" in line for line in progress) and "Completed" in " ".join(progress)
+    assert titan["object_store"].list_keys("bedrock-batch/") == []  # its files are deleted
+    batch_state.failing_images = set()
+
+    # The backfill with Nova calls Bedrock for nothing: every vector is the batch's, and equal to
+    # what an on-demand call answers for the same picture.
+    bedrock_calls.reset()
+    nova = with_model(1024)
+    for day in DAYS:
+        done = (
+            run(nova, day).asset_materializations_for_node("product_image_embeddings")[0].metadata
+        )
+        assert done["embedding_calls"].value == 0 and done["embeddings_reused"].value == 4
+        for n, row in sorted(day_rows(titan, day).items()):
+            picture = images[f"/batch-{int(n.split('-')[1])}.png"]
+            assert row["embedding_model"] == servers.NOVA
+            np.testing.assert_allclose(
+                row["embedding_vector"], servers.model_vector(servers.NOVA, picture, 1024), 1e-6
+            )
+    assert bedrock_calls.calls == 0
+
+    # A job that fails is named in the run's failure; nothing is kept.
+    batch_state.job_failure = "Model access is denied for amazon.nova-2-multimodal-embeddings-v1:0"
+    failed = reembed(with_model(384), raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    reason = failure.step_failure_data.user_failure_data.description
+    assert "batch job smartgo-reembed-2025-10-27-2025-10-28-" in reason
+    assert "failed: Model access is denied" in reason
+    # Fewer images than the threshold: on demand, one call an image.
+    bedrock_calls.reset()
+    small = reembed(with_model(256, min_images=100))
+    (event,) = [e for e in small.all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert event.event_specific_data.metadata["embedded_on_demand"].value == 8
+    assert event.event_specific_data.metadata["batch_job"].value == "none"
+    assert bedrock_calls.calls == 8
