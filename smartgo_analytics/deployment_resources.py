@@ -74,7 +74,9 @@ def local_resources(config: Settings) -> dict[str, object]:
             allowlist=["127.0.0.1", "localhost", *config.image_url_allowlist]
         ),
         "image_embedder": LocalVisualEmbedder(
-            dimension=config.embedding_dimension, max_concurrency=config.bedrock_max_concurrency
+            stands_for=config.embedding_model,
+            dimension=config.embedding_dimension,
+            max_concurrency=config.bedrock_max_concurrency,
         ),
         "quicksight": quicksight_export(config),
         # No Bedrock here: a range of fewer than BEDROCK_BATCH_MIN_IMAGES is embedded on demand.

@@ -4,6 +4,7 @@ Embeddings G1 by default, or Nova Multimodal Embeddings), a local visual embedde
 from __future__ import annotations
 
 import threading
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -111,17 +112,36 @@ class ImageEmbedder(ConfigurableResource):
 
 
 class LocalVisualEmbedder(ImageEmbedder):
-    """Deterministic visual features (colour layout and edges), same interface as Titan."""
+    """Deterministic visual features (colour layout and edges), same interface as Bedrock's models.
+
+    It stands in for the configured Bedrock model (`stands_for`, EMBEDDING_MODEL) with a model of
+    its own: for the default one, the features as they are (`local-visual-features-v1/<length>`);
+    for another, the same features in another basis (`local-visual-features-v1-as-<model>/<length>`:
+    other coordinates, the same neighbours), so that a switch of model can be tried on the demo's
+    data and its indexes told apart."""
+
+    stands_for: str = Field(default=DEFAULT_MODEL.model_id, description="EMBEDDING_MODEL")
 
     @property
     def model_id(self) -> str:
-        return f"local-visual-features-v1/{self.dimension}"
+        if self.stands_for == DEFAULT_MODEL.model_id:
+            return f"local-visual-features-v1/{self.dimension}"
+        return f"local-visual-features-v1-as-{self.stands_for}/{self.dimension}"
+
+    @property
+    def image_rule(self) -> ImageRule:
+        return model_named(self.stands_for).images
 
     def embed(self, image: bytes) -> np.ndarray:
         try:
-            return visual_features(image, self.dimension)
+            vector = visual_features(image, self.dimension)
         except BadImage as error:
             raise EmbeddingError(f"unusable image: {error}") from None
+        if self.stands_for != DEFAULT_MODEL.model_id:
+            basis = np.random.default_rng(zlib.crc32(self.stands_for.encode()))
+            signs = basis.choice(np.array([-1.0, 1.0], np.float32), self.dimension)
+            vector = (vector * signs)[basis.permutation(self.dimension)]
+        return vector
 
 
 class BedrockEmbedder(ImageEmbedder, AwsResource):
