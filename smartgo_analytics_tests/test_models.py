@@ -75,3 +75,17 @@ def test_a_body_the_model_refuses_is_this_pictures_error_and_an_unknown_model_is
     with pytest.raises(ValueError, match="no embedding model 'amazon.titan-embed-g2'"):
         model_named("amazon.titan-embed-g2")
     assert bedrock_calls.calls == 0
+
+
+def test_the_local_embedder_stands_in_for_each_model_with_a_model_of_its_own():
+    from smartgo_analytics.resources.embeddings import LocalVisualEmbedder
+
+    pictures = [picture("PNG", colour=(n * 50, 90, 255 - n * 40)) for n in range(5)]
+    titan, nova = LocalVisualEmbedder(), LocalVisualEmbedder(stands_for=NOVA.model_id)
+    assert titan.model_id == "local-visual-features-v1/1024"  # the demo's data stays readable
+    assert nova.model_id == f"local-visual-features-v1-as-{NOVA.model_id}/1024"
+    assert nova.image_rule == NOVA.images
+    a = np.stack([titan.embed(p) for p in pictures])
+    b = np.stack([nova.embed(p) for p in pictures])
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(a @ a.T, b @ b.T, rtol=1e-4, atol=1e-5)
