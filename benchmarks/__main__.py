@@ -13,6 +13,7 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.batch_reembedding import batch_reembedding
 from benchmarks.bedrock_scale import embedded_once, paced_to_quota
 from benchmarks.concurrent_backfill import backfill_runs_at_once
 from benchmarks.faults import faults_that_pass
@@ -41,6 +42,7 @@ BENCHMARKS = [
     ui_day_run,
     paced_to_quota,
     embedded_once,
+    batch_reembedding,
     comparables_price_error,
     similarity_index_at_1m,
     comparables_page,
