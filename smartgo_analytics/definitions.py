@@ -14,6 +14,7 @@ from dagster import (
 from smartgo_analytics.assets import price_bands, pricing_intelligence, quicksight, similarity
 from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.maintenance import iceberg_maintenance_job, iceberg_maintenance_schedule
+from smartgo_analytics.model_comparison import compare_models_job
 from smartgo_analytics.reembedding import reembed_history_job
 from smartgo_analytics.schedules import daily_analytics_job, daily_analytics_schedule
 from smartgo_analytics.sensors import (
@@ -50,7 +51,7 @@ stale_days_refresh = AutomationConditionSensorDefinition(
 
 defs = Definitions(
     assets=assets,
-    jobs=[daily_analytics_job, iceberg_maintenance_job, reembed_history_job],
+    jobs=[daily_analytics_job, iceberg_maintenance_job, reembed_history_job, compare_models_job],
     schedules=[daily_analytics_schedule, iceberg_maintenance_schedule],
     sensors=[
         stale_days_refresh,

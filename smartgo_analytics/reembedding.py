@@ -7,17 +7,26 @@ from datetime import UTC, date, datetime, timedelta
 from dagster import Config, Failure, OpExecutionContext, Output, job, op
 from pydantic import Field, field_validator
 
+from smartgo_analytics.core.models import model_named
+from smartgo_analytics.layout import index_space
 from smartgo_analytics.resources.bedrock_batch import BatchJobFailed, BedrockBatch
 from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.steps.reembedding import range_images, reembed
+from smartgo_analytics.steps.reembedding import range_images, reembed, shadow_index
 
 
 class ReembedConfig(Config):
     first_day: str = Field(description="the range's first day, YYYY-MM-DD")
     last_day: str = Field(description="its last day, YYYY-MM-DD (included)")
+    model: str = Field(
+        default="",
+        description="another model than EMBEDDING_MODEL, run in shadow: its vectors kept and "
+        "its own index built for the range, the table and the serving index left as they are "
+        "(empty: the configured model)",
+    )
+    dimension: int = Field(default=0, description="the other model's length (0: the configured)")
 
     @field_validator("first_day", "last_day")
     @classmethod
@@ -46,6 +55,10 @@ def reembed_images(
         raise ValueError("re-embedding keeps its vectors in IMAGE_VECTORS_TABLE: set it")
     start = datetime.combine(first, datetime.min.time(), UTC)
     images = range_images(iceberg, start, start + timedelta(days=(last - first).days + 1))
+    configured = (image_embedder.model_id, image_embedder.dimension)
+    if config.model or config.dimension:
+        image_embedder = other_embedder(image_embedder, config.model, config.dimension)
+    shadow = (image_embedder.model_id, image_embedder.dimension) != configured
 
     def progress(job: dict) -> None:
         context.log.info(
@@ -76,7 +89,32 @@ def reembed_images(
     family = getattr(image_embedder, "family", None)  # a Bedrock model's
     batch_price = family.batch_price_per_image if family else 0.0
     metadata = done.metadata(image_embedder.model_id, batch_price, image_embedder.price_per_image)
+    if shadow:
+        days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+        indexed = shadow_index(
+            iceberg,
+            object_store,
+            image_vectors,
+            image_embedder.model_id,
+            image_embedder.dimension,
+            days,
+        )
+        metadata["shadow_index_vectors"] = sum(indexed.values())
+        metadata["shadow_index_space"] = index_space(
+            image_embedder.model_id, image_embedder.dimension
+        )
+        context.log.info(f"{sum(indexed.values())} vectors in the shadow index of {len(days)} days")
     return Output(None, metadata=metadata)
+
+
+def other_embedder(embedder: ImageEmbedder, model: str, dimension: int) -> ImageEmbedder:
+    """The configured embedder's settings with another model and length (checked)."""
+    fields = {name: getattr(embedder, name) for name in type(embedder).model_fields}
+    field = "model" if "model" in fields else "stands_for"  # Bedrock's, or the local stand-in's
+    fields[field] = model or fields[field]
+    fields["dimension"] = dimension or embedder.dimension
+    model_named(fields[field]).check_dimension(fields["dimension"])
+    return type(embedder)(**fields)
 
 
 @job(

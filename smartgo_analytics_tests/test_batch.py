@@ -10,9 +10,11 @@ from dagster import DagsterInstance
 
 from smartgo_analytics.core.batch import read_answers, record_id, records_jsonl
 from smartgo_analytics.core.models.nova import MODEL as NOVA
+from smartgo_analytics.layout import index_space
 from smartgo_analytics.reembedding import reembed_history_job
 from smartgo_analytics.resources.bedrock_batch import BedrockBatch
 from smartgo_analytics.resources.embeddings import BedrockEmbedder
+from smartgo_analytics.similarity.reader import read_manifest
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.conftest import insert_products, sale
 from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources, run
@@ -106,10 +108,9 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
 
     instance = DagsterInstance.ephemeral()
 
-    def reembed(res, raise_on_error=True):
-        config = {
-            "ops": {"reembed_images": {"config": {"first_day": DAYS[0], "last_day": DAYS[1]}}}
-        }
+    def reembed(res, raise_on_error=True, **other):
+        asked = {"first_day": DAYS[0], "last_day": DAYS[1], **other}
+        config = {"ops": {"reembed_images": {"config": asked}}}
         return reembed_history_job.execute_in_process(
             run_config=config, resources=res, raise_on_error=raise_on_error, instance=instance
         )
@@ -161,10 +162,24 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
     reason = failure.step_failure_data.user_failure_data.description
     assert "batch job smartgo-reembed-2025-10-27-2025-10-28-" in reason
     assert "failed: Model access is denied" in reason
-    # Fewer images than the threshold: on demand, one call an image.
+    # Another model's length in shadow, and fewer images than the threshold: on demand, one call
+    # an image; that model's own index is built for the range from the table's rows and the kept
+    # vectors, and the table and the serving index are left as they were.
     bedrock_calls.reset()
-    small = reembed(with_model(256, min_images=100))
+    store = titan["object_store"]
+    serving = index_space(servers.NOVA, 1024)
+    before = {day: day_rows(titan, day) for day in DAYS}
+    served = read_manifest(store, serving, "batch-a")
+    shadow = with_model(1024, min_images=100)
+    small = reembed(shadow, model=servers.NOVA, dimension=256)
     (event,) = [e for e in small.all_events if e.event_type_value == "STEP_OUTPUT"]
-    assert event.event_specific_data.metadata["embedded_on_demand"].value == 8
-    assert event.event_specific_data.metadata["batch_job"].value == "none"
+    figures = {k: v.value for k, v in event.event_specific_data.metadata.items()}
+    assert figures["embedded_on_demand"] == 8 and figures["batch_job"] == "none"
+    assert figures["shadow_index_vectors"] == 8
+    assert figures["shadow_index_space"] == index_space(servers.NOVA, 256)
     assert bedrock_calls.calls == 8
+    assert {day: day_rows(titan, day) for day in DAYS} == before
+    assert read_manifest(store, serving, "batch-a") == served
+    shadowed = read_manifest(store, figures["shadow_index_space"], "batch-a")
+    assert shadowed.model == servers.NOVA and shadowed.dimension == 256
+    assert shadowed.days() == {DAYS[0]: 4, DAYS[1]: 4}

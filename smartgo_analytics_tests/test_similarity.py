@@ -423,3 +423,33 @@ def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
         }
         manifest = read_manifest(store, space, tenant)
         assert manifest is not None and manifest.model == model and manifest.space == space
+
+    # The comparison before a switch: both models over both days, the second held out. The double's
+    # Nova is Titan's vectors in another basis: the same neighbours, the same prices.
+    from smartgo_analytics.model_comparison import compare_models_job
+
+    day(titan, days[1])
+    assert bedrock_calls.calls == calls  # the day's pictures' Titan vectors are kept
+    held_out = {"held_out_first_day": days[1], "held_out_last_day": days[1]}
+
+    def compare(**config):
+        return compare_models_job.execute_in_process(
+            run_config={"ops": {"compare_models": {"config": {**held_out, **config}}}},
+            resources=titan,
+            raise_on_error=False,
+        )
+
+    compared = compare(other_model=servers.NOVA)
+    assert compared.success
+    (event,) = [e for e in compared.all_events if e.event_type_value == "STEP_OUTPUT"]
+    figures = {k: v.value for k, v in event.event_specific_data.metadata.items()}
+    assert figures["tenants"] == 1 and figures["products_compared"] == 18
+    assert figures["neighbour_agreement"] == 1.0 and figures["held_out_sales_priced"] == 9
+    assert figures["price_error_other"] == figures["price_error_current"] is not None
+    assert figures["other_prices_no_worse"] is True
+    observed = [e for e in compared.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert len(observed) == 1
+    failed = compare(other_model=servers.NOVA, other_dimension=384)  # no such index
+    (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    reason = failure.step_failure_data.user_failure_data.description
+    assert "backfill the other model over those days" in reason

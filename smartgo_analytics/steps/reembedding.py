@@ -9,10 +9,11 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from smartgo_analytics.core.batch import record_id, records_jsonl
@@ -23,6 +24,7 @@ from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import EmbeddingError
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
+from smartgo_analytics.similarity.store import READ_COLUMNS, commit_tenants, spool_day
 
 
 @dataclass
@@ -130,3 +132,46 @@ def reembed(
     done.failed_in_batch = len(again)
     vectors.store(model_id, dimension, on_demand(again))
     return done
+
+
+def with_kept_vectors(batch: pa.RecordBatch, vectors: ImageVectors, model_id: str, dimension: int):
+    """The table's rows with the model's vectors of their images from the cache in place of their
+    own (a row whose image has none there: no vector)."""
+    shas = batch.column("image_sha256").to_pylist()
+    found = vectors.vectors(model_id, dimension, [sha for sha in shas if sha])
+    kept = [found.get(sha) if sha else None for sha in shas]
+    column = pa.array([None if v is None else v.tolist() for v in kept], pa.list_(pa.float32()))
+    models = pa.array([None if v is None else model_id for v in kept], pa.string())
+    names = batch.schema.names
+    arrays = [
+        column
+        if name == "embedding_vector"
+        else models
+        if name == "embedding_model"
+        else batch.column(name)
+        for name in names
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def shadow_index(
+    iceberg: IcebergCatalog,
+    store: ObjectStore,
+    vectors: ImageVectors,
+    model_id: str,
+    dimension: int,
+    days: list[date],
+) -> dict[str, int]:
+    """Each day of the range put in the model's own index from the table's rows and the cache's
+    vectors, the table and the configured model's index left as they are: the other model can be
+    compared (`compare_models_job`) while the configured one serves. The vectors indexed a day."""
+    indexed = {}
+    for day in days:
+        start = datetime.combine(day, datetime.min.time(), UTC)
+        with tempfile.TemporaryDirectory(prefix="smartgo-shadow-") as directory:
+            batches = iceberg.scan_day_files(start, start + timedelta(days=1), READ_COLUMNS)
+            shadowed = (with_kept_vectors(b, vectors, model_id, dimension) for b in batches)
+            spooled = spool_day(shadowed, dimension, model_id, Path(directory))
+            commit_tenants(store, spooled, dimension, model_id, day, Path(directory))
+        indexed[day.isoformat()] = spooled.vectors
+    return indexed
