@@ -847,6 +847,8 @@ class BatchState:
 
     def _run(self, job: dict, failure: str | None) -> None:
         time.sleep(self.seconds / 2)
+        if job["status"] == "Stopped":
+            return
         job["status"] = "InProgress"
         if failure:
             time.sleep(self.seconds / 2)

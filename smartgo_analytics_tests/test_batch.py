@@ -3,6 +3,8 @@ reads and writes the real files on moto's S3."""
 
 import hashlib
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +185,29 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
     shadowed = read_manifest(store, figures["shadow_index_space"], "batch-a")
     assert shadowed.model == servers.NOVA and shadowed.dimension == 256
     assert shadowed.days() == {DAYS[0]: 4, DAYS[1]: 4}
+
+
+def test_a_wait_that_is_interrupted_stops_the_job(stack, s3_bucket, control_plane, batch_state):
+    from smartgo_analytics.resources.object_store import S3ObjectStore
+
+    store = S3ObjectStore(
+        bucket=s3_bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
+    )
+    batch = BedrockBatch(
+        endpoint_url=control_plane, region_name="us-east-1", role_arn=ROLE, poll_s=0.05
+    )
+    batch_state.seconds = 30.0  # long enough to be running when the run is terminated
+    try:
+        records = records_jsonl([(record_id(1), NOVA.body(servers.png((1, 2, 3)), 256))])
+        with tempfile.TemporaryDirectory() as directory:
+            (Path(directory) / "records.jsonl").write_bytes(records)
+            job = batch.submit(store, NOVA, "interrupted", Path(directory) / "records.jsonl")
+
+        def terminated(described: dict) -> None:
+            raise KeyboardInterrupt  # what Dagster's termination raises in the step, in kind
+
+        with pytest.raises(KeyboardInterrupt):
+            batch.wait(job, terminated)
+        assert batch_state.jobs[job.arn.rsplit("/", 1)[1]]["status"] == "Stopped"
+    finally:
+        batch_state.reset()

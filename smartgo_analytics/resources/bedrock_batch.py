@@ -3,6 +3,7 @@ role, polled until it ends, and its answers read back."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ class BedrockBatch(AwsResource):
 
     def wait(self, job: BatchJob, progress: Callable[[dict], None], sleep=time.sleep) -> dict:
         """Poll the job until it ends, `progress` told of every look; its last description, or
-        BatchJobFailed naming the job, its status and Bedrock's message."""
+        BatchJobFailed naming the job, its status and Bedrock's message. A wait that ends
+        otherwise (the run terminated, the control plane refusing) stops the job."""
         client = self.boto3_client("bedrock")
 
         def look() -> dict | None:
@@ -92,7 +94,13 @@ class BedrockBatch(AwsResource):
                 )
             return described if status in FINISHED else None
 
-        return poll(look, self.poll_s, sleep)
+        try:
+            return poll(look, self.poll_s, sleep)
+        except BaseException as error:  # the run was stopped, or could not look: stop paying
+            if not isinstance(error, BatchJobFailed):
+                with contextlib.suppress(Exception):
+                    client.stop_model_invocation_job(jobIdentifier=job.arn)
+            raise
 
     def answers(
         self, store: ObjectStore, job: BatchJob, model: EmbeddingModel, dimension: int
