@@ -11,7 +11,10 @@ BEDROCK = "bedrock"  # embedding steps in flight across runs
 # another anyway, under a pool left at the default limit, builds its update again: see
 # similarity/store.commit_day.)
 SIMILARITY_INDEX = "similarity_index"
-POOL_LIMITS = {SIMILARITY_INDEX: 1}
+# One re-embedding at a time: two runs over the same range would pay two batch jobs for the same
+# vectors.
+REEMBEDDING = "reembedding"
+POOL_LIMITS = {SIMILARITY_INDEX: 1, REEMBEDDING: 1}
 
 
 def set_pool_limits(instance) -> None:

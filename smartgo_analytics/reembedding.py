@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from dagster import Config, Failure, OpExecutionContext, Output, job, op
 from pydantic import Field, field_validator
 
+from smartgo_analytics import pools
 from smartgo_analytics.core.models import model_named
 from smartgo_analytics.layout import index_space
 from smartgo_analytics.resources.bedrock_batch import BatchJobFailed, BedrockBatch
@@ -36,8 +37,9 @@ class ReembedConfig(Config):
 
 
 @op(
+    pool=pools.REEMBEDDING,
     description="Embed the range's images that the image-vector cache lacks for the configured "
-    "model: by Bedrock batch inference from BEDROCK_BATCH_MIN_IMAGES images, on demand below"
+    "model: by Bedrock batch inference from BEDROCK_BATCH_MIN_IMAGES images, on demand below",
 )
 def reembed_images(
     context: OpExecutionContext,
