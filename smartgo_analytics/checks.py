@@ -80,6 +80,42 @@ embeddings_look_right = AssetCheckSpec(
 )
 
 
+shadow_model_no_worse = AssetCheckSpec(
+    "shadow_model_no_worse",
+    asset="similarity_index",
+    partitions_def=daily_partitions,
+    description="With SHADOW_EMBEDDING_MODEL set: the shadow model's comparables price the day's "
+    "sales no worse than the serving model's (WARN); without one, passed and says so",
+)
+
+
+def shadow_result(figures: dict | None, tolerance: float) -> AssetCheckResult:
+    if figures is None:
+        return AssetCheckResult(
+            check_name=shadow_model_no_worse.name,
+            asset_key=shadow_model_no_worse.asset_key,
+            passed=True,
+            description="no shadow model (SHADOW_EMBEDDING_MODEL is not set)",
+        )
+    mine, theirs = figures["price_error_current"], figures["price_error_other"]
+    priced = mine is not None and theirs is not None
+    passed = not priced or theirs <= mine * tolerance
+    return AssetCheckResult(
+        check_name=shadow_model_no_worse.name,
+        asset_key=shadow_model_no_worse.asset_key,
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"price error {theirs:.1%} (shadow) against {mine:.1%} (serving) over "
+            f"{figures['held_out_sales_priced']} sales; neighbour agreement "
+            f"{figures['neighbour_agreement']}"
+            if priced
+            else "no sale of the day had earlier sales in both indexes to be priced from"
+        ),
+        metadata={k: v for k, v in figures.items() if v is not None},
+    )
+
+
 def index_result(differences: list[str], day_vectors: int, tenants: int) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=index_matches_table.name,

@@ -23,9 +23,7 @@ from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.object_store import ObjectStore
 from smartgo_analytics.similarity.compare import Comparison, compare_tenant
 from smartgo_analytics.similarity.reader import IndexReader
-
-# The other model is "no worse" when its price error is at most this much above the current one's.
-PRICE_ERROR_TOLERANCE = 1.05
+from smartgo_analytics.steps.reembedding import SHADOW_PRICE_ERROR_TOLERANCE
 
 
 class CompareConfig(Config):
@@ -74,7 +72,8 @@ def compare_models(
             allow_retries=False,
         )
     no_worse = (
-        figures["price_error_other"] <= figures["price_error_current"] * PRICE_ERROR_TOLERANCE
+        figures["price_error_other"]
+        <= figures["price_error_current"] * SHADOW_PRICE_ERROR_TOLERANCE
     )
     metadata = {
         **figures,

@@ -8,14 +8,18 @@ from dagster import Config, Failure, OpExecutionContext, Output, job, op
 from pydantic import Field, field_validator
 
 from smartgo_analytics import pools
-from smartgo_analytics.core.models import model_named
 from smartgo_analytics.layout import index_space
 from smartgo_analytics.resources.bedrock_batch import BatchJobFailed, BedrockBatch
 from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
-from smartgo_analytics.steps.reembedding import range_images, reembed, shadow_index
+from smartgo_analytics.steps.reembedding import (
+    other_embedder,
+    range_images,
+    reembed,
+    shadow_index,
+)
 
 
 class ReembedConfig(Config):
@@ -107,16 +111,6 @@ def reembed_images(
         )
         context.log.info(f"{sum(indexed.values())} vectors in the shadow index of {len(days)} days")
     return Output(None, metadata=metadata)
-
-
-def other_embedder(embedder: ImageEmbedder, model: str, dimension: int) -> ImageEmbedder:
-    """The configured embedder's settings with another model and length (checked)."""
-    fields = {name: getattr(embedder, name) for name in type(embedder).model_fields}
-    field = "model" if "model" in fields else "stands_for"  # Bedrock's, or the local stand-in's
-    fields[field] = model or fields[field]
-    fields["dimension"] = dimension or embedder.dimension
-    model_named(fields[field]).check_dimension(fields["dimension"])
-    return type(embedder)(**fields)
 
 
 @job(

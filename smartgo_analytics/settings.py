@@ -95,6 +95,8 @@ class Settings:
     embedding_price_per_image: float | None = None
     bedrock_batch_role_arn: str | None = None
     bedrock_batch_min_images: int = 1000
+    shadow_embedding_model: str = ""  # "": none
+    shadow_embedding_dimension: int = 0
     iceberg_properties: dict[str, str] = field(default_factory=dict)
     slack_webhook_set: bool = False
     sns_topic_arn: str | None = None
@@ -266,6 +268,13 @@ def settings() -> Settings:
         model.check_dimension(dimension)
     except ValueError as error:
         raise ConfigurationError(f"EMBEDDING_DIMENSION={dimension}: {error}") from None
+    shadow = os.environ.get("SHADOW_EMBEDDING_MODEL") or ""
+    shadow_dimension = _int("SHADOW_EMBEDDING_DIMENSION", dimension)
+    if shadow:
+        try:
+            model_named(shadow).check_dimension(shadow_dimension)
+        except ValueError as error:
+            raise ConfigurationError(f"SHADOW_EMBEDDING_MODEL: {error}") from None
     price = _float("EMBEDDING_PRICE_PER_IMAGE", -1.0)
     if price != -1.0 and not (math.isfinite(price) and price >= 0):
         raise ConfigurationError(f"EMBEDDING_PRICE_PER_IMAGE={price} must be 0 or more (USD)")
@@ -307,6 +316,8 @@ def settings() -> Settings:
         embedding_price_per_image=None if price == -1.0 else price,
         bedrock_batch_role_arn=os.environ.get("BEDROCK_BATCH_ROLE_ARN") or None,
         bedrock_batch_min_images=_int("BEDROCK_BATCH_MIN_IMAGES", 1000, minimum=100),
+        shadow_embedding_model=shadow,
+        shadow_embedding_dimension=shadow_dimension,
         image_url_allowlist=_list("IMAGE_URL_ALLOWLIST"),
         download_concurrency=_int("IMAGE_DOWNLOAD_CONCURRENCY", 32),
         # A worker's threads mostly wait on the network, and only one of them runs Python at a time:

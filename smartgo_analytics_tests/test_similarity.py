@@ -453,3 +453,48 @@ def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
     (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
     reason = failure.step_failure_data.user_failure_data.description
     assert "backfill the other model over those days" in reason
+
+
+def test_a_shadow_model_embeds_each_day_into_its_own_index_and_is_compared_in_a_check(
+    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
+):
+    tenant, days = "shadow-a", ("2025-08-25", "2025-08-26")
+    urls = pictures(cdn_state, cdn, "shadow")
+    insert_products(
+        stack.postgres_uri,
+        [*day_sales(tenant, days[0], urls, 9, "SH"), *day_sales(tenant, days[1], urls, 9, "SH")],
+    )
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    shadowed = {**RUN_CONFIG["ops"], "similarity_index": {"config": {"shadow_model": servers.NOVA}}}
+    results = [
+        materialize(ASSETS, resources=res, partition_key=day, run_config={"ops": shadowed})
+        for day in days
+    ]
+    assert all(result.success for result in results)
+    # The serving model's rows and index as they would be without a shadow; the shadow's own index.
+    for day in days:
+        assert {r["embedding_model"] for r in day_rows(res, day).values()} == {servers.TITAN}
+    store = res["object_store"]
+    assert load_manifest(store, tenant, 1024, servers.TITAN).days() == {days[0]: 9, days[1]: 9}
+    assert load_manifest(store, tenant, 1024, servers.NOVA).days() == {days[0]: 9, days[1]: 9}
+    assert set(bedrock_calls.models) == {servers.TITAN, servers.NOVA}
+    # The second day, priced from the first by each model: the double's Nova has Titan's
+    # neighbours, so the shadow is no worse; the check and the metadata say so.
+    (check,) = [
+        e
+        for e in results[1].get_asset_check_evaluations()
+        if e.check_name == "shadow_model_no_worse"
+    ]
+    assert check.passed
+    figures = {k: v.value for k, v in check.metadata.items()}
+    assert figures["neighbour_agreement"] == 1.0 and figures["held_out_sales_priced"] == 9
+    assert figures["price_error_other"] == figures["price_error_current"]
+    index = results[1].asset_materializations_for_node("similarity_index")[0].metadata
+    assert index["shadow_model"].value == servers.NOVA
+    assert index["shadow_index_space"].value == "amazon.nova-2-multimodal-embeddings-v1-0.1024d"
+    # Without a shadow model the check says there is none.
+    plain = materialize(ASSETS, resources=res, partition_key=days[1], run_config=RUN_CONFIG)
+    (check,) = [
+        e for e in plain.get_asset_check_evaluations() if e.check_name == "shadow_model_no_worse"
+    ]
+    assert check.passed and "no shadow model" in check.description

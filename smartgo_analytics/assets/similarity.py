@@ -15,6 +15,7 @@ from smartgo_analytics.assets.policies import (
 from smartgo_analytics.assets.pricing_intelligence import smartgo_sales_iceberg
 from smartgo_analytics.layout import index_space, similarity_space_prefix
 from smartgo_analytics.partitions import daily_partitions
+from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import ImageEmbedder
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
@@ -27,6 +28,12 @@ from smartgo_analytics.similarity.store import (
     index_metadata,
     measure_tenants,
     spool_day,
+)
+from smartgo_analytics.steps.reembedding import (
+    SHADOW_PRICE_ERROR_TOLERANCE,
+    IndexConfig,
+    other_embedder,
+    shadow_day,
 )
 
 INDEX = "similarity_index"
@@ -58,17 +65,23 @@ QUALITY = "embedding_quality"
     partitions_def=daily_partitions,
     retry_policy=IO_RETRY,
     pool=pools.SIMILARITY_INDEX,
-    check_specs=[checks.index_matches_table, checks.embeddings_look_right],
+    check_specs=[
+        checks.index_matches_table,
+        checks.embeddings_look_right,
+        checks.shadow_model_no_worse,
+    ],
 )
 def similarity_index(
     context: AssetExecutionContext,
+    config: IndexConfig,
     iceberg: IcebergCatalog,
     object_store: ObjectStore,
     image_embedder: ImageEmbedder,
+    image_vectors: ImageVectors,
 ):
     """Put the day's vectors in each tenant's index in place of those it held for the day, then
-    measure them against the trailing 30 days."""
-    config = settings()
+    measure them against the trailing 30 days; with a shadow model, embed the day by it too, into
+    its own index, and compare the two on the day's sales."""
     model, dimension = image_embedder.model_id, image_embedder.dimension
     day = context.partition_time_window.start.date()
     start, end = context.partition_time_window.start, context.partition_time_window.end
@@ -91,8 +104,23 @@ def similarity_index(
         f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
         f"tenant(s) indexed; the index holds {metadata['index_vectors']} in all"
     )
+    shadowed = None
+    if config.shadow_model:
+        shadow = other_embedder(image_embedder, config.shadow_model, config.shadow_dimension)
+        done, shadowed = shadow_day(iceberg, object_store, image_vectors, shadow, manifests, day)
+        metadata |= {
+            k if k.startswith("shadow_") else f"shadow_{k}": v
+            for k, v in shadowed.items()
+            if v is not None
+        }
+        metadata["shadow_embedding_calls"] = done.on_demand
+        context.log.info(
+            f"{context.partition_key}: shadow {config.shadow_model}: {done.on_demand} embedded, "
+            f"price error {shadowed['price_error_other']} against {shadowed['price_error_current']}"
+        )
     yield MaterializeResult(asset_key=INDEX, metadata=metadata)
     yield checks.index_result(differences, spooled.vectors, len(manifests))
-    thresholds = config.embedding_quality
+    yield checks.shadow_result(shadowed, SHADOW_PRICE_ERROR_TOLERANCE)
+    thresholds = settings().embedding_quality
     yield MaterializeResult(asset_key=QUALITY, metadata=quality.metadata())
     yield checks.quality_result(quality.problems(thresholds), quality.metadata(), thresholds)

@@ -15,15 +15,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from dagster import Config
+from pydantic import Field
 
 from smartgo_analytics.core.batch import record_id, records_jsonl
 from smartgo_analytics.core.imaging import BadImage, prepare_for
+from smartgo_analytics.core.models import model_named
 from smartgo_analytics.core.models.base import EmbeddingModel
+from smartgo_analytics.layout import index_space
 from smartgo_analytics.resources.bedrock_batch import BedrockBatch
 from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import EmbeddingError
 from smartgo_analytics.resources.iceberg import IcebergCatalog
 from smartgo_analytics.resources.object_store import ObjectStore
+from smartgo_analytics.settings import settings
+from smartgo_analytics.similarity.compare import Comparison, compare_tenant
+from smartgo_analytics.similarity.manifest import Manifest
+from smartgo_analytics.similarity.reader import IndexReader
 from smartgo_analytics.similarity.store import READ_COLUMNS, commit_tenants, spool_day
 
 
@@ -70,12 +78,13 @@ def reembed(
     store: ObjectStore,
     embedder,
     vectors: ImageVectors,
-    batch: BedrockBatch,
+    batch: BedrockBatch | None,
     min_batch: int,
     name: str,
     progress: Callable[[dict], None],
 ) -> Reembedded:
-    """Vectors of `embedder`'s model and length for the images the cache lacks, kept in it."""
+    """Vectors of `embedder`'s model and length for the images the cache lacks, kept in it (on
+    demand without a `batch`)."""
     model_id, dimension = embedder.model_id, embedder.dimension
     done = Reembedded(images=len(images))
     kept = vectors.known(model_id, dimension, list(images))
@@ -101,7 +110,7 @@ def reembed(
         done.on_demand += len(found)
         return found
 
-    if len(wanted) < min_batch:
+    if batch is None or len(wanted) < min_batch:
         vectors.store(model_id, dimension, on_demand(list(wanted)))
         return done
     batch.require(store)
@@ -175,3 +184,64 @@ def shadow_index(
             commit_tenants(store, spooled, dimension, model_id, day, Path(directory))
         indexed[day.isoformat()] = spooled.vectors
     return indexed
+
+
+def shadow_day(
+    iceberg: IcebergCatalog,
+    store: ObjectStore,
+    vectors: ImageVectors,
+    shadow,
+    serving: dict[str, Manifest],
+    day: date,
+) -> tuple[Reembedded, dict]:
+    """The day embedded by the shadow model too (on demand, as the daily run is), put in its own
+    index, and the two indexes compared on the day's sales (`similarity/compare.py`, the day held
+    out): what was embedded, and the comparison's figures."""
+    if not vectors.table_name:
+        raise ValueError("a shadow model keeps its vectors in IMAGE_VECTORS_TABLE: set it")
+    start = datetime.combine(day, datetime.min.time(), UTC)
+    images = range_images(iceberg, start, start + timedelta(days=1))
+    done = reembed(images, store, shadow, vectors, None, 0, "", lambda _: None)
+    shadow_index(iceberg, store, vectors, shadow.model_id, shadow.dimension, [day])
+    space = index_space(shadow.model_id, shadow.dimension)
+    comparison = Comparison()
+    readers = IndexReader(store), IndexReader(store, space=space)
+    try:
+        for tenant, manifest in serving.items():
+            theirs = readers[1].manifest(tenant)
+            if theirs is not None and manifest.count and theirs.count:
+                both = readers[0].open(manifest), readers[1].open(theirs)
+                comparison.add(compare_tenant(*both, {day.isoformat()}))
+    finally:
+        for reader in readers:
+            reader.close()
+    return done, comparison.figures() | {
+        "shadow_model": shadow.model_id,
+        "shadow_index_space": space,
+    }
+
+
+def other_embedder(embedder, model: str, dimension: int):
+    """The configured embedder's settings with another model and length (checked)."""
+    fields = {name: getattr(embedder, name) for name in type(embedder).model_fields}
+    field = "model" if "model" in fields else "stands_for"  # Bedrock's, or the local stand-in's
+    fields[field] = model or fields[field]
+    fields["dimension"] = dimension or embedder.dimension
+    model_named(fields[field]).check_dimension(fields["dimension"])
+    return type(embedder)(**fields)
+
+
+# The shadow model is "no worse" when its price error is at most this much above the serving one's.
+SHADOW_PRICE_ERROR_TOLERANCE = 1.05
+
+
+class IndexConfig(Config):
+    shadow_model: str = Field(
+        default_factory=lambda: settings().shadow_embedding_model,
+        description="a model run in shadow (SHADOW_EMBEDDING_MODEL): the day embedded by it too, "
+        "into its own index, and compared with the serving model's ('' for none)",
+    )
+    shadow_dimension: int = Field(
+        default_factory=lambda: settings().shadow_embedding_dimension,
+        description="its vectors' length",
+    )
