@@ -112,6 +112,17 @@ def similarity_spaces(keys: Iterable[str]) -> list[str]:
     return sorted({parts[1] for parts in _manifest_keys(keys)})
 
 
+def legacy_index_tenants(store) -> list[str]:
+    """Tenants with an index in the layout before one index a model
+    (`similarity_index/<tenant>/manifest.json`), which nothing reads any more."""
+    keys = store.list_keys(f"{SIMILARITY_PREFIX}/")
+    return sorted(
+        parts[1]
+        for parts in (key.split("/") for key in keys)
+        if len(parts) == 3 and parts[2] == "manifest.json"
+    )
+
+
 def _manifest_keys(keys: Iterable[str]) -> list[list[str]]:
     parts = (key.split("/") for key in keys)
     return [

@@ -465,6 +465,8 @@ def test_a_shadow_model_embeds_each_day_into_its_own_index_and_is_compared_in_a_
         [*day_sales(tenant, days[0], urls, 9, "SH"), *day_sales(tenant, days[1], urls, 9, "SH")],
     )
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    # An index in the layout before one index a model: named, no longer read.
+    res["object_store"].put_bytes(f"{SIMILARITY_PREFIX}/{tenant}/manifest.json", b"{}")
     shadowed = {**RUN_CONFIG["ops"], "similarity_index": {"config": {"shadow_model": servers.NOVA}}}
     results = [
         materialize(ASSETS, resources=res, partition_key=day, run_config={"ops": shadowed})
@@ -490,7 +492,8 @@ def test_a_shadow_model_embeds_each_day_into_its_own_index_and_is_compared_in_a_
     assert figures["neighbour_agreement"] == 1.0 and figures["held_out_sales_priced"] == 9
     assert figures["price_error_other"] == figures["price_error_current"]
     index = results[1].asset_materializations_for_node("similarity_index")[0].metadata
-    assert index["shadow_model"].value == servers.NOVA
+    assert index["shadow_model"].value == servers.NOVA and index["legacy_index_tenants"].value == 1
+    assert index["shadow_embedding_calls"].value == 0  # the first day's pictures, kept
     assert index["shadow_index_space"].value == "amazon.nova-2-multimodal-embeddings-v1-0.1024d"
     # Without a shadow model the check says there is none.
     plain = materialize(ASSETS, resources=res, partition_key=days[1], run_config=RUN_CONFIG)

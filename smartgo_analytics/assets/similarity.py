@@ -32,8 +32,10 @@ from smartgo_analytics.similarity.store import (
 from smartgo_analytics.steps.reembedding import (
     SHADOW_PRICE_ERROR_TOLERANCE,
     IndexConfig,
+    legacy_layout,
     other_embedder,
     shadow_day,
+    shadow_metadata,
 )
 
 INDEX = "similarity_index"
@@ -100,6 +102,8 @@ def similarity_index(
     space = index_space(model, dimension)
     metadata = index_metadata(spooled, manifests, object_store.uri(similarity_space_prefix(space)))
     metadata |= {"embedding_model": model, "index_space": space}
+    for line in legacy_layout(object_store, space, metadata):
+        context.log.warning(line)
     context.log.info(
         f"{context.partition_key}: {spooled.vectors} vectors of {len(spooled.spools)} "
         f"tenant(s) indexed; the index holds {metadata['index_vectors']} in all"
@@ -107,20 +111,14 @@ def similarity_index(
     shadowed = None
     if config.shadow_model:
         shadow = other_embedder(image_embedder, config.shadow_model, config.shadow_dimension)
-        done, shadowed = shadow_day(iceberg, object_store, image_vectors, shadow, manifests, day)
-        metadata |= {
-            k if k.startswith("shadow_") else f"shadow_{k}": v
-            for k, v in shadowed.items()
-            if v is not None
-        }
-        metadata["shadow_embedding_calls"] = done.on_demand
-        context.log.info(
-            f"{context.partition_key}: shadow {config.shadow_model}: {done.on_demand} embedded, "
-            f"price error {shadowed['price_error_other']} against {shadowed['price_error_current']}"
-        )
+        shadowed = shadow_day(iceberg, object_store, image_vectors, shadow, manifests, day)
+        metadata |= shadow_metadata(shadowed)
     yield MaterializeResult(asset_key=INDEX, metadata=metadata)
     yield checks.index_result(differences, spooled.vectors, len(manifests))
     yield checks.shadow_result(shadowed, SHADOW_PRICE_ERROR_TOLERANCE)
     thresholds = settings().embedding_quality
-    yield MaterializeResult(asset_key=QUALITY, metadata=quality.metadata())
+    yield MaterializeResult(
+        asset_key=QUALITY,
+        metadata=quality.metadata() | {"embedding_model": model, "index_space": space},
+    )
     yield checks.quality_result(quality.problems(thresholds), quality.metadata(), thresholds)

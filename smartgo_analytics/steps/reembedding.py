@@ -22,7 +22,7 @@ from smartgo_analytics.core.batch import record_id, records_jsonl
 from smartgo_analytics.core.imaging import BadImage, prepare_for
 from smartgo_analytics.core.models import model_named
 from smartgo_analytics.core.models.base import EmbeddingModel
-from smartgo_analytics.layout import index_space
+from smartgo_analytics.layout import index_space, legacy_index_tenants
 from smartgo_analytics.resources.bedrock_batch import BedrockBatch
 from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import EmbeddingError
@@ -193,10 +193,10 @@ def shadow_day(
     shadow,
     serving: dict[str, Manifest],
     day: date,
-) -> tuple[Reembedded, dict]:
+) -> dict:
     """The day embedded by the shadow model too (on demand, as the daily run is), put in its own
     index, and the two indexes compared on the day's sales (`similarity/compare.py`, the day held
-    out): what was embedded, and the comparison's figures."""
+    out): the comparison's figures and what was embedded."""
     if not vectors.table_name:
         raise ValueError("a shadow model keeps its vectors in IMAGE_VECTORS_TABLE: set it")
     start = datetime.combine(day, datetime.min.time(), UTC)
@@ -215,10 +215,35 @@ def shadow_day(
     finally:
         for reader in readers:
             reader.close()
-    return done, comparison.figures() | {
+    return comparison.figures() | {
         "shadow_model": shadow.model_id,
         "shadow_index_space": space,
+        "shadow_embedding_calls": done.on_demand,
     }
+
+
+def shadow_metadata(figures: dict) -> dict:
+    """The shadow's figures as the index step's metadata: each named `shadow_…`."""
+    return {
+        name if name.startswith("shadow_") else f"shadow_{name}": value
+        for name, value in figures.items()
+        if value is not None
+    }
+
+
+def legacy_layout(store: ObjectStore, space: str, metadata: dict) -> list[str]:
+    """A warning for indexes in the layout before one index a model (nothing reads them), counted
+    in `metadata`; none when there are none."""
+    legacy = legacy_index_tenants(store)
+    if not legacy:
+        return []
+    metadata["legacy_index_tenants"] = len(legacy)
+    return [
+        f"{len(legacy)} tenant(s) have an index in the layout before one index a model "
+        f"(similarity_index/<tenant>/: {', '.join(legacy[:5])}): it is no longer read. "
+        "Materialise similarity_index alone over the history to build it again under "
+        f"{space}/ (from the table's vectors, no Bedrock call), then delete it"
+    ]
 
 
 def other_embedder(embedder, model: str, dimension: int):
