@@ -29,6 +29,14 @@ class DeploymentResources(dict):
         return self[name]
 
 
+def embedder_space(resources) -> str:
+    """The index questions are asked of: the resources' embedder's model and length (the
+    deployment's embedder when they name none, as for questions by product id)."""
+    has = "image_embedder" in resources
+    embedder = (resources if has else DeploymentResources())["image_embedder"]
+    return index_space(embedder.model_id, embedder.dimension)
+
+
 class Source:
     """Where a question is answered from: the index (`reader`; the embedder's model's and length's),
     the embedder and the fetcher
@@ -49,11 +57,10 @@ class Source:
         if reader is None:
             store = this_deployment().lake_files() if resources is None else None
             store = store or self.resources["object_store"]
-            embedder = self.resources["image_embedder"]
             reader = IndexReader(
                 store,
                 None if isinstance(store, LakeDirectory) else cache_dir,
-                index_space(embedder.model_id, embedder.dimension),
+                lambda: embedder_space(self.resources),
             )
         self.reader = reader
         self.why_no_vector = why_no_vector or self._from_the_table

@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from smartgo_analytics.layout import (
@@ -57,12 +58,20 @@ class IndexReader:
     copies kept in `cache_dir` when given (segments are written once under new names, so a cached
     copy stays right), else fetched for the reader's life. `close()` lets them go."""
 
-    def __init__(self, store, cache_dir: Path | None = None, space: str = ""):
+    def __init__(self, store, cache_dir: Path | None = None, space: str | Callable[[], str] = ""):
         self.store = store
         self.cache_dir = cache_dir
-        self.space = space  # the model and length whose indexes `tenants` and `manifest` read
+        # The model and length whose indexes `tenants` and `manifest` read; a callable is asked
+        # at the first of them (an embedder built only when a question needs it).
+        self._space = space
         self._released: list[Path] = []
         self._opened: list[TenantIndex] = []
+
+    @property
+    def space(self) -> str:
+        if callable(self._space):
+            self._space = self._space()
+        return self._space
 
     def tenants(self) -> list[str]:
         return indexed_tenants(self.store, self.space)
@@ -107,7 +116,7 @@ class KeptIndexReader(IndexReader):
     tenant's index is opened again only when its manifest names other segments (segments are
     written once, under new names). `close_all()` at the end."""
 
-    def __init__(self, store, cache_dir: Path | None = None, space: str = ""):
+    def __init__(self, store, cache_dir: Path | None = None, space: str | Callable[[], str] = ""):
         super().__init__(store, cache_dir, space)
         self._kept: dict[str, tuple[tuple[str, ...], TenantIndex]] = {}
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ from smartgo_analytics.comparables import (
     UnusableImage,
     comparables,
 )
+from smartgo_analytics.comparables.search import embedder_space
 from smartgo_analytics.deployment import this_deployment
 from smartgo_analytics.lake import KeptCatalog, no_vector_reason
 from smartgo_analytics.lake_directory import LakeDirectory
@@ -24,7 +25,6 @@ from smartgo_analytics.layout import (
     IMAGE_PREFIX,
     UnsafeKey,
     check_key,
-    index_space,
     product_images_prefix,
 )
 from smartgo_analytics.local.stack import StackError
@@ -75,10 +75,7 @@ class Answers:
             store = this_deployment().lake_files() or resources["object_store"]
         self.store = store
         cache = None if isinstance(store, LakeDirectory) else cache_dir
-        embedder = resources["image_embedder"]
-        self.reader = KeptIndexReader(
-            store, cache, index_space(embedder.model_id, embedder.dimension)
-        )
+        self.reader = KeptIndexReader(store, cache, lambda: embedder_space(resources))
         self.source = Source(self.reader, resources, why_no_vector or self._why_no_vector)
         self.dagster_url = dagster_url
         self.picture_hosts = {h.lower() for h in picture_hosts}
