@@ -350,6 +350,15 @@ def test_a_day_joins_and_replaces_its_rows_in_a_loaded_graph(tmp_path, monkeypat
         reader.close()
 
 
+def two_days_sold(stack, cdn, cdn_state, tenant: str, days: tuple[str, str], tag: str) -> None:
+    """Nine sales of the tenant on each day, the pictures of `pictures` (the same on both days)."""
+    urls = pictures(cdn_state, cdn, tag.lower())
+    insert_products(
+        stack.postgres_uri,
+        [*day_sales(tenant, days[0], urls, 9, tag), *day_sales(tenant, days[1], urls, 9, tag)],
+    )
+
+
 def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
     stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):
@@ -359,11 +368,7 @@ def test_a_switch_of_model_at_the_same_dimension_never_mixes_vectors(
     from smartgo_analytics.resources.embeddings import BedrockEmbedder
 
     tenant, days = "switch-a", ("2025-08-18", "2025-08-19")
-    urls = pictures(cdn_state, cdn, "switch")
-    insert_products(
-        stack.postgres_uri,
-        [*day_sales(tenant, days[0], urls, 9, "SW"), *day_sales(tenant, days[1], urls, 9, "SW")],
-    )
+    two_days_sold(stack, cdn, cdn_state, tenant, days, "SW")
     titan = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     nova = titan | {
         "image_embedder": BedrockEmbedder(
@@ -459,11 +464,7 @@ def test_a_shadow_model_embeds_each_day_into_its_own_index_and_is_compared_in_a_
     stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path
 ):
     tenant, days = "shadow-a", ("2025-08-25", "2025-08-26")
-    urls = pictures(cdn_state, cdn, "shadow")
-    insert_products(
-        stack.postgres_uri,
-        [*day_sales(tenant, days[0], urls, 9, "SH"), *day_sales(tenant, days[1], urls, 9, "SH")],
-    )
+    two_days_sold(stack, cdn, cdn_state, tenant, days, "SH")
     res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
     # An index in the layout before one index a model: named, no longer read.
     res["object_store"].put_bytes(f"{SIMILARITY_PREFIX}/{tenant}/manifest.json", b"{}")
