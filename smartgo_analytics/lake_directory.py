@@ -7,6 +7,7 @@ web page read the local lake through it without building the deployment's resour
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -51,9 +52,11 @@ class LakeDirectory:
         return self.path(key).read_bytes()
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
-        path = self.path(key)
-        with open(path, "rb") as handle:  # the version of the file read, not of a later one
-            return handle.read(), _version(os.fstat(handle.fileno()))
+        """The object and its version: a digest of its bytes. (A file's inode, time and size do
+        not tell versions apart: a freed inode is used again, within one tick of the clock, by a
+        file of the same size, and a conditional write would then take a stale version.)"""
+        data = self.path(key).read_bytes()
+        return data, _digest(data)
 
     def put_if_version(self, key: str, data: bytes, version: str | None) -> bool:
         """Write only if the file is still at `version` (None: only if there is none)."""
@@ -61,7 +64,7 @@ class LakeDirectory:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path.parent):  # every conditional writer of the directory, in any process
             try:
-                current = _version(path.stat())
+                current = _digest(path.read_bytes())
             except FileNotFoundError:
                 current = None
             if current != version:
@@ -113,6 +116,10 @@ class LakeDirectory:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _version(stat: os.stat_result) -> str:

@@ -434,3 +434,24 @@ def test_runs_started_at_once_leave_what_one_at_a_time_leaves_and_alert_each_fai
 def band_rows(table) -> list[tuple]:
     columns = ["level", "tenant_id", "category", "brand", "condition", "sales_count", "median"]
     return sorted(tuple(row[c] for c in columns) for row in table.select(columns).to_pylist())
+
+
+def test_a_conditional_write_of_the_local_lake_knows_a_version_by_its_bytes(tmp_path):
+    """Another writer's manifest of the same size, in the same inode and within the same tick of the
+    clock, is another version: a write conditional on the first is refused."""
+    import os
+
+    from smartgo_analytics.lake_directory import LakeDirectory
+
+    lake = LakeDirectory(tmp_path)
+    lake.put_bytes("m.json", b'{"day": 1}')
+    _, version = lake.get_versioned("m.json")
+    path = lake.path("m.json")
+    before = path.stat()
+    with open(path, "r+b") as handle:  # another writer's bytes, same length, same inode
+        handle.write(b'{"day": 2}')
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert not lake.put_if_version("m.json", b'{"day": 3}', version)
+    assert lake.get_bytes("m.json") == b'{"day": 2}'
+    _, current = lake.get_versioned("m.json")
+    assert lake.put_if_version("m.json", b'{"day": 3}', current)
