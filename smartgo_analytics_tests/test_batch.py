@@ -99,6 +99,7 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
         role_arn=ROLE,
         poll_s=0.05,
         min_images=3,
+        max_records=3,
     )
 
     def with_model(dimension, **batch_fields):
@@ -130,6 +131,7 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
     assert metadata["batch_job"].startswith(
         "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
     )
+    assert metadata["batch_job"].count("model-invocation-job/") == 3  # 3 records a job at most
     assert metadata["estimated_batch_cost_usd"] == pytest.approx(7 * NOVA.batch_price_per_image)
     assert metadata["estimated_on_demand_cost_usd"] == pytest.approx(NOVA.price_per_image)
     assert bedrock_calls.calls == 1 and bedrock_calls.models == {servers.NOVA: 1}

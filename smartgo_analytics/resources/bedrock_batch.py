@@ -43,6 +43,12 @@ class BedrockBatch(AwsResource):
         description="images a range needs to go by batch (BEDROCK_BATCH_MIN_IMAGES); fewer go on "
         "demand. Bedrock takes at least 100 records a job",
     )
+    max_records: int = Field(
+        default=50_000, description="records a job at most (the account's batch quota)"
+    )
+    max_bytes: int = Field(
+        default=1_000_000_000, description="bytes of a job's input file at most (Bedrock's quota)"
+    )
     poll_s: float = Field(default=60.0, description="seconds between two looks at a running job")
     timeout_hours: int = Field(default=24, description="the job's own limit, 24 to 168")
 

@@ -1,7 +1,9 @@
-"""Re-embedding a range of history with the configured model: the table's images whose vector of
-that model and length is not kept yet, embedded by a Bedrock batch inference job when they are
-many (`BEDROCK_BATCH_MIN_IMAGES`), on demand otherwise, and kept in the image-vector cache. A
-backfill of those days then reuses every vector: no on-demand call, at the batch price."""
+"""Re-embedding a range of history with a model: the table's images whose vector of that model
+and length is not kept yet, embedded by Bedrock batch inference jobs when they are many
+(`BEDROCK_BATCH_MIN_IMAGES`), on demand otherwise, and kept in the image-vector cache; a backfill
+of those days then reuses every vector, no on-demand call, at the batch price. And a model in
+shadow: a day or a range put in its own index from the table's rows and the kept vectors, and
+compared with the serving model's."""
 
 from __future__ import annotations
 
@@ -115,32 +117,52 @@ def reembed(
         return done
     batch.require(store)
     model: EmbeddingModel = embedder.family  # a Bedrock model: batch inference is Bedrock's
-    ids: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="smartgo-batch-") as directory:
-        path = Path(directory) / "records.jsonl"
-        with path.open("wb") as out:
-            for n, sha in enumerate(wanted, start=1):
-                try:
-                    body = model.body(picture(sha), dimension)
-                except (BadImage, ValueError, FileNotFoundError) as error:
-                    done.errors[sha] = str(error)[:200]
-                    continue
-                ids[record_id(n)] = sha
-                out.write(records_jsonl([(record_id(n), body)]))
-        job = batch.submit(store, model, name, path)
-    done.job_arn = job.arn
-    batch.wait(job, progress)
-    answers = batch.answers(store, job, model, dimension)
-    for key in store.list_keys(f"{batch.prefix}{name}/"):  # its pictures' base64, and answers
-        store.delete(key)
-    found = {ids[rid]: vector for rid, vector in answers.vectors.items() if rid in ids}
-    done.by_batch = len(found)
-    vectors.store(model_id, dimension, found)
-    # A record answered with an error, or not at all, is tried once more on demand.
-    again = [sha for rid, sha in ids.items() if rid not in answers.vectors]
-    done.failed_in_batch = len(again)
-    vectors.store(model_id, dimension, on_demand(again))
+    shas = list(wanted)
+    jobs: list[str] = []
+    while shas:  # jobs one after another, each within the quota of records and of bytes
+        with tempfile.TemporaryDirectory(prefix="smartgo-batch-") as directory:
+            path = Path(directory) / "records.jsonl"
+            ids, shas = _write_records(path, shas, picture, model, dimension, batch, done)
+            if not ids:
+                continue
+            part = f"{name}-{len(jobs) + 1}"
+            job = batch.submit(store, model, part, path)
+        jobs.append(job.arn)
+        batch.wait(job, progress)
+        answers = batch.answers(store, job, model, dimension)
+        for key in store.list_keys(f"{batch.prefix}{part}/"):  # its pictures' base64, answers
+            store.delete(key)
+        found = {ids[rid]: vector for rid, vector in answers.vectors.items() if rid in ids}
+        done.by_batch += len(found)
+        vectors.store(model_id, dimension, found)
+        # A record answered with an error, or not at all, is tried once more on demand.
+        again = [sha for rid, sha in ids.items() if rid not in answers.vectors]
+        done.failed_in_batch += len(again)
+        vectors.store(model_id, dimension, on_demand(again))
+    done.job_arn = ", ".join(jobs) or None
     return done
+
+
+def _write_records(path: Path, shas: list[str], picture, model, dimension, batch, done):
+    """The first of `shas` as one job's records in `path`, up to the job's quota of records and
+    of bytes: their record ids (-> sha256), and the shas left for the next job."""
+    ids: dict[str, str] = {}
+    size = 0
+    with path.open("wb") as out:
+        for n, sha in enumerate(shas):
+            try:
+                line = records_jsonl(
+                    [(record_id(len(ids) + 1), model.body(picture(sha), dimension))]
+                )
+            except (BadImage, ValueError, FileNotFoundError) as error:
+                done.errors[sha] = str(error)[:200]
+                continue
+            if ids and (len(ids) >= batch.max_records or size + len(line) > batch.max_bytes):
+                return ids, shas[n:]
+            ids[record_id(len(ids) + 1)] = sha
+            out.write(line)
+            size += len(line)
+    return ids, []
 
 
 def with_kept_vectors(batch: pa.RecordBatch, vectors: ImageVectors, model_id: str, dimension: int):
