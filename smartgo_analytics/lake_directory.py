@@ -7,10 +7,10 @@ web page read the local lake through it without building the deployment's resour
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +42,7 @@ class LakeDirectory:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            _stamp_after(tmp, path)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -52,11 +53,9 @@ class LakeDirectory:
         return self.path(key).read_bytes()
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
-        """The object and its version: a digest of its bytes. (A file's inode, time and size do
-        not tell versions apart: a freed inode is used again, within one tick of the clock, by a
-        file of the same size, and a conditional write would then take a stale version.)"""
-        data = self.path(key).read_bytes()
-        return data, _digest(data)
+        path = self.path(key)
+        with open(path, "rb") as handle:  # the version of the file read, not of a later one
+            return handle.read(), _version(os.fstat(handle.fileno()))
 
     def put_if_version(self, key: str, data: bytes, version: str | None) -> bool:
         """Write only if the file is still at `version` (None: only if there is none)."""
@@ -64,7 +63,7 @@ class LakeDirectory:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path.parent):  # every conditional writer of the directory, in any process
             try:
-                current = _digest(path.read_bytes())
+                current = _version(path.stat())
             except FileNotFoundError:
                 current = None
             if current != version:
@@ -118,13 +117,23 @@ class LakeDirectory:
         self.path(key).unlink(missing_ok=True)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _version(stat: os.stat_result) -> str:
-    # Every write replaces the file (a new inode), so inode and time tell versions apart.
+    # Every write replaces the file (a new inode) and stamps it later than the one it replaces
+    # (`_stamp_after`), so inode, time and size tell versions apart.
     return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
+
+def _stamp_after(new: str, old: Path) -> None:
+    """Give the file about to replace `old` a modification time to the nanosecond, later than
+    `old`'s: the file system's own is of its clock's tick, and a freed inode is used again at
+    once, so two files of the same size written in one tick would otherwise carry one version (a
+    stale conditional write would pass)."""
+    try:
+        before = old.stat().st_mtime_ns
+    except FileNotFoundError:
+        before = 0
+    now = max(time.time_ns(), before + 1)
+    os.utime(new, ns=(now, now))
 
 
 @contextmanager
