@@ -30,7 +30,7 @@ MODEL = EmbeddingModel(
     images=ImageRule({"JPEG": "jpg", "PNG": "png"}, max_side=2048),
     body=body,
     vector=vector_from_answer,
-    # Bedrock pricing, us-east-1: $0.00006 an image input on demand; batch inference at 50% of it.
+    # $0.00006 an image input on demand (us-east-1); batch inference at 50% of the on-demand price.
     price_per_image=0.00006,
     batch_price_per_image=0.00003,
 )
