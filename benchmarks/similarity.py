@@ -30,7 +30,8 @@ from smartgo_analytics.similarity.segments import ITEM_SCHEMA, DaySpool, day_key
 from smartgo_analytics.similarity.store import commit_day
 
 DIMENSION = 1024
-MODEL = "bench-clustered-vectors"  # the index benchmark's own vectors, a model of their own
+# The index the local deployment's comparables command reads (its embedder's model and length).
+MODEL = LocalVisualEmbedder(dimension=DIMENSION).model_id
 DAYS = 10
 PER_DAY = 100_000
 CLUSTERS = 10_000
