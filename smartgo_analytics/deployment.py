@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartgo_analytics.core.models import local_stand_in
 from smartgo_analytics.lake_directory import LakeDirectory
+from smartgo_analytics.layout import index_space
 from smartgo_analytics.local.stack import LOCAL_BUCKET, local_catalog_properties, smartgo_home
 from smartgo_analytics.settings import Settings, settings
 
@@ -35,6 +37,15 @@ class Deployment:
         """The Dagster resources of the deployment."""
         raise NotImplementedError
 
+    def embedding_model(self) -> str:
+        """The model id of the deployment's embedder's vectors."""
+        return self.config.embedding_model
+
+    def index_space(self) -> str:
+        """The index the deployment's embedder's vectors are in (`layout.index_space`), known
+        without the Dagster resources (a question by product id needs no embedder)."""
+        return index_space(self.embedding_model(), self.config.embedding_dimension)
+
 
 @dataclass(frozen=True)
 class Local(Deployment):
@@ -54,6 +65,10 @@ class Local(Deployment):
 
     def lake_files(self) -> LakeDirectory:
         return LakeDirectory(self.home / "lake" / LOCAL_BUCKET)
+
+    def embedding_model(self) -> str:
+        # The local visual embedder, standing in for the configured model.
+        return local_stand_in(self.config.embedding_model, self.config.embedding_dimension)
 
     def resources(self) -> dict[str, object]:
         # Imported when called: Dagster comes with the resources (about a second).

@@ -31,9 +31,10 @@ class DeploymentResources(dict):
 
 def embedder_space(resources) -> str:
     """The index questions are asked of: the resources' embedder's model and length (the
-    deployment's embedder when they name none, as for questions by product id)."""
-    has = "image_embedder" in resources
-    embedder = (resources if has else DeploymentResources())["image_embedder"]
+    deployment's, known without building its resources, when they name none)."""
+    if "image_embedder" not in resources:
+        return this_deployment().index_space()
+    embedder = resources["image_embedder"]
     return index_space(embedder.model_id, embedder.dimension)
 
 

@@ -22,7 +22,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from smartgo_analytics.core.imaging import BadImage, ImageRule, visual_features
-from smartgo_analytics.core.models import DEFAULT_MODEL, model_named
+from smartgo_analytics.core.models import DEFAULT_MODEL, local_stand_in, model_named
 from smartgo_analytics.core.models.base import EmbeddingModel
 from smartgo_analytics.core.outage import Transient
 from smartgo_analytics.core.pacing import Pace
@@ -124,9 +124,7 @@ class LocalVisualEmbedder(ImageEmbedder):
 
     @property
     def model_id(self) -> str:
-        if self.stands_for == DEFAULT_MODEL.model_id:
-            return f"local-visual-features-v1/{self.dimension}"
-        return f"local-visual-features-v1-as-{self.stands_for}/{self.dimension}"
+        return local_stand_in(self.stands_for, self.dimension)
 
     @property
     def image_rule(self) -> ImageRule:

@@ -10,6 +10,14 @@ MODELS: dict[str, EmbeddingModel] = {model.model_id: model for model in (titan.M
 DEFAULT_MODEL = titan.MODEL
 
 
+def local_stand_in(model_id: str, dimension: int) -> str:
+    """The id of the local visual embedder's model standing in for `model_id`: the default
+    model's is the features as they are, another's the same features in another basis."""
+    if model_id == DEFAULT_MODEL.model_id:
+        return f"local-visual-features-v1/{dimension}"
+    return f"local-visual-features-v1-as-{model_id}/{dimension}"
+
+
 def model_named(model_id: str) -> EmbeddingModel:
     """The model of this id; ValueError naming the ones there are."""
     try:
