@@ -35,7 +35,7 @@ class WorkerFailed(Exception):
     """A worker process crashed or raised; the message says how."""
 
 
-def _settings_of(resource: ConfigurableResource, **changes) -> tuple[type, dict]:
+def settings_of(resource: ConfigurableResource, **changes) -> tuple[type, dict]:
     """What a worker builds its own copy of a resource from: clients, pools and locks stay here."""
     return type(resource), {n: getattr(resource, n) for n in type(resource).model_fields} | changes
 
@@ -112,13 +112,13 @@ def in_workers(
     divide the work's download and Bedrock bounds and share one `pace`; then what they did."""
     limits = replace(work.limits, threads=max(1, work.limits.threads // processes))
     settings = [
-        _settings_of(work.image_fetcher),
-        _settings_of(work.object_store),
-        _settings_of(
+        settings_of(work.image_fetcher),
+        settings_of(work.object_store),
+        settings_of(
             work.image_embedder,
             max_concurrency=max(1, work.image_embedder.max_concurrency // processes),
         ),
-        _settings_of(work.image_vectors),
+        settings_of(work.image_vectors),
     ]
     # Each worker waits for a chunk's slowest sale before it starts the next: chunks as large as
     # its threads' window, at least two per worker so that they end about together.

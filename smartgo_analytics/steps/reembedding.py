@@ -24,6 +24,7 @@ from smartgo_analytics.core.batch import record_id, records_jsonl
 from smartgo_analytics.core.imaging import BadImage, prepare_for
 from smartgo_analytics.core.models import model_named
 from smartgo_analytics.core.models.base import EmbeddingModel
+from smartgo_analytics.embedding.workers import settings_of
 from smartgo_analytics.layout import index_space, legacy_index_tenants
 from smartgo_analytics.resources.bedrock_batch import BedrockBatch
 from smartgo_analytics.resources.dynamodb import ImageVectors
@@ -270,12 +271,12 @@ def legacy_layout(store: ObjectStore, space: str, metadata: dict) -> list[str]:
 
 def other_embedder(embedder, model: str, dimension: int):
     """The configured embedder's settings with another model and length (checked)."""
-    fields = {name: getattr(embedder, name) for name in type(embedder).model_fields}
-    field = "model" if "model" in fields else "stands_for"  # Bedrock's, or the local stand-in's
-    fields[field] = model or fields[field]
-    fields["dimension"] = dimension or embedder.dimension
-    model_named(fields[field]).check_dimension(fields["dimension"])
-    return type(embedder)(**fields)
+    field = "model" if hasattr(embedder, "model") else "stands_for"  # Bedrock's, or the local one's
+    other: str = model or getattr(embedder, field)
+    length = dimension or embedder.dimension
+    model_named(other).check_dimension(length)
+    kind, fields = settings_of(embedder, **{field: other, "dimension": length})
+    return kind(**fields)
 
 
 # The shadow model is "no worse" when its price error is at most this much above the serving one's.
