@@ -23,6 +23,13 @@ no_quarantined_rows = AssetCheckSpec(
     partitions_def=daily_partitions,
     description="Source rows that could not be used (WARN when any)",
 )
+source_honours_filters = AssetCheckSpec(
+    "source_honours_filters",
+    asset=SALES,
+    partitions_def=daily_partitions,
+    description="The source gave no row outside the day's window or of another tenant than "
+    "TENANT (such rows are quarantined, never kept; ERROR when any: the source ignores a filter)",
+)
 embedding_error_ratio = AssetCheckSpec(
     "embedding_error_ratio_within_budget",
     asset=EMBEDDINGS,
@@ -161,6 +168,26 @@ def quarantine_result(quarantined: int, total: int, reasons: Counter[str]) -> As
             "source_rows": total,
             "reasons": reason_list(reasons),
         },
+    )
+
+
+def filters_result(outside_window: int, other_tenants: int, source: str) -> AssetCheckResult:
+    ignored = [
+        f"{count} rows {what}"
+        for count, what in (
+            (outside_window, "outside the window"),
+            (other_tenants, "of another tenant"),
+        )
+        if count
+    ]
+    return AssetCheckResult(
+        check_name=source_honours_filters.name,
+        passed=not ignored,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"the {source} source gave {' and '.join(ignored)}: quarantined"
+        if ignored
+        else f"the {source} source kept to the window and the tenant",
+        metadata={"rows_outside_window": outside_window, "rows_of_other_tenants": other_tenants},
     )
 
 

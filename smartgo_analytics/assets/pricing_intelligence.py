@@ -22,7 +22,12 @@ from smartgo_analytics.core.embedding_day import (
     DayRows,
     write_results,
 )
-from smartgo_analytics.core.sales import DUPLICATE_REASON, validated_day
+from smartgo_analytics.core.sales import (
+    DUPLICATE_REASON,
+    OTHER_TENANT,
+    OUTSIDE_WINDOW,
+    validated_day,
+)
 from smartgo_analytics.embedding.config import EmbeddingConfig
 from smartgo_analytics.embedding.work import ProcessRule, SalesRun
 from smartgo_analytics.embedding.workers import start_worker_server
@@ -60,7 +65,7 @@ GROUP = PRICING
     kinds={"postgres" if settings().sales_source == "database" else settings().sales_source},
     io_manager_key="parquet_io_manager",
     retry_policy=IO_RETRY,
-    check_specs=[checks.no_quarantined_rows],
+    check_specs=[checks.no_quarantined_rows, checks.source_honours_filters],
 )
 def smartgo_sales(
     context: AssetExecutionContext,
@@ -76,8 +81,9 @@ def smartgo_sales(
     )
     with permanent_errors(*sales_source.errors), outage_fails_the_step():
         sales_source.check()
+        asked = partial(validated_day, window=(start, end), tenant=sales_source.tenant)
         (table, rejected), outage = sales_source.read_sold_products(
-            start, end, validated_day, settings().outage_allowance_s
+            start, end, asked, settings().outage_allowance_s
         )
     reasons = Counter(r.reason for r in rejected)
     metadata = {
@@ -88,6 +94,8 @@ def smartgo_sales(
         "valid_rows": table.num_rows,
         "quarantined_rows": len(rejected),
         "duplicate_product_ids": reasons[DUPLICATE_REASON],
+        "rows_outside_window": reasons[OUTSIDE_WINDOW],
+        "rows_of_other_tenants": reasons[OTHER_TENANT],
         "window": f"[{start.isoformat()}, {end.isoformat()})",
     }
     metadata |= quarantine(object_store, context.partition_key, rejected)
@@ -96,6 +104,7 @@ def smartgo_sales(
     )
     yield Output(table, metadata=metadata)
     yield checks.quarantine_result(len(rejected), table.num_rows + len(rejected), reasons)
+    yield checks.filters_result(reasons[OUTSIDE_WINDOW], reasons[OTHER_TENANT], sales_source.kind)
 
 
 @asset(

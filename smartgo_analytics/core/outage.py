@@ -13,6 +13,7 @@ not an image, a malformed answer) is never `Transient`: it is the caller's to re
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -32,9 +33,17 @@ class Transient(Exception):
 
 
 class OutageTooLong(Exception):
-    """A dependency stayed unavailable longer than its allowance."""
+    """A dependency stayed unavailable longer than its allowance, or asked (`Retry-After`) to be
+    left alone past it (`asked_s`)."""
 
-    def __init__(self, dependency: str, down_s: float, allowance_s: float, reason: str):
+    def __init__(
+        self,
+        dependency: str,
+        down_s: float,
+        allowance_s: float,
+        reason: str,
+        asked_s: float | None = None,
+    ):
         super().__init__(dependency, down_s, allowance_s, reason)
         self.dependency, self.down_s, self.allowance_s, self.reason = (
             dependency,
@@ -42,8 +51,18 @@ class OutageTooLong(Exception):
             allowance_s,
             reason,
         )
+        self.asked_s = asked_s
 
     def __str__(self) -> str:
+        if self.asked_s is not None:
+            asked = (
+                "longer than can be told" if math.isinf(self.asked_s) else f"{self.asked_s:.0f} s"
+            )
+            return (
+                f"{self.dependency} asked to be tried again in {asked} (Retry-After), past the "
+                f"outage allowance of {self.allowance_s:.0f} s (OUTAGE_ALLOWANCE_S) after "
+                f"{self.down_s:.0f} s down: not waited; last error: {self.reason}"
+            )
         return (
             f"{self.dependency} was unavailable for {self.down_s:.0f} s, longer than the outage "
             f"allowance of {self.allowance_s:.0f} s (OUTAGE_ALLOWANCE_S); last error: {self.reason}"
@@ -109,10 +128,15 @@ class Outage:
             try:
                 result = fn()
             except Transient as error:
-                down = self._failed(started, error.retry_after_s)
+                asked = error.retry_after_s
                 allowance = self._allowance()
+                down = self._failed(started, None if asked is None else min(asked, allowance))
                 if down > allowance:
                     raise OutageTooLong(self.dependency, down, allowance, str(error)) from None
+                if asked is not None and down + asked > allowance:
+                    raise OutageTooLong(
+                        self.dependency, down, allowance, str(error), asked
+                    ) from None
                 now = self._clock()
                 if not met:
                     first_failed_at, successes_then = now, self._successes

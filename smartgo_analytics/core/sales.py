@@ -98,12 +98,33 @@ class Rejected:
     reason: str
 
 
-def _text(value: Any) -> str | None:
+# What a source was asked to filter and did not: the row is checked, never assumed filtered.
+OUTSIDE_WINDOW = "sold outside the day's window (the source did not filter it)"
+OTHER_TENANT = "tenant_id other than TENANT (the source did not filter it)"
+TEXT_COLUMNS = ("category", "brand", "condition", "image_url", "description")
+
+
+def _text(value: str | None) -> str | None:
     """Text as the source holds it (any Unicode kept as is); None for a missing or blank value."""
+    return value if value is not None and value.strip() else None
+
+
+def _printable(value: Any, limit: int) -> str:
+    """A value as text that can be stored and shown, whatever it held (a lone surrogate escaped)."""
+    return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_problem(name: str, value: Any) -> str | None:
+    """Why the value cannot be a text column (not text, or not valid Unicode), or None."""
     if value is None:
         return None
-    text = str(value)
-    return text if text.strip() else None
+    if not isinstance(value, str):
+        return f"{name} is a {type(value).__name__}, not text"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def identifier_problem(name: str, value: Any) -> str | None:
@@ -112,8 +133,10 @@ def identifier_problem(name: str, value: Any) -> str | None:
         return f"missing {name}"
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return f"{name} is a {type(value).__name__}, not an identifier"
+    if isinstance(value, int) and value.bit_length() > 400:
+        return f"{name} is a {value.bit_length()}-bit integer, not an identifier"
     if not VALID_ID.fullmatch(str(value)):
-        return f"{name} {str(value)[:40]!r} is not an identifier (A-Z a-z 0-9 . _ -, at most 128)"
+        return f"{name} {_printable(value, 40)!r} is not an identifier (A-Z a-z 0-9 . _ -, at most 128)"
     return None
 
 
@@ -126,15 +149,17 @@ def parse_price(raw: Any) -> Decimal | str:
     if isinstance(raw, float) and not math.isfinite(raw):
         return "non-finite sold_price"
     if isinstance(raw, str):
-        if not PRICE_TEXT.fullmatch(raw):
-            return f"unparseable sold_price {raw[:40]!r}"
+        if len(raw) > 64 or not PRICE_TEXT.fullmatch(raw):
+            return f"unparseable sold_price {_printable(raw, 40)!r}"
         raw = raw.strip()
+    elif isinstance(raw, int) and raw.bit_length() > 64:
+        return f"implausible sold_price above {MAX_PLAUSIBLE_PRICE}"
     elif not isinstance(raw, (int, float, Decimal)):
         return f"unparseable sold_price: a {type(raw).__name__}"
     try:
         price = Decimal(raw) if not isinstance(raw, float) else Decimal(repr(raw))
     except (InvalidOperation, ValueError):
-        return f"unparseable sold_price {str(raw)[:40]!r}"
+        return f"unparseable sold_price {_printable(raw, 40)!r}"
     if not price.is_finite():
         return "non-finite sold_price"
     if price < 0:
@@ -144,27 +169,50 @@ def parse_price(raw: Any) -> Decimal | str:
     return price
 
 
-def validate_sale(row: dict[str, Any]) -> dict[str, Any] | Rejected:
-    """Return the sale as a clean record, or why it cannot be used."""
+def sold_at(raw: Any) -> datetime | str:
+    """The sold time in UTC, or why it is not one."""
+    if not isinstance(raw, datetime):
+        return "unparseable sold_date"
+    if raw.tzinfo is None:
+        return "sold_date without time zone"
+    try:
+        return raw.astimezone(UTC)
+    except (OverflowError, ValueError):  # year 1 east of UTC, year 9999 west of it
+        return "sold_date out of range"
+
+
+def validate_sale(
+    row: dict[str, Any],
+    window: tuple[datetime, datetime] | None = None,
+    tenant: str | None = None,
+) -> dict[str, Any] | Rejected:
+    """Return the sale as a clean record, or why it cannot be used. With `window` ([start, end))
+    and `tenant`, a sale sold outside the window or of another tenant is rejected too: what the
+    source was asked to filter is checked here, whatever the source did."""
     raw_id = row.get("id")
     if problem := identifier_problem("product id", raw_id):
         # The id is kept in the quarantine record as text, whatever it was: it is data there.
-        return Rejected(None if raw_id is None else str(raw_id)[:200], problem)
+        return Rejected(None if raw_id is None else _printable(raw_id, 200), problem)
     product_id = str(raw_id)
     if problem := identifier_problem("tenant_id", row.get("tenant_id")):
         return Rejected(product_id, problem)
     tenant_id = str(row["tenant_id"])
+    if tenant is not None and tenant_id != tenant:
+        return Rejected(product_id, OTHER_TENANT)
 
     price = parse_price(row.get("sold_price"))
     if isinstance(price, str):
         return Rejected(product_id, price)
 
-    sold_date = row.get("sold_date")
-    if not isinstance(sold_date, datetime):
-        return Rejected(product_id, "unparseable sold_date")
-    if sold_date.tzinfo is None:
-        return Rejected(product_id, "sold_date without time zone")
+    sold_date = sold_at(row.get("sold_date"))
+    if isinstance(sold_date, str):
+        return Rejected(product_id, sold_date)
+    if window is not None and not window[0] <= sold_date < window[1]:
+        return Rejected(product_id, OUTSIDE_WINDOW)
 
+    for name in TEXT_COLUMNS:
+        if problem := text_problem(name, row.get(name)):
+            return Rejected(product_id, problem)
     image_url = (_text(row.get("image_url")) or "").strip() or None
     if image_url is None:
         return Rejected(product_id, "missing image_url")
@@ -176,7 +224,7 @@ def validate_sale(row: dict[str, Any]) -> dict[str, Any] | Rejected:
         "brand": _text(row.get("brand")),
         "condition": _text(row.get("condition")),
         "sold_price": float(price),
-        "sold_date": sold_date.astimezone(UTC),
+        "sold_date": sold_date,
         "image_url": image_url,
         "description": row.get("description"),
     }
@@ -204,15 +252,20 @@ def keep_latest_sale(sales: pa.Table) -> tuple[pa.Table, list[Rejected]]:
     return sales.filter(pa.array(keep)), rejected
 
 
-def validated_day(row_batches: Iterable[list[dict[str, Any]]]) -> tuple[pa.Table, list[Rejected]]:
+def validated_day(
+    row_batches: Iterable[list[dict[str, Any]]],
+    window: tuple[datetime, datetime] | None = None,
+    tenant: str | None = None,
+) -> tuple[pa.Table, list[Rejected]]:
     """A day's source rows, batch by batch, as one table of valid sales (the latest per product
-    id) and the rejected rows with their reasons. Each batch becomes Arrow as it comes: a big day
-    never sits in memory as Python objects."""
+    id) and the rejected rows with their reasons (`validate_sale`, with the asked window and
+    tenant). Each batch becomes Arrow as it comes: a big day never sits in memory as Python
+    objects."""
     batches, rejected = [], []
     for rows in row_batches:
         valid = []
         for row in rows:
-            outcome = validate_sale(row)
+            outcome = validate_sale(row, window, tenant)
             if isinstance(outcome, Rejected):
                 rejected.append(outcome)
             else:

@@ -97,10 +97,6 @@ class SmartGoDatabase(SalesSource):
     fetch_batch_size: int = Field(
         default=2_000, description="rows per round trip of the server-side cursor"
     )
-    tenant: str | None = Field(
-        default=None, description="TENANT: only this tenant's sales; all when unset"
-    )
-
     kind: ClassVar[str] = "database"
     dependency: ClassVar[str] = "SmartGo Postgres"
     errors: ClassVar[tuple[type[Exception], ...]] = (SmartGoDatabaseError,)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
+from pydantic import Field
+
 from smartgo_analytics.core.outage import Outage, OutageReport
 from smartgo_analytics.resources.aws import AwsResource
 
@@ -17,7 +19,12 @@ T = TypeVar("T")
 
 class SalesSource(AwsResource):
     """The day's SOLD products with start <= sold date < end, as rows of `core.sales.SOURCE_COLUMNS`
-    in batches (a batch at a time in memory), validated and quarantined downstream alike."""
+    in batches (a batch at a time in memory), validated and quarantined downstream alike: each
+    row checked against the window and `tenant` it was asked for (`core.sales.validated_day`)."""
+
+    tenant: str | None = Field(
+        default=None, description="TENANT: only this tenant's sales; all when unset"
+    )
 
     kind: ClassVar[str] = "source"  # in the run's metadata: `<kind>_reads_retried`, ...
     dependency: ClassVar[str] = "the source"  # how its outages are named
