@@ -85,9 +85,7 @@ def reembed_images(
             progress,
         )
     except BatchJobFailed as error:
-        raise Failure(
-            description=f"{error}. Nothing of it was kept: run the job again", allow_retries=False
-        ) from None
+        raise Failure(description=str(error), allow_retries=False) from None
     context.log.info(
         f"{first}..{last}: {done.images} images, {done.kept_already} kept already, "
         f"{done.by_batch} by batch, {done.on_demand} on demand, {len(done.errors)} without a vector"

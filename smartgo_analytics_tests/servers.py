@@ -813,7 +813,8 @@ class BatchState:
     from S3 (moto's), answers each record as InvokeModel would (`model_input`, `model_vector`,
     `model_answer`) and writes `<output>/<job id>/<input name>.out` and `manifest.json.out`.
     `failing_images`: sha256 of pictures whose records get an `error`; `job_failure`: the next
-    job fails with this message, writing nothing; `seconds`: how long a job runs."""
+    job fails with this message, writing nothing (after `jobs_to_pass` more jobs have passed);
+    `seconds`: how long a job runs."""
 
     def __init__(self, s3_endpoint: str):
         self.s3_endpoint = s3_endpoint
@@ -821,12 +822,14 @@ class BatchState:
         self.jobs: dict[str, dict] = {}
         self.failing_images: set[str] = set()
         self.job_failure: str | None = None
+        self.jobs_to_pass = 0
         self.seconds = 0.5
         self.records = 0  # every record answered, over all jobs
 
     def reset(self) -> None:
         with self.lock:
             self.failing_images, self.job_failure, self.seconds = set(), None, 0.5
+            self.jobs_to_pass = 0
 
     def _s3(self):
         import boto3
@@ -944,7 +947,11 @@ def bedrock_control_server(state: BatchState):
                 return self._reply(400, {"message": "invalid job request"}, "ValidationException")
             with state.lock:
                 job_id = f"{len(state.jobs) + 1:012x}"
-                failure, state.job_failure = state.job_failure, None
+                failure = None
+                if state.jobs_to_pass:
+                    state.jobs_to_pass -= 1
+                else:
+                    failure, state.job_failure = state.job_failure, None
                 arn = f"arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/{job_id}"
                 job = {
                     **{name: request[name] for name in needed},

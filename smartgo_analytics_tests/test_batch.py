@@ -99,6 +99,7 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
         role_arn=ROLE,
         poll_s=0.05,
         min_images=3,
+        min_records=2,
         max_records=3,
     )
 
@@ -165,7 +166,23 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
     (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
     reason = failure.step_failure_data.user_failure_data.description
     assert "batch job smartgo-reembed-2025-10-27-2025-10-28-" in reason
-    assert "failed: Model access is denied" in reason
+    assert "failed: Model access is denied" in reason and "Nothing of it was kept" in reason
+    # A job that fails after an earlier one passed: what that one kept is named, and kept.
+    batch_state.job_failure, batch_state.jobs_to_pass = "Service unavailable", 1
+    failed = reembed(with_model(3072), raise_on_error=False)
+    (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    reason = failure.step_failure_data.user_failure_data.description
+    assert "failed: Service unavailable" in reason
+    assert "Kept before it, in the image-vector cache" in reason
+    assert "3 vectors (3 by 1 earlier jobs, 0 on demand)" in reason
+    assert (
+        len(
+            titan["image_vectors"].known(
+                servers.NOVA, 3072, [hashlib.sha256(b).hexdigest() for b in images.values()]
+            )
+        )
+        == 3
+    )
     # Another model's length in shadow, and fewer images than the threshold: on demand, one call
     # an image; that model's own index is built for the range from the table's rows and the kept
     # vectors, and the table and the serving index are left as they were.

@@ -11,6 +11,8 @@ from decimal import Decimal
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from smartgo_analytics.core.batching import Batched, WriteBehind
 from smartgo_analytics.core.embedding_day import (
@@ -835,3 +837,20 @@ def test_a_full_disk_fails_at_once_naming_the_directory_what_is_free_and_the_set
 
     assert f"no space left on the device of {tempfile.gettempdir()}" in failure.description
     assert "bytes free" in failure.description and "set TMPDIR" in failure.description
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 5_000), st.integers(1, 300), st.integers(1, 300))
+def test_batch_jobs_never_fall_below_bedrocks_least_records(images, max_records, min_records):
+    from smartgo_analytics.steps.reembedding import job_records
+
+    assume(max_records >= min_records)
+    jobs, left = [], images
+    while (take := job_records(left, max_records, min_records)) > 0:
+        jobs.append(take)
+        left -= take
+    assert all(min_records <= job <= max_records for job in jobs)
+    assert left < min_records  # what goes on demand
+    # Only a quota under twice the least can leave a tail on demand once a job was possible.
+    if jobs and left and 2 * min_records <= max_records:
+        raise AssertionError(f"{images} images: jobs {jobs} left {left} on demand")

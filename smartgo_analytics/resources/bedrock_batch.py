@@ -43,6 +43,11 @@ class BedrockBatch(AwsResource):
         description="images a range needs to go by batch (BEDROCK_BATCH_MIN_IMAGES); fewer go on "
         "demand. Bedrock takes at least 100 records a job",
     )
+    min_records: int = Field(
+        default=100,
+        ge=1,
+        description="records a job at least (Bedrock's least): fewer go on demand",
+    )
     max_records: int = Field(
         default=50_000, description="records a job at most (the account's batch quota)"
     )

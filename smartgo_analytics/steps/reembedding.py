@@ -26,7 +26,7 @@ from smartgo_analytics.core.models import model_named
 from smartgo_analytics.core.models.base import EmbeddingModel
 from smartgo_analytics.embedding.workers import settings_of
 from smartgo_analytics.layout import index_space, legacy_index_tenants
-from smartgo_analytics.resources.bedrock_batch import BedrockBatch
+from smartgo_analytics.resources.bedrock_batch import BatchJobFailed, BedrockBatch
 from smartgo_analytics.resources.dynamodb import ImageVectors
 from smartgo_analytics.resources.embeddings import EmbeddingError
 from smartgo_analytics.resources.iceberg import IcebergCatalog
@@ -47,6 +47,7 @@ class Reembedded:
     failed_in_batch: int = 0  # records answered with an error; each is then tried on demand
     errors: dict[str, str] = field(default_factory=dict)  # image sha256 -> why it has no vector
     job_arn: str | None = None
+    jobs: list[str] = field(default_factory=list)  # the batch jobs' ARNs, in order
 
     def metadata(self, model_id: str, batch_price: float, price: float) -> dict:
         return {
@@ -117,21 +118,57 @@ def reembed(
         vectors.store(model_id, dimension, on_demand(list(wanted)))
         return done
     batch.require(store)
+    try:
+        _by_batch(wanted, store, batch, embedder, picture, on_demand, vectors, name, progress, done)
+    except BatchJobFailed as error:
+        stored = done.by_batch + done.on_demand
+        raise BatchJobFailed(
+            f"{error}. Kept before it, in the image-vector cache (a run again starts from them): "
+            f"{stored} vectors ({done.by_batch} by {len(done.jobs) - 1} earlier jobs, "
+            f"{done.on_demand} on demand)"
+            if stored
+            else f"{error}. Nothing of it was kept: run the job again"
+        ) from None
+    done.job_arn = ", ".join(done.jobs) or None
+    return done
+
+
+def job_records(left: int, max_records: int, min_records: int) -> int:
+    """How many of the `left` records the next job takes: at most `max_records`, and never so
+    many that fewer than `min_records` (Bedrock's least a job) would be left for the one after it;
+    the last two jobs share what is left then. Fewer than `min_records` left: none (on demand)."""
+    if left < min_records:
+        return 0
+    if left <= max_records:
+        return left
+    if left - max_records >= min_records:
+        return max_records
+    return max(min_records, (left + 1) // 2) if left // 2 >= min_records else max_records
+
+
+def _by_batch(wanted, store, batch, embedder, picture, on_demand, vectors, name, progress, done):
+    """Jobs one after another, each within the quota of records and of bytes and above Bedrock's
+    least records a job; what is left below it (and what a job answered with an error) on demand."""
     model: EmbeddingModel = embedder.family  # a Bedrock model: batch inference is Bedrock's
-    shas = list(wanted)
-    jobs: list[str] = []
-    while shas:  # jobs one after another, each within the quota of records and of bytes
+    model_id, dimension, shas = embedder.model_id, embedder.dimension, list(wanted)
+    while shas:
+        take = job_records(len(shas), batch.max_records, batch.min_records)
+        if take == 0:
+            vectors.store(model_id, dimension, on_demand(shas))
+            return
         with tempfile.TemporaryDirectory(prefix="smartgo-batch-") as directory:
             path = Path(directory) / "records.jsonl"
-            ids, shas = _write_records(path, shas, picture, model, dimension, batch, done)
-            if not ids:
+            ids, rest = _write_records(path, shas[:take], picture, model, dimension, batch, done)
+            shas = rest + shas[take:]
+            if len(ids) < batch.min_records:  # pictures that could not be read left too few
+                vectors.store(model_id, dimension, on_demand(list(ids.values())))
                 continue
-            part = f"{name}-{len(jobs) + 1}"
+            part = f"{name}-{len(done.jobs) + 1}"
             job = batch.submit(store, model, part, path)
-        jobs.append(job.arn)
+        done.jobs.append(job.arn)
         batch.wait(job, progress)
         answers = batch.answers(store, job, model, dimension)
-        for key in store.list_keys(f"{batch.prefix}{part}/"):  # its pictures' base64, answers
+        for key in store.list_keys(f"{batch.prefix}{part}/"):  # its files
             store.delete(key)
         found = {ids[rid]: vector for rid, vector in answers.vectors.items() if rid in ids}
         done.by_batch += len(found)
@@ -140,8 +177,6 @@ def reembed(
         again = [sha for rid, sha in ids.items() if rid not in answers.vectors]
         done.failed_in_batch += len(again)
         vectors.store(model_id, dimension, on_demand(again))
-    done.job_arn = ", ".join(jobs) or None
-    return done
 
 
 def _write_records(path: Path, shas: list[str], picture, model, dimension, batch, done):
