@@ -247,6 +247,22 @@ def test_a_table_that_s3_tables_maintains_is_given_the_documented_retention(monk
     ]
 
 
+@pytest.mark.parametrize("size", [32 * 2**20, 1024 * 2**20])
+def test_a_target_file_size_s3_tables_cannot_take_is_refused_by_the_settings_name(size):
+    from smartgo_analytics.core.table_care import set_s3_tables_maintenance
+
+    warehouse = "arn:aws:s3tables:eu-west-1:123456789012:bucket/carousel-analytics"
+    with pytest.raises(
+        ValueError,
+        match=r"--target-file-size\) is \d+ MB: S3 Tables' compaction takes 64 to 512 MB",
+    ):
+        set_s3_tables_maintenance(
+            {"warehouse": warehouse, "rest.signing-region": "eu-west-1"},
+            "pricing_intelligence.smartgo_sales",
+            Retention(target_file_size=size),
+        )
+
+
 def test_the_weekly_job_runs_the_maintenance_and_reports_it(tmp_path):
     from smartgo_analytics.definitions import defs
     from smartgo_analytics.maintenance import iceberg_maintenance_job

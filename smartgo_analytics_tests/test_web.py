@@ -369,6 +369,13 @@ def test_beyond_loopback_a_token_is_asked_on_every_request_and_questions_are_rat
         assert httpx.get(f"{url}/", headers={"Authorization": "Bearer wrong"}).status_code == 401
         opened = httpx.get(f"{url}/", params={"token": "t0ken"})
         assert opened.status_code == 200 and "HttpOnly" in opened.headers["set-cookie"]
+        assert "Secure" not in opened.headers["set-cookie"]  # plain HTTP: a Secure cookie is lost
+        proxied = httpx.get(
+            f"{url}/", params={"token": "t0ken"}, headers={"X-Forwarded-Proto": "https"}
+        )
+        assert proxied.headers["set-cookie"].endswith("; Secure")
+        wrong = httpx.get(f"{url}/", params={"token": "t0ke"})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
         cookie = {"smartgo_page_token": "t0ken"}
         assert httpx.get(f"{url}/", cookies=cookie).status_code == 200
         bearer = {"Authorization": "Bearer t0ken"}

@@ -138,6 +138,9 @@ def maintained_by_catalog(properties: dict[str, str]) -> bool:
     return "s3tables" in (properties.get("rest.signing-name", "") + properties.get("warehouse", ""))
 
 
+S3_TABLES_FILE_SIZE_MB = (64, 512)  # what PutTableMaintenanceConfiguration takes
+
+
 def set_s3_tables_maintenance(
     properties: dict[str, str], identifier: str, retention: Retention
 ) -> str | None:
@@ -146,13 +149,18 @@ def set_s3_tables_maintenance(
     defaults (snapshots kept 120 hours, at least 1); what was set, in words (None: there is no
     such table yet). Unreferenced files are removed by the table bucket's own setting, which is
     the bucket owner's."""
+    size_mb = max(1, retention.target_file_size // 2**20)
+    if not S3_TABLES_FILE_SIZE_MB[0] <= size_mb <= S3_TABLES_FILE_SIZE_MB[1]:
+        raise ValueError(
+            f"target_file_size (maintain --target-file-size) is {size_mb} MB: S3 Tables' "
+            f"compaction takes {S3_TABLES_FILE_SIZE_MB[0]} to {S3_TABLES_FILE_SIZE_MB[1]} MB"
+        )
     import boto3  # here: boto3's import is a second the other catalogs' readers never need
 
     region = properties.get("rest.signing-region") or properties.get("client.region")
     client = boto3.client("s3tables", region_name=region)
     namespace, name = identifier.rsplit(".", 1)
     hours = max(1, math.ceil(retention.expire_older_than.total_seconds() / 3600))
-    size_mb = max(1, retention.target_file_size // 2**20)
     for kind, settings in (
         ("icebergSnapshotManagement", {"minSnapshotsToKeep": retention.keep_last,
                                        "maxSnapshotAgeHours": hours}),

@@ -78,11 +78,12 @@ class AwsResource(ConfigurableResource):
             "aws_secret_access_key": self.aws_secret_access_key,
         }
         retry = config.pop("retries", {"mode": "adaptive", "max_attempts": 8})
-        # Requests are built by this code, not typed by people: skip botocore's per-call
-        # validation, and checksum only where the service requires it (CPU per image counts).
+        # botocore's parameter validation stays on: it names a malformed parameter before the
+        # request leaves, and costs 5 us an InvokeModel and 0.3 ms a BatchWriteItem of 25 (about
+        # 11 us an image, 0.006% of a photo sale's 186 ms). Checksums only where the service
+        # requires them (CPU per image counts).
         settings = Config(
             retries=retry,
-            parameter_validation=False,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             **config,

@@ -113,15 +113,14 @@ class GuardMiddleware:
         nonce = secrets.token_urlsafe(12)
         scope.setdefault("state", {})["csp_nonce"] = nonce
         extra = _answer_headers(scope["path"], nonce, " ".join(self.guard.picture_origins))
-        if self.guard.token and self.guard.token in parse_qs(
-            scope.get("query_string", b"").decode("latin-1")
-        ).get("token", []):
-            extra.append(
-                (
-                    b"set-cookie",
-                    f"{TOKEN_COOKIE}={self.guard.token}; HttpOnly; SameSite=Strict; Path=/".encode(),
-                )
-            )
+        asked = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        if self.guard.token and any(
+            hmac.compare_digest(a.encode(), self.guard.token.encode()) for a in asked
+        ):
+            # Secure when the page is served over HTTPS, itself or behind a proxy that says so.
+            https = scope.get("scheme") == "https" or headers.get("x-forwarded-proto") == "https"
+            cookie = f"{TOKEN_COOKIE}={self.guard.token}; HttpOnly; SameSite=Strict; Path=/"
+            extra.append((b"set-cookie", (cookie + ("; Secure" if https else "")).encode()))
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
