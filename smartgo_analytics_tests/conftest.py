@@ -93,3 +93,13 @@ def sale(product_id: str, day: str, image_url: str, **overrides) -> dict:
     }
     row.update(overrides)
     return row
+
+
+@pytest.fixture(scope="session")
+def production_template(tmp_path_factory):
+    """The production stack's template (deploy/smartgo_deploy), as `make deploy-check` makes it,
+    for the Glue catalog the prod tests use."""
+    from deploy.smartgo_deploy.stack import Settings
+    from deploy.smartgo_deploy.synth import synth
+
+    return synth(Settings(catalog="glue", region="us-east-1"), tmp_path_factory.mktemp("stack"))

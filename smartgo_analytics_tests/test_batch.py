@@ -18,6 +18,7 @@ from smartgo_analytics.resources.bedrock_batch import BedrockBatch
 from smartgo_analytics.resources.embeddings import BedrockEmbedder
 from smartgo_analytics.similarity.reader import read_manifest
 from smartgo_analytics_tests import servers
+from smartgo_analytics_tests.aws_calls import not_allowed, recorded_aws_calls
 from smartgo_analytics_tests.conftest import insert_products, sale
 from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources, run
 
@@ -77,7 +78,16 @@ def test_a_jobs_records_and_answers_are_mapped_back_by_record_id():
 
 
 def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
-    stack, s3_bucket, bedrock, bedrock_calls, cdn, cdn_state, tmp_path, control_plane, batch_state
+    stack,
+    s3_bucket,
+    bedrock,
+    bedrock_calls,
+    cdn,
+    cdn_state,
+    tmp_path,
+    control_plane,
+    batch_state,
+    production_template,
 ):
     images = {}
     for n in range(8):
@@ -123,7 +133,15 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
     failing = hashlib.sha256(images["/batch-5.png"]).hexdigest()
     batch_state.failing_images = {failing}
     bedrock_calls.reset()
-    result = reembed(with_model(1024))
+    with recorded_aws_calls() as actions:
+        result = reembed(with_model(1024))
+    # What batch inference calls is what the stack's run task role allows.
+    assert {
+        "bedrock:CreateModelInvocationJob",
+        "bedrock:GetModelInvocationJob",
+        "iam:PassRole",
+    } <= actions
+    assert not_allowed(actions, production_template, "RunTaskRole") == set()
     (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
     metadata = {k: v.value for k, v in event.event_specific_data.metadata.items()}
     assert metadata["images"] == 8 and metadata["kept_already"] == 0
@@ -206,7 +224,9 @@ def test_history_is_embedded_by_batch_then_backfilled_without_an_on_demand_call(
     assert shadowed.days() == {DAYS[0]: 4, DAYS[1]: 4}
 
 
-def test_a_wait_that_is_interrupted_stops_the_job(stack, s3_bucket, control_plane, batch_state):
+def test_a_wait_that_is_interrupted_stops_the_job(
+    stack, s3_bucket, control_plane, batch_state, production_template
+):
     from smartgo_analytics.resources.object_store import S3ObjectStore
 
     store = S3ObjectStore(
@@ -217,16 +237,19 @@ def test_a_wait_that_is_interrupted_stops_the_job(stack, s3_bucket, control_plan
     )
     batch_state.seconds = 30.0  # long enough to be running when the run is terminated
     try:
-        records = records_jsonl([(record_id(1), NOVA.body(servers.png((1, 2, 3)), 256))])
-        with tempfile.TemporaryDirectory() as directory:
-            (Path(directory) / "records.jsonl").write_bytes(records)
-            job = batch.submit(store, NOVA, "interrupted", Path(directory) / "records.jsonl")
+        with recorded_aws_calls() as actions:  # the job's whole life: made, waited for, stopped
+            records = records_jsonl([(record_id(1), NOVA.body(servers.png((1, 2, 3)), 256))])
+            with tempfile.TemporaryDirectory() as directory:
+                (Path(directory) / "records.jsonl").write_bytes(records)
+                job = batch.submit(store, NOVA, "interrupted", Path(directory) / "records.jsonl")
 
-        def terminated(described: dict) -> None:
-            raise KeyboardInterrupt  # what Dagster's termination raises in the step, in kind
+            def terminated(described: dict) -> None:
+                raise KeyboardInterrupt  # what Dagster's termination raises in the step, in kind
 
-        with pytest.raises(KeyboardInterrupt):
-            batch.wait(job, terminated)
+            with pytest.raises(KeyboardInterrupt):
+                batch.wait(job, terminated)
         assert batch_state.jobs[job.arn.rsplit("/", 1)[1]]["status"] == "Stopped"
+        assert "bedrock:StopModelInvocationJob" in actions
+        assert not_allowed(actions, production_template, "RunTaskRole") == set()
     finally:
         batch_state.reset()

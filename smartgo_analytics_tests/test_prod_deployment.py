@@ -35,6 +35,7 @@ from smartgo_analytics.local.stack import create_progress_table, create_sales_ta
 from smartgo_analytics.resources.dynamodb import create_image_vectors_table
 from smartgo_analytics.settings import settings
 from smartgo_analytics_tests import servers
+from smartgo_analytics_tests.aws_calls import not_allowed, recorded_aws_calls
 from smartgo_analytics_tests.conftest import insert_products, sale
 
 DAY = "2025-10-20"
@@ -45,20 +46,41 @@ DATASET_IDS = {spec.name: f"qs-{spec.name}" for spec in DATASETS}
 
 
 @pytest.fixture
-def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
-    """AWS as a production deployment sees it, every endpoint on loopback."""
+def prod_resources(stack):
+    """What the production stack makes (deploy/smartgo_deploy), made here by hand: the bucket,
+    the tables the pipeline owns and the alert topic (test_deploy.py has the stack make them)."""
     aws = boto3.Session(region_name="us-east-1")
     endpoint = {"endpoint_url": stack.aws_endpoint_url}
     aws.client("s3", **endpoint).create_bucket(Bucket=BUCKET)
     dynamodb = aws.client("dynamodb", **endpoint)
     existing = dynamodb.list_tables()["TableNames"]  # made by an earlier test of the session
     for name, create in (
-        ("SalesData-prod", create_sales_table),
         ("smartgo-export-progress-prod", create_progress_table),
         ("smartgo-image-vectors-prod", create_image_vectors_table),
     ):
         if name not in existing:
             create(dynamodb, name)
+    topic = aws.client("sns", **endpoint).create_topic(Name="smartgo-prod-alerts")["TopicArn"]
+    glue = aws.client("glue", **endpoint)
+    if "pricing_intelligence" not in [d["Name"] for d in glue.get_databases()["DatabaseList"]]:
+        glue.create_database(DatabaseInput={"Name": "pricing_intelligence"})
+    return {
+        "S3_BUCKET": BUCKET,
+        "EXPORT_PROGRESS_TABLE_NAME": "smartgo-export-progress-prod",
+        "IMAGE_VECTORS_TABLE": "smartgo-image-vectors-prod",
+        "ALERT_SNS_TOPIC_ARN": topic,
+    }
+
+
+@pytest.fixture
+def prod_environment(prod_resources, stack, bedrock, cdn, cdn_state, monkeypatch):
+    """AWS as a production deployment sees it, every endpoint on loopback. SalesData is an input
+    of the pipeline (the stack names it, never makes it): written here, as SmartGo writes it."""
+    aws = boto3.Session(region_name="us-east-1")
+    endpoint = {"endpoint_url": stack.aws_endpoint_url}
+    dynamodb = aws.client("dynamodb", **endpoint)
+    if "SalesData-prod" not in dynamodb.list_tables()["TableNames"]:
+        create_sales_table(dynamodb, "SalesData-prod")
     serializer = TypeSerializer()
     for item in sales_data_items(date.fromisoformat(DAY)):
         dynamodb.put_item(
@@ -101,7 +123,7 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
             for n in range(12)
         ],
     )
-    topic = aws.client("sns", **endpoint).create_topic(Name="smartgo-prod-alerts")["TopicArn"]
+    topic = prod_resources["ALERT_SNS_TOPIC_ARN"]
     sqs = aws.client("sqs", **endpoint)
     queue = sqs.create_queue(QueueName="smartgo-prod-alerts")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
@@ -109,19 +131,16 @@ def prod_environment(stack, bedrock, cdn, cdn_state, monkeypatch):
     ]
     aws.client("sns", **endpoint).subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
     environment = {
+        **prod_resources,
         "SMARTGO_DEPLOYMENT": "prod",
-        "ALERT_SNS_TOPIC_ARN": topic,
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": stack.aws_endpoint_url,
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock,
-        "S3_BUCKET": BUCKET,
         "SMARTGO_DB_SSM_PARAMETER": SSM_PARAMETER,
         "DYNAMODB_TABLE": "SalesData-prod",
-        "EXPORT_PROGRESS_TABLE_NAME": "smartgo-export-progress-prod",
-        "IMAGE_VECTORS_TABLE": "smartgo-image-vectors-prod",
         "BEDROCK_REQUESTS_PER_MINUTE": "3000",
         "ICEBERG_CATALOG_TYPE": "glue",
-        "ICEBERG_WAREHOUSE": f"s3://{BUCKET}/warehouse",
+        "ICEBERG_WAREHOUSE": f"s3://{prod_resources['S3_BUCKET']}/warehouse",
         "ICEBERG_CATALOG_PROPERTIES": json.dumps({"s3.endpoint": stack.aws_endpoint_url}),
         "IMAGE_URL_ALLOWLIST": "localhost",
         "QUICKSIGHT_ACCOUNT_ID": ACCOUNT,
@@ -148,16 +167,18 @@ def glue_table(environment, name: str = "smartgo_sales"):
 
 
 def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_nothing(
-    prod_environment, bedrock_calls, cdn, tmp_path
+    prod_environment, bedrock_calls, cdn, tmp_path, production_template
 ):
     from smartgo_analytics.definitions import assets
 
-    resources = this_deployment().resources()
-    assert type(resources["object_store"]).__name__ == "S3ObjectStore"
-    assert type(resources["image_embedder"]).__name__ == "BedrockEmbedder"
+    BUCKET = prod_environment["S3_BUCKET"]  # noqa: N806  (the stack's, in test_deploy.py)
+    with recorded_aws_calls() as actions:
+        resources = this_deployment().resources()
+        assert type(resources["object_store"]).__name__ == "S3ObjectStore"
+        assert type(resources["image_embedder"]).__name__ == "BedrockEmbedder"
 
-    instance = DagsterInstance.ephemeral()
-    first = materialize(assets, resources=resources, partition_key=DAY, instance=instance)
+        instance = DagsterInstance.ephemeral()
+        first = materialize(assets, resources=resources, partition_key=DAY, instance=instance)
 
     assert first.success and all(c.passed for c in first.get_asset_check_evaluations())
     assert bedrock_calls.calls == 6  # one per distinct image
@@ -345,25 +366,36 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     progress = boto3.client(
         "dynamodb", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
     ).get_item(
-        TableName="smartgo-export-progress-prod",
+        TableName=prod_environment["EXPORT_PROGRESS_TABLE_NAME"],
         Key={"PK": {"S": f"EXPORT#{DAY}"}, "SK": {"S": "METADATA"}},
     )["Item"]
     assert progress["status"]["S"] == "COMPLETE" and progress["totalCount"]["N"] == "12"
 
     # The prod alerter publishes to SNS in the deployment's region.
-    resources["alerter"].send(Alert(title="SmartGo analytics: test", error="none", partition=DAY))
+    with recorded_aws_calls() as alerting:
+        resources["alerter"].send(
+            Alert(title="SmartGo analytics: test", error="none", partition=DAY)
+        )
     (message,) = boto3.client(
         "sqs", endpoint_url=prod_environment["AWS_ENDPOINT_URL"], region_name="us-east-1"
     ).receive_message(QueueUrl=prod_environment["queue"])["Messages"]
     assert f"partition: {DAY}" in json.loads(message["Body"])["Message"]
 
     snapshot = table.current_snapshot().snapshot_id
-    second = materialize(assets, resources=this_deployment().resources(), partition_key=DAY)
+    with recorded_aws_calls() as again:
+        second = materialize(assets, resources=this_deployment().resources(), partition_key=DAY)
 
     assert second.success
     table = glue_table(prod_environment)
     assert table.current_snapshot().snapshot_id == snapshot
     assert table.scan().to_arrow().sort_by("product_id").to_pylist() == rows
+
+    # Every AWS action the runs made is one the stack's run task role allows, and the alert's is
+    # the code location's (deploy/smartgo_deploy/access.py; the template as synthesized).
+    assert len(actions | again) >= 15, sorted(actions | again)
+    assert not_allowed(actions | again, production_template, "RunTaskRole") == set()
+    assert alerting == {"sns:Publish"}
+    assert not_allowed(alerting, production_template, "CodeLocationRole") == set()
 
 
 class ConfigRecorder(BaseHTTPRequestHandler):

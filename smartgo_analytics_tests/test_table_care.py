@@ -14,6 +14,7 @@ from smartgo_analytics.core import sales_table
 from smartgo_analytics.core.table_care import Retention, path_of
 from smartgo_analytics.core.units import parse_duration, parse_size
 from smartgo_analytics.resources.iceberg import IcebergCatalog
+from smartgo_analytics_tests.aws_calls import not_allowed, recorded_aws_calls
 from smartgo_analytics_tests.test_iceberg_write import TENANTS, rows
 
 FIRST = datetime(2025, 3, 2, tzinfo=UTC)
@@ -178,7 +179,7 @@ def test_maintenance_on_the_glue_catalog_with_the_warehouse_on_s3(stack, monkeyp
     assert report.snapshots_left == 1 and report.files_removed > 100
 
 
-def test_a_table_that_s3_tables_maintains_is_given_the_documented_retention(monkeypatch):
+def test_a_table_that_s3_tables_maintains_is_given_the_documented_retention(monkeypatch, tmp_path):
     """S3 Tables does the work; the job sets its table's maintenance configuration to the
     retention the other catalogs get, over S3 Tables' wire format (a loopback double: moto's
     s3tables has no maintenance operations)."""
@@ -212,9 +213,16 @@ def test_a_table_that_s3_tables_maintains_is_given_the_documented_retention(monk
         }
     )
     try:
-        report = catalog.maintain(Retention())
+        with recorded_aws_calls() as actions:
+            report = catalog.maintain(Retention())
     finally:
         server.shutdown()
+    # What the weekly care calls, the stack's S3 Tables deployment allows its runs.
+    from deploy.smartgo_deploy.stack import Settings
+    from deploy.smartgo_deploy.synth import synth
+
+    assert actions == {"s3tables:PutTableMaintenanceConfiguration"}
+    assert not_allowed(actions, synth(Settings(), tmp_path), "RunTaskRole") == set()
     assert report.skipped == (
         "S3 Tables maintains this table itself, set to: snapshots older than 168 h expire, "
         "the last 10 kept; files compacted to 128 MB"

@@ -127,7 +127,11 @@ class IcebergCatalog(ConfigurableResource):
         try:
             return catalog.load_table(identifier)
         except NoSuchTableError:
-            catalog.create_namespace_if_not_exists(identifier.rsplit(".", 1)[0])
+            # Asked before it is made: in production the namespace (the Glue database, the S3
+            # Tables namespace) is the stack's (deploy/), and the roles may read it, not create it.
+            namespace = identifier.rsplit(".", 1)[0]
+            if not catalog.namespace_exists(namespace):
+                catalog.create_namespace_if_not_exists(namespace)
             try:
                 table = catalog.create_table(identifier, schema=schema, **creation)
             except TableAlreadyExistsError:  # another run created it in the meantime

@@ -1,0 +1,3 @@
+from deploy.smartgo_deploy.synth import main
+
+main()
