@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import botocore.session
 
@@ -37,8 +39,44 @@ def iam_actions(signing_name: str, operation: str) -> tuple[str, ...]:
     return IAM_ACTIONS.get((signing_name, operation), (f"{signing_name}:{operation}",))
 
 
+RECORD_TO = "SMARTGO_TEST_AWS_CALLS"  # a process started with it appends its actions there
+
+
+def in_processes(directory: Path, into: Path) -> dict[str, str]:
+    """Environment for a process of its own (a command, the page) whose AWS calls are recorded
+    into `into`, a line an action, as they are made (the process may be killed)."""
+    (directory / "sitecustomize.py").write_text(
+        "from smartgo_analytics_tests.aws_calls import record_into_file\nrecord_into_file()\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join([str(directory), root, os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": path, RECORD_TO: str(into)}
+
+
+def record_into_file() -> None:
+    """In a process started with `in_processes`: record its AWS calls into the file named."""
+    into = os.environ.get(RECORD_TO)
+    if not into:
+        return
+    global _for_life  # kept: a recording that is collected ends (its `finally` runs)
+    _for_life = recorded_aws_calls(on_action=lambda a: _append(into, a))
+    _for_life.__enter__()
+
+
+_for_life = None
+
+
+def _append(path: str, action: str) -> None:
+    with open(path, "a") as out:
+        out.write(action + "\n")
+
+
+def recorded_in(path: Path) -> set[str]:
+    return set(path.read_text().split()) if path.exists() else set()
+
+
 @contextlib.contextmanager
-def recorded_aws_calls() -> Iterator[set[str]]:
+def recorded_aws_calls(on_action=None) -> Iterator[set[str]]:
     """The IAM actions of the boto3 calls made in the block (by clients made in it)."""
     actions: set[str] = set()
     lock = threading.Lock()
@@ -47,7 +85,10 @@ def recorded_aws_calls() -> Iterator[set[str]]:
     def record(model, **_):
         signing = model.service_model.signing_name or model.service_model.endpoint_prefix
         with lock:
-            actions.update(iam_actions(signing, model.name))
+            for action in iam_actions(signing, model.name):
+                if action not in actions and on_action is not None:
+                    on_action(action)
+                actions.add(action)
 
     def create_client(self, *args, **kwargs):
         client = original(self, *args, **kwargs)

@@ -70,14 +70,17 @@ def small_template(tmp_path_factory):
         "client_id": "smartgo",
         "client_secret_name": "smartgo/prod/oidc-client-secret",
     }
-    return synth(Settings(profile="small", oidc=oidc), tmp_path_factory.mktemp("small"))
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/smartgo-analytics:2026.12.8"
+    return synth(
+        Settings(profile="small", oidc=oidc, image=image), tmp_path_factory.mktemp("small")
+    )
 
 
 def test_each_role_allows_exactly_its_grants_and_no_wildcard_action(
     production_template, s3tables_template, small_template
 ):
     for template in (production_template, s3tables_template, small_template):
-        for role in access.ROLES:
+        for role in [*access.ROLES, "ExecutionRole"]:
             for statement in role_statements(template, role):
                 actions = statement["Action"]
                 actions = [actions] if isinstance(actions, str) else actions
@@ -173,6 +176,16 @@ def test_only_https_from_the_allowed_network_reaches_the_webserver_and_the_page(
         first, then = rule["Properties"]["Actions"]
         assert first["Type"] == "authenticate-oidc" and then["Type"] == "forward"
         assert "resolve:secretsmanager:smartgo/prod/oidc-client-secret" in json.dumps(first)
+    # An image of the account's ECR: the execution role pulls that repository, nothing else.
+    pulls = [
+        s
+        for s in role_statements(small_template, "ExecutionRole")
+        if "ecr:BatchGetImage" in s["Action"]
+    ]
+    (pull,) = pulls
+    assert json.dumps(pull["Resource"]).endswith(
+        ':ecr:eu-west-1:123456789012:repository/smartgo-analytics"]]}'
+    )
     # The small profile: webserver, daemon and code location in one task, reached on localhost.
     services = of_type(small_template, "AWS::ECS::Service")
     assert len(services) == 2

@@ -35,7 +35,12 @@ from smartgo_analytics.local.stack import create_progress_table, create_sales_ta
 from smartgo_analytics.resources.dynamodb import create_image_vectors_table
 from smartgo_analytics.settings import settings
 from smartgo_analytics_tests import servers
-from smartgo_analytics_tests.aws_calls import not_allowed, recorded_aws_calls
+from smartgo_analytics_tests.aws_calls import (
+    in_processes,
+    not_allowed,
+    recorded_aws_calls,
+    recorded_in,
+)
 from smartgo_analytics_tests.conftest import insert_products, sale
 
 DAY = "2025-10-20"
@@ -244,11 +249,16 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
         assert metadata["spice_ingestion_id"].value.startswith(f"smartgo-{spec.name}-{DAY}-")
 
     # The comparables command on the prod deployment: the index's segments fetched from S3 into
-    # the home's cache; a picture's URL fetched and embedded by Bedrock.
+    # the home's cache; a picture's URL fetched and embedded by Bedrock. Its AWS calls and the
+    # page's are recorded, each in its process, for the page's role.
+    (tmp_path / "site").mkdir()
+    recording = in_processes(tmp_path / "site", tmp_path / "page-calls")
+    reading = {**os.environ, "SMARTGO_HOME": str(tmp_path / "home"), **recording}
+
     def command(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "smartgo_analytics.cli", "comparables", *args],
-            env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
+            env=reading,
             capture_output=True,
             text=True,
             timeout=120,
@@ -283,7 +293,7 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     port = servers.free_port()
     page = subprocess.Popen(
         [sys.executable, "-m", "smartgo_analytics.cli", "web", "--port", str(port)],
-        env={**os.environ, "SMARTGO_HOME": str(tmp_path / "home")},
+        env=reading,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -396,6 +406,10 @@ def test_one_day_of_every_asset_runs_on_the_prod_resources_and_again_changes_not
     assert not_allowed(actions | again, production_template, "RunTaskRole") == set()
     assert alerting == {"sns:Publish"}
     assert not_allowed(alerting, production_template, "CodeLocationRole") == set()
+    # The page and the comparables command read what the page's role allows.
+    page_calls = recorded_in(tmp_path / "page-calls")
+    assert {"s3:GetObject", "glue:GetTable", "bedrock:InvokeModel"} <= page_calls, page_calls
+    assert not_allowed(page_calls, production_template, "PageRole") == set()
 
 
 class ConfigRecorder(BaseHTTPRequestHandler):

@@ -33,7 +33,7 @@ OBJECTS_READ = ("s3:GetObject",)
 OBJECTS_WRITE = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
 BUCKET_LIST = ("s3:ListBucket",)
 
-GLUE_READ = ("glue:GetDatabase", "glue:GetTable", "glue:GetTables")
+GLUE_READ = ("glue:GetDatabase", "glue:GetTable")
 # The tables are the pipeline's to make (their schema and partition spec are the code's): the
 # database is the stack's.
 GLUE_WRITE = (*GLUE_READ, "glue:CreateTable", "glue:UpdateTable")
@@ -71,7 +71,7 @@ PIPELINE = (
         "image vectors and export progress: the pipeline's own tables",
     ),  # fmt: skip
     Grant(
-        ("dynamodb:DescribeTable", "dynamodb:Query", "dynamodb:Scan"),
+        ("dynamodb:DescribeTable", "dynamodb:Query"),
         ("sales_data_table",),
         "SalesData, read for the QuickSight datasets",
     ),
@@ -98,7 +98,11 @@ PIPELINE = (
         "what those parameters refer to",
     ),
     Grant(("sns:Publish",), ("alert_topic",), "alerts on failed partitions"),
-    Grant(("quicksight:CreateIngestion",), ("quicksight_datasets",), "refreshing the datasets"),
+    Grant(
+        ("quicksight:CreateIngestion", "quicksight:DescribeIngestion"),
+        ("quicksight_datasets",),
+        "refreshing the datasets (a retried step reads the ingestion it started)",
+    ),
     Grant(
         ("glue:GetDatabase", *GLUE_WRITE),
         ("glue_catalog", "glue_database", "glue_tables"),
@@ -147,7 +151,7 @@ PAGE = (
         "a picture's kept vector",
     ),  # fmt: skip
     Grant(("bedrock:InvokeModel",), ("embedding_models",), "embedding a picture asked about"),
-    Grant(GLUE_READ, ("glue_catalog", "glue_database", "glue_tables"), "the Iceberg tables"),
+    Grant(("glue:GetTable",), ("glue_catalog", "glue_database", "glue_tables"), "the tables"),
     Grant(S3TABLES_READ, ("table_bucket", "table_bucket_tables"), "the Iceberg tables"),
 )
 

@@ -15,11 +15,13 @@ Each role's policy comes from `access.py`; nothing here grants an action of its 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_glue as glue
@@ -255,7 +257,10 @@ class SmartGoStack(cdk.Stack):
             "database_secret": [secret(self.database_secret)],
             "api_token_secret": [secret(self.api_token_secret)],
             "alert_topic": [self.topic.topic_arn],
-            "quicksight_datasets": [arn("quicksight", "dataset/*")],
+            "quicksight_datasets": [
+                arn("quicksight", "dataset/*"),
+                arn("quicksight", "dataset/*/ingestion/*"),
+            ],
             "glue_catalog": [arn("glue", "catalog")],
             "glue_database": [arn("glue", f"database/{NAMESPACE}")],
             "glue_tables": [arn("glue", f"table/{NAMESPACE}/*")],
@@ -415,7 +420,7 @@ class SmartGoStack(cdk.Stack):
         }
         return task.add_container(
             name,
-            image=ecs.ContainerImage.from_registry(self.settings.image),
+            image=self._image(),
             command=command,
             environment=self._environment(),
             secrets=secrets,
@@ -425,6 +430,25 @@ class SmartGoStack(cdk.Stack):
             port_mappings=[ecs.PortMapping(container_port=p, name=n) for n, p in ports],
             **extra,
         )
+
+    def _image(self) -> ecs.ContainerImage:
+        """The image: from an ECR repository of the account (the execution role may pull it and
+        nothing else), or from any registry that needs no credentials."""
+        ecr_uri = re.fullmatch(
+            r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([^:@]+)(?::([\w.-]+))?",
+            self.settings.image,
+        )
+        if ecr_uri is None:
+            return ecs.ContainerImage.from_registry(self.settings.image)
+        account, region, repository, tag = ecr_uri.groups()
+        if not hasattr(self, "_repository"):
+            self._repository = ecr.Repository.from_repository_attributes(
+                self,
+                "ImageRepository",
+                repository_arn=f"arn:{self.partition}:ecr:{region}:{account}:repository/{repository}",
+                repository_name=repository,
+            )
+        return ecs.ContainerImage.from_ecr_repository(self._repository, tag or "latest")
 
     def _compute(self, name: str) -> None:
         self.cluster = ecs.Cluster(
