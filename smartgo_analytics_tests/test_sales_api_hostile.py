@@ -385,3 +385,32 @@ def test_a_token_echoed_back_appears_in_no_message_or_value(serve):
     quiet = serve(one_page([item(0, description=f"Bearer {TOKEN}", brand=TOKEN)]))
     table, _, _ = read(api(quiet.url))
     assert TOKEN not in json.dumps(table.to_pylist(), default=str)
+
+
+def test_the_day_says_when_the_api_ignored_the_window_or_the_tenant(
+    serve, stack, s3_bucket, bedrock, cdn, tmp_path
+):
+    """The asset's view: such rows quarantined with their reason, counted in the day's metadata,
+    and the check source_honours_filters failed (the valid rows still make the day)."""
+    from dagster import materialize
+
+    from smartgo_analytics.assets.pricing_intelligence import smartgo_sales
+    from smartgo_analytics_tests.test_pricing_pipeline import resources
+
+    rows = [item(n) for n in range(5)]
+    rows[1]["tenantId"] = "northwind-resale"
+    rows[2]["soldDate"] = "2024-03-08T23:00:00Z"
+    rows[3]["soldDate"] = "2024-03-09T21:00:00-05:00"
+    server = serve(one_page(rows))
+    res = resources(stack, s3_bucket, bedrock, cdn, tmp_path)
+    res["sales_source"] = api(server.url)
+    result = materialize([smartgo_sales], resources=res, partition_key="2024-03-09")
+    metadata = result.asset_materializations_for_node("smartgo_sales")[0].metadata
+    figures = {k: v.value for k, v in metadata.items()}
+    assert figures["valid_rows"] == 2 and figures["quarantined_rows"] == 3
+    assert figures["rows_outside_window"] == 2 and figures["rows_of_other_tenants"] == 1
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["source_honours_filters"].passed
+    assert "2 rows outside the window and 1 rows of another tenant" in (
+        checks["source_honours_filters"].description or ""
+    )
