@@ -17,6 +17,7 @@ from dagster import DagsterInstance, materialize
 from smartgo_analytics.assets.similarity import similarity_index
 from smartgo_analytics.core.models.nova import MODEL as NOVA
 from smartgo_analytics.layout import SIMILARITY_PREFIX, index_space
+from smartgo_analytics.local.demo_data import PRODUCTS_DDL
 from smartgo_analytics.local.stack import local_stack
 from smartgo_analytics.reembedding import reembed_history_job
 from smartgo_analytics.resources.bedrock_batch import BedrockBatch
@@ -24,8 +25,7 @@ from smartgo_analytics.resources.dynamodb import ImageVectors, create_image_vect
 from smartgo_analytics.resources.embeddings import BedrockEmbedder
 from smartgo_analytics.similarity.reader import read_manifest
 from smartgo_analytics_tests import servers
-from smartgo_analytics_tests.conftest import PRODUCTS_DDL, insert_products, sale
-from smartgo_analytics_tests.test_pricing_pipeline import ASSETS, day_rows, resources
+from smartgo_analytics_tests.pipeline import ASSETS, day_rows, insert_products, resources, sale
 
 DAYS = 30
 SALES_PER_DAY = 20

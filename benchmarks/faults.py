@@ -181,7 +181,7 @@ class _Rig:
         import psycopg
 
         from smartgo_analytics.local.demo_data import PRODUCTS_DDL
-        from smartgo_analytics_tests.conftest import insert_products, sale
+        from smartgo_analytics_tests.pipeline import insert_products, sale
         from smartgo_analytics_tests.servers import png
 
         with psycopg.connect(self.stack.postgres_uri) as conn:

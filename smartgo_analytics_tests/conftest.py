@@ -1,5 +1,4 @@
 import os
-from datetime import UTC, datetime, timedelta
 
 import boto3
 import psycopg
@@ -9,7 +8,6 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-from smartgo_analytics.core.sales import SOURCE_COLUMNS  # noqa: E402
 from smartgo_analytics.local.demo_data import PRODUCTS_DDL  # noqa: E402
 from smartgo_analytics.local.stack import local_stack  # noqa: E402
 from smartgo_analytics_tests import servers  # noqa: E402
@@ -62,37 +60,6 @@ def s3_bucket(stack, request):
     s3 = boto3.client("s3", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1")
     s3.create_bucket(Bucket=name)
     return name
-
-
-def insert_products(postgres_uri: str, rows: list[dict]) -> None:
-    columns = (*SOURCE_COLUMNS, "status")
-    with psycopg.connect(postgres_uri) as conn:
-        for row in rows:
-            values = {c: row.get(c) for c in columns}
-            conn.execute(
-                f"INSERT INTO smartgo.products ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
-                "ON CONFLICT (id) DO UPDATE SET "
-                + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:]),
-                tuple(values.values()),
-            )
-
-
-def sale(product_id: str, day: str, image_url: str, **overrides) -> dict:
-    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
-    row = {
-        "id": product_id,
-        "tenant_id": "carousel-labs",
-        "category": "Electronics",
-        "brand": "Sony",
-        "condition": "Good",
-        "sold_price": "120.50",
-        "sold_date": start + timedelta(hours=10),
-        "image_url": image_url,
-        "description": "Très bon état",
-        "status": "SOLD",
-    }
-    row.update(overrides)
-    return row
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,7 @@ from smartgo_analytics.resources.embeddings import BedrockEmbedder
 from smartgo_analytics.similarity.reader import read_manifest
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.aws_calls import not_allowed, recorded_aws_calls
-from smartgo_analytics_tests.conftest import insert_products, sale
-from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources, run
+from smartgo_analytics_tests.pipeline import day_rows, insert_products, resources, run, sale
 
 DAYS = ("2025-10-27", "2025-10-28")
 ROLE = "arn:aws:iam::123456789012:role/smartgo-bedrock-batch"

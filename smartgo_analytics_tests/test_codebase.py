@@ -237,3 +237,20 @@ def test_no_resource_imports_the_local_stack():
         if imported.startswith("smartgo_analytics.local")
     ]
     assert local == []
+
+
+def test_every_benchmark_imports_and_none_imports_a_test_module():
+    """`make bench` is not run by CI: a benchmark that cannot even be imported (a renamed helper)
+    fails here. Benchmarks share smartgo_analytics_tests' support modules, never its tests."""
+    import importlib
+    import pathlib
+
+    from benchmarks.__main__ import BENCHMARKS
+
+    assert len(BENCHMARKS) >= 17 and all(callable(b) for b in BENCHMARKS)
+    for path in pathlib.Path("benchmarks").glob("*.py"):
+        if not path.stem.endswith("_defs"):  # a code location a benchmark's dagster loads
+            importlib.import_module(f"benchmarks.{path.stem}")
+        text = path.read_text()
+        assert "smartgo_analytics_tests.test_" not in text, path
+        assert "smartgo_analytics_tests.conftest" not in text, path

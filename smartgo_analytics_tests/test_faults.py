@@ -4,9 +4,9 @@ step, naming the dependency."""
 
 import pytest
 
-from smartgo_analytics_tests.conftest import insert_products, sale
+from smartgo_analytics_tests.pipeline import day_rows, insert_products, resources, run, sale
 from smartgo_analytics_tests.servers import png
-from smartgo_analytics_tests.test_pricing_pipeline import check, day_rows, resources, run
+from smartgo_analytics_tests.test_pricing_pipeline import check
 
 SALES = 40
 

@@ -23,8 +23,7 @@ from smartgo_analytics.core.quicksight import DATASETS_BY_NAME, build_dataset
 from smartgo_analytics.core.ssrf import UnsafeUrl, forbidden_reason, resolve
 from smartgo_analytics.core.vectors import vector_from_answer
 from smartgo_analytics.resources.images import ImageFetcher, ImageFetchError
-from smartgo_analytics_tests.conftest import insert_products, sale
-from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources, run
+from smartgo_analytics_tests.pipeline import day_rows, insert_products, resources, run, sale
 
 # --- addresses ------------------------------------------------------------------------------------
 

@@ -9,8 +9,7 @@ from smartgo_analytics.core.imaging import BadImage, decoded, prepare_for
 from smartgo_analytics.core.models.titan import MODEL as TITAN
 from smartgo_analytics.local.photos import photo_corpus, stamped
 from smartgo_analytics_tests import servers
-from smartgo_analytics_tests.conftest import insert_products, sale
-from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources, run
+from smartgo_analytics_tests.pipeline import day_rows, insert_products, resources, run, sale
 
 
 @pytest.fixture(scope="module")

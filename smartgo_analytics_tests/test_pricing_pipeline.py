@@ -1,7 +1,6 @@
 """The pricing pipeline against real servers: embedded Postgres, moto S3 and DynamoDB over HTTP,
 a Bedrock-compatible server and a hostile image CDN, all on 127.0.0.1."""
 
-import contextlib
 import hashlib
 import json
 import os
@@ -16,14 +15,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from botocore.exceptions import ClientError
 from dagster import AssetKey, materialize
 
 from smartgo_analytics.assets.price_bands import price_bands
 from smartgo_analytics.assets.pricing_intelligence import (
-    product_image_embeddings,
     smartgo_sales,
-    smartgo_sales_iceberg,
 )
 from smartgo_analytics.assets.quicksight import price_bands_dataset
 from smartgo_analytics.core.embedding_day import Sale
@@ -36,19 +32,17 @@ from smartgo_analytics.local.stack import create_progress_table
 from smartgo_analytics.resources.dynamodb import (
     ExportProgressTracker,
     ImageVectors,
-    create_image_vectors_table,
 )
 from smartgo_analytics.resources.embeddings import BedrockEmbedder, LocalVisualEmbedder
-from smartgo_analytics.resources.iceberg import IcebergCatalog, KnownVectors
+from smartgo_analytics.resources.iceberg import KnownVectors
 from smartgo_analytics.resources.images import ImageFetcher
-from smartgo_analytics.resources.object_store import LocalObjectStore, S3ObjectStore
+from smartgo_analytics.resources.object_store import LocalObjectStore
 from smartgo_analytics.resources.parquet_io import ParquetIOManager
 from smartgo_analytics.resources.postgres import SmartGoDatabase
 from smartgo_analytics.resources.quicksight import QuickSightExport
 from smartgo_analytics_tests import servers
-from smartgo_analytics_tests.conftest import insert_products, sale
+from smartgo_analytics_tests.pipeline import ASSETS, day_rows, insert_products, resources, run, sale
 
-ASSETS = [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg]
 HOSTILE = {
     "missing": ("/missing.png", "HTTP 404"),
     "slow": ("/slow.png", "timed out"),
@@ -64,61 +58,6 @@ HOSTILE = {
     "to-private": ("/to-private.png", "private address"),
     "loop": ("/loop.png", "more than 3 redirects"),
 }
-
-
-def resources(stack, bucket, bedrock, cdn, tmp_path, progress_table=None, **fetcher):
-    store = S3ObjectStore(
-        bucket=bucket, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
-    )
-    # The image vectors of this test alone: another test's images are not found in them.
-    vectors = ImageVectors(
-        table_name=f"vectors-{bucket}", endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
-    )
-    with contextlib.suppress(ClientError):  # already made for this bucket
-        create_image_vectors_table(vectors.boto3_client("dynamodb"), vectors.table_name)
-    return {
-        "image_vectors": vectors,
-        "sales_source": SmartGoDatabase(dsn=stack.postgres_uri),
-        "object_store": store,
-        "parquet_io_manager": ParquetIOManager(object_store=store),
-        "image_fetcher": ImageFetcher(
-            allowlist=["localhost"], timeout_s=1.0, backoff_base_s=0.05, **fetcher
-        ),
-        "image_embedder": BedrockEmbedder(
-            endpoint_url=bedrock, region_name="us-east-1", model_timeout_backoff_s=0.05
-        ),
-        "iceberg": IcebergCatalog(
-            properties={
-                "type": "sql",
-                "uri": f"sqlite:///{tmp_path}/catalog.db",
-                "warehouse": (tmp_path / "warehouse").as_uri(),
-            }
-        ),
-        "export_progress": ExportProgressTracker(
-            table_name=progress_table, endpoint_url=stack.aws_endpoint_url, region_name="us-east-1"
-        ),
-    }
-
-
-def run(res, day, raise_on_error=True, **embedding_config):
-    run_config = None
-    if embedding_config:
-        run_config = {"ops": {"product_image_embeddings": {"config": embedding_config}}}
-    return materialize(
-        ASSETS,
-        resources=res,
-        partition_key=day,
-        raise_on_error=raise_on_error,
-        run_config=run_config,
-    )
-
-
-def day_rows(res, day):
-    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
-    from datetime import timedelta
-
-    table = res["iceberg"].read_day(start, start + timedelta(days=1))
-    return {row["product_id"]: row for row in table.to_pylist()} if table is not None else {}
 
 
 def stored_ids(res, asset_name, day):

@@ -41,7 +41,7 @@ from smartgo_analytics_tests.aws_calls import (
     recorded_aws_calls,
     recorded_in,
 )
-from smartgo_analytics_tests.conftest import insert_products, sale
+from smartgo_analytics_tests.pipeline import insert_products, sale
 
 DAY = "2025-10-20"
 BUCKET = "smartgo-prod-e2e"

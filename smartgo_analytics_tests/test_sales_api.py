@@ -17,7 +17,7 @@ from smartgo_analytics.core.sales import validated_day
 from smartgo_analytics.local.sales_api import serve_sales_api
 from smartgo_analytics.resources.postgres import SmartGoDatabase
 from smartgo_analytics.resources.sales_api import SalesApiError, SmartGoApi
-from smartgo_analytics_tests.conftest import insert_products, sale
+from smartgo_analytics_tests.pipeline import insert_products, sale
 
 START = datetime(2024, 3, 9, tzinfo=UTC)
 END = START + timedelta(days=1)

@@ -395,7 +395,7 @@ def test_the_day_says_when_the_api_ignored_the_window_or_the_tenant(
     from dagster import materialize
 
     from smartgo_analytics.assets.pricing_intelligence import smartgo_sales
-    from smartgo_analytics_tests.test_pricing_pipeline import resources
+    from smartgo_analytics_tests.pipeline import resources
 
     rows = [item(n) for n in range(5)]
     rows[1]["tenantId"] = "northwind-resale"

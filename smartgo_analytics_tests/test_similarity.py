@@ -26,8 +26,7 @@ from smartgo_analytics.similarity.reader import IndexReader, load_manifest, read
 from smartgo_analytics.similarity.segments import DaySpool, read_items, segment_keys
 from smartgo_analytics.similarity.store import day_differences
 from smartgo_analytics_tests import servers
-from smartgo_analytics_tests.conftest import insert_products, sale
-from smartgo_analytics_tests.test_pricing_pipeline import day_rows, resources
+from smartgo_analytics_tests.pipeline import day_rows, insert_products, resources, sale
 
 ASSETS = [smartgo_sales, product_image_embeddings, smartgo_sales_iceberg, similarity_assets]
 RUN_CONFIG = {"ops": {"product_image_embeddings": {"config": {"max_error_ratio": 0.2}}}}

@@ -25,8 +25,7 @@ from smartgo_analytics.web.app import answer_json, create_app
 from smartgo_analytics.web.guard import Guard
 from smartgo_analytics_tests import servers
 from smartgo_analytics_tests.browser import browser_page
-from smartgo_analytics_tests.conftest import insert_products
-from smartgo_analytics_tests.test_pricing_pipeline import resources
+from smartgo_analytics_tests.pipeline import insert_products, resources
 from smartgo_analytics_tests.test_similarity import ASSETS, RUN_CONFIG, day_sales, pictures
 
 DAY, TENANT, OTHER = "2025-08-20", "web-shop", "other-shop"
