@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo dev test bench lint clean deploy-check deploy image
+.PHONY: install demo dev test test-fast bench lint clean deploy-check deploy image
 
 # Installed at the versions uv.lock pins (the image installs from it too, with hashes).
 $(STAMP): pyproject.toml uv.lock
@@ -24,6 +24,10 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# What starts no process (no embedded Postgres, moto, dagster dev, browser or CDK): an answer in minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser and not e2e"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

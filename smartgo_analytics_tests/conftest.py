@@ -70,3 +70,26 @@ def production_template(tmp_path_factory):
     from deploy.smartgo_deploy.synth import synth
 
     return synth(Settings(catalog="glue", region="us-east-1"), tmp_path_factory.mktemp("stack"))
+
+
+# Tiers: `make test-fast` runs what starts no process (no embedded Postgres or moto, no
+# `dagster dev`, no browser, no CDK synthesis); `make test` runs everything.
+PROCESS_FIXTURES = {"stack", "s3_bucket", "production_template", "prod_environment"}
+PROCESS_MODULES = {  # modules whose tests start processes of their own
+    "test_end_to_end",
+    "test_local_stack",
+    "test_concurrency",
+    "test_image_memory",
+    "test_deploy",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if "browser" in item.fixturenames or "page" in item.name and module == "test_end_to_end":
+            item.add_marker(pytest.mark.browser)
+        if module == "test_end_to_end":
+            item.add_marker(pytest.mark.e2e)
+        if PROCESS_FIXTURES & set(item.fixturenames) or module in PROCESS_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -132,7 +132,15 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--product-id", help="a sold product: its own vector is the query")
     which.add_argument("--image", help="a picture's file path or http(s) URL, embedded now")
     similar.add_argument("--tenant", help="the tenant (needed when the answer is not unique)")
-    similar.add_argument("--category", help="only comparables of this category")
+    similar.add_argument(
+        "--category",
+        help="only comparables of this category (asked by product: its own category by default)",
+    )
+    similar.add_argument(
+        "--any-category",
+        action="store_true",
+        help="asked by product: comparables of every category, not only the product's",
+    )
     similar.add_argument("--condition", help="only comparables in this condition (New, Good, ...)")
     similar.add_argument("--k", type=_positive, default=10, help="how many comparables")
     _format_option(similar)

@@ -25,6 +25,7 @@ def cmd_comparables(args) -> int:
             category=args.category,
             condition=args.condition,
             k=args.k,
+            any_category=args.any_category,
             source=Source(
                 why_no_vector=_why_no_vector,
                 cache_dir=smartgo_home() / "cache" / "similarity_index",
@@ -40,9 +41,13 @@ def cmd_comparables(args) -> int:
         by = f" (vectors of {found.model})" if found.model else ""
         say(f"{len(found.items)} sold items of {found.tenant} most like {found.query}{by}:")
     print_rows(found.rows(), list(SHOWN), args.format)
+    asked = found.asked or {}
+    condition = f" in {asked['condition']} condition" if asked.get("condition") else ""
+    categories = ", ".join(f"{c} {n}" for c, n in (found.categories or {}).items())
     summary = (
-        f"suggested price {band.median:.2f} (p25 {band.p25:.2f}, p75 {band.p75:.2f}; "
-        f"similarity-weighted, from {band.comparables} comparables)"
+        f"suggested price{condition} {band.median:.2f} (p25 {band.p25:.2f}, p75 {band.p75:.2f}; "
+        f"similarity-weighted, from {band.comparables} comparables: {categories})\n"
+        f"strength: {found.strength.verdict if found.strength else 'unknown'}"
     )
     print(summary, file=sys.stderr if args.format == "csv" else sys.stdout, flush=True)
     return 0

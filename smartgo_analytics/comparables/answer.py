@@ -1,16 +1,27 @@
-"""An answer: the comparables found in a tenant's index, and the price band they suggest."""
+"""An answer: the comparables found in a tenant's index, each price brought to the asked item's
+condition (`adjust`), the price band they suggest, and how strong it is."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
 import numpy as np
 
+from smartgo_analytics.comparables.adjust import Strength, adjusted, strength
 from smartgo_analytics.similarity.index import TenantIndex
 
-SHOWN = ("product_id", "category", "brand", "condition", "sold_price", "sold_date", "similarity")
+SHOWN = (
+    "product_id",
+    "category",
+    "brand",
+    "condition",
+    "sold_price",
+    "adjusted_price",
+    "sold_date",
+    "similarity",
+)
 SEARCHED_PER_WANTED = 20  # candidates asked for each item wanted when a category narrows them
 MOST_SEARCHED = 4_000
 
@@ -27,16 +38,20 @@ class Comparable:
     image_sha256: str | None = (
         None  # its picture's copy: layout.image_key(tenant, product, sha, ext)
     )
+    adjusted_price: float | None = None  # its price in the asked item's condition
 
 
 @dataclass(frozen=True)
 class PriceBand:
-    """A similarity-weighted median of the comparables' prices, with their weighted p25 and p75."""
+    """A similarity-weighted median of the comparables' adjusted prices, with their weighted p25
+    and p75 (about half of true prices fall between) and p10 and p90."""
 
     median: float
     p25: float
     p75: float
     comparables: int
+    p10: float | None = None
+    p90: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,9 @@ class Comparables:
     items: list[Comparable]
     suggested: PriceBand
     model: str | None = None  # whose vectors answered
+    strength: Strength | None = None
+    asked: dict | None = None  # the asked item's category and condition, as the answer took them
+    categories: dict | None = None  # how many comparables of each category
 
     def rows(self) -> list[dict]:
         return [asdict(item) for item in self.items]
@@ -56,19 +74,51 @@ class Comparables:
             "tenant": self.tenant,
             "query": self.query,
             "model": self.model,
+            "asked": self.asked,
             "suggested_price": asdict(self.suggested),
+            "strength": asdict(self.strength) if self.strength else None,
+            "categories": self.categories,
             "comparables": self.rows(),
         }
 
 
 def suggested_band(items: list[Comparable]) -> PriceBand:
-    """The comparables' prices, each weighted by its similarity: median, p25 and p75."""
+    """The comparables' adjusted prices (their sold prices when not adjusted), each weighted by
+    its similarity: median, p25 and p75, p10 and p90."""
     if not items:
         raise ValueError("a suggested price needs at least one comparable")
-    prices = np.array([item.sold_price for item in items])
+    prices = np.array([_price(item) for item in items])
     weights = np.array([max(item.similarity, 0.0) for item in items])
-    p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
-    return PriceBand(round_price(median), round_price(p25), round_price(p75), len(items))
+    p10, p25, median, p75, p90 = weighted_quantiles(prices, weights, (0.1, 0.25, 0.5, 0.75, 0.9))
+    return PriceBand(
+        round_price(median),
+        round_price(p25),
+        round_price(p75),
+        len(items),
+        round_price(p10),
+        round_price(p90),
+    )
+
+
+def _price(item: Comparable) -> float:
+    return item.sold_price if item.adjusted_price is None else item.adjusted_price
+
+
+def answered(tenant, query, items, model, asked: dict, multipliers: dict) -> Comparables:
+    """The answer: each comparable's price brought to the asked condition, the band, its strength
+    and the comparables' categories."""
+    condition = asked.get("condition")
+    items = [
+        replace(i, adjusted_price=round_price(adjusted(i.sold_price, i.condition, condition, multipliers)))
+        for i in items
+    ]  # fmt: skip
+    band = suggested_band(items)
+    judged = strength([i.similarity for i in items], band.p25, band.median, band.p75)
+    categories: dict[str, int] = {}
+    for item in items:
+        categories[item.category or "(none)"] = categories.get(item.category or "(none)", 0) + 1
+    asked = {**asked, "multipliers": {c: round(m, 3) for c, m in sorted(multipliers.items())}}
+    return Comparables(tenant, query, items, band, model, judged, asked, categories)
 
 
 def weighted_quantiles(values: np.ndarray, weights: np.ndarray, quantiles) -> list[float]:

@@ -4,9 +4,11 @@ the picture's, its nearest sold items, and why a product has none (lake)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 
-from smartgo_analytics.comparables.answer import Comparables, nearest, suggested_band
+from smartgo_analytics.comparables.adjust import condition_multipliers
+from smartgo_analytics.comparables.answer import Comparables, answered, nearest
 from smartgo_analytics.comparables.asked import (
     ComparablesError,
     check_question,
@@ -82,12 +84,15 @@ def comparables(
     condition: str | None = None,
     k: int = 10,
     *,
+    any_category: bool = False,
     source: Source | None = None,
 ) -> Comparables:
     """The k sold items of the tenant most like a sold product (`product_id`) or a picture (`image`:
     bytes, a file path or an http(s) URL, embedded with the deployment's embedder; a URL is fetched
-    through the SSRF-safe fetcher), optionally of one category and condition, best first, and the
-    price band they suggest, read from `source` (the deployment's by default)."""
+    through the SSRF-safe fetcher), best first, and the price band they suggest, read from
+    `source` (the deployment's by default). Asked by product, the comparables are of the product's
+    own category unless `any_category` (or another `category`) is asked, and their prices are
+    brought to its condition; `condition` narrows the comparables to one condition."""
     check_question(product_id, image, tenant, category, condition, k)
     source = source or Source()
     try:
@@ -95,6 +100,11 @@ def comparables(
             manifest, index, key = _find_product(source, product_id, tenant)
             vector = index.vector(key)
             query = f"product {product_id}"
+            (own,) = index.items([key]).to_pylist()
+            if category is None and not any_category:
+                category = own["category"]
+            asked = {"category": category, "condition": condition or own["condition"]}
+            as_of = own["sold_date"].date()  # the window the product's own sale closes
         else:
             assert image is not None  # exactly one of the two, checked above
             # A bad picture is told before a bad tenant.
@@ -103,6 +113,8 @@ def comparables(
             index = _open(source.reader, manifest)
             vector = embed(picture, source.resources["image_embedder"], manifest)
             key, query = None, f"image {image if isinstance(image, str) else '(bytes)'}"
+            asked = {"category": category, "condition": condition}
+            as_of = max(map(date.fromisoformat, manifest.days())) + timedelta(days=1)
         wanted = {"category": category, "condition": condition}
         items = nearest(index, vector, key, product_id, wanted, k)
         if not items:
@@ -110,7 +122,8 @@ def comparables(
             raise ComparablesError(
                 f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector"
             )
-        return Comparables(manifest.tenant, query, items, suggested_band(items), manifest.model)
+        multipliers = condition_multipliers(index.all_items(), category, as_of)
+        return answered(manifest.tenant, query, items, manifest.model, asked, multipliers)
     finally:
         source.reader.close()
 

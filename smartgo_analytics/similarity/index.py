@@ -140,6 +140,13 @@ class TenantIndex:
             self._items[name] = read_items(self._paths[name][1])
         return self._items[name]
 
+    def all_items(self) -> pa.Table:
+        """Every item of the index (read once, kept with the segments)."""
+        tables = [
+            self.segment_items(s.name) for s in self.manifest.segments if s.name in self._paths
+        ]
+        return pa.concat_tables(tables) if tables else ITEM_SCHEMA.empty_table()
+
     def items(self, keys: Iterable[int]) -> pa.Table:
         """The items of these keys, in their order (keys the index does not hold left out)."""
         wanted = np.asarray(list(keys), dtype=np.uint64)

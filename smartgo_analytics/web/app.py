@@ -176,7 +176,7 @@ def _shown_answer(
     else:
         query_picture = answers.picture_url(found.tenant, question["product_id"], None)
     chart = price_chart(
-        [i.sold_price for i in found.items],
+        [i.sold_price if i.adjusted_price is None else i.adjusted_price for i in found.items],
         [i.similarity for i in found.items],
         band.median,
         band.p25,
@@ -187,6 +187,9 @@ def _shown_answer(
         "query": found.query,
         "model": found.model,
         "band": band,
+        "strength": found.strength,
+        "asked": found.asked or {},
+        "categories": found.categories or {},
         "items": items,
         "query_picture": query_picture,
         "chart": chart,

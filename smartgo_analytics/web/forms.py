@@ -9,7 +9,7 @@ from starlette.requests import Request
 from smartgo_analytics.comparables import MAX_K, ComparablesError
 from smartgo_analytics.web.guard import BodyTooSlow
 
-FIELDS = ("product_id", "image_url", "tenant", "category", "condition", "k")
+FIELDS = ("product_id", "image_url", "tenant", "category", "condition", "k", "any_category")
 FORM_BYTES = 64 * 1024  # an upload's form fields and multipart framing, beside the picture
 
 
@@ -31,11 +31,12 @@ def question_of(fields: dict[str, str], picture: bytes | None = None) -> dict:
         raise ComparablesError(
             f"k must be a whole number from 1 to {MAX_K}, got {raw_k[:20]!r}"
         ) from None
+    any_category = (given.pop("any_category") or "").lower() in ("1", "true", "yes", "on")
     url = given.pop("image_url")
     image: str | bytes | None = picture if picture is not None else url
     if isinstance(image, str) and not image.startswith(("http://", "https://")):
         raise ComparablesError("the picture's URL must start with http:// or https://")
-    return {**given, "image": image, "k": k}
+    return {**given, "image": image, "k": k, "any_category": any_category}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
