@@ -272,10 +272,12 @@ SALES_PER_DAY = 200
 
 
 def comparables_price_error() -> dict:
-    """The demo's sales of 90 days indexed as the asset does; each sale of the next day priced by
-    its picture and condition (the comparables' weighted median, k = 10), against two baselines:
+    """The demo's sales of 90 days indexed as the asset does; each sale of the next day priced as
+    people ask (its product id, nothing else: k = 10 of its category, prices brought to its
+    condition) and, as before, by its picture filtered to its condition, against two baselines:
     the median price of the same tenant x category x condition, and of tenant x category x brand x
-    condition, over the 90 days (the project's own price bands). Median absolute percentage error."""
+    condition, over the 90 days (the project's own price bands). Median absolute percentage error,
+    per category too, and how often the p25-p75 and p10-p90 bands hold the true price."""
     home = Path(tempfile.mkdtemp(prefix="smartgo-bench-comparables-"))
     store = LocalObjectStore(lake_dir=str(home / "lake"), bucket=LOCAL_BUCKET)
     embedder = LocalVisualEmbedder(dimension=DIMENSION)
@@ -314,26 +316,7 @@ def comparables_price_error() -> dict:
             day = HELD_OUT - timedelta(days=back)
             sales = sales_of(day)
             history += sales
-            for tenant in sorted({s.tenant_id for s in sales}):
-                spool = DaySpool(Path(work), tenant, DIMENSION)
-                mine = [s for s in sales if s.tenant_id == tenant]
-                items = pa.Table.from_pylist(
-                    [
-                        {
-                            "product_id": s.id,
-                            "category": s.category,
-                            "brand": s.brand,
-                            "condition": s.condition,
-                            "sold_price": float(s.sold_price),
-                            "sold_date": s.sold_date,
-                            "image_sha256": s.image_url,
-                        }
-                        for s in mine
-                    ],
-                    schema=ITEM_SCHEMA.remove(0),
-                )
-                spool.add(items.to_batches()[0], np.stack([picture(s.image_url)[1] for s in mine]))
-                commit_day(store, tenant, DIMENSION, day, spool, Path(work), embedder.model_id)
+            index_day(store, embedder, day, sales, picture, Path(work))
     last = HELD_OUT - timedelta(days=1)
     sold = pa.Table.from_pylist(
         [
@@ -354,46 +337,119 @@ def comparables_price_error() -> dict:
         (b["level"], b["tenant_id"], b["category"], b["brand"], b["condition"]): b["median"]
         for b in bands
     }
-    errors = {"comparables": [], "category_condition": [], "category_brand_condition": []}
     resources = {"object_store": store, "image_embedder": embedder}
-    for sale in sales_of(HELD_OUT):
-        actual = float(sale.sold_price)
-        found = comparables(
-            image=picture(sale.image_url)[0],
-            tenant=sale.tenant_id,
-            condition=sale.condition,
-            k=10,
-            source=Source(resources=resources),
-        )
-        guesses = {
-            "comparables": found.suggested.median,
+    held_out = sales_of(HELD_OUT)
+
+    def baselines(sale) -> dict:
+        return {
             "category_condition": median_of.get(
                 ("category_condition", sale.tenant_id, sale.category, None, sale.condition)
             ),
             "category_brand_condition": median_of.get(
-                (
-                    "category_brand_condition",
-                    sale.tenant_id,
-                    sale.category,
-                    sale.brand,
-                    sale.condition,
-                )
+                ("category_brand_condition", sale.tenant_id, sale.category, sale.brand,
+                 sale.condition)
             ),
-        }
+        }  # fmt: skip
+
+    # The question of the benchmark before: the picture, filtered to the item's condition.
+    picture_errors = []
+    for sale in held_out:
+        found = comparables(
+            image=picture(sale.image_url)[0], tenant=sale.tenant_id, condition=sale.condition,
+            k=10, source=Source(resources=resources),
+        )  # fmt: skip
+        if None not in baselines(sale).values():
+            actual = float(sale.sold_price)
+            picture_errors.append(abs(found.suggested.median - actual) / actual)
+    # The question as people ask it: the sold product's id, nothing else (the day indexed first).
+    with tempfile.TemporaryDirectory() as work:
+        index_day(store, embedder, HELD_OUT, held_out, picture, Path(work))
+    rows = []
+    for sale in held_out:
+        guesses = baselines(sale)
         if None in guesses.values():
             continue  # a kind not sold in the 90 days: no baseline to compare with
-        for name, guess in guesses.items():
-            errors[name].append(abs(guess - actual) / actual)
-    mape = {name: float(np.median(values)) for name, values in errors.items()}
-    met = mape["comparables"] < min(mape["category_condition"], mape["category_brand_condition"])
+        found = comparables(product_id=sale.id, tenant=sale.tenant_id, k=10,
+                            source=Source(resources=resources))  # fmt: skip
+        actual, band = float(sale.sold_price), found.suggested
+        errors = {name: abs(guess - actual) / actual for name, guess in guesses.items()}
+        rows.append({
+            "category": sale.category,
+            "default": abs(band.median - actual) / actual,
+            **errors,
+            "in_p25_p75": band.p25 <= actual <= band.p75,
+            "in_p10_p90": (band.p10 or band.p25) <= actual <= (band.p90 or band.p75),
+            "mixed": any(i.category != sale.category for i in found.items),
+            "weak": (found.strength.verdict != "strong") if found.strength else True,
+        })  # fmt: skip
+    return price_error_result(rows, picture_errors)
+
+
+def index_day(store, embedder, day: date, sales: list, picture, work: Path) -> None:
+    """A day's sales put in their tenants' indexes as the asset does."""
+    for tenant in sorted({s.tenant_id for s in sales}):
+        spool = DaySpool(work, tenant, DIMENSION)
+        mine = [s for s in sales if s.tenant_id == tenant]
+        items = pa.Table.from_pylist(
+            [
+                {"product_id": s.id, "category": s.category, "brand": s.brand,
+                 "condition": s.condition, "sold_price": float(s.sold_price),
+                 "sold_date": s.sold_date, "image_sha256": s.image_url}
+                for s in mine
+            ],
+            schema=ITEM_SCHEMA.remove(0),
+        )  # fmt: skip
+        spool.add(items.to_batches()[0], np.stack([picture(s.image_url)[1] for s in mine]))
+        commit_day(store, tenant, DIMENSION, day, spool, work, embedder.model_id)
+
+
+def price_error_result(rows: list[dict], picture_errors: list[float]) -> dict:
+    """Median absolute % error of the default question and of both baselines, overall and per
+    category, and how often the p25-p75 and p10-p90 bands held the true price."""
+    by_category: dict[str, dict] = {}
+    for category in sorted({r["category"] for r in rows}):
+        mine = [r for r in rows if r["category"] == category]
+        by_category[category] = {
+            "sales": len(mine),
+            **{n: round(float(np.median([r[n] for r in mine])), 4)
+               for n in ("default", "category_condition", "category_brand_condition")},
+            "p25_p75_coverage": round(float(np.mean([r["in_p25_p75"] for r in mine])), 3),
+        }  # fmt: skip
+    overall = {
+        n: float(np.median([r[n] for r in rows]))
+        for n in ("default", "category_condition", "category_brand_condition")
+    }
+    coverage = float(np.mean([r["in_p25_p75"] for r in rows]))
+    wide = float(np.mean([r["in_p10_p90"] for r in rows]))
+    mixed = sum(r["mixed"] for r in rows)
+    beaten = all(
+        c["default"] < min(c["category_condition"], c["category_brand_condition"])
+        for c in by_category.values()
+        if c["sales"] >= 10
+    )
+    met = overall["default"] <= 0.20 and 0.40 <= coverage <= 0.60 and beaten and mixed == 0
     return {
         "name": "comparables' suggested price on a held-out demo day",
-        "figure": f"median absolute % error {mape['comparables']:.1%} (comparables) vs "
-        f"{mape['category_condition']:.1%} (tenant x category x condition median) and "
-        f"{mape['category_brand_condition']:.1%} (x brand), {len(errors['comparables'])} sales",
-        "target": "comparables below both baselines",
+        "figure": f"asked by product id: median error {overall['default']:.1%} vs "
+        f"{overall['category_condition']:.1%} and {overall['category_brand_condition']:.1%} "
+        f"(baselines); p25-p75 holds {coverage:.0%}, p10-p90 {wide:.0%}; {mixed} answers mix "
+        f"categories; by picture + condition {float(np.median(picture_errors)):.1%}; "
+        f"{len(rows)} sales",
+        "target": "default <= 20%, both baselines beaten per category, p25-p75 holds 40-60%, "
+        "no category mixed",
         "met": met,
-        "values": {"mape": mape, "sales": len(errors["comparables"]), "history_days": HISTORY_DAYS},
+        "values": {
+            "default_mape": overall["default"],
+            "baselines_mape": {k: v for k, v in overall.items() if k != "default"},
+            "picture_condition_mape": float(np.median(picture_errors)),
+            "p25_p75_coverage": coverage,
+            "p10_p90_coverage": wide,
+            "answers_mixing_categories": mixed,
+            "weak_answers": sum(r["weak"] for r in rows),
+            "by_category": by_category,
+            "sales": len(rows),
+            "history_days": HISTORY_DAYS,
+        },
     }
 
 
