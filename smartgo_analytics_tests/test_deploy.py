@@ -23,6 +23,7 @@ from deploy.smartgo_deploy.stack import Settings
 from deploy.smartgo_deploy.synth import deploy, synth
 from smartgo_analytics_tests.aws_calls import allowed_actions, role_statements
 from smartgo_analytics_tests.test_prod_deployment import (  # noqa: F401  (the fixture, used below)
+    fresh_glue_database,
     prod_environment,
 )
 from smartgo_analytics_tests.test_prod_deployment import (
@@ -306,9 +307,8 @@ def prod_resources(stack, tmp_path, monkeypatch):
     )["StackResources"]
     kinds = {r["ResourceType"] for r in made}
     assert {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SNS::Topic", "AWS::IAM::Role"} <= kinds
-    glue = boto3.client("glue", region_name="us-east-1")  # AWS::Glue::Database, as the stack would
-    if "pricing_intelligence" not in [d["Name"] for d in glue.get_databases()["DatabaseList"]]:
-        glue.create_database(DatabaseInput={"Name": "pricing_intelligence"})
+    # AWS::Glue::Database, made as the stack would make it.
+    fresh_glue_database(boto3.client("glue", region_name="us-east-1"))
     assert "DataBucketName" in outputs, (outputs, kinds)
     names = {
         "S3_BUCKET": outputs["DataBucketName"],

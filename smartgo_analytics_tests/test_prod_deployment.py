@@ -50,6 +50,15 @@ ACCOUNT = "123456789012"
 DATASET_IDS = {spec.name: f"qs-{spec.name}" for spec in DATASETS}
 
 
+def fresh_glue_database(glue) -> None:
+    """The Glue database the stack makes, with no table yet: a prod day starts with none (another
+    deployment's test of the session may have left its tables, on its own bucket)."""
+    if "pricing_intelligence" not in [d["Name"] for d in glue.get_databases()["DatabaseList"]]:
+        glue.create_database(DatabaseInput={"Name": "pricing_intelligence"})
+    for table in glue.get_tables(DatabaseName="pricing_intelligence")["TableList"]:
+        glue.delete_table(DatabaseName="pricing_intelligence", Name=table["Name"])
+
+
 @pytest.fixture
 def prod_resources(stack):
     """What the production stack makes (deploy/smartgo_deploy), made here by hand: the bucket,
@@ -66,9 +75,7 @@ def prod_resources(stack):
         if name not in existing:
             create(dynamodb, name)
     topic = aws.client("sns", **endpoint).create_topic(Name="smartgo-prod-alerts")["TopicArn"]
-    glue = aws.client("glue", **endpoint)
-    if "pricing_intelligence" not in [d["Name"] for d in glue.get_databases()["DatabaseList"]]:
-        glue.create_database(DatabaseInput={"Name": "pricing_intelligence"})
+    fresh_glue_database(aws.client("glue", **endpoint))
     return {
         "S3_BUCKET": BUCKET,
         "EXPORT_PROGRESS_TABLE_NAME": "smartgo-export-progress-prod",
