@@ -179,6 +179,7 @@ def test_maintenance_on_the_glue_catalog_with_the_warehouse_on_s3(stack, monkeyp
     assert report.snapshots_left == 1 and report.files_removed > 100
 
 
+@pytest.mark.slow  # a CDK synthesis (Node) for the stack's S3 Tables profile
 def test_a_table_that_s3_tables_maintains_is_given_the_documented_retention(monkeypatch, tmp_path):
     """S3 Tables does the work; the job sets its table's maintenance configuration to the
     retention the other catalogs get, over S3 Tables' wire format (a loopback double: moto's
