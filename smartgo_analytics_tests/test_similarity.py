@@ -17,6 +17,7 @@ from smartgo_analytics.assets.pricing_intelligence import (
 )
 from smartgo_analytics.assets.similarity import similarity_index as similarity_assets
 from smartgo_analytics.comparables import ComparablesError, Source, comparables, weighted_quantiles
+from smartgo_analytics.comparables.answer import similarity_weights
 from smartgo_analytics.layout import (
     SIMILARITY_PREFIX,
     similarity_manifest_key,
@@ -171,8 +172,8 @@ def test_the_index_holds_each_days_current_rows_after_reruns_and_a_backfill_and_
     assert 0 < len(same_picture) < 6
     assert {i.product_id for i in found.items[: len(same_picture)]} == same_picture
     assert found.items[0].similarity == pytest.approx(1.0, abs=1e-3)
-    prices = np.array([i.sold_price for i in found.items])
-    weights = np.array([i.similarity for i in found.items])
+    prices = np.array([i.adjusted_price for i in found.items])
+    weights = similarity_weights(np.array([i.similarity for i in found.items]))
     p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
     assert (found.suggested.median, found.suggested.p25, found.suggested.p75) == (
         pytest.approx(median, abs=0.006),

@@ -88,7 +88,7 @@ def suggested_band(items: list[Comparable]) -> PriceBand:
     if not items:
         raise ValueError("a suggested price needs at least one comparable")
     prices = np.array([_price(item) for item in items])
-    weights = np.array([max(item.similarity, 0.0) for item in items])
+    weights = similarity_weights(np.array([item.similarity for item in items]))
     p10, p25, median, p75, p90 = weighted_quantiles(prices, weights, (0.1, 0.25, 0.5, 0.75, 0.9))
     return PriceBand(
         round_price(median),
@@ -98,6 +98,16 @@ def suggested_band(items: list[Comparable]) -> PriceBand:
         round_price(p10),
         round_price(p90),
     )
+
+
+def similarity_weights(similarities: np.ndarray) -> np.ndarray:
+    """How much each comparable counts: exp(-(best - s) / (best - median s)). Relative to the
+    answer's own similarities, so the same for every model (Titan's similarities spread over
+    tenths, the local embedder's over thousandths): the closest count most, the median one e^-1
+    as much."""
+    best = float(similarities.max())
+    scale = max(best - float(np.median(similarities)), 1e-4)
+    return np.exp(-(best - similarities) / scale)
 
 
 def _price(item: Comparable) -> float:
