@@ -116,17 +116,21 @@ def main(argv: list[str]) -> int:
         print(
             f"{r['name']:<{width}}  {r['figure']:<72}  {r['target']:<46}  {'yes' if r['met'] else 'NO'}"
         )
+    run = {"run_seconds": whole_s, "run_of": "all"}
     if argv and RESULTS.exists():
-        # A partial run replaces its own figures and keeps the others.
+        # A partial run replaces its own figures and keeps the others, and the whole run's time.
         fresh = {r["name"]: r for r in results}
-        previous = json.loads(RESULTS.read_text())["results"]
-        results = [fresh.pop(r["name"], r) for r in previous] + list(fresh.values())
+        before = json.loads(RESULTS.read_text())
+        results = [fresh.pop(r["name"], r) for r in before["results"]] + list(fresh.values())
+        run = {
+            "run_seconds": before.get("run_seconds"),
+            "run_of": f"{before.get('run_of', 'all')}; then {' '.join(argv)} again",
+        }
     RESULTS.write_text(
         json.dumps(
             {
                 "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "run_seconds": whole_s,
-                "run_of": "all" if not argv else " ".join(argv),
+                **run,
                 "machine": {
                     "cpus": __import__("os").cpu_count(),
                     "python": platform.python_version(),
