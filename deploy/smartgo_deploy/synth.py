@@ -74,7 +74,6 @@ def settings_from(args: argparse.Namespace):
 def synth(settings, build: Path = BUILD) -> dict:
     """The template (written to `build`/template.json), AwsSolutions checked: an unsuppressed
     finding is an error, raised with each finding named."""
-    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     import aws_cdk as cdk
     from cdk_nag import AwsSolutionsChecks, NagPackSuppression, NagSuppressions
 
