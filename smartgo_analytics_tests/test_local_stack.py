@@ -292,7 +292,7 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
         "--format",
         "json",
         "--columns",
-        "product_id,tenant_id,sold_price,sold_date,embedding_vector,embedding_error",
+        "product_id,tenant_id,category,sold_price,sold_date,embedding_vector,embedding_error",
     )
     before = sorted(cli(*everything, home=home).stdout.splitlines())
     table_dir = lake / "warehouse" / "pricing_intelligence" / "smartgo_sales"
@@ -333,25 +333,50 @@ def test_demo_runs_every_asset_end_to_end_and_leaves_nothing_running(tmp_path):
 
     # Comparables from the demo's index: the command a newcomer types, and its clear errors.
     sold = {row["product_id"]: row for row in map(json.loads, before)}
-    asked = next(p for p, row in sorted(sold.items()) if row["embedding_vector"] is not None)
+
+    def others_of_its_kind(product: str) -> list[str]:
+        row = sold[product]
+        return [
+            p
+            for p, other in sold.items()
+            if p != product
+            and other["tenant_id"] == row["tenant_id"]
+            and other["category"] == row["category"]
+            and other["embedding_vector"] is not None
+        ]
+
+    with_vector = [p for p, row in sorted(sold.items()) if row["embedding_vector"] is not None]
+    lone = [p for p in with_vector if not others_of_its_kind(p)]
+    if lone:  # the only sale of its tenant and category: said, with the way to widen
+        alone = cli("comparables", "--product-id", lone[0], home=home)
+        assert alone.returncode == 2 and "--any-category asks every category" in alone.stderr
+    asked = next(p for p in with_vector if len(others_of_its_kind(p)) >= 5)
     answer = cli("comparables", "--product-id", asked, "--k", "5", "--format", "json", home=home)
     assert answer.returncode == 0, answer.stderr
     found = json.loads(answer.stdout)
     tenant = sold[asked]["tenant_id"]
-    assert found["tenant"] == tenant and len(found["comparables"]) == 5
+    category = sold[asked]["category"]  # asked by id: the product's own category
+    kind = others_of_its_kind(asked)
+    assert found["tenant"] == tenant and len(found["comparables"]) == min(5, len(kind))
     assert all(
-        sold[c["product_id"]]["tenant_id"] == tenant and c["product_id"] != asked
+        sold[c["product_id"]]["tenant_id"] == tenant
+        and c["product_id"] != asked
+        and c["category"] == category
         for c in found["comparables"]
     )
+    assert found["asked"]["category"] == category and found["strength"]["verdict"]
     assert [c["sold_price"] for c in found["comparables"]] == [
         sold[c["product_id"]]["sold_price"] for c in found["comparables"]
     ]
     band = found["suggested_price"]
-    assert band["p25"] <= band["median"] <= band["p75"] and band["comparables"] == 5
+    assert band["p25"] <= band["median"] <= band["p75"]
+    assert band["comparables"] == min(5, len(kind))
     table = cli("comparables", "--product-id", asked, home=home)
-    assert (
-        table.returncode == 0 and "suggested price" in table.stdout and "(10 rows)" in table.stdout
-    )
+    shown = f"({min(10, len(kind))} rows)"
+    assert table.returncode == 0 and "suggested price" in table.stdout and shown in table.stdout
+    assert "strength: " in table.stdout
+    wide = cli("comparables", "--product-id", asked, "--any-category", home=home)
+    assert wide.returncode == 0 and "(10 rows)" in wide.stdout
     no_vector = next(iter(failed))
     for args, message in [
         (("--product-id", "SG-NOPE"), "unknown product 'SG-NOPE'"),

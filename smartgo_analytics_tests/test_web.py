@@ -212,7 +212,16 @@ def test_a_person_asks_by_id_and_by_picture_in_a_browser(lake, page, tmp_path):
         browser.goto(page)
         browser.fill("input[name=product_id]", asked)
         browser.fill("input[name=k]", "6")
-        browser.click("button[type=submit]")
+        browser.click("form:not(.categories) button[type=submit]")
+        browser.wait_for_selector("svg.chart")
+        # Asked by id: its own category only, and the answer says how strong it is.
+        (category,) = browser.locator("form.categories button").all_inner_texts()
+        assert browser.locator(".strength").inner_text().startswith(("strong", "weak: "))
+        own = browser.locator("img.comparable-picture").count()
+        assert 0 < own <= 6 and category.endswith(f"({own})")
+        # Widened on purpose, with the box.
+        browser.check("input[name=any_category]")
+        browser.click("form:not(.categories) button[type=submit]")
         browser.wait_for_selector("svg.chart")
         pictures = browser.locator("img.comparable-picture")
         assert pictures.count() == 6
@@ -227,13 +236,13 @@ def test_a_person_asks_by_id_and_by_picture_in_a_browser(lake, page, tmp_path):
         browser.goto(page)
         browser.fill("input[name=tenant]", TENANT)
         browser.set_input_files("input[name=picture]", str(upload))
-        browser.click("button[type=submit]")
+        browser.click("form:not(.categories) button[type=submit]")
         browser.wait_for_selector("img.query-picture")
         assert browser.locator("img.comparable-picture").count() == 10
 
         browser.goto(page)
         browser.fill("input[name=product_id]", "SG-NOPE-1")
-        browser.click("button[type=submit]")
+        browser.click("form:not(.categories) button[type=submit]")
         assert "unknown product 'SG-NOPE-1'" in browser.inner_text(".error")
 
 

@@ -119,8 +119,9 @@ def comparables(
         items = nearest(index, vector, key, product_id, wanted, k)
         if not items:
             kind = "".join(f" of {name} {value!r}" for name, value in wanted.items() if value)
+            wider = " (--any-category asks every category)" if product_id and category else ""
             raise ComparablesError(
-                f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector"
+                f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector{wider}"
             )
         multipliers = condition_multipliers(index.all_items(), category, as_of)
         return answered(manifest.tenant, query, items, manifest.model, asked, multipliers)
