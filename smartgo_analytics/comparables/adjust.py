@@ -3,7 +3,8 @@
 A comparable sold in another condition than the item asked about is not priced as it sold: its
 price is multiplied by m(asked) / m(its own), where m(condition) is what that condition sells for
 against the category as a whole, learned from the tenant's own sold items of the category over
-the price bands' window (the median price of the condition over the median of the category), and
+the price bands' window up to the newest indexed day (the median price of the condition over the
+median of the category; a product asked about is left out of its own), and
 shrunk toward no adjustment (1) when the condition has few sales: in log terms,
 log m = n / (n + PRIOR_SALES) * log(median ratio). A condition never sold in the window is not
 adjusted.

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from smartgo_analytics.comparables.adjust import condition_multipliers
 from smartgo_analytics.comparables.answer import Comparables, answered, nearest
 from smartgo_analytics.comparables.asked import (
@@ -104,7 +106,6 @@ def comparables(
             if category is None and not any_category:
                 category = own["category"]
             asked = {"category": category, "condition": condition or own["condition"]}
-            as_of = own["sold_date"].date()  # the window the product's own sale closes
         else:
             assert image is not None  # exactly one of the two, checked above
             # A bad picture is told before a bad tenant.
@@ -114,7 +115,6 @@ def comparables(
             vector = embed(picture, source.resources["image_embedder"], manifest)
             key, query = None, f"image {image if isinstance(image, str) else '(bytes)'}"
             asked = {"category": category, "condition": condition}
-            as_of = max(map(date.fromisoformat, manifest.days())) + timedelta(days=1)
         wanted = {"category": category, "condition": condition}
         items = nearest(index, vector, key, product_id, wanted, k)
         if not items:
@@ -123,7 +123,13 @@ def comparables(
             raise ComparablesError(
                 f"tenant {manifest.tenant!r} has no other sold item{kind} with a vector{wider}"
             )
-        multipliers = condition_multipliers(index.all_items(), category, as_of)
+        # The tenant's sales of the bands' window up to its newest indexed day, but the product's
+        # own: what its condition is worth is learned from the others.
+        as_of = max(map(date.fromisoformat, manifest.days())) + timedelta(days=1)
+        sales = index.all_items()
+        if product_id is not None:
+            sales = sales.filter(pc.not_equal(sales.column("product_id"), product_id))
+        multipliers = condition_multipliers(sales, category, as_of)
         return answered(manifest.tenant, query, items, manifest.model, asked, multipliers)
     finally:
         source.reader.close()
