@@ -158,3 +158,15 @@ def test_the_closest_comparables_count_most_whatever_the_models_scale_of_similar
     local = similarity_weights(np.array([0.9992, 0.9985, 0.9980, 0.9975, 0.9961]))
     assert titan[0] == 1 and titan[2] == pytest.approx(np.exp(-1)) and titan[4] < 0.1
     np.testing.assert_allclose(titan, local, rtol=1e-3)  # the same shape on both scales
+
+
+def test_the_product_asked_about_is_left_out_of_its_own_multiplier():
+    at = datetime(2025, 6, 1, tzinfo=UTC)
+    table = pa.Table.from_pylist(
+        [{"product_id": f"N-{n}", "category": "Chairs", "condition": "New", "sold_price": 300.0,
+          "sold_date": at} for n in range(10)]
+        + [{"product_id": "F-1", "category": "Chairs", "condition": "Fair", "sold_price": 30.0,
+            "sold_date": at}]
+    )  # fmt: skip
+    assert "Fair" in condition_multipliers(table, "Chairs", DAY)
+    assert "Fair" not in condition_multipliers(table, "Chairs", DAY, leave_out="F-1")

@@ -32,10 +32,17 @@ WIDEST = 0.6
 
 
 def condition_multipliers(
-    items: pa.Table, category: str | None, as_of: date, window_days: int = WINDOW_DAYS
+    items: pa.Table,
+    category: str | None,
+    as_of: date,
+    leave_out: str | None = None,
+    window_days: int = WINDOW_DAYS,
 ) -> dict[str, float]:
     """Each condition's multiplier in the category over [as_of - window, as_of): the items' median
-    price in that condition over their median in all, shrunk by how many sold."""
+    price in that condition over their median in all, shrunk by how many sold; `leave_out` (the
+    product asked about) not counted. The category is filtered first: the rest runs on its rows."""
+    if category is not None:
+        items = items.filter(pc.equal(items.column("category"), category))
     start = datetime.combine(as_of - timedelta(days=window_days), datetime.min.time())
     end = datetime.combine(as_of, datetime.min.time())
     sold = pc.cast(items.column("sold_date"), pa.timestamp("us"))
@@ -43,8 +50,8 @@ def condition_multipliers(
         pc.greater_equal(sold, pa.scalar(start, pa.timestamp("us"))),
         pc.less(sold, pa.scalar(end, pa.timestamp("us"))),
     )
-    if category is not None:
-        keep = pc.and_(keep, pc.equal(items.column("category"), category))
+    if leave_out is not None:
+        keep = pc.and_(keep, pc.not_equal(items.column("product_id"), leave_out))
     window = items.filter(keep)
     prices = window.column("sold_price").to_numpy(zero_copy_only=False)
     conditions = window.column("condition").to_pylist()

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
-import pyarrow.compute as pc
-
 from smartgo_analytics.comparables.adjust import condition_multipliers
 from smartgo_analytics.comparables.answer import Comparables, answered, nearest
 from smartgo_analytics.comparables.asked import (
@@ -126,10 +124,7 @@ def comparables(
         # The tenant's sales of the bands' window up to its newest indexed day, but the product's
         # own: what its condition is worth is learned from the others.
         as_of = max(map(date.fromisoformat, manifest.days())) + timedelta(days=1)
-        sales = index.all_items()
-        if product_id is not None:
-            sales = sales.filter(pc.not_equal(sales.column("product_id"), product_id))
-        multipliers = condition_multipliers(sales, category, as_of)
+        multipliers = condition_multipliers(index.all_items(), category, as_of, product_id)
         return answered(manifest.tenant, query, items, manifest.model, asked, multipliers)
     finally:
         source.reader.close()
